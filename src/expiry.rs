@@ -1,0 +1,204 @@
+//! Expiry: per-session policies, the two server-side deadlines, and the clock.
+//!
+//! Every session has two deadlines, both kept in its record and checked by the middleware on every
+//! load (SECURITY.md 13), whatever TTL the store also applies:
+//!
+//! - the **idle deadline**, which activity moves forward (per the session's [`Expiry`]);
+//! - the **absolute deadline**, fixed at creation from the layer's absolute lifetime, which no
+//!   activity, touch or ID rotation extends (SECURITY.md 9).
+//!
+//! The session is live while `now` is before both.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+/// The longest `Max-Age` a cookie may carry (RFC 6265bis caps it at 400 days).
+pub const MAX_COOKIE_AGE: Duration = Duration::days(400);
+
+/// When a session expires.
+///
+/// # Examples
+///
+/// ```
+/// use tower_satchel::Expiry;
+/// use time::Duration;
+///
+/// // "Remember me": a persistent cookie, 30 days of inactivity.
+/// let remember = Expiry::OnInactivity(Duration::days(30));
+/// // Ends when the browser closes (the server still drops it after the layer's idle timeout).
+/// let browser = Expiry::OnSessionEnd;
+/// # let _ = (remember, browser);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Expiry {
+    /// A browser-session cookie (no `Max-Age`). The server keeps the record for the layer's
+    /// [`session_end_idle_timeout`](crate::SessionLayerBuilder::session_end_idle_timeout) of
+    /// inactivity, since browsers that restore tabs keep such cookies for weeks.
+    OnSessionEnd,
+    /// A sliding window: the session lives this long after its last activity.
+    OnInactivity(#[serde(with = "duration_secs")] Duration),
+    /// A fixed point in time; activity does not extend it.
+    AtDateTime(#[serde(with = "time::serde::timestamp")] OffsetDateTime),
+}
+
+impl Expiry {
+    /// The idle deadline this policy gives for activity at `now`; `session_end_idle` is the
+    /// server-side window of [`Expiry::OnSessionEnd`].
+    pub fn idle_deadline(&self, now: OffsetDateTime, session_end_idle: Duration) -> OffsetDateTime {
+        match self {
+            Expiry::OnSessionEnd => now.saturating_add(session_end_idle),
+            Expiry::OnInactivity(window) => now.saturating_add(*window),
+            Expiry::AtDateTime(at) => *at,
+        }
+    }
+
+    /// Whether the cookie is persistent (carries `Max-Age`).
+    pub fn is_persistent(&self) -> bool {
+        !matches!(self, Expiry::OnSessionEnd)
+    }
+
+    /// The sliding window, if this policy has one.
+    pub(crate) fn window(&self, session_end_idle: Duration) -> Option<Duration> {
+        match self {
+            Expiry::OnSessionEnd => Some(session_end_idle),
+            Expiry::OnInactivity(window) => Some(*window),
+            Expiry::AtDateTime(_) => None,
+        }
+    }
+}
+
+mod duration_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(d.whole_seconds())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        i64::deserialize(d).map(Duration::seconds)
+    }
+}
+
+/// The source of "now" for every deadline the layer computes.
+///
+/// The default is [`SystemClock`]; tests inject a [`ManualClock`] to move time without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system's wall clock, in UTC.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// A clock that only moves when told to. Cheap to clone; clones share the time.
+///
+/// # Examples
+///
+/// ```
+/// use tower_satchel::ManualClock;
+/// use time::Duration;
+///
+/// let clock = ManualClock::new(time::OffsetDateTime::UNIX_EPOCH);
+/// let before = tower_satchel::Clock::now(&clock);
+/// clock.advance(Duration::minutes(5));
+/// assert_eq!(tower_satchel::Clock::now(&clock) - before, Duration::minutes(5));
+/// ```
+#[derive(Clone)]
+pub struct ManualClock {
+    nanos: Arc<AtomicI64>,
+}
+
+impl ManualClock {
+    /// A clock stopped at `start` (second precision below the nanosecond range is kept).
+    pub fn new(start: OffsetDateTime) -> Self {
+        let nanos = i64::try_from(start.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        Self {
+            nanos: Arc::new(AtomicI64::new(nanos)),
+        }
+    }
+
+    /// A clock stopped at the current system time.
+    pub fn starting_now() -> Self {
+        Self::new(OffsetDateTime::now_utc())
+    }
+
+    /// Moves the clock forward (or back, for a negative duration).
+    pub fn advance(&self, by: Duration) {
+        let step = i64::try_from(by.whole_nanoseconds()).unwrap_or(i64::MAX);
+        self.nanos.fetch_add(step, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.nanos.load(Ordering::SeqCst)))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ManualClock").field(&self.now()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inactivity_deadline_slides_with_activity() {
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        let expiry = Expiry::OnInactivity(Duration::minutes(10));
+        let idle = Duration::hours(1);
+        assert_eq!(expiry.idle_deadline(t0, idle), t0 + Duration::minutes(10));
+        assert_eq!(
+            expiry.idle_deadline(t0 + Duration::minutes(5), idle),
+            t0 + Duration::minutes(15)
+        );
+    }
+
+    #[test]
+    fn fixed_deadline_does_not_slide() {
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        let at = t0 + Duration::days(2);
+        let expiry = Expiry::AtDateTime(at);
+        assert_eq!(expiry.idle_deadline(t0 + Duration::days(1), Duration::hours(1)), at);
+        assert!(expiry.is_persistent());
+        assert!(!Expiry::OnSessionEnd.is_persistent());
+    }
+
+    #[test]
+    fn expiry_round_trips_through_json() {
+        for expiry in [
+            Expiry::OnSessionEnd,
+            Expiry::OnInactivity(Duration::seconds(90)),
+            Expiry::AtDateTime(OffsetDateTime::UNIX_EPOCH + Duration::days(3)),
+        ] {
+            let json = serde_json::to_string(&expiry).unwrap_or_default();
+            let back: Expiry = serde_json::from_str(&json).unwrap_or(Expiry::OnSessionEnd);
+            assert_eq!(back, expiry, "{json}");
+        }
+    }
+
+    #[test]
+    fn manual_clock_clones_share_time() {
+        let clock = ManualClock::new(OffsetDateTime::UNIX_EPOCH);
+        let other = clock.clone();
+        clock.advance(Duration::seconds(7));
+        assert_eq!(other.now(), OffsetDateTime::UNIX_EPOCH + Duration::seconds(7));
+    }
+}

@@ -1,0 +1,261 @@
+//! Session IDs: generation, strict parsing, and the hashes stores and logs see.
+//!
+//! A [`SessionId`] is 256 bits from the operating system's CSPRNG, written as 43 characters of
+//! unpadded base64url (SECURITY.md 1). It only ever travels in the cookie (or the configured header).
+//! Stores never see it: they are handed a [`SessionKey`], the SHA-256 of the ID, so a dump of any store
+//! yields no usable cookie (SECURITY.md 6). Logs see a [`LogTag`], a short hash keyed with a secret
+//! drawn once per process, so log lines of one session can be correlated but never turned back into
+//! the ID or the store key (SECURITY.md 29).
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+/// Length of an encoded session ID in characters.
+pub(crate) const ENCODED_LEN: usize = 43;
+
+/// A session ID: 256 random bits. `Debug` is redacted.
+///
+/// The only way to obtain one is [`SessionId::generate`] or [`SessionId::parse`]; the raw value is
+/// available through [`SessionId::expose`], which is what the layer writes into the cookie.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; 32]);
+
+impl SessionId {
+    /// Draws a fresh ID from the operating system's CSPRNG.
+    ///
+    /// # Errors
+    ///
+    /// Returns the OS error when the random source is unavailable; the layer turns it into an error
+    /// response rather than falling back to a weaker source.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// Parses an ID from its cookie form, strictly: exactly 43 characters of the base64url alphabet
+    /// that decode to 32 bytes. Anything else (empty, short, long, `/`, `\`, `..`, NUL, non-ASCII) is
+    /// `None` (SECURITY.md 4). Runs before any store is asked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_satchel::SessionId;
+    /// assert!(SessionId::parse("../../etc/passwd").is_none());
+    /// assert!(SessionId::parse("").is_none());
+    /// ```
+    pub fn parse(value: &str) -> Option<Self> {
+        let bytes = value.as_bytes();
+        if bytes.len() != ENCODED_LEN
+            || !bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        // The decoder also rejects non-canonical trailing bits, so each ID has one spelling.
+        match URL_SAFE_NO_PAD.decode_slice(bytes, &mut out) {
+            Ok(32) => Some(Self(out)),
+            _ => None,
+        }
+    }
+
+    /// The cookie form of the ID. This is the secret bearer token: do not log it.
+    pub fn expose(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// The key stores keep the session under: SHA-256 of the ID.
+    pub fn key(&self) -> SessionKey {
+        SessionKey(Sha256::digest(self.0).into())
+    }
+
+    /// A short keyed hash for log lines.
+    pub fn log_tag(&self) -> LogTag {
+        self.key().log_tag()
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(REDACTED)")
+    }
+}
+
+/// What a store keeps a session under: the SHA-256 of its [`SessionId`].
+///
+/// A store key cannot be turned back into a cookie, so it is safe to keep in a database column, a
+/// Redis key or a file name. [`SessionKey::to_hex`] gives a 64-character lowercase form that is valid
+/// in all of those.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    /// The key from its raw 32 bytes (for stores that keep it in binary form).
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw 32 bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lowercase hex, 64 characters: only `0-9a-f`, safe in paths, keys and SQL.
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        out
+    }
+
+    /// Parses the form written by [`SessionKey::to_hex`] (lowercase only).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(Self(out))
+    }
+
+    /// A short keyed hash for log lines (see [`LogTag`]).
+    pub fn log_tag(&self) -> LogTag {
+        let mut hasher = Sha256::new();
+        hasher.update(log_secret());
+        hasher.update(self.0);
+        let digest = hasher.finalize();
+        let mut tag = [0u8; 6];
+        tag.copy_from_slice(&digest[..6]);
+        LogTag(tag)
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The key is not a usable cookie, but a store dump could be matched with it: show the tag.
+        write!(f, "SessionKey({})", self.log_tag())
+    }
+}
+
+/// A 12-hex-digit tag that names a session in logs: a hash of the store key, keyed with a secret
+/// drawn once per process. Equal tags within one process mean the same session; nothing about the ID
+/// or store key can be learned from it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogTag([u8; 6]);
+
+impl fmt::Display for LogTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for LogTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+fn log_secret() -> &'static [u8; 32] {
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        // Without OS randomness the tag is still a one-way hash of the store key, which itself is a
+        // one-way hash of the ID: correlation across processes is the only thing lost.
+        let _ = getrandom::fill(&mut secret);
+        secret
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_43_base64url_chars_and_parse_back() {
+        let id = SessionId::generate().unwrap();
+        let text = id.expose();
+        assert_eq!(text.len(), ENCODED_LEN);
+        assert_eq!(SessionId::parse(&text), Some(id));
+    }
+
+    #[test]
+    fn two_generated_ids_differ() {
+        assert_ne!(SessionId::generate().unwrap(), SessionId::generate().unwrap());
+    }
+
+    #[test]
+    fn malformed_values_do_not_parse() {
+        let good = SessionId::generate().unwrap().expose();
+        let long = format!("{good}A");
+        let short = &good[..42];
+        let slash = format!("{}/", &good[..42]);
+        let backslash = format!("{}\\", &good[..42]);
+        let dots = format!("..{}", &good[..41]);
+        let nul = format!("{}\0", &good[..42]);
+        let plus = format!("{}+", &good[..42]);
+        let non_ascii = format!("{}é", &good[..41]);
+        for bad in [
+            "", short, &long, &slash, &backslash, &dots, &nul, &plus, &non_ascii,
+        ] {
+            assert!(SessionId::parse(bad).is_none(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn non_canonical_trailing_bits_are_rejected() {
+        let good = SessionId::generate().unwrap().expose();
+        // The last character carries 2 padding bits; flipping them gives a second spelling.
+        let last = good.as_bytes()[42];
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let pos = alphabet.iter().position(|c| *c == last).unwrap();
+        let twin = alphabet[pos ^ 1];
+        let mut other = good[..42].to_string();
+        other.push(char::from(twin));
+        assert!(SessionId::parse(&other).is_none());
+    }
+
+    #[test]
+    fn debug_never_shows_the_id() {
+        let id = SessionId::generate().unwrap();
+        let shown = format!("{id:?} {:?}", id.key());
+        assert!(!shown.contains(&id.expose()));
+        assert!(!shown.contains(&id.key().to_hex()));
+    }
+
+    #[test]
+    fn key_hex_round_trips_and_is_not_the_id() {
+        let id = SessionId::generate().unwrap();
+        let key = id.key();
+        assert_eq!(SessionKey::from_hex(&key.to_hex()), Some(key));
+        assert_ne!(key.as_bytes(), &id.0);
+        assert!(SessionKey::from_hex("zz").is_none());
+    }
+
+    #[test]
+    fn log_tags_are_stable_within_a_process() {
+        let id = SessionId::generate().unwrap();
+        assert_eq!(id.log_tag(), id.log_tag());
+        assert_eq!(id.log_tag().to_string().len(), 12);
+    }
+}

@@ -1,0 +1,582 @@
+//! [`SessionLayer`] and its configuration.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cookie::SameSite;
+use http::{Extensions, HeaderName, Response};
+use time::Duration;
+use tower_layer::Layer;
+
+use crate::backend::{Backend, IntoBackend};
+use crate::expiry::{Clock, Expiry, SystemClock};
+use crate::service::SessionService;
+use crate::session::{Session, SessionError};
+
+/// Renders the response for a store failure. See [`SessionLayerBuilder::error_handler`].
+pub type ErrorHandler = Arc<dyn Fn(&SessionError) -> Response<Bytes> + Send + Sync>;
+
+/// Where the session token travels.
+#[derive(Clone, Debug)]
+pub(crate) enum Transport {
+    Cookie,
+    Header(HeaderName),
+}
+
+/// The layer's configuration, shared by every request.
+pub(crate) struct Config {
+    pub(crate) cookie_name: String,
+    pub(crate) path: String,
+    pub(crate) domain: Option<String>,
+    pub(crate) secure: bool,
+    pub(crate) http_only: bool,
+    pub(crate) same_site: Option<SameSite>,
+    pub(crate) partitioned: bool,
+    pub(crate) transport: Transport,
+    pub(crate) default_expiry: Expiry,
+    pub(crate) session_end_idle: Duration,
+    pub(crate) absolute_lifetime: Option<Duration>,
+    pub(crate) touch_fraction: f64,
+    pub(crate) persist_on_5xx: bool,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) error_handler: Option<ErrorHandler>,
+    pub(crate) install: fn(&mut Extensions, Session),
+    pub(crate) scope: &'static str,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("cookie_name", &self.cookie_name)
+            .field("path", &self.path)
+            .field("domain", &self.domain)
+            .field("secure", &self.secure)
+            .field("http_only", &self.http_only)
+            .field("same_site", &self.same_site)
+            .field("partitioned", &self.partitioned)
+            .field("transport", &self.transport)
+            .field("default_expiry", &self.default_expiry)
+            .field("session_end_idle", &self.session_end_idle)
+            .field("absolute_lifetime", &self.absolute_lifetime)
+            .field("touch_fraction", &self.touch_fraction)
+            .field("persist_on_5xx", &self.persist_on_5xx)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+fn install_default(extensions: &mut Extensions, session: Session) {
+    extensions.insert(session);
+}
+
+fn install_scoped<M: Send + Sync + 'static>(extensions: &mut Extensions, session: Session) {
+    extensions.insert(crate::session::ScopedSession::<M>::new(session));
+}
+
+/// The session middleware: loads the session named by the cookie when a handler asks for it, and
+/// writes back what changed.
+///
+/// [`SessionLayer::new`] gives the secure defaults; [`SessionLayer::builder`] changes them. The
+/// defaults, and why:
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | cookie name | `id` | says nothing about the framework (OWASP: neutral names) |
+/// | `Secure` | on | the ID is a bearer token; never send it in clear |
+/// | `HttpOnly` | on | scripts have no business reading it |
+/// | `SameSite` | `Lax` | blocks cross-site POSTs carrying the session, keeps top-level links working |
+/// | `Path`, `Domain` | `/`, none | host-only cookie: sub-domains cannot read or set it |
+/// | expiry | 24 h of inactivity | long enough for a working day, short enough that a forgotten login lapses |
+/// | absolute lifetime | 30 days | bounds the life of a stolen cookie however active it is |
+/// | touch | after 10 % of the idle window | read-heavy traffic writes once per window tenth, not per request |
+/// | persist on 5xx | off | a failed request should not half-apply its changes |
+///
+/// # Examples
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use tower_satchel::{MemoryStore, Session, SessionError, SessionLayer};
+///
+/// async fn handler(session: Session) -> Result<String, SessionError> {
+///     let visits: u64 = session.get("visits")?.unwrap_or(0) + 1;
+///     session.insert("visits", visits)?;
+///     Ok(visits.to_string())
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/", get(handler))
+///     .layer(SessionLayer::new(MemoryStore::new()));
+/// ```
+#[derive(Clone)]
+pub struct SessionLayer {
+    pub(crate) config: Arc<Config>,
+    pub(crate) backend: Backend,
+}
+
+impl fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("config", &self.config)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl SessionLayer {
+    /// A layer over `store` with the defaults in the table above.
+    pub fn new(store: impl IntoBackend) -> Self {
+        Self {
+            config: Arc::new(SessionLayerBuilder::defaults()),
+            backend: store.into_backend(),
+        }
+    }
+
+    /// A builder to change the defaults; [`SessionLayerBuilder::build`] checks the result.
+    pub fn builder(store: impl IntoBackend) -> SessionLayerBuilder {
+        SessionLayerBuilder {
+            config: SessionLayerBuilder::defaults(),
+            backend: store.into_backend(),
+        }
+    }
+
+    /// The cookie name this layer reads and writes.
+    pub fn cookie_name(&self) -> &str {
+        &self.config.cookie_name
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService::new(inner, self.config.clone(), self.backend.clone())
+    }
+}
+
+/// Builds a [`SessionLayer`]. Every setter states its default; [`build`](Self::build) refuses
+/// combinations browsers would reject or that would weaken the cookie.
+pub struct SessionLayerBuilder {
+    config: Config,
+    backend: Backend,
+}
+
+impl fmt::Debug for SessionLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionLayerBuilder {
+    fn defaults() -> Config {
+        Config {
+            cookie_name: "id".to_owned(),
+            path: "/".to_owned(),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: Some(SameSite::Lax),
+            partitioned: false,
+            transport: Transport::Cookie,
+            default_expiry: Expiry::OnInactivity(Duration::hours(24)),
+            session_end_idle: Duration::hours(24),
+            absolute_lifetime: Some(Duration::days(30)),
+            touch_fraction: 0.1,
+            persist_on_5xx: false,
+            clock: Arc::new(SystemClock),
+            error_handler: None,
+            install: install_default,
+            scope: "default",
+        }
+    }
+
+    /// The cookie name. Default: `id`. Names starting with `__Host-` or `__Secure-` get the checks
+    /// browsers apply to them (SECURITY.md 18).
+    #[must_use]
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.config.cookie_name = name.into();
+        self
+    }
+
+    /// The cookie's `Path`. Default: `/`.
+    #[must_use]
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.config.path = path.into();
+        self
+    }
+
+    /// The cookie's `Domain`. Default: none, a host-only cookie.
+    ///
+    /// Setting it shares the session with every sub-domain of `domain`, including ones you do not
+    /// control well (user content, staging); prefer a separate, scoped layer for shared sessions.
+    #[must_use]
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.config.domain = Some(domain.into());
+        self
+    }
+
+    /// The `Secure` attribute. Default: on.
+    ///
+    /// Turning it off lets browsers send the session ID over plain HTTP, where anyone on the path
+    /// can read it. Only do it for local development over `http://localhost`.
+    #[must_use]
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.config.secure = secure;
+        self
+    }
+
+    /// The `HttpOnly` attribute. Default: on.
+    ///
+    /// Turning it off lets any script on the page, including injected ones, read the session ID.
+    #[must_use]
+    pub fn http_only(mut self, http_only: bool) -> Self {
+        self.config.http_only = http_only;
+        self
+    }
+
+    /// The `SameSite` attribute; `None` omits it. Default: `Some(SameSite::Lax)`.
+    ///
+    /// `SameSite::None` sends the cookie on cross-site requests (needs `Secure`, and CSRF
+    /// protection of your own).
+    #[must_use]
+    pub fn same_site(mut self, same_site: Option<SameSite>) -> Self {
+        self.config.same_site = same_site;
+        self
+    }
+
+    /// The `Partitioned` attribute (CHIPS), for cookies used in third-party contexts. Default: off.
+    #[must_use]
+    pub fn partitioned(mut self, partitioned: bool) -> Self {
+        self.config.partitioned = partitioned;
+        self
+    }
+
+    /// Carry the session token in this request/response header instead of a cookie, for API clients
+    /// (like axum_session's REST mode). When set, it is the only place the token is read from
+    /// (SECURITY.md 7): cookies are ignored. A response that creates or rotates the session carries
+    /// the token in the same header; one that destroys it carries the header with an empty value.
+    /// Default: cookies.
+    #[must_use]
+    pub fn header_transport(mut self, header: HeaderName) -> Self {
+        self.config.transport = Transport::Header(header);
+        self
+    }
+
+    /// The expiry of new sessions. Default: `Expiry::OnInactivity(24 hours)`. A handler can change
+    /// it per session with [`Session::set_expiry`].
+    #[must_use]
+    pub fn expiry(mut self, expiry: Expiry) -> Self {
+        self.config.default_expiry = expiry;
+        self
+    }
+
+    /// How long the server keeps an idle [`Expiry::OnSessionEnd`] session. Default: 24 hours.
+    #[must_use]
+    pub fn session_end_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.session_end_idle = timeout;
+        self
+    }
+
+    /// The absolute lifetime counted from creation, which no activity, touch or ID rotation extends;
+    /// `None` for no limit. Default: 30 days.
+    #[must_use]
+    pub fn absolute_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.config.absolute_lifetime = lifetime;
+        self
+    }
+
+    /// The part of the idle window that must pass before a read-only request refreshes the idle
+    /// deadline, from 0.0 (every request) to 1.0. Default: 0.1.
+    ///
+    /// # Performance impact
+    ///
+    /// 0.0 writes to the store on every request that reads the session. The deadline a user sees can
+    /// be early by at most this part of the window.
+    #[must_use]
+    pub fn touch_after(mut self, fraction: f64) -> Self {
+        self.config.touch_fraction = fraction;
+        self
+    }
+
+    /// Whether changes are saved when the response status is 5xx. Default: off (SECURITY.md 20).
+    #[must_use]
+    pub fn persist_on_server_error(mut self, persist: bool) -> Self {
+        self.config.persist_on_5xx = persist;
+        self
+    }
+
+    /// The clock for every deadline. Default: the system clock.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.config.clock = Arc::new(clock);
+        self
+    }
+
+    /// Renders the response when the store fails (on load, through the extractor's rejection, or on
+    /// save). Default: an empty `500 Internal Server Error`. The [`SessionError`] is also put in the
+    /// response's extensions for outer layers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_satchel::{MemoryStore, SessionLayer};
+    /// use http::{Response, StatusCode};
+    ///
+    /// # fn main() -> Result<(), tower_satchel::ConfigError> {
+    /// let layer = SessionLayer::builder(MemoryStore::new())
+    ///     .error_handler(|_error| {
+    ///         let mut response = Response::new(r#"{"error":"session store unavailable"}"#.into());
+    ///         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    ///         response
+    ///     })
+    ///     .build()?;
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn error_handler(
+        mut self,
+        handler: impl Fn(&SessionError) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.error_handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Makes this layer's session reachable as [`ScopedSession<M>`](crate::ScopedSession) instead of
+    /// [`Session`], so that several layers (each with its own cookie name) can serve one app.
+    /// Default: unscoped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use tower_satchel::{MemoryStore, ScopedSession, Session, SessionLayer};
+    ///
+    /// /// The session shared across sub-domains.
+    /// struct Shared;
+    ///
+    /// async fn handler(local: Session, shared: ScopedSession<Shared>) -> String {
+    ///     format!("{} {}", local.len(), shared.len())
+    /// }
+    ///
+    /// # fn main() -> Result<(), tower_satchel::ConfigError> {
+    /// let app: Router = Router::new()
+    ///     .route("/", get(handler))
+    ///     .layer(SessionLayer::new(MemoryStore::new()))
+    ///     .layer(
+    ///         SessionLayer::builder(MemoryStore::new())
+    ///             .cookie_name("shared")
+    ///             .domain("example.com")
+    ///             .scope::<Shared>()
+    ///             .build()?,
+    ///     );
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn scope<M: Send + Sync + 'static>(mut self) -> Self {
+        self.config.install = install_scoped::<M>;
+        self.config.scope = std::any::type_name::<M>();
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for an invalid cookie name, path or domain; a `__Host-` name with a
+    /// `Domain`, a `Path` other than `/`, or without `Secure`; a `__Secure-` name without `Secure`;
+    /// `SameSite=None` without `Secure`; a touch fraction outside 0.0–1.0; a non-positive duration.
+    pub fn build(self) -> Result<SessionLayer, ConfigError> {
+        let c = &self.config;
+        if !is_token(&c.cookie_name) {
+            return Err(ConfigError::new(format!(
+                "cookie name {:?} is not a valid cookie name",
+                c.cookie_name
+            )));
+        }
+        if !c.path.starts_with('/') || !is_attribute_value(&c.path) {
+            return Err(ConfigError::new(format!(
+                "cookie path {:?} must start with '/' and hold no ';' or control characters",
+                c.path
+            )));
+        }
+        if let Some(domain) = &c.domain
+            && (domain.is_empty() || !is_attribute_value(domain) || domain.contains(' ')) {
+                return Err(ConfigError::new(format!(
+                    "cookie domain {domain:?} is not valid"
+                )));
+            }
+        let lower = c.cookie_name.to_ascii_lowercase();
+        if lower.starts_with("__host-") {
+            if !c.secure || c.path != "/" || c.domain.is_some() {
+                return Err(ConfigError::new(
+                    "a __Host- cookie must be Secure, have Path=/ and no Domain",
+                ));
+            }
+        } else if lower.starts_with("__secure-") && !c.secure {
+            return Err(ConfigError::new("a __Secure- cookie must be Secure"));
+        }
+        if c.same_site == Some(SameSite::None) && !c.secure {
+            return Err(ConfigError::new(
+                "SameSite=None requires Secure (browsers drop the cookie otherwise)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.touch_fraction) {
+            return Err(ConfigError::new("touch_after must be between 0.0 and 1.0"));
+        }
+        let positive = |d: Duration| d.is_positive();
+        if !positive(c.session_end_idle)
+            || c.absolute_lifetime.is_some_and(|d| !positive(d))
+            || matches!(c.default_expiry, Expiry::OnInactivity(d) if !positive(d))
+        {
+            return Err(ConfigError::new("expiry durations must be positive"));
+        }
+        if matches!(c.default_expiry, Expiry::AtDateTime(_)) {
+            return Err(ConfigError::new(
+                "a fixed date cannot be the default expiry of every new session; set it per session",
+            ));
+        }
+        Ok(SessionLayer {
+            config: Arc::new(self.config),
+            backend: self.backend,
+        })
+    }
+}
+
+/// RFC 6265 `token`: visible ASCII without separators.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
+        })
+}
+
+fn is_attribute_value(value: &str) -> bool {
+    value.bytes().all(|b| (b == b' ' || b.is_ascii_graphic()) && b != b';')
+}
+
+/// A configuration the layer refuses to build. See [`SessionLayerBuilder::build`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid session configuration: {}", self.message)
+    }
+}
+
+impl StdError for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    fn builder() -> SessionLayerBuilder {
+        SessionLayer::builder(MemoryStore::new())
+    }
+
+    #[test]
+    fn defaults_are_secure() {
+        let layer = SessionLayer::new(MemoryStore::new());
+        let c = &layer.config;
+        assert!(c.secure && c.http_only);
+        assert_eq!(c.same_site, Some(SameSite::Lax));
+        assert_eq!(c.path, "/");
+        assert_eq!(c.domain, None);
+        assert_eq!(c.cookie_name, "id");
+        assert!(!c.persist_on_5xx);
+    }
+
+    #[test]
+    fn host_prefix_rules_are_enforced() {
+        assert!(builder().cookie_name("__Host-id").build().is_ok());
+        assert!(builder().cookie_name("__Host-id").secure(false).build().is_err());
+        assert!(builder().cookie_name("__Host-id").path("/app").build().is_err());
+        assert!(
+            builder()
+                .cookie_name("__Host-id")
+                .domain("example.com")
+                .build()
+                .is_err()
+        );
+        assert!(builder().cookie_name("__Secure-id").secure(false).build().is_err());
+        assert!(
+            builder()
+                .cookie_name("__Secure-id")
+                .domain("example.com")
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn invalid_names_paths_and_domains_are_refused() {
+        for name in ["", "a b", "a;b", "a=b", "é", "a\"b"] {
+            assert!(builder().cookie_name(name).build().is_err(), "{name:?}");
+        }
+        assert!(builder().path("app").build().is_err());
+        assert!(builder().path("/a;b").build().is_err());
+        assert!(builder().domain("a;b").build().is_err());
+    }
+
+    #[test]
+    fn same_site_none_needs_secure() {
+        assert!(
+            builder()
+                .same_site(Some(SameSite::None))
+                .secure(false)
+                .build()
+                .is_err()
+        );
+        assert!(builder().same_site(Some(SameSite::None)).build().is_ok());
+    }
+
+    #[test]
+    fn nonsense_durations_are_refused() {
+        assert!(builder().touch_after(1.5).build().is_err());
+        assert!(
+            builder()
+                .expiry(Expiry::OnInactivity(Duration::ZERO))
+                .build()
+                .is_err()
+        );
+        assert!(
+            builder()
+                .absolute_lifetime(Some(Duration::seconds(-1)))
+                .build()
+                .is_err()
+        );
+    }
+}

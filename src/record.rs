@@ -1,0 +1,253 @@
+//! The stored record, the change set a request produces, and their encoding.
+//!
+//! A [`Record`] is what every server-side store keeps per session: the data map, created-at, the two
+//! deadlines, the [`Expiry`] policy, the owner, and a format version. A [`ChangeSet`] is what one
+//! request did to it: keys set, keys removed, or "cleared", plus the new deadlines. Stores apply a
+//! change set to whatever is stored *now* ([`ChangeSet::apply_to`]), not to what the request loaded,
+//! which is why two concurrent requests that write different keys both keep their writes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::Expiry;
+
+/// The current record format version, written into every encoded record.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One session as a store keeps it.
+///
+/// Stores that keep the record as one blob use [`Record::encode`] and [`Record::decode`]; stores with
+/// columns read and write the fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Record {
+    /// Format version ([`RECORD_VERSION`] when written by this crate).
+    #[serde(rename = "v")]
+    pub version: u32,
+    /// The session's values.
+    #[serde(rename = "d", default)]
+    pub data: Map<String, Value>,
+    /// When the session was created; never changed by ID rotation.
+    #[serde(rename = "c", with = "time::serde::timestamp")]
+    pub created_at: OffsetDateTime,
+    /// The idle deadline: the session expires then unless activity moves it.
+    #[serde(rename = "i", with = "time::serde::timestamp")]
+    pub idle_deadline: OffsetDateTime,
+    /// The absolute deadline, fixed at creation; `None` when the layer sets no absolute lifetime.
+    #[serde(rename = "a", with = "time::serde::timestamp::option", default)]
+    pub absolute_deadline: Option<OffsetDateTime>,
+    /// The session's expiry policy.
+    #[serde(rename = "e")]
+    pub expiry: Expiry,
+    /// The account this session belongs to, if any (see [`Session::set_owner`](crate::Session::set_owner)).
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl Record {
+    /// An empty record created at `created_at`.
+    pub fn new(
+        created_at: OffsetDateTime,
+        idle_deadline: OffsetDateTime,
+        absolute_deadline: Option<OffsetDateTime>,
+        expiry: Expiry,
+    ) -> Self {
+        Self {
+            version: RECORD_VERSION,
+            data: Map::new(),
+            created_at,
+            idle_deadline,
+            absolute_deadline,
+            expiry,
+            owner: None,
+        }
+    }
+
+    /// The earlier of the two deadlines: the session is dead from this instant on.
+    pub fn deadline(&self) -> OffsetDateTime {
+        match self.absolute_deadline {
+            Some(absolute) if absolute < self.idle_deadline => absolute,
+            _ => self.idle_deadline,
+        }
+    }
+
+    /// Whether the session is still live at `now`.
+    pub fn is_live(&self, now: OffsetDateTime) -> bool {
+        now < self.deadline()
+    }
+
+    /// Encodes the record as compact JSON.
+    ///
+    /// # Errors
+    ///
+    /// Only if a value cannot be serialized, which cannot happen for values that came through the
+    /// [`Session`](crate::Session) API (they are already JSON values).
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Decodes a record written by [`Record::encode`].
+    ///
+    /// # Errors
+    ///
+    /// Malformed input or a format version newer than this crate knows; stores treat either as "no
+    /// session" and log it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let record: Record = serde_json::from_slice(bytes)?;
+        if record.version > RECORD_VERSION {
+            return Err(serde::de::Error::custom(format_args!(
+                "record format version {} is newer than {}",
+                record.version, RECORD_VERSION
+            )));
+        }
+        Ok(record)
+    }
+}
+
+/// What one request changed in a session, applied by a store to the record it holds now.
+///
+/// Order of application: if `cleared`, the stored data is emptied first; then `removed` keys are
+/// deleted; then `set` keys are written. Deadlines, expiry and owner are replaced. Same-key writes
+/// from concurrent requests are last-writer-wins.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ChangeSet {
+    /// Start from an empty map (the handler called [`Session::clear`](crate::Session::clear)).
+    pub cleared: bool,
+    /// Keys written by this request, with their new values.
+    pub set: Map<String, Value>,
+    /// Keys removed by this request (never also in `set`).
+    pub removed: Vec<String>,
+    /// The new idle deadline.
+    pub idle_deadline: Option<OffsetDateTime>,
+    /// The new expiry policy, when the request changed it.
+    pub expiry: Option<Expiry>,
+    /// The new owner, when the request changed it (`Some(None)` removes it).
+    pub owner: Option<Option<String>>,
+}
+
+impl ChangeSet {
+    /// Whether the data map is touched at all (as opposed to deadlines or metadata only).
+    pub fn changes_data(&self) -> bool {
+        self.cleared || !self.set.is_empty() || !self.removed.is_empty()
+    }
+
+    /// Applies the change to `record`, in the documented order. The absolute deadline and
+    /// created-at are never changed.
+    pub fn apply_to(&self, record: &mut Record) {
+        if self.cleared {
+            record.data.clear();
+        }
+        for key in &self.removed {
+            record.data.remove(key);
+        }
+        for (key, value) in &self.set {
+            record.data.insert(key.clone(), value.clone());
+        }
+        if let Some(idle) = self.idle_deadline {
+            record.idle_deadline = idle;
+        }
+        if let Some(expiry) = self.expiry {
+            record.expiry = expiry;
+        }
+        if let Some(owner) = &self.owner {
+            record.owner.clone_from(owner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use time::Duration;
+
+    fn sample() -> Record {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut record = Record::new(
+            t0,
+            t0 + Duration::hours(1),
+            Some(t0 + Duration::days(1)),
+            Expiry::OnInactivity(Duration::hours(1)),
+        );
+        record.data.insert("a".into(), json!(1));
+        record.data.insert("b".into(), json!({"x": [1, 2]}));
+        record.owner = Some("alice".into());
+        record
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let record = sample();
+        assert_eq!(Record::decode(&record.encode().unwrap()).unwrap(), record);
+    }
+
+    #[test]
+    fn newer_format_versions_are_refused() {
+        let mut record = sample();
+        record.version = RECORD_VERSION + 1;
+        assert!(Record::decode(&record.encode().unwrap()).is_err());
+    }
+
+    #[test]
+    fn deadline_is_the_earlier_of_idle_and_absolute() {
+        let mut record = sample();
+        assert_eq!(record.deadline(), record.idle_deadline);
+        record.idle_deadline = record.created_at + Duration::days(5);
+        assert_eq!(record.deadline(), record.absolute_deadline.unwrap());
+        assert!(!record.is_live(record.created_at + Duration::days(1)));
+        assert!(record.is_live(record.created_at + Duration::hours(23)));
+    }
+
+    #[test]
+    fn change_sets_touch_only_their_keys() {
+        let mut stored = sample();
+        stored.data.insert("other".into(), json!("written meanwhile"));
+        let mut change = ChangeSet::default();
+        change.set.insert("a".into(), json!(2));
+        change.removed.push("b".into());
+        change.apply_to(&mut stored);
+        assert_eq!(stored.data.get("a"), Some(&json!(2)));
+        assert_eq!(stored.data.get("b"), None);
+        assert_eq!(stored.data.get("other"), Some(&json!("written meanwhile")));
+    }
+
+    #[test]
+    fn cleared_change_sets_start_from_empty() {
+        let mut stored = sample();
+        let mut change = ChangeSet {
+            cleared: true,
+            ..ChangeSet::default()
+        };
+        change.set.insert("fresh".into(), json!(true));
+        change.apply_to(&mut stored);
+        assert_eq!(stored.data.len(), 1);
+        assert_eq!(stored.data.get("fresh"), Some(&json!(true)));
+    }
+
+    proptest! {
+        #[test]
+        fn any_record_round_trips(
+            keys in proptest::collection::btree_map("[a-z]{1,8}", any::<i64>(), 0..8),
+            created in 0i64..4_000_000_000,
+            idle in 1i64..1_000_000,
+            owner in proptest::option::of("[a-z0-9@.]{1,20}"),
+        ) {
+            let t0 = OffsetDateTime::from_unix_timestamp(created).unwrap();
+            let mut record = Record::new(t0, t0 + Duration::seconds(idle), None, Expiry::OnSessionEnd);
+            for (k, v) in keys {
+                record.data.insert(k, json!(v));
+            }
+            record.owner = owner;
+            prop_assert_eq!(Record::decode(&record.encode().unwrap()).unwrap(), record);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Record::decode(&bytes);
+        }
+    }
+}

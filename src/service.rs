@@ -1,0 +1,324 @@
+//! [`SessionService`] and its [`ResponseFuture`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use cookie::Cookie;
+use http::header::{CACHE_CONTROL, COOKIE, HeaderValue, SET_COOKIE, VARY};
+use http::{HeaderMap, Request, Response};
+use pin_project_lite::pin_project;
+use time::{Duration, OffsetDateTime};
+use tower_service::Service;
+
+use crate::backend::Backend;
+use crate::id::SessionId;
+use crate::layer::{Config, Transport};
+use crate::session::{Committed, Incoming, Session, SessionError, TokenAction};
+
+/// The service [`SessionLayer`](crate::SessionLayer) wraps around yours. Its error type is the inner
+/// service's: a store failure becomes an error response, never an `Err`.
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    config: Arc<Config>,
+    backend: Backend,
+}
+
+impl<S> SessionService<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>, backend: Backend) -> Self {
+        Self {
+            inner,
+            config,
+            backend,
+        }
+    }
+
+    fn incoming(&self, headers: &HeaderMap) -> Incoming {
+        let value = match &self.config.transport {
+            Transport::Cookie => find_cookie(headers, &self.config.cookie_name),
+            Transport::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+        };
+        let Some(value) = value else {
+            return Incoming::Absent;
+        };
+        if self.backend.is_client() {
+            // The client store checks size, encoding and authenticity itself.
+            return match std::str::from_utf8(value) {
+                Ok(token) if !token.is_empty() => Incoming::Token(token.to_owned()),
+                _ => Incoming::Malformed,
+            };
+        }
+        match std::str::from_utf8(value).ok().and_then(SessionId::parse) {
+            Some(id) => Incoming::Id(id),
+            None => Incoming::Malformed,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// The first cookie called `name` in the request's `Cookie` headers (SECURITY.md 7: the only place
+/// a cookie-transported token is read from).
+fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    for header in headers.get_all(COOKIE) {
+        for pair in header.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            if pair[..eq].trim_ascii() == name.as_bytes() {
+                let value = pair[eq + 1..].trim_ascii();
+                let value = value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value);
+                return Some(value);
+            }
+        }
+    }
+    None
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let incoming = self.incoming(request.headers());
+        let session = Session::new(self.config.clone(), self.backend.clone(), incoming);
+        (self.config.install)(request.extensions_mut(), session.clone());
+        ResponseFuture {
+            state: State::Handler {
+                future: self.inner.call(request),
+                session: Some(session),
+                config: self.config.clone(),
+            },
+        }
+    }
+}
+
+type CommitFuture<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
+
+pin_project! {
+    /// The response future of [`SessionService`]: the handler's future, then (only when the handler
+    /// used the session) the store call that commits it.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Handler {
+            #[pin]
+            future: F,
+            session: Option<Session>,
+            config: Arc<Config>,
+        },
+        Commit {
+            future: CommitFuture<B>,
+        },
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: From<Bytes> + Send + 'static,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            match this.state.as_mut().project() {
+                StateProj::Handler {
+                    future,
+                    session,
+                    config,
+                } => {
+                    let response = ready!(future.poll(cx))?;
+                    let Some(session) = session.take() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    if !session.needs_commit() {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let config = config.clone();
+                    this.state.set(State::Commit {
+                        future: Box::pin(finish(session, config, response)),
+                    });
+                }
+                StateProj::Commit { future } => {
+                    return future.as_mut().poll(cx).map(Ok);
+                }
+            }
+        }
+    }
+}
+
+async fn finish<B: From<Bytes>>(
+    session: Session,
+    config: Arc<Config>,
+    mut response: Response<B>,
+) -> Response<B> {
+    let server_error = response.status().is_server_error();
+    match session.commit(server_error).await {
+        Ok(committed) => {
+            apply(&config, response.headers_mut(), committed);
+            response
+        }
+        Err(error) => error_response(&config, error),
+    }
+}
+
+/// The response for a store failure: the app's error handler, or an empty one with the error's
+/// status. The error goes into the response's extensions either way.
+pub(crate) fn error_response<B: From<Bytes>>(config: &Config, error: SessionError) -> Response<B> {
+    let mut response = match &config.error_handler {
+        Some(handler) => handler(&error).map(B::from),
+        None => {
+            let mut response = Response::new(B::from(Bytes::new()));
+            *response.status_mut() = error.status();
+            response
+        }
+    };
+    response.extensions_mut().insert(error);
+    response
+}
+
+fn apply(config: &Config, headers: &mut HeaderMap, committed: Committed) {
+    let sets_token = !matches!(committed.token, TokenAction::Keep);
+    if committed.read || sets_token {
+        let vary = match &config.transport {
+            Transport::Cookie => HeaderValue::from_static("cookie"),
+            Transport::Header(name) => HeaderValue::from_str(name.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("cookie")),
+        };
+        add_vary(headers, vary);
+    }
+    let value = match committed.token {
+        TokenAction::Keep => return,
+        TokenAction::Set { value, max_age } => token_header(config, value, max_age),
+        TokenAction::Remove => token_header(config, String::new(), Some(Duration::ZERO)),
+    };
+    let Some(value) = value else {
+        tracing::error!(scope = config.scope, "session token could not be put in a header");
+        return;
+    };
+    match &config.transport {
+        Transport::Cookie => {
+            headers.append(SET_COOKIE, value);
+        }
+        Transport::Header(name) => {
+            headers.insert(name.clone(), value);
+        }
+    }
+    // A response that carries a session token must never be cached by a shared cache
+    // (SECURITY.md 19, Flask CVE-2023-30861).
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+fn add_vary(headers: &mut HeaderMap, value: HeaderValue) {
+    let present = headers.get_all(VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|part| part.trim() == "*" || part.trim().eq_ignore_ascii_case(value.to_str().unwrap_or("")))
+        })
+    });
+    if !present {
+        headers.append(VARY, value);
+    }
+}
+
+fn token_header(config: &Config, value: String, max_age: Option<Duration>) -> Option<HeaderValue> {
+    match &config.transport {
+        Transport::Header(_) => HeaderValue::from_str(&value).ok(),
+        Transport::Cookie => HeaderValue::from_str(&build_cookie(config, value, max_age).to_string()).ok(),
+    }
+}
+
+/// The session cookie with the layer's attributes. A removal cookie (empty value, `Max-Age=0`)
+/// repeats Name, Path, Domain, Secure, HttpOnly and SameSite so the browser matches and drops the
+/// original (SECURITY.md 10).
+pub(crate) fn build_cookie(
+    config: &Config,
+    value: String,
+    max_age: Option<Duration>,
+) -> Cookie<'static> {
+    let mut builder = Cookie::build((config.cookie_name.clone(), value))
+        .path(config.path.clone())
+        .secure(config.secure)
+        .http_only(config.http_only);
+    if let Some(domain) = &config.domain {
+        builder = builder.domain(domain.clone());
+    }
+    if let Some(same_site) = config.same_site {
+        builder = builder.same_site(same_site);
+    }
+    if config.partitioned {
+        builder = builder.partitioned(true);
+    }
+    if let Some(max_age) = max_age {
+        builder = builder.max_age(max_age);
+        if max_age.is_zero() {
+            builder = builder.expires(OffsetDateTime::UNIX_EPOCH);
+        }
+    }
+    builder.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_named_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1; idx=2"));
+        headers.append(COOKIE, HeaderValue::from_static("theme=dark; id=\"abc\"; id=second"));
+        assert_eq!(find_cookie(&headers, "id"), Some(&b"abc"[..]));
+        assert_eq!(find_cookie(&headers, "idx"), Some(&b"2"[..]));
+        assert_eq!(find_cookie(&headers, "missing"), None);
+    }
+
+    #[test]
+    fn vary_is_added_once() {
+        let mut headers = HeaderMap::new();
+        headers.insert(VARY, HeaderValue::from_static("Accept-Encoding, Cookie"));
+        add_vary(&mut headers, HeaderValue::from_static("cookie"));
+        assert_eq!(headers.get_all(VARY).iter().count(), 1);
+        let mut headers = HeaderMap::new();
+        add_vary(&mut headers, HeaderValue::from_static("cookie"));
+        assert_eq!(headers.get(VARY), Some(&HeaderValue::from_static("cookie")));
+    }
+}

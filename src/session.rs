@@ -1,0 +1,1104 @@
+//! The [`Session`] handle: lazy loading, change tracking, arrival status, and the commit plan the
+//! service carries out after the handler.
+//!
+//! # Change tracking
+//!
+//! The handle keeps the data it loaded plus a record of what this request did: which keys it wrote
+//! or removed, whether it cleared the map, changed the expiry or owner, rotated the ID or destroyed
+//! the session. After the handler, the service turns that into one store call:
+//!
+//! | the handler... | store call | response |
+//! |---|---|---|
+//! | did not extract the session | none | unchanged |
+//! | only read it | `touch`, only when due | `Vary: Cookie` (+ refreshed cookie after a touch) |
+//! | changed it | `save(change set)` | `Set-Cookie`, `Cache-Control: no-store` |
+//! | changed a session that did not exist | `create` | `Set-Cookie` with a new ID |
+//! | called [`cycle_id`](Session::cycle_id) | `create` new, then `delete` old | `Set-Cookie` with the new ID |
+//! | called [`destroy`](Session::destroy) | `delete` | removal cookie |
+//! | returned a 5xx | none (unless configured) | unchanged |
+//!
+//! A session that nobody wrote to never gets a record or a cookie, so anonymous traffic cannot fill
+//! the store.
+
+use std::any::Any;
+use std::collections::{BTreeSet, HashMap};
+use std::error::Error as StdError;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use time::{Duration, OffsetDateTime};
+
+use crate::backend::{Backend, Kind, Opened};
+use crate::expiry::{Expiry, MAX_COOKIE_AGE};
+use crate::id::SessionId;
+use crate::layer::Config;
+use crate::record::{ChangeSet, Record};
+use crate::store::{Saved, StoreError, StoreErrorKind};
+
+/// How the request arrived, as far as its session is concerned. Known once the session is loaded.
+///
+/// Apps use it to say "your session timed out, please log in again" instead of silently treating a
+/// returning user as a stranger.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Arrival {
+    /// No session token came with the request: a new visitor (or one whose cookie the browser
+    /// already dropped).
+    #[default]
+    New,
+    /// The token named a live session.
+    Returning,
+    /// The token was well-formed but named no live session: it expired, was destroyed or rotated
+    /// away, or never existed. A fresh session is used (SECURITY.md 2).
+    Expired,
+    /// The token was malformed, or failed authentication (cookie store). A fresh session is used.
+    Invalid,
+}
+
+/// The token the request carried, checked for syntax before any store sees it.
+#[derive(Clone)]
+pub(crate) enum Incoming {
+    Absent,
+    Malformed,
+    Id(SessionId),
+    Token(String),
+}
+
+/// A cheap-to-clone handle to the current request's session.
+///
+/// Every extractor of one request shares the same handle. Extracting it (or calling
+/// [`load`](Session::load)) reads the store once; after that every operation is synchronous and
+/// in-memory, and the service writes back only what changed when the handler returns.
+///
+/// Values are any `Serialize + DeserializeOwned` type, kept as JSON values.
+///
+/// # Plain Tower
+///
+/// Without axum, the layer puts the handle in the request's extensions; load it before use:
+///
+/// ```
+/// # async fn handler(request: http::Request<()>) -> Result<(), tower_satchel::SessionError> {
+/// use tower_satchel::Session;
+/// if let Some(session) = request.extensions().get::<Session>() {
+///     session.load().await?;
+///     let visits: u64 = session.get("visits")?.unwrap_or(0);
+///     session.insert("visits", visits + 1)?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Session(Arc<Shared>);
+
+struct Shared {
+    config: Arc<Config>,
+    backend: Backend,
+    incoming: Incoming,
+    load_lock: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    loaded: bool,
+    arrival: Arrival,
+    /// The stored session this request started from (its data moved into `data`).
+    live: Option<Live>,
+    data: Map<String, Value>,
+    dirty: BTreeSet<String>,
+    cleared: bool,
+    expiry: Option<Expiry>,
+    owner: Option<Option<String>>,
+    cycle: bool,
+    destroyed: bool,
+    reseal: bool,
+    transient: HashMap<String, Box<dyn Any + Send + Sync>>,
+}
+
+struct Live {
+    /// `None` for the client-side store, which has no ID.
+    id: Option<SessionId>,
+    record: Record,
+}
+
+impl State {
+    fn modified(&self) -> bool {
+        !self.dirty.is_empty()
+            || self.cleared
+            || self.expiry.is_some()
+            || self.owner.is_some()
+            || self.cycle
+            || self.destroyed
+    }
+
+    fn current_expiry(&self, config: &Config) -> Expiry {
+        self.expiry
+            .or_else(|| self.live.as_ref().map(|l| l.record.expiry))
+            .unwrap_or(config.default_expiry)
+    }
+
+    fn current_owner(&self) -> Option<String> {
+        match &self.owner {
+            Some(owner) => owner.clone(),
+            None => self.live.as_ref().and_then(|l| l.record.owner.clone()),
+        }
+    }
+
+    /// The full record as it would be written now, starting from the live one (or a new one).
+    fn full_record(&self, config: &Config, now: OffsetDateTime) -> Record {
+        let expiry = self.current_expiry(config);
+        let idle = expiry.idle_deadline(now, config.session_end_idle);
+        let mut record = match &self.live {
+            Some(live) => {
+                let mut record = live.record.clone();
+                record.expiry = expiry;
+                record.idle_deadline = idle;
+                record
+            }
+            None => Record::new(
+                now,
+                idle,
+                config.absolute_lifetime.map(|life| now.saturating_add(life)),
+                expiry,
+            ),
+        };
+        record.data = self.data.clone();
+        record.owner = self.current_owner();
+        record
+    }
+
+    fn change_set(&self, config: &Config, now: OffsetDateTime) -> ChangeSet {
+        let expiry = self.current_expiry(config);
+        let mut changes = ChangeSet {
+            cleared: self.cleared,
+            idle_deadline: Some(expiry.idle_deadline(now, config.session_end_idle)),
+            expiry: self.expiry,
+            owner: self.owner.clone(),
+            ..ChangeSet::default()
+        };
+        for key in &self.dirty {
+            match self.data.get(key) {
+                Some(value) => {
+                    changes.set.insert(key.clone(), value.clone());
+                }
+                None => changes.removed.push(key.clone()),
+            }
+        }
+        changes
+    }
+}
+
+/// What the service must do with the token after the handler.
+#[derive(Debug)]
+pub(crate) enum TokenAction {
+    /// Nothing to send.
+    Keep,
+    /// Send this token; `max_age` for persistent cookies.
+    Set {
+        value: String,
+        max_age: Option<Duration>,
+    },
+    /// Tell the client to forget its token.
+    Remove,
+}
+
+/// What the service learns from [`Session::commit`].
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub(crate) token: TokenAction,
+    pub(crate) read: bool,
+}
+
+enum Plan {
+    Nothing,
+    Touch {
+        id: SessionId,
+        idle_deadline: OffsetDateTime,
+        max_age: Option<Duration>,
+    },
+    Save {
+        id: SessionId,
+        changes: ChangeSet,
+        max_age: Option<Duration>,
+    },
+    Create {
+        record: Record,
+        replaces: Option<SessionId>,
+    },
+    Seal {
+        record: Record,
+    },
+    Destroy {
+        old: Option<SessionId>,
+        then: Option<Record>,
+        remove_token: bool,
+    },
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // Every critical section leaves the state consistent, so a panic elsewhere while it was held
+    // does not make it unusable.
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn max_age_for(record: &Record, now: OffsetDateTime) -> Option<Duration> {
+    record.expiry.is_persistent().then(|| {
+        (record.deadline() - now)
+            .clamp(Duration::ZERO, MAX_COOKIE_AGE)
+            .floor_seconds()
+    })
+}
+
+trait FloorSeconds {
+    fn floor_seconds(self) -> Self;
+}
+
+impl FloorSeconds for Duration {
+    fn floor_seconds(self) -> Self {
+        Duration::seconds(self.whole_seconds())
+    }
+}
+
+impl Session {
+    pub(crate) fn new(config: Arc<Config>, backend: Backend, incoming: Incoming) -> Self {
+        Self(Arc::new(Shared {
+            config,
+            backend,
+            incoming,
+            load_lock: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State::default()),
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.0.state)
+    }
+
+    /// Loads the session from the store, once per request; later calls return at once. The axum
+    /// extractor calls it for you.
+    ///
+    /// # Errors
+    ///
+    /// A [`SessionError`] when the store fails. The session stays unloaded and the handler should
+    /// not run with it: an empty session written back could overwrite the real one.
+    pub async fn load(&self) -> Result<(), SessionError> {
+        if self.state().loaded {
+            return Ok(());
+        }
+        let _guard = self.0.load_lock.lock().await;
+        if self.state().loaded {
+            return Ok(());
+        }
+        let now = self.0.config.clock.now();
+        let scope = self.0.config.scope;
+        let (arrival, live) = match (&self.0.incoming, &self.0.backend.0) {
+            (Incoming::Absent, _) => (Arrival::New, None),
+            (Incoming::Malformed, _) => {
+                tracing::info!(scope, "malformed session token ignored; a fresh session is used");
+                (Arrival::Invalid, None)
+            }
+            (Incoming::Id(id), Kind::Server(store)) => {
+                let key = id.key();
+                let tag = key.log_tag();
+                match store.load(&key, now).await {
+                    Ok(Some(record)) if record.is_live(now) => (
+                        Arrival::Returning,
+                        Some(Live {
+                            id: Some(id.clone()),
+                            record,
+                        }),
+                    ),
+                    Ok(Some(_)) => {
+                        tracing::debug!(scope, session = %tag, "session expired");
+                        if let Err(error) = store.delete(&key).await {
+                            tracing::warn!(scope, session = %tag, %error, "could not delete expired session");
+                        }
+                        (Arrival::Expired, None)
+                    }
+                    Ok(None) => {
+                        tracing::debug!(scope, session = %tag, "unknown or expired session; a fresh session is used");
+                        (Arrival::Expired, None)
+                    }
+                    Err(error) => {
+                        tracing::error!(scope, session = %tag, %error, "session store failed on load");
+                        return Err(SessionError::store(error));
+                    }
+                }
+            }
+            (Incoming::Token(token), Kind::Client(store)) => {
+                match store.open(&self.0.config.cookie_name, token, now).await {
+                    Ok(Opened::Live { record, reseal }) => {
+                        self.state().reseal = reseal;
+                        (Arrival::Returning, Some(Live { id: None, record }))
+                    }
+                    Ok(Opened::Expired) => {
+                        tracing::debug!(scope, "sealed session expired or revoked");
+                        (Arrival::Expired, None)
+                    }
+                    Ok(Opened::Invalid) => {
+                        tracing::info!(scope, "sealed session cookie failed authentication");
+                        (Arrival::Invalid, None)
+                    }
+                    Err(error) => {
+                        tracing::error!(scope, %error, "cookie store failed on open");
+                        return Err(SessionError::store(error));
+                    }
+                }
+            }
+            // The service parses tokens for the backend it has; these cannot meet.
+            (Incoming::Id(_), Kind::Client(_)) | (Incoming::Token(_), Kind::Server(_)) => {
+                (Arrival::Invalid, None)
+            }
+        };
+        let mut state = self.state();
+        state.arrival = arrival;
+        if let Some(mut live) = live {
+            if !state.cleared {
+                state.data = std::mem::take(&mut live.record.data);
+            } else {
+                live.record.data.clear();
+            }
+            state.live = Some(live);
+        }
+        state.loaded = true;
+        Ok(())
+    }
+
+    /// Whether [`load`](Session::load) has completed.
+    pub fn is_loaded(&self) -> bool {
+        self.state().loaded
+    }
+
+    fn loaded_state(&self) -> Result<MutexGuard<'_, State>, SessionError> {
+        let state = self.state();
+        if state.loaded {
+            Ok(state)
+        } else {
+            Err(SessionError::new(
+                SessionErrorKind::NotLoaded,
+                "session used before load()",
+            ))
+        }
+    }
+
+    /// How this request arrived (new visitor, returning, expired, invalid). [`Arrival::New`] until
+    /// loaded.
+    pub fn arrival(&self) -> Arrival {
+        self.state().arrival
+    }
+
+    /// The value under `key`, deserialized as `T`.
+    ///
+    /// # Errors
+    ///
+    /// If the session is not loaded, or the stored value is not a `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let state = self.loaded_state()?;
+        match state.data.get(key) {
+            Some(value) => T::deserialize(value).map(Some).map_err(|e| {
+                SessionError::new(
+                    SessionErrorKind::Deserialize,
+                    format!("session value {key:?} has an unexpected type"),
+                )
+                .with_source(e)
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw JSON value under `key`.
+    ///
+    /// # Errors
+    ///
+    /// If the session is not loaded.
+    pub fn get_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        Ok(self.loaded_state()?.data.get(key).cloned())
+    }
+
+    /// Sets `key` to `value`.
+    ///
+    /// # Errors
+    ///
+    /// If the session is not loaded, or `value` cannot be represented as JSON (e.g. a map with
+    /// non-string keys).
+    pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        let value = serde_json::to_value(value).map_err(|e| {
+            SessionError::new(
+                SessionErrorKind::Serialize,
+                format!("session value {key:?} cannot be serialized"),
+            )
+            .with_source(e)
+        })?;
+        self.insert_value(key, value)
+    }
+
+    /// Sets `key` to a raw JSON value.
+    ///
+    /// # Errors
+    ///
+    /// If the session is not loaded.
+    pub fn insert_value(&self, key: &str, value: Value) -> Result<(), SessionError> {
+        let mut state = self.loaded_state()?;
+        if state.data.get(key) != Some(&value) {
+            state.data.insert(key.to_owned(), value);
+            state.dirty.insert(key.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Removes `key` and returns its old value (Flask's `pop`). A value that is not a `T` is left in
+    /// place and reported as an error.
+    ///
+    /// # Errors
+    ///
+    /// If the session is not loaded, or the stored value is not a `T`.
+    pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let mut state = self.loaded_state()?;
+        let Some(value) = state.data.get(key) else {
+            return Ok(None);
+        };
+        let old = T::deserialize(value).map_err(|e| {
+            SessionError::new(
+                SessionErrorKind::Deserialize,
+                format!("session value {key:?} has an unexpected type"),
+            )
+            .with_source(e)
+        })?;
+        state.data.remove(key);
+        state.dirty.insert(key.to_owned());
+        Ok(Some(old))
+    }
+
+    /// Removes `key` and returns its raw old value.
+    ///
+    /// # Errors
+    ///
+    /// If the session is not loaded.
+    pub fn remove_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        let mut state = self.loaded_state()?;
+        let old = state.data.remove(key);
+        if old.is_some() {
+            state.dirty.insert(key.to_owned());
+        }
+        Ok(old)
+    }
+
+    /// Reads the `T` under `key` (or `T::default()`), lets `f` change it, writes it back, and
+    /// returns what `f` returned: one call to keep a whole struct in the session.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use tower_satchel::{Session, SessionError};
+    /// #[derive(Default, serde::Serialize, serde::Deserialize)]
+    /// struct Cart { items: Vec<String> }
+    ///
+    /// fn add(session: &Session, item: &str) -> Result<usize, SessionError> {
+    ///     session.update("cart", |cart: &mut Cart| {
+    ///         cart.items.push(item.to_owned());
+    ///         cart.items.len()
+    ///     })
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Session::get) and [`insert`](Session::insert).
+    pub fn update<T, R>(&self, key: &str, f: impl FnOnce(&mut T) -> R) -> Result<R, SessionError>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        let mut value: T = self.get(key)?.unwrap_or_default();
+        let out = f(&mut value);
+        self.insert(key, value)?;
+        Ok(out)
+    }
+
+    /// Whether `key` is set. `false` before load.
+    pub fn contains(&self, key: &str) -> bool {
+        self.state().data.contains_key(key)
+    }
+
+    /// The keys that are set, sorted. Empty before load.
+    pub fn keys(&self) -> Vec<String> {
+        self.state().data.keys().cloned().collect()
+    }
+
+    /// How many keys are set. 0 before load.
+    pub fn len(&self) -> usize {
+        self.state().data.len()
+    }
+
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self.state().data.is_empty()
+    }
+
+    /// Removes every key. The session (and its ID) stays; use [`destroy`](Session::destroy) to end
+    /// it.
+    pub fn clear(&self) {
+        let mut state = self.state();
+        state.data.clear();
+        state.dirty.clear();
+        state.cleared = true;
+    }
+
+    /// Gives the session a new ID at the end of the request, keeping its data: call it on login and
+    /// on any change of privilege (SECURITY.md 8). The record is created under the new ID before the
+    /// old one is deleted, so a failure or a 5xx response leaves the old session working; a request
+    /// still holding the old ID afterwards finds no session. Rotation never extends the absolute
+    /// lifetime (SECURITY.md 9).
+    pub fn cycle_id(&self) {
+        self.state().cycle = true;
+    }
+
+    /// Ends the session at the end of the request: its record is deleted and the client told to drop
+    /// the cookie (SECURITY.md 10). Values inserted after `destroy` start a new session with a new
+    /// ID (e.g. a "you have been logged out" message).
+    pub fn destroy(&self) {
+        let mut state = self.state();
+        state.destroyed = true;
+        state.cycle = false;
+        state.data.clear();
+        state.dirty.clear();
+        state.cleared = true;
+        state.owner = Some(None);
+        state.expiry = None;
+    }
+
+    /// Sets this session's expiry, e.g. `Expiry::OnInactivity(30 days)` for "remember me".
+    /// Persisted with the session; the absolute lifetime still applies.
+    pub fn set_expiry(&self, expiry: Expiry) {
+        self.state().expiry = Some(expiry);
+    }
+
+    /// This session's expiry policy.
+    pub fn expiry(&self) -> Expiry {
+        self.state().current_expiry(&self.0.config)
+    }
+
+    /// When the session will expire if this request is its last activity: the earlier of its idle
+    /// and absolute deadlines.
+    pub fn expires_at(&self) -> OffsetDateTime {
+        let now = self.0.config.clock.now();
+        self.state().full_record(&self.0.config, now).deadline()
+    }
+
+    /// The session's ID, once the session exists in the store (not for a new session before its
+    /// first response, nor with the cookie store, which has no ID).
+    pub fn id(&self) -> Option<SessionId> {
+        let state = self.state();
+        if state.destroyed {
+            return None;
+        }
+        state.live.as_ref().and_then(|l| l.id.clone())
+    }
+
+    /// Ties the session to an account, so that all sessions of that account can be listed and
+    /// revoked (SECURITY.md 12). Use a stable key (a user ID), not a display name.
+    pub fn set_owner(&self, owner: impl Into<String>) {
+        self.state().owner = Some(Some(owner.into()));
+    }
+
+    /// Unties the session from its account.
+    pub fn clear_owner(&self) {
+        self.state().owner = Some(None);
+    }
+
+    /// The account this session belongs to.
+    pub fn owner(&self) -> Option<String> {
+        self.state().current_owner()
+    }
+
+    /// Ends every session of this session's owner, this one included ("log out everywhere").
+    /// Returns how many the store deleted.
+    ///
+    /// # Errors
+    ///
+    /// When the session has no owner, the store fails, or the store cannot revoke (the cookie store
+    /// without a revocation hook).
+    pub async fn revoke_owner(&self) -> Result<usize, SessionError> {
+        self.load().await?;
+        let Some(owner) = self.owner() else {
+            return Err(SessionError::new(
+                SessionErrorKind::NoOwner,
+                "the session has no owner to revoke",
+            ));
+        };
+        let now = self.0.config.clock.now();
+        let revoked = match &self.0.backend.0 {
+            Kind::Server(store) => store.delete_owner(&owner).await,
+            Kind::Client(store) => store.revoke_owner(&owner, now).await,
+        }
+        .map_err(SessionError::store)?;
+        tracing::info!(scope = self.0.config.scope, revoked, "sessions of an owner revoked");
+        self.destroy();
+        Ok(revoked)
+    }
+
+    /// Keeps `value` under `key` for this request only; it is never persisted (e.g. set by an auth
+    /// middleware, read by the handler).
+    pub fn insert_transient<T: Send + Sync + 'static>(&self, key: &str, value: T) {
+        self.state()
+            .transient
+            .insert(key.to_owned(), Box::new(value));
+    }
+
+    /// A copy of the transient value under `key`, if it is a `T`.
+    pub fn get_transient<T: Clone + Send + Sync + 'static>(&self, key: &str) -> Option<T> {
+        self.state()
+            .transient
+            .get(key)
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+
+    /// Removes the transient value under `key` and returns it, if it is a `T`.
+    pub fn remove_transient<T: Send + Sync + 'static>(&self, key: &str) -> Option<T> {
+        let mut state = self.state();
+        let value = state.transient.remove(key)?;
+        match value.downcast::<T>() {
+            Ok(value) => Some(*value),
+            Err(other) => {
+                state.transient.insert(key.to_owned(), other);
+                None
+            }
+        }
+    }
+
+    #[cfg(feature = "axum")]
+    pub(crate) fn error_handler(&self) -> Option<crate::layer::ErrorHandler> {
+        self.0.config.error_handler.clone()
+    }
+
+    /// Whether the handler did anything the service must act on.
+    pub(crate) fn needs_commit(&self) -> bool {
+        let state = self.state();
+        state.loaded || state.modified()
+    }
+
+    fn plan(&self, now: OffsetDateTime, server_error: bool) -> (Plan, bool) {
+        let config = &self.0.config;
+        let state = self.state();
+        let read = state.loaded;
+        if server_error && !config.persist_on_5xx {
+            return (Plan::Nothing, read);
+        }
+        let client = self.0.backend.is_client();
+        let live_id = state.live.as_ref().and_then(|l| l.id.clone());
+        if state.destroyed {
+            let has_data = !state.data.is_empty() || state.owner.as_ref().is_some_and(Option::is_some);
+            let then = has_data.then(|| {
+                let mut record = State {
+                    data: state.data.clone(),
+                    owner: state.owner.clone(),
+                    expiry: state.expiry,
+                    ..State::default()
+                }
+                .full_record(config, now);
+                record.created_at = now;
+                record
+            });
+            let remove_token = !matches!(self.0.incoming, Incoming::Absent);
+            return (
+                Plan::Destroy {
+                    old: live_id,
+                    then,
+                    remove_token,
+                },
+                read,
+            );
+        }
+        let Some(live) = &state.live else {
+            // No session yet: create one only if there is something to keep.
+            if state.data.is_empty() && state.current_owner().is_none() {
+                return (Plan::Nothing, read);
+            }
+            if !state.modified() {
+                return (Plan::Nothing, read);
+            }
+            let record = state.full_record(config, now);
+            return if client {
+                (Plan::Seal { record }, read)
+            } else {
+                (
+                    Plan::Create {
+                        record,
+                        replaces: None,
+                    },
+                    read,
+                )
+            };
+        };
+        if client {
+            let due = state.modified() || state.reseal || self.touch_due(&live.record, now);
+            if !due {
+                return (Plan::Nothing, read);
+            }
+            return (
+                Plan::Seal {
+                    record: state.full_record(config, now),
+                },
+                read,
+            );
+        }
+        let Some(id) = live_id else {
+            return (Plan::Nothing, read);
+        };
+        if state.cycle {
+            return (
+                Plan::Create {
+                    record: state.full_record(config, now),
+                    replaces: Some(id),
+                },
+                read,
+            );
+        }
+        if state.modified() {
+            let changes = state.change_set(config, now);
+            let mut after = live.record.clone();
+            changes.apply_to(&mut after);
+            return (
+                Plan::Save {
+                    id,
+                    changes,
+                    max_age: max_age_for(&after, now),
+                },
+                read,
+            );
+        }
+        if self.touch_due(&live.record, now) {
+            let expiry = live.record.expiry;
+            let idle_deadline = expiry.idle_deadline(now, config.session_end_idle);
+            let mut after = live.record.clone();
+            after.idle_deadline = idle_deadline;
+            return (
+                Plan::Touch {
+                    id,
+                    idle_deadline,
+                    max_age: max_age_for(&after, now),
+                },
+                read,
+            );
+        }
+        (Plan::Nothing, read)
+    }
+
+    fn touch_due(&self, record: &Record, now: OffsetDateTime) -> bool {
+        let config = &self.0.config;
+        let Some(window) = record.expiry.window(config.session_end_idle) else {
+            return false;
+        };
+        let refreshed_at = record.idle_deadline - window;
+        now - refreshed_at >= window * config.touch_fraction
+    }
+
+    /// Carries out what the handler did. Called by the service once the response is known.
+    pub(crate) async fn commit(&self, server_error: bool) -> Result<Committed, SessionError> {
+        let needs_load = {
+            let state = self.state();
+            !state.loaded && state.modified()
+        };
+        if needs_load {
+            self.load().await?;
+        }
+        let config = &self.0.config;
+        let scope = config.scope;
+        let now = config.clock.now();
+        let (plan, read) = self.plan(now, server_error);
+        let token = match (plan, &self.0.backend.0) {
+            (Plan::Nothing, _) => TokenAction::Keep,
+            (Plan::Seal { record }, Kind::Client(store)) => {
+                let max_age = max_age_for(&record, now);
+                let value = store
+                    .seal(&config.cookie_name, &record)
+                    .map_err(SessionError::store)?;
+                TokenAction::Set { value, max_age }
+            }
+            (
+                Plan::Touch {
+                    id,
+                    idle_deadline,
+                    max_age,
+                },
+                Kind::Server(store),
+            ) => {
+                let key = id.key();
+                match store.touch(&key, idle_deadline, now).await {
+                    Ok(Saved::Applied) if max_age.is_some() => TokenAction::Set {
+                        value: id.expose(),
+                        max_age,
+                    },
+                    Ok(_) => TokenAction::Keep,
+                    Err(error) => {
+                        // A failed touch loses nothing: the deadline is refreshed next time.
+                        tracing::warn!(scope, session = %key.log_tag(), %error, "session touch failed");
+                        TokenAction::Keep
+                    }
+                }
+            }
+            (
+                Plan::Save {
+                    id,
+                    changes,
+                    max_age,
+                },
+                Kind::Server(store),
+            ) => {
+                let key = id.key();
+                match store.save(&key, &changes, now).await {
+                    Ok(Saved::Applied) => TokenAction::Set {
+                        value: id.expose(),
+                        max_age,
+                    },
+                    Ok(Saved::Gone) => {
+                        // Deleted meanwhile (logout elsewhere, rotation, expiry): never resurrect
+                        // it (SECURITY.md 11). No removal cookie either: it could clobber the new
+                        // cookie a concurrent rotation just set.
+                        tracing::info!(scope, session = %key.log_tag(), "session ended during the request; its changes were dropped");
+                        TokenAction::Keep
+                    }
+                    Err(error) => {
+                        tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on save");
+                        return Err(SessionError::store(error));
+                    }
+                }
+            }
+            (Plan::Create { record, replaces }, Kind::Server(store)) => {
+                let id = self.create(store.as_ref(), &record, now).await?;
+                if let Some(old) = replaces {
+                    let old_key = old.key();
+                    if let Err(error) = store.delete(&old_key).await {
+                        tracing::error!(scope, session = %old_key.log_tag(), %error, "could not delete the old ID after rotation");
+                        // The old ID still works: report failure so the client keeps using it
+                        // rather than holding two live IDs. The new record expires unused.
+                        let _ = store.delete(&id.key()).await;
+                        return Err(SessionError::store(error));
+                    }
+                    tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
+                }
+                TokenAction::Set {
+                    value: id.expose(),
+                    max_age: max_age_for(&record, now),
+                }
+            }
+            (
+                Plan::Destroy {
+                    old,
+                    then,
+                    remove_token,
+                },
+                backend,
+            ) => {
+                if let (Some(old), Kind::Server(store)) = (&old, backend) {
+                    let key = old.key();
+                    store.delete(&key).await.map_err(|error| {
+                        tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on delete");
+                        SessionError::store(error)
+                    })?;
+                    tracing::debug!(scope, session = %key.log_tag(), "session destroyed");
+                }
+                match (then, backend) {
+                    (Some(record), Kind::Server(store)) => {
+                        let id = self.create(store.as_ref(), &record, now).await?;
+                        TokenAction::Set {
+                            value: id.expose(),
+                            max_age: max_age_for(&record, now),
+                        }
+                    }
+                    (Some(record), Kind::Client(store)) => TokenAction::Set {
+                        value: store
+                            .seal(&config.cookie_name, &record)
+                            .map_err(SessionError::store)?,
+                        max_age: max_age_for(&record, now),
+                    },
+                    (None, _) if remove_token => TokenAction::Remove,
+                    (None, _) => TokenAction::Keep,
+                }
+            }
+            // Plans are made for the backend at hand; the other pairs do not occur.
+            (_, _) => TokenAction::Keep,
+        };
+        Ok(Committed { token, read })
+    }
+
+    async fn create(
+        &self,
+        store: &dyn crate::store::DynStore,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<SessionId, SessionError> {
+        for _ in 0..3 {
+            let id = SessionId::generate().map_err(|e| {
+                SessionError::new(SessionErrorKind::Random, "no OS randomness for a session ID")
+                    .with_source(e)
+            })?;
+            match store.create(&id.key(), record, now).await {
+                Ok(true) => return Ok(id),
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::error!(scope = self.0.config.scope, %error, "session store failed on create");
+                    return Err(SessionError::store(error));
+                }
+            }
+        }
+        Err(SessionError::store(StoreError::new(
+            StoreErrorKind::Backend,
+            "the store reported a collision for three fresh 256-bit IDs",
+        )))
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("Session")
+            .field("scope", &self.0.config.scope)
+            .field("loaded", &state.loaded)
+            .field("arrival", &state.arrival)
+            .field("keys", &state.data.len())
+            .field("id", &"REDACTED")
+            .finish()
+    }
+}
+
+/// The session of a layer configured with [`scope::<M>()`](crate::SessionLayerBuilder::scope).
+/// Derefs to [`Session`].
+pub struct ScopedSession<M> {
+    session: Session,
+    _scope: PhantomData<fn() -> M>,
+}
+
+impl<M> ScopedSession<M> {
+    pub(crate) fn new(session: Session) -> Self {
+        Self {
+            session,
+            _scope: PhantomData,
+        }
+    }
+
+    /// The plain handle.
+    pub fn into_inner(self) -> Session {
+        self.session
+    }
+}
+
+impl<M> Clone for ScopedSession<M> {
+    fn clone(&self) -> Self {
+        Self::new(self.session.clone())
+    }
+}
+
+impl<M> Deref for ScopedSession<M> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl<M> fmt::Debug for ScopedSession<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.session.fmt(f)
+    }
+}
+
+/// What kind of failure a [`SessionError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionErrorKind {
+    /// The store failed; [`SessionError::store_error`] has the details.
+    Store,
+    /// The session was used before [`Session::load`].
+    NotLoaded,
+    /// A value could not be serialized.
+    Serialize,
+    /// A stored value is not of the requested type.
+    Deserialize,
+    /// The OS random source failed.
+    Random,
+    /// [`Session::revoke_owner`] on a session without owner.
+    NoOwner,
+    /// The request did not pass through a [`SessionLayer`](crate::SessionLayer).
+    MissingLayer,
+}
+
+/// A session failure. Cheap to clone; keeps its cause as [`source`](StdError::source).
+#[derive(Clone)]
+pub struct SessionError {
+    kind: SessionErrorKind,
+    message: Arc<str>,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+impl SessionError {
+    pub(crate) fn new(kind: SessionErrorKind, message: impl Into<Arc<str>>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn store(error: StoreError) -> Self {
+        Self {
+            kind: SessionErrorKind::Store,
+            message: Arc::from("session store failed"),
+            source: Some(Arc::new(error)),
+        }
+    }
+
+    fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> SessionErrorKind {
+        self.kind
+    }
+
+    /// The store's error, for [`SessionErrorKind::Store`].
+    pub fn store_error(&self) -> Option<&StoreError> {
+        self.source.as_deref().and_then(|e| e.downcast_ref())
+    }
+
+    /// The HTTP status this error maps to by default.
+    pub fn status(&self) -> http::StatusCode {
+        match self.kind {
+            SessionErrorKind::NoOwner => http::StatusCode::BAD_REQUEST,
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl fmt::Debug for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for SessionError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}

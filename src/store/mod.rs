@@ -1,0 +1,463 @@
+//! The store contract, its error type, and the background cleanup helper.
+//!
+//! A server-side store implements [`SessionStore`]. The layer is the only caller in normal use; apps
+//! call the store directly for administration (listing or revoking the sessions of an owner) and to
+//! run [`spawn_cleanup`].
+//!
+//! # The contract
+//!
+//! | operation | contract |
+//! |---|---|
+//! | [`load`](SessionStore::load) | the live record, or `None` for missing or expired; never an error for "not found" |
+//! | [`create`](SessionStore::create) | insert only if absent; `Ok(false)` on collision (the layer mints a new ID and retries) |
+//! | [`save`](SessionStore::save) | apply **only** the [`ChangeSet`] atomically to the stored record; [`Saved::Gone`] if the record is gone or expired, never resurrect it |
+//! | [`touch`](SessionStore::touch) | move the idle deadline only; no data rewrite; [`Saved::Gone`] as for save |
+//! | [`delete`](SessionStore::delete) | idempotent |
+//! | [`delete_expired`](SessionStore::delete_expired) | removes at most `limit` expired records, returns how many |
+//! | [`list_owner`](SessionStore::list_owner), [`delete_owner`](SessionStore::delete_owner) | the owner index |
+//!
+//! Stores are handed a [`SessionKey`] (the SHA-256 of the session ID), never the ID itself, so a
+//! store dump yields no usable cookie (SECURITY.md 6). `now` is passed in so that every deadline is
+//! judged by the layer's one [`Clock`](crate::Clock).
+//!
+//! A store is cheap to clone (it is a handle to shared state): keep a clone for administration and
+//! give another to [`SessionLayer::new`](crate::SessionLayer::new).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use time::OffsetDateTime;
+
+use crate::id::SessionKey;
+use crate::record::{ChangeSet, Record};
+
+#[cfg(feature = "memory-store")]
+pub(crate) mod memory;
+
+/// The outcome of [`SessionStore::save`] and [`SessionStore::touch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Saved {
+    /// The change was applied.
+    Applied,
+    /// The record no longer exists (deleted, rotated away or expired meanwhile); nothing was written.
+    Gone,
+}
+
+/// One entry of the owner index, as listed by [`SessionStore::list_owner`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The store key of the session.
+    pub key: SessionKey,
+    /// When the session was created.
+    pub created_at: OffsetDateTime,
+    /// When it expires unless used (the earlier of its deadlines).
+    pub deadline: OffsetDateTime,
+}
+
+impl SessionInfo {
+    /// Summarises a stored record.
+    pub fn from_record(key: SessionKey, record: &Record) -> Self {
+        Self {
+            key,
+            created_at: record.created_at,
+            deadline: record.deadline(),
+        }
+    }
+}
+
+/// A server-side session store.
+///
+/// Implement it with `async fn`; the futures must be `Send`. See the [module docs](self) for the
+/// contract each operation must meet, and run the conformance suite in `tests/conformance` against
+/// a new store.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Loads the live record under `key`, or `None` if it is missing or expired at `now`.
+    fn load(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+
+    /// Stores `record` under `key` if nothing live is stored there; `Ok(false)` if something is.
+    fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Applies `changes` to the live record under `key`, atomically; [`Saved::Gone`] if there is none.
+    fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Saved, StoreError>> + Send;
+
+    /// Moves the idle deadline of the live record under `key`; [`Saved::Gone`] if there is none.
+    fn touch(
+        &self,
+        key: &SessionKey,
+        idle_deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Saved, StoreError>> + Send;
+
+    /// Deletes the record under `key`, if any.
+    fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes up to `limit` records expired at `now`; returns how many it deleted.
+    fn delete_expired(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Lists the live sessions of `owner`.
+    fn list_owner(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<SessionInfo>, StoreError>> + Send;
+
+    /// Deletes every session of `owner`; returns how many it deleted.
+    fn delete_owner(&self, owner: &str) -> impl Future<Output = Result<usize, StoreError>> + Send;
+}
+
+impl<S: SessionStore> SessionStore for Arc<S> {
+    fn load(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        (**self).load(key, now)
+    }
+    fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).create(key, record, now)
+    }
+    fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Saved, StoreError>> + Send {
+        (**self).save(key, changes, now)
+    }
+    fn touch(
+        &self,
+        key: &SessionKey,
+        idle_deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Saved, StoreError>> + Send {
+        (**self).touch(key, idle_deadline, now)
+    }
+    fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).delete(key)
+    }
+    fn delete_expired(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        (**self).delete_expired(now, limit)
+    }
+    fn list_owner(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<SessionInfo>, StoreError>> + Send {
+        (**self).list_owner(owner, now)
+    }
+    fn delete_owner(&self, owner: &str) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        (**self).delete_owner(owner)
+    }
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The backend could not be reached or failed (connection, I/O, timeout, disk full).
+    Backend,
+    /// Stored data could not be encoded or decoded.
+    Encoding,
+    /// The store is misconfigured (a missing table, a bad folder, a missing migration).
+    Config,
+    /// The operation is not supported by this store.
+    Unsupported,
+    /// The session is too large for the store (e.g. a cookie over 4096 bytes).
+    TooLarge,
+}
+
+/// A store failure. Keeps the backend's error as its [`source`](StdError::source).
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: Box<str>,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl StoreError {
+    /// A new error of `kind` with a message (which must not contain session IDs or keys).
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into().into_boxed_str(),
+            source: None,
+        }
+    }
+
+    /// A backend failure wrapping its cause.
+    pub fn backend(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Self::new(StoreErrorKind::Backend, message).with_source(source)
+    }
+
+    /// Attaches the underlying cause.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The object-safe twin of [`SessionStore`], so the layer is not generic over the store.
+pub(crate) trait DynStore: Send + Sync + 'static {
+    fn load<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Option<Record>, StoreError>>;
+    fn create<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        record: &'a Record,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn save<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        changes: &'a ChangeSet,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Saved, StoreError>>;
+    fn touch<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        idle_deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Saved, StoreError>>;
+    fn delete<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn delete_owner<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<usize, StoreError>>;
+}
+
+impl<S: SessionStore> DynStore for S {
+    fn load<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        Box::pin(SessionStore::load(self, key, now))
+    }
+    fn create<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        record: &'a Record,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(SessionStore::create(self, key, record, now))
+    }
+    fn save<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        changes: &'a ChangeSet,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Saved, StoreError>> {
+        Box::pin(SessionStore::save(self, key, changes, now))
+    }
+    fn touch<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        idle_deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Saved, StoreError>> {
+        Box::pin(SessionStore::touch(self, key, idle_deadline, now))
+    }
+    fn delete<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(SessionStore::delete(self, key))
+    }
+    fn delete_owner<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(SessionStore::delete_owner(self, owner))
+    }
+}
+
+/// Settings for [`spawn_cleanup`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CleanupConfig {
+    /// Time between sweeps. Default: 60 seconds.
+    pub period: StdDuration,
+    /// Records deleted per batch. Default: 1000.
+    pub batch: usize,
+    /// Batches per sweep before waiting for the next period, so one sweep never runs unbounded.
+    /// Default: 100.
+    pub max_batches: usize,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        Self {
+            period: StdDuration::from_secs(60),
+            batch: 1000,
+            max_batches: 100,
+        }
+    }
+}
+
+impl CleanupConfig {
+    /// Sets the time between sweeps.
+    #[must_use]
+    pub fn period(mut self, period: StdDuration) -> Self {
+        self.period = period;
+        self
+    }
+
+    /// Sets the batch size (at least 1).
+    #[must_use]
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+}
+
+/// A running cleanup task. [`CleanupTask::stop`] ends it and waits; dropping it also ends it (at
+/// the next period or batch boundary) without waiting.
+#[derive(Debug)]
+#[must_use = "dropping the task stops the cleanup"]
+pub struct CleanupTask {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl CleanupTask {
+    /// Stops the task after its current batch and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.handle).await;
+    }
+}
+
+/// Runs `store.delete_expired` every `config.period` on the current Tokio runtime, in bounded
+/// batches, until [`CleanupTask::stop`] (SECURITY.md 16). A store error is logged and the task keeps
+/// running; the next period tries again.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "memory-store")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tower_satchel::{CleanupConfig, MemoryStore, spawn_cleanup};
+///
+/// let store = MemoryStore::new();
+/// let task = spawn_cleanup(store.clone(), CleanupConfig::default());
+/// // ... serve ...
+/// task.stop().await;
+/// # }
+/// # #[cfg(not(feature = "memory-store"))] fn main() {}
+/// ```
+pub fn spawn_cleanup<S: SessionStore>(store: S, config: CleanupConfig) -> CleanupTask {
+    spawn_cleanup_with_clock(store, config, Arc::new(crate::SystemClock))
+}
+
+/// [`spawn_cleanup`] with an explicit clock (for tests that move time).
+pub fn spawn_cleanup_with_clock<S: SessionStore>(
+    store: S,
+    config: CleanupConfig,
+    clock: Arc<dyn crate::Clock>,
+) -> CleanupTask {
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        loop {
+            // Wait one period, or stop when asked (or when the handle was dropped).
+            if tokio::time::timeout(config.period, &mut stop_rx).await.is_ok() {
+                break;
+            }
+            let mut total = 0usize;
+            for _ in 0..config.max_batches.max(1) {
+                match store.delete_expired(clock.now(), config.batch.max(1)).await {
+                    Ok(n) => {
+                        total += n;
+                        if n < config.batch {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "session cleanup failed; retrying next period");
+                        break;
+                    }
+                }
+                // Stop promptly between batches when asked.
+                if let Ok(()) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) =
+                    stop_rx.try_recv()
+                {
+                    return;
+                }
+            }
+            if total > 0 {
+                tracing::debug!(deleted = total, "expired sessions removed");
+            }
+        }
+    });
+    CleanupTask {
+        stop: Some(stop_tx),
+        handle,
+    }
+}
