@@ -1,1 +1,52 @@
-fn main() {}
+//! The counter app: `GET /` returns how many times this session has visited, `GET /pages/{name}`
+//! records a visit to a page and returns how many distinct pages this session has seen.
+//!
+//! ```text
+//! cargo run --example counter                                  # memory store on 127.0.0.1:3000
+//! SESSION_STORE=redis REDIS_URL=redis://127.0.0.1/ cargo run --example counter --features redis-store
+//! ```
+//!
+//! `$ADDR` sets the address; `$SESSION_STORE` picks the store (memory, file, redis, postgres,
+//! sqlite, cookie), see `examples/support`.
+
+mod support;
+
+use axum::extract::Path;
+use axum::routing::get;
+use axum::Router;
+use tower_satchel::{Session, SessionError};
+
+/// Counts visits in this session.
+async fn count(session: Session) -> Result<String, SessionError> {
+    let visits = session.update("visits", |n: &mut u64| {
+        *n += 1;
+        *n
+    })?;
+    Ok(visits.to_string())
+}
+
+/// Records a visit to page `name` under its own key, so concurrent requests for different pages
+/// never overwrite each other (they are saved as change sets), and counts the pages seen.
+async fn page(session: Session, Path(name): Path<String>) -> Result<String, SessionError> {
+    session.insert(&format!("page:{name}"), true)?;
+    let pages = session
+        .keys()
+        .iter()
+        .filter(|k| k.starts_with("page:"))
+        .count();
+    Ok(pages.to_string())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), support::BoxError> {
+    support::init_tracing();
+    let app = Router::new()
+        .route("/", get(count))
+        .route("/pages/{name}", get(page))
+        .layer(support::layer_from_env().await?);
+    let addr = support::addr();
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    tracing::info!("counter listening on http://{addr}");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

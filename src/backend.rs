@@ -29,6 +29,12 @@ impl<S: SessionStore> IntoBackend for S {
     }
 }
 
+impl IntoBackend for Backend {
+    fn into_backend(self) -> Backend {
+        self
+    }
+}
+
 /// A store as the layer holds it. Obtained through [`IntoBackend`]; opaque.
 #[derive(Clone)]
 pub struct Backend(pub(crate) Kind);

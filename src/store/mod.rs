@@ -35,8 +35,16 @@ use time::OffsetDateTime;
 use crate::id::SessionKey;
 use crate::record::{ChangeSet, Record};
 
+#[cfg(feature = "cookie-store")]
+pub(crate) mod cookie;
+#[cfg(feature = "file-store")]
+pub(crate) mod file;
 #[cfg(feature = "memory-store")]
 pub(crate) mod memory;
+#[cfg(feature = "redis-store")]
+pub(crate) mod redis;
+#[cfg(any(feature = "postgres-store", feature = "sqlite-store"))]
+pub(crate) mod sql;
 
 /// The outcome of [`SessionStore::save`] and [`SessionStore::touch`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

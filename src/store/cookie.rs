@@ -1,0 +1,1 @@
+//! `CookieStore`: the session sealed in the cookie. (Being written for issue 5.)

@@ -1,0 +1,1 @@
+//! `RedisStore`: Redis and Redis Cluster. (Being written for issue 4.)

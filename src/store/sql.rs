@@ -1,0 +1,1 @@
+//! `PostgresStore` and `SqliteStore` through sqlx. (Being written for issue 6.)
