@@ -11,9 +11,9 @@
 
 mod support;
 
+use axum::Router;
 use axum::extract::Path;
 use axum::routing::get;
-use axum::Router;
 use tower_satchel::{Session, SessionError};
 
 /// Counts visits in this session.

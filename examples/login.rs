@@ -26,7 +26,10 @@ struct Login {
 }
 
 /// Logs in: a new session ID on every change of privilege, then the user and the owner index.
-async fn login(session: Session, Form(form): Form<Login>) -> Result<impl IntoResponse, SessionError> {
+async fn login(
+    session: Session,
+    Form(form): Form<Login>,
+) -> Result<impl IntoResponse, SessionError> {
     let username = form.username.trim();
     if username.is_empty() {
         return Ok((StatusCode::BAD_REQUEST, "username required".to_owned()));

@@ -176,7 +176,10 @@ mod tests {
         let t0 = OffsetDateTime::UNIX_EPOCH;
         let at = t0 + Duration::days(2);
         let expiry = Expiry::AtDateTime(at);
-        assert_eq!(expiry.idle_deadline(t0 + Duration::days(1), Duration::hours(1)), at);
+        assert_eq!(
+            expiry.idle_deadline(t0 + Duration::days(1), Duration::hours(1)),
+            at
+        );
         assert!(expiry.is_persistent());
         assert!(!Expiry::OnSessionEnd.is_persistent());
     }
@@ -199,6 +202,9 @@ mod tests {
         let clock = ManualClock::new(OffsetDateTime::UNIX_EPOCH);
         let other = clock.clone();
         clock.advance(Duration::seconds(7));
-        assert_eq!(other.now(), OffsetDateTime::UNIX_EPOCH + Duration::seconds(7));
+        assert_eq!(
+            other.now(),
+            OffsetDateTime::UNIX_EPOCH + Duration::seconds(7)
+        );
     }
 }

@@ -201,7 +201,10 @@ mod tests {
 
     #[test]
     fn two_generated_ids_differ() {
-        assert_ne!(SessionId::generate().unwrap(), SessionId::generate().unwrap());
+        assert_ne!(
+            SessionId::generate().unwrap(),
+            SessionId::generate().unwrap()
+        );
     }
 
     #[test]

@@ -403,11 +403,12 @@ impl SessionLayerBuilder {
             )));
         }
         if let Some(domain) = &c.domain
-            && (domain.is_empty() || !is_attribute_value(domain) || domain.contains(' ')) {
-                return Err(ConfigError::new(format!(
-                    "cookie domain {domain:?} is not valid"
-                )));
-            }
+            && (domain.is_empty() || !is_attribute_value(domain) || domain.contains(' '))
+        {
+            return Err(ConfigError::new(format!(
+                "cookie domain {domain:?} is not valid"
+            )));
+        }
         let lower = c.cookie_name.to_ascii_lowercase();
         if lower.starts_with("__host-") {
             if !c.secure || c.path != "/" || c.domain.is_some() {
@@ -473,7 +474,9 @@ fn is_token(name: &str) -> bool {
 }
 
 fn is_attribute_value(value: &str) -> bool {
-    value.bytes().all(|b| (b == b' ' || b.is_ascii_graphic()) && b != b';')
+    value
+        .bytes()
+        .all(|b| (b == b' ' || b.is_ascii_graphic()) && b != b';')
 }
 
 /// A configuration the layer refuses to build. See [`SessionLayerBuilder::build`].
@@ -522,8 +525,20 @@ mod tests {
     #[test]
     fn host_prefix_rules_are_enforced() {
         assert!(builder().cookie_name("__Host-id").build().is_ok());
-        assert!(builder().cookie_name("__Host-id").secure(false).build().is_err());
-        assert!(builder().cookie_name("__Host-id").path("/app").build().is_err());
+        assert!(
+            builder()
+                .cookie_name("__Host-id")
+                .secure(false)
+                .build()
+                .is_err()
+        );
+        assert!(
+            builder()
+                .cookie_name("__Host-id")
+                .path("/app")
+                .build()
+                .is_err()
+        );
         assert!(
             builder()
                 .cookie_name("__Host-id")
@@ -531,7 +546,13 @@ mod tests {
                 .build()
                 .is_err()
         );
-        assert!(builder().cookie_name("__Secure-id").secure(false).build().is_err());
+        assert!(
+            builder()
+                .cookie_name("__Secure-id")
+                .secure(false)
+                .build()
+                .is_err()
+        );
         assert!(
             builder()
                 .cookie_name("__Secure-id")

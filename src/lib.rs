@@ -105,7 +105,7 @@ pub use session::{Arrival, ScopedSession, Session, SessionError, SessionErrorKin
 #[cfg(feature = "memory-store")]
 pub use store::memory::MemoryStore;
 pub use store::{
-    CleanupConfig, CleanupTask, SessionInfo, SessionStore, Saved, StoreError, StoreErrorKind,
+    CleanupConfig, CleanupTask, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind,
     spawn_cleanup, spawn_cleanup_with_clock,
 };
 

@@ -205,7 +205,9 @@ mod tests {
     #[test]
     fn change_sets_touch_only_their_keys() {
         let mut stored = sample();
-        stored.data.insert("other".into(), json!("written meanwhile"));
+        stored
+            .data
+            .insert("other".into(), json!("written meanwhile"));
         let mut change = ChangeSet::default();
         change.set.insert("a".into(), json!(2));
         change.removed.push("b".into());

@@ -232,7 +232,10 @@ fn apply(config: &Config, headers: &mut HeaderMap, committed: Committed) {
         TokenAction::Remove => token_header(config, String::new(), Some(Duration::ZERO)),
     };
     let Some(value) = value else {
-        tracing::error!(scope = config.scope, "session token could not be put in a header");
+        tracing::error!(
+            scope = config.scope,
+            "session token could not be put in a header"
+        );
         return;
     };
     match &config.transport {
@@ -251,8 +254,12 @@ fn apply(config: &Config, headers: &mut HeaderMap, committed: Committed) {
 fn add_vary(headers: &mut HeaderMap, value: HeaderValue) {
     let present = headers.get_all(VARY).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|part| part.trim() == "*" || part.trim().eq_ignore_ascii_case(value.to_str().unwrap_or("")))
+            v.split(',').any(|part| {
+                part.trim() == "*"
+                    || part
+                        .trim()
+                        .eq_ignore_ascii_case(value.to_str().unwrap_or(""))
+            })
         })
     });
     if !present {
@@ -263,7 +270,9 @@ fn add_vary(headers: &mut HeaderMap, value: HeaderValue) {
 fn token_header(config: &Config, value: String, max_age: Option<Duration>) -> Option<HeaderValue> {
     match &config.transport {
         Transport::Header(_) => HeaderValue::from_str(&value).ok(),
-        Transport::Cookie => HeaderValue::from_str(&build_cookie(config, value, max_age).to_string()).ok(),
+        Transport::Cookie => {
+            HeaderValue::from_str(&build_cookie(config, value, max_age).to_string()).ok()
+        }
     }
 }
 
@@ -305,7 +314,10 @@ mod tests {
     fn the_named_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.append(COOKIE, HeaderValue::from_static("a=1; idx=2"));
-        headers.append(COOKIE, HeaderValue::from_static("theme=dark; id=\"abc\"; id=second"));
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("theme=dark; id=\"abc\"; id=second"),
+        );
         assert_eq!(find_cookie(&headers, "id"), Some(&b"abc"[..]));
         assert_eq!(find_cookie(&headers, "idx"), Some(&b"2"[..]));
         assert_eq!(find_cookie(&headers, "missing"), None);

@@ -162,7 +162,9 @@ impl State {
             None => Record::new(
                 now,
                 idle,
-                config.absolute_lifetime.map(|life| now.saturating_add(life)),
+                config
+                    .absolute_lifetime
+                    .map(|life| now.saturating_add(life)),
                 expiry,
             ),
         };
@@ -242,7 +244,9 @@ enum Plan {
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // Every critical section leaves the state consistent, so a panic elsewhere while it was held
     // does not make it unusable.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn max_age_for(record: &Record, now: OffsetDateTime) -> Option<Duration> {
@@ -298,7 +302,10 @@ impl Session {
         let (arrival, live) = match (&self.0.incoming, &self.0.backend.0) {
             (Incoming::Absent, _) => (Arrival::New, None),
             (Incoming::Malformed, _) => {
-                tracing::info!(scope, "malformed session token ignored; a fresh session is used");
+                tracing::info!(
+                    scope,
+                    "malformed session token ignored; a fresh session is used"
+                );
                 (Arrival::Invalid, None)
             }
             (Incoming::Id(id), Kind::Server(store)) => {
@@ -635,7 +642,11 @@ impl Session {
             Kind::Client(store) => store.revoke_owner(&owner, now).await,
         }
         .map_err(SessionError::store)?;
-        tracing::info!(scope = self.0.config.scope, revoked, "sessions of an owner revoked");
+        tracing::info!(
+            scope = self.0.config.scope,
+            revoked,
+            "sessions of an owner revoked"
+        );
         self.destroy();
         Ok(revoked)
     }
@@ -691,7 +702,8 @@ impl Session {
         let client = self.0.backend.is_client();
         let live_id = state.live.as_ref().and_then(|l| l.id.clone());
         if state.destroyed {
-            let has_data = !state.data.is_empty() || state.owner.as_ref().is_some_and(Option::is_some);
+            let has_data =
+                !state.data.is_empty() || state.owner.as_ref().is_some_and(Option::is_some);
             let then = has_data.then(|| {
                 let mut record = State {
                     data: state.data.clone(),
@@ -934,8 +946,11 @@ impl Session {
     ) -> Result<SessionId, SessionError> {
         for _ in 0..3 {
             let id = SessionId::generate().map_err(|e| {
-                SessionError::new(SessionErrorKind::Random, "no OS randomness for a session ID")
-                    .with_source(e)
+                SessionError::new(
+                    SessionErrorKind::Random,
+                    "no OS randomness for a session ID",
+                )
+                .with_source(e)
             })?;
             match store.create(&id.key(), record, now).await {
                 Ok(true) => return Ok(id),

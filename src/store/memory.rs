@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::id::SessionKey;
 use crate::record::{ChangeSet, Record};
-use crate::store::{SessionInfo, SessionStore, Saved, StoreError};
+use crate::store::{Saved, SessionInfo, SessionStore, StoreError};
 
 const DEFAULT_SHARDS: usize = 64;
 
@@ -62,7 +62,9 @@ impl fmt::Debug for MemoryStore {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a shard lock cannot leave a map half-updated in a way that matters
     // (each operation is a single insert/remove), so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryStore {
@@ -107,12 +109,13 @@ impl MemoryStore {
         }
         let mut owners = lock(&self.inner.owners);
         if let Some(old) = old
-            && let Some(keys) = owners.get_mut(old) {
-                keys.remove(key);
-                if keys.is_empty() {
-                    owners.remove(old);
-                }
+            && let Some(keys) = owners.get_mut(old)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                owners.remove(old);
             }
+        }
         if let Some(new) = new {
             owners.entry(new.to_owned()).or_default().insert(*key);
         }
@@ -146,9 +149,10 @@ impl SessionStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut shard = lock(self.shard(key));
         if let Some(existing) = shard.get(key)
-            && existing.is_live(now) {
-                return Ok(false);
-            }
+            && existing.is_live(now)
+        {
+            return Ok(false);
+        }
         let old = shard.insert(*key, record.clone());
         self.index_owner(
             key,
@@ -235,9 +239,11 @@ impl SessionStore for MemoryStore {
         for key in keys {
             let shard = lock(self.shard(&key));
             if let Some(record) = shard.get(&key)
-                && record.is_live(now) && record.owner.as_deref() == Some(owner) {
-                    sessions.push(SessionInfo::from_record(key, record));
-                }
+                && record.is_live(now)
+                && record.owner.as_deref() == Some(owner)
+            {
+                sessions.push(SessionInfo::from_record(key, record));
+            }
         }
         sessions.sort_by_key(|s| s.created_at);
         Ok(sessions)

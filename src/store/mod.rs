@@ -435,7 +435,10 @@ pub fn spawn_cleanup_with_clock<S: SessionStore>(
     let handle = tokio::spawn(async move {
         loop {
             // Wait one period, or stop when asked (or when the handle was dropped).
-            if tokio::time::timeout(config.period, &mut stop_rx).await.is_ok() {
+            if tokio::time::timeout(config.period, &mut stop_rx)
+                .await
+                .is_ok()
+            {
                 break;
             }
             let mut total = 0usize;

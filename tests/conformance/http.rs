@@ -1,0 +1,511 @@
+//! The HTTP suite: every case drives the real `SessionLayer` over the store under test.
+//!
+//! Tokens are followed the way a browser does: each response that sets the cookie replaces the
+//! token (for the cookie store, every write is a new sealed value).
+
+use axum::http::{HeaderValue, StatusCode};
+use cookie::SameSite;
+use time::Duration;
+use tower_satchel::{Backend, Expiry, SessionId};
+
+use super::Side;
+use super::harness::{App, Resp, app, default_app};
+
+/// The token after `resp`: the one it sets, or the one we had.
+fn follow(resp: &Resp, token: &str) -> String {
+    resp.token().unwrap_or_else(|| token.to_owned())
+}
+
+pub async fn untouched_requests_get_no_cookie_and_no_store_record(b: Backend, _: Side) {
+    let app = default_app(b);
+    let resp = app.get("/noop", None).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(resp.set_cookie().is_none());
+    assert!(
+        resp.vary().is_empty(),
+        "no Vary when the session was not read"
+    );
+    // An untouched request with a live session's token changes nothing either.
+    let token = app.start().await;
+    let resp = app.get("/noop", Some(&token)).await;
+    assert!(resp.set_cookie().is_none());
+    assert!(resp.vary().is_empty());
+}
+
+pub async fn reading_a_new_session_sets_vary_but_no_cookie(b: Backend, _: Side) {
+    let app = default_app(b);
+    let resp = app.get("/read", None).await;
+    assert_eq!(resp.body, "0");
+    assert!(
+        resp.set_cookie().is_none(),
+        "reading must not create a session"
+    );
+    assert_eq!(resp.vary(), vec!["cookie"]);
+    assert!(resp.cache_control().is_none());
+}
+
+pub async fn first_write_sets_a_cookie_with_secure_defaults(b: Backend, side: Side) {
+    let app = default_app(b);
+    let resp = app.get("/incr/n", None).await;
+    assert_eq!(resp.body, "1");
+    let cookie = resp.set_cookie().expect("a session cookie");
+    assert_eq!(cookie.name(), "id");
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.secure(), Some(true));
+    assert_eq!(cookie.same_site(), Some(SameSite::Lax));
+    assert_eq!(cookie.path(), Some("/"));
+    assert_eq!(cookie.domain(), None);
+    // Default expiry: 24 h of inactivity.
+    assert_eq!(cookie.max_age(), Some(Duration::hours(24)));
+    assert_eq!(resp.cache_control(), Some("no-store"));
+    assert_eq!(resp.vary(), vec!["cookie"]);
+    if side == Side::Server {
+        assert!(SessionId::parse(cookie.value()).is_some(), "a 256-bit ID");
+    }
+}
+
+pub async fn returning_visitors_see_their_data(b: Backend, _: Side) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let resp = app.get("/arrival", Some(&token)).await;
+    assert_eq!(resp.body, "Returning");
+    let resp = app.get("/incr/n", Some(&token)).await;
+    assert_eq!(resp.body, "2");
+    let token = follow(&resp, &token);
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "2");
+}
+
+pub async fn an_unknown_token_is_not_adopted(b: Backend, side: Side) {
+    let app = default_app(b);
+    // An attacker-chosen, well-formed token (SECURITY.md 2).
+    let planted = match side {
+        Side::Server => SessionId::generate().unwrap().expose(),
+        Side::Client => {
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                .to_owned()
+        }
+    };
+    let resp = app.get("/arrival", Some(&planted)).await;
+    let expected = match side {
+        Side::Server => "Expired",
+        Side::Client => "Invalid",
+    };
+    assert_eq!(resp.body, expected);
+    let resp = app.get("/incr/n", Some(&planted)).await;
+    assert_eq!(resp.body, "1");
+    let issued = resp.expect_token();
+    assert_ne!(issued, planted, "the planted token must not be adopted");
+    // Nothing was stored under the planted value (SECURITY.md 3).
+    let resp = app.get("/get/n", Some(&planted)).await;
+    assert_eq!(resp.body, "null");
+    assert_eq!(app.get("/get/n", Some(&issued)).await.body, "1");
+}
+
+pub async fn garbled_tokens_get_a_fresh_session(b: Backend, _: Side) {
+    let app = default_app(b);
+    let long = "A".repeat(5000);
+    let values: Vec<&[u8]> = vec![
+        b"",
+        b"abc",
+        b"../../../../etc/passwd",
+        b"a/b",
+        b"a\\b",
+        b"/tmp/x",
+        b"%00",
+        b"\xc3\xa9\xc3\xa9\xc3\xa9",
+        b"\"\"",
+        long.as_bytes(),
+    ];
+    for value in values {
+        let mut cookie = b"id=".to_vec();
+        cookie.extend_from_slice(value);
+        let header = HeaderValue::from_bytes(&cookie).unwrap();
+        let resp = app.get_raw_cookie("/arrival", header.clone()).await;
+        assert_eq!(resp.status, StatusCode::OK, "{value:?}");
+        assert!(
+            resp.body == "Invalid" || (value.is_empty() && resp.body == "New"),
+            "{value:?} gave {}",
+            resp.body
+        );
+        let resp = app.get_raw_cookie("/incr/n", header).await;
+        assert_eq!(resp.body, "1", "{value:?}");
+        let token = resp.expect_token();
+        assert_ne!(token.as_bytes(), value);
+    }
+}
+
+pub async fn cycle_id_keeps_data_and_retires_the_old_token(b: Backend, side: Side) {
+    let app = default_app(b);
+    let old = app.start().await;
+    let resp = app.get("/cycle", Some(&old)).await;
+    let new = resp.expect_token();
+    assert_ne!(new, old);
+    assert_eq!(resp.cache_control(), Some("no-store"));
+    let resp = app.get("/incr/n", Some(&new)).await;
+    assert_eq!(resp.body, "2", "data survives rotation");
+    // Replaying the old token (SECURITY.md 8).
+    let replay = app.get("/get/n", Some(&old)).await;
+    match side {
+        Side::Server => assert_eq!(replay.body, "null", "the old ID must be dead"),
+        // Documented exception: a sealed cookie cannot be retired server-side.
+        Side::Client => assert_eq!(replay.body, "1"),
+    }
+}
+
+pub async fn cycle_id_then_server_error_keeps_the_old_session(b: Backend, _: Side) {
+    let app = default_app(b);
+    let old = app.start().await;
+    let resp = app.get("/cycle-fail", Some(&old)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.set_cookie().is_none(), "a 5xx must not rotate");
+    let resp = app.get("/incr/n", Some(&old)).await;
+    assert_eq!(resp.body, "2", "the old session still works");
+    let token = follow(&resp, &old);
+    assert_eq!(app.get("/get/after-cycle", Some(&token)).await.body, "null");
+}
+
+pub async fn destroy_sends_a_matching_removal_cookie(b: Backend, side: Side) {
+    let app = app(b, |l| {
+        l.cookie_name("__Secure-sid")
+            .domain("example.com")
+            .path("/")
+            .same_site(Some(SameSite::Strict))
+    });
+    let token = app.start().await;
+    let resp = app.get("/destroy", Some(&token)).await;
+    let cookie = resp.set_cookie().expect("a removal cookie");
+    assert_eq!(cookie.name(), "__Secure-sid");
+    assert_eq!(cookie.value(), "");
+    assert_eq!(cookie.max_age(), Some(Duration::ZERO));
+    assert_eq!(cookie.path(), Some("/"));
+    assert_eq!(cookie.domain(), Some("example.com"));
+    assert_eq!(cookie.secure(), Some(true));
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.same_site(), Some(SameSite::Strict));
+    assert_eq!(resp.cache_control(), Some("no-store"));
+    // Replay (SECURITY.md 10).
+    let replay = app.get("/get/n", Some(&token)).await;
+    match side {
+        Side::Server => {
+            assert_eq!(replay.body, "null");
+            assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
+        }
+        // Documented exception: without server state a copied cookie stays valid until its
+        // deadline (the browser drops it; a thief's copy does not).
+        Side::Client => assert_eq!(replay.body, "1"),
+    }
+}
+
+pub async fn server_errors_persist_nothing(b: Backend, _: Side) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let resp = app.get("/fail/n/100", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.set_cookie().is_none());
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
+    // A new visitor whose first request fails gets no session at all.
+    let resp = app.get("/fail/n/100", None).await;
+    assert!(resp.set_cookie().is_none());
+}
+
+pub async fn server_errors_persist_when_configured(b: Backend, _: Side) {
+    let app = app(b, |l| l.persist_on_server_error(true));
+    let token = app.start().await;
+    let resp = app.get("/fail/n/100", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let token = follow(&resp, &token);
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "100");
+}
+
+pub async fn idle_timeout_is_enforced(b: Backend, _: Side) {
+    let app = app(b, |l| {
+        l.expiry(Expiry::OnInactivity(Duration::minutes(10)))
+            .touch_after(0.0)
+    });
+    let token = app.start().await;
+    app.clock.advance(Duration::minutes(9));
+    let resp = app.get("/get/n", Some(&token)).await;
+    assert_eq!(resp.body, "1", "alive before the idle deadline");
+    let token = follow(&resp, &token);
+    // The read refreshed the deadline (touch_after 0): 9 more minutes are fine.
+    app.clock.advance(Duration::minutes(9));
+    let resp = app.get("/get/n", Some(&token)).await;
+    assert_eq!(resp.body, "1", "activity slides the idle deadline");
+    let token = follow(&resp, &token);
+    app.clock.advance(Duration::minutes(11));
+    assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "null");
+}
+
+pub async fn absolute_lifetime_is_enforced_despite_activity(b: Backend, _: Side) {
+    let app = app(b, |l| {
+        l.expiry(Expiry::OnInactivity(Duration::minutes(30)))
+            .absolute_lifetime(Some(Duration::hours(1)))
+            .touch_after(0.0)
+    });
+    let mut token = app.start().await;
+    for step in 1..=3 {
+        app.clock.advance(Duration::minutes(19));
+        let resp = app.get("/incr/n", Some(&token)).await;
+        assert_eq!(resp.body, (step + 1).to_string(), "still the same session");
+        token = follow(&resp, &token);
+        let cookie = resp.set_cookie().expect("a refreshed cookie");
+        let left = Duration::minutes(60 - 19 * step);
+        assert!(
+            cookie.max_age().unwrap() <= left,
+            "Max-Age beyond the absolute deadline"
+        );
+    }
+    app.clock.advance(Duration::minutes(4)); // 61 minutes after creation
+    assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
+}
+
+pub async fn cycle_id_does_not_extend_the_absolute_lifetime(b: Backend, _: Side) {
+    let app = app(b, |l| {
+        l.expiry(Expiry::OnInactivity(Duration::minutes(50)))
+            .absolute_lifetime(Some(Duration::hours(1)))
+    });
+    let token = app.start().await;
+    app.clock.advance(Duration::minutes(40));
+    let resp = app.get("/cycle", Some(&token)).await;
+    let rotated = resp.expect_token();
+    let max_age = resp.set_cookie().unwrap().max_age().unwrap();
+    assert!(
+        max_age <= Duration::minutes(20),
+        "Max-Age {max_age} after rotation"
+    );
+    app.clock.advance(Duration::minutes(21));
+    assert_eq!(app.get("/get/n", Some(&rotated)).await.body, "null");
+}
+
+pub async fn touch_is_throttled(b: Backend, _: Side) {
+    let app = app(b, |l| {
+        l.expiry(Expiry::OnInactivity(Duration::minutes(10)))
+            .touch_after(0.5)
+    });
+    let token = app.start().await;
+    app.clock.advance(Duration::minutes(2));
+    let resp = app.get("/get/n", Some(&token)).await;
+    assert_eq!(resp.body, "1");
+    assert!(
+        resp.set_cookie().is_none(),
+        "no touch before half the window"
+    );
+    assert_eq!(resp.vary(), vec!["cookie"]);
+    app.clock.advance(Duration::minutes(4)); // 6 minutes since the write
+    let resp = app.get("/get/n", Some(&token)).await;
+    let cookie = resp.set_cookie().expect("touched: the cookie is refreshed");
+    assert_eq!(cookie.max_age(), Some(Duration::minutes(10)));
+    assert_eq!(resp.cache_control(), Some("no-store"));
+    let token = follow(&resp, &token);
+    app.clock.advance(Duration::minutes(8)); // 14 minutes since the write, 8 since the touch
+    assert_eq!(
+        app.get("/get/n", Some(&token)).await.body,
+        "1",
+        "the touch moved the deadline"
+    );
+}
+
+pub async fn concurrent_requests_writing_different_keys(b: Backend, side: Side) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let (a, b) = tokio::join!(
+        app.get("/barrier-set/a", Some(&token)),
+        app.get("/barrier-set/b", Some(&token)),
+    );
+    assert_eq!((a.body.as_str(), b.body.as_str()), ("ok", "ok"));
+    match side {
+        Side::Server => {
+            let keys = app.get("/keys", Some(&token)).await.body;
+            assert_eq!(keys, "a,b,n", "both writes kept");
+        }
+        Side::Client => {
+            // Documented exception: each response carries the whole session; the last cookie the
+            // browser stores wins.
+            let keys_a = app.get("/keys", Some(&a.expect_token())).await.body;
+            let keys_b = app.get("/keys", Some(&b.expect_token())).await.body;
+            assert_eq!((keys_a.as_str(), keys_b.as_str()), ("a,n", "b,n"));
+        }
+    }
+}
+
+pub async fn a_save_after_a_concurrent_destroy_does_not_resurrect(b: Backend, side: Side) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let slow = {
+        let app: App = app.clone();
+        let token = token.clone();
+        tokio::spawn(async move { app.get("/wait-set/late", Some(&token)).await })
+    };
+    app.signals.loaded.notified().await;
+    let resp = app.get("/destroy", Some(&token)).await;
+    assert_eq!(resp.body, "destroyed");
+    app.signals.go.notify_one();
+    let late = slow.await.unwrap();
+    assert_eq!(late.status, StatusCode::OK);
+    match side {
+        Side::Server => {
+            assert!(
+                late.token().is_none(),
+                "no cookie for a session that is gone"
+            );
+            assert_eq!(app.get("/get/late", Some(&token)).await.body, "null");
+            assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
+        }
+        Side::Client => {
+            // Documented exception: the late response reseals its own copy.
+            let resealed = late.expect_token();
+            assert_eq!(app.get("/get/late", Some(&resealed)).await.body, "true");
+        }
+    }
+}
+
+pub async fn owner_sessions_can_be_revoked(b: Backend, side: Side) {
+    let app = default_app(b);
+    let alice_1 = app.get("/owner/alice", None).await.expect_token();
+    let alice_2 = app.get("/owner/alice", None).await.expect_token();
+    let bob = app.get("/owner/bob", None).await.expect_token();
+    let resp = app.get("/revoke", Some(&alice_1)).await;
+    match side {
+        Side::Server => {
+            assert_eq!(resp.status, StatusCode::OK);
+            assert_eq!(resp.body, "2");
+            assert_eq!(
+                resp.set_cookie().map(|c| c.value().to_owned()),
+                Some(String::new())
+            );
+            for token in [&alice_1, &alice_2] {
+                assert_eq!(app.get("/get/logged-in", Some(token)).await.body, "null");
+            }
+        }
+        Side::Client => {
+            // Documented exception: without a revocation hook the cookie store cannot revoke.
+            assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(app.get("/get/logged-in", Some(&alice_2)).await.body, "true");
+        }
+    }
+    assert_eq!(app.get("/get/logged-in", Some(&bob)).await.body, "true");
+}
+
+pub async fn remove_returns_the_old_value(b: Backend, _: Side) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let resp = app.get("/remove/n", Some(&token)).await;
+    assert_eq!(resp.body, "Some(1)");
+    let token = follow(&resp, &token);
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "null");
+    assert_eq!(app.get("/remove/n", Some(&token)).await.body, "None");
+}
+
+pub async fn clear_empties_the_session(b: Backend, _: Side) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let resp = app.get("/set/x/y", Some(&token)).await;
+    let token = follow(&resp, &token);
+    let resp = app.get("/clear", Some(&token)).await;
+    let token = follow(&resp, &token);
+    assert_eq!(app.get("/keys", Some(&token)).await.body, "");
+}
+
+pub async fn remember_me_expiry_persists(b: Backend, _: Side) {
+    let app = app(b, |l| l.expiry(Expiry::OnInactivity(Duration::minutes(10))));
+    let token = app.start().await;
+    let resp = app.get("/expiry/7200", Some(&token)).await;
+    assert_eq!(
+        resp.set_cookie().unwrap().max_age(),
+        Some(Duration::hours(2))
+    );
+    let token = follow(&resp, &token);
+    app.clock.advance(Duration::minutes(90));
+    assert_eq!(
+        app.get("/get/n", Some(&token)).await.body,
+        "1",
+        "the longer expiry was kept"
+    );
+}
+
+pub async fn browser_session_cookies_have_no_max_age(b: Backend, _: Side) {
+    let app = app(b, |l| {
+        l.expiry(Expiry::OnSessionEnd)
+            .session_end_idle_timeout(Duration::minutes(30))
+    });
+    let resp = app.get("/incr/n", None).await;
+    let cookie = resp.set_cookie().unwrap();
+    assert_eq!(cookie.max_age(), None);
+    assert_eq!(cookie.expires(), None);
+    let token = resp.expect_token();
+    // The server still drops it after the idle timeout.
+    app.clock.advance(Duration::minutes(31));
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "null");
+}
+
+pub async fn max_age_is_capped_at_400_days(b: Backend, _: Side) {
+    let app = app(b, |l| {
+        l.expiry(Expiry::OnInactivity(Duration::days(1000)))
+            .absolute_lifetime(None)
+    });
+    let resp = app.get("/incr/n", None).await;
+    assert_eq!(
+        resp.set_cookie().unwrap().max_age(),
+        Some(Duration::days(400))
+    );
+}
+
+pub async fn max_age_never_exceeds_the_server_deadline(b: Backend, _: Side) {
+    let app = app(b, |l| {
+        l.expiry(Expiry::OnInactivity(Duration::days(7)))
+            .absolute_lifetime(Some(Duration::hours(1)))
+    });
+    let resp = app.get("/incr/n", None).await;
+    assert_eq!(
+        resp.set_cookie().unwrap().max_age(),
+        Some(Duration::hours(1))
+    );
+}
+
+pub async fn header_transport_ignores_cookies(b: Backend, _: Side) {
+    use axum::body::Body;
+    use axum::http::Request;
+    let app = app(b, |l| {
+        l.header_transport(axum::http::HeaderName::from_static("x-session"))
+    });
+    let request = Request::get("/incr/n").body(Body::empty()).unwrap();
+    let resp = app.send(request).await;
+    assert_eq!(resp.body, "1");
+    assert!(
+        resp.set_cookie().is_none(),
+        "no cookie with the header transport"
+    );
+    assert_eq!(resp.vary(), vec!["x-session"]);
+    let token = resp
+        .headers
+        .get("x-session")
+        .expect("the token in the header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let request = Request::get("/incr/n")
+        .header("x-session", &token)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.send(request).await.body, "2");
+    // The same token in a cookie is not read (SECURITY.md 7).
+    let resp = app.get("/get/n", Some(&token)).await;
+    assert_eq!(resp.body, "null");
+}
+
+pub async fn destroy_then_insert_starts_a_new_session(b: Backend, side: Side) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let resp = app.get("/destroy-then-flash", Some(&token)).await;
+    let fresh = resp.expect_token();
+    assert_ne!(fresh, token);
+    assert_eq!(
+        app.get("/get/flash", Some(&fresh)).await.body,
+        "\"logged out\""
+    );
+    assert_eq!(app.get("/get/n", Some(&fresh)).await.body, "null");
+    if side == Side::Server {
+        assert_eq!(app.get("/get/n", Some(&token)).await.body, "null");
+    }
+}
