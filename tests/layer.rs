@@ -1,0 +1,806 @@
+//! HTTP-level tests of the layer itself, with a fault-injecting, call-counting store.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod conformance;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration as StdDuration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use axum::routing::get;
+use bytes::Bytes;
+use conformance::harness;
+use http_body_util::BodyExt;
+use time::{Duration, OffsetDateTime};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_satchel::{
+    Arrival, ChangeSet, CleanupConfig, ManualClock, MemoryStore, Record, Saved, ScopedSession,
+    Session, SessionError, SessionErrorKind, SessionId, SessionInfo, SessionKey, SessionLayer,
+    SessionStore, StoreError, StoreErrorKind, spawn_cleanup_with_clock,
+};
+
+/// A memory store that counts calls and fails on demand.
+#[derive(Clone, Default)]
+struct Faulty {
+    inner: MemoryStore,
+    fail: Arc<AtomicBool>,
+    fail_deletes: Arc<AtomicUsize>,
+    loads: Arc<AtomicUsize>,
+    writes: Arc<AtomicUsize>,
+    touches: Arc<AtomicUsize>,
+    sweeps: Arc<AtomicUsize>,
+}
+
+impl Faulty {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(StoreError::backend(
+                "injected failure",
+                std::io::Error::other("backend down"),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+    fn calls(&self) -> (usize, usize, usize) {
+        (
+            self.loads.load(Ordering::SeqCst),
+            self.writes.load(Ordering::SeqCst),
+            self.touches.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl SessionStore for Faulty {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<Record>, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.inner.load(key, now).await
+    }
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.inner.create(key, record, now).await
+    }
+    async fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.inner.save(key, changes, now).await
+    }
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.touches.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.inner.touch(key, deadline, now).await
+    }
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        if self
+            .fail_deletes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Backend,
+                "injected delete failure",
+            ));
+        }
+        self.inner.delete(key).await
+    }
+    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.inner.delete_expired(now, limit).await
+    }
+    async fn list_owner(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        self.check()?;
+        self.inner.list_owner(owner, now).await
+    }
+    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
+        self.check()?;
+        self.inner.delete_owner(owner).await
+    }
+}
+
+mod faulty_store_conformance {
+    // The wrapper itself must meet the contract, or the tests below prove nothing.
+    server_store_conformance!(|| async { super::Faulty::default() });
+}
+
+fn app(store: &Faulty) -> harness::App {
+    harness::default_app(tower_satchel::IntoBackend::into_backend(store.clone()))
+}
+
+#[tokio::test]
+async fn malformed_tokens_never_reach_the_store() {
+    let store = Faulty::default();
+    let app = app(&store);
+    for value in [
+        "",
+        "short",
+        "../../etc/passwd",
+        "a/b",
+        "a\\b",
+        &"A".repeat(44),
+        &"A".repeat(42),
+    ] {
+        let resp = app
+            .get_raw_cookie(
+                "/read",
+                HeaderValue::from_str(&format!("id={value}")).unwrap(),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK);
+    }
+    let resp = app
+        .get_raw_cookie("/read", HeaderValue::from_bytes(b"id=\xff\xfe").unwrap())
+        .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(
+        store.calls(),
+        (0, 0, 0),
+        "no store call for a malformed token (SECURITY.md 4)"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_id_costs_one_load_and_writes_nothing() {
+    let store = Faulty::default();
+    let app = app(&store);
+    let planted = SessionId::generate().unwrap().expose();
+    let resp = app.get("/read", Some(&planted)).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(resp.set_cookie().is_none());
+    assert_eq!(
+        store.calls(),
+        (1, 0, 0),
+        "SECURITY.md 3: loading an unknown ID writes nothing"
+    );
+    assert!(store.inner.is_empty());
+}
+
+#[tokio::test]
+async fn untouched_and_read_only_requests_do_not_write() {
+    let store = Faulty::default();
+    let app = app(&store);
+    app.get("/noop", None).await;
+    app.get("/read", None).await;
+    assert_eq!(
+        store.calls(),
+        (0, 0, 0),
+        "a new visitor who writes nothing costs nothing"
+    );
+    assert!(store.inner.is_empty(), "no record for anonymous traffic");
+    let token = app.start().await;
+    assert_eq!(store.calls(), (0, 1, 0));
+    app.get("/noop", Some(&token)).await;
+    assert_eq!(store.calls(), (0, 1, 0), "not extracted: not loaded");
+    for _ in 0..5 {
+        app.get("/read", Some(&token)).await;
+    }
+    assert_eq!(
+        store.calls(),
+        (5, 1, 0),
+        "reads within the touch window write nothing"
+    );
+    app.clock.advance(Duration::hours(3)); // past 10 % of the 24 h window
+    let resp = app.get("/read", Some(&token)).await;
+    assert!(resp.set_cookie().is_some());
+    assert_eq!(store.calls(), (6, 1, 1), "one touch once due");
+}
+
+#[tokio::test]
+async fn a_failing_store_on_load_rejects_without_running_the_handler() {
+    let store = Faulty::default();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counter = ran.clone();
+    let layer = SessionLayer::new(store.clone());
+    let router = Router::new()
+        .route(
+            "/",
+            get(move |session: Session| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    session.insert("x", 1).unwrap();
+                    "ran"
+                }
+            }),
+        )
+        .layer(layer);
+    let token = {
+        let resp = router
+            .clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        cookie_value(&resp)
+    };
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    store.fail.store(true, Ordering::SeqCst);
+    let resp = router
+        .clone()
+        .oneshot(request_with_cookie("/", &token))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    let error = resp
+        .extensions()
+        .get::<SessionError>()
+        .expect("the error for outer layers");
+    assert_eq!(error.kind(), SessionErrorKind::Store);
+    assert_eq!(
+        error.store_error().map(StoreError::kind),
+        Some(StoreErrorKind::Backend)
+    );
+    assert!(
+        std::error::Error::source(error).is_some(),
+        "the cause is kept"
+    );
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "the handler must not run with an empty session"
+    );
+    // The store comes back: so does the session, intact (SECURITY.md 28).
+    store.fail.store(false, Ordering::SeqCst);
+    let resp = router
+        .oneshot(request_with_cookie("/", &token))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(ran.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_failing_store_on_save_turns_the_response_into_an_error() {
+    let store = Faulty::default();
+    let app = app(&store);
+    let token = app.start().await;
+    store.fail.store(true, Ordering::SeqCst);
+    // The load fails first: rejection.
+    let resp = app.get("/incr/n", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    store.fail.store(false, Ordering::SeqCst);
+    assert_eq!(
+        app.get("/get/n", Some(&token)).await.body,
+        "1",
+        "nothing lost"
+    );
+}
+
+#[tokio::test]
+async fn save_failures_become_error_responses_with_the_error_attached() {
+    let store = Faulty::default();
+    let fail = store.fail.clone();
+    let router = Router::new()
+        .route(
+            "/",
+            get(move |session: Session| {
+                let fail = fail.clone();
+                async move {
+                    session.insert("x", 1).unwrap();
+                    // The store dies between load and save.
+                    fail.store(true, Ordering::SeqCst);
+                    "handler ok"
+                }
+            }),
+        )
+        .layer(
+            SessionLayer::builder(store.clone())
+                .error_handler(|error| {
+                    let mut response =
+                        Response::new(Bytes::from(format!("custom: {:?}", error.kind())));
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    response
+                })
+                .build()
+                .unwrap(),
+        );
+    let resp = router
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    assert!(resp.extensions().get::<SessionError>().is_some());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"custom: Store");
+}
+
+#[tokio::test]
+async fn a_failed_old_id_delete_after_rotation_keeps_the_old_session() {
+    let store = Faulty::default();
+    let app = app(&store);
+    let token = app.start().await;
+    store.fail_deletes.store(1, Ordering::SeqCst);
+    let resp = app.get("/cycle", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.set_cookie().is_none());
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
+    assert_eq!(store.inner.len(), 1, "the half-made new record was removed");
+}
+
+#[tokio::test]
+async fn option_session_never_rejects() {
+    let store = Faulty::default();
+    let layer = SessionLayer::new(store.clone());
+    let handler = |session: Option<Session>| async move {
+        match session {
+            Some(_) => "some",
+            None => "none",
+        }
+    };
+    let with_layer = Router::new().route("/", get(handler)).layer(layer);
+    let bare = Router::new().route("/", get(handler));
+    let resp = bare
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(body_text(resp).await, "none");
+    let resp = with_layer
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(body_text(resp).await, "some");
+    store.fail.store(true, Ordering::SeqCst);
+    let token = SessionId::generate().unwrap().expose();
+    let resp = with_layer
+        .oneshot(request_with_cookie("/", &token))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_text(resp).await, "none");
+}
+
+#[tokio::test]
+async fn extracting_a_session_without_the_layer_is_a_clear_500() {
+    let router = Router::new().route("/", get(|_: Session| async { "unreachable" }));
+    let resp = router
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        resp.extensions()
+            .get::<SessionError>()
+            .map(SessionError::kind),
+        Some(SessionErrorKind::MissingLayer)
+    );
+    assert_eq!(body_text(resp).await, "session layer missing");
+}
+
+/// The app-local session and one shared across sub-domains, side by side.
+struct Shared;
+
+#[tokio::test]
+async fn two_layers_with_their_own_cookies_serve_one_app() {
+    let local = MemoryStore::new();
+    let shared = MemoryStore::new();
+    let router = Router::new()
+        .route(
+            "/",
+            get(|local: Session, shared: ScopedSession<Shared>| async move {
+                let a = local
+                    .update("n", |n: &mut u32| {
+                        *n += 1;
+                        *n
+                    })
+                    .unwrap();
+                let b = shared
+                    .update("n", |n: &mut u32| {
+                        *n += 10;
+                        *n
+                    })
+                    .unwrap();
+                format!("{a} {b}")
+            }),
+        )
+        .layer(SessionLayer::new(local.clone()))
+        .layer(
+            SessionLayer::builder(shared.clone())
+                .cookie_name("shared")
+                .domain("example.com")
+                .scope::<Shared>()
+                .build()
+                .unwrap(),
+        );
+    let resp = router
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let cookies: Vec<cookie::Cookie<'static>> = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
+        .collect();
+    assert_eq!(cookies.len(), 2);
+    let local_cookie = cookies.iter().find(|c| c.name() == "id").unwrap();
+    let shared_cookie = cookies.iter().find(|c| c.name() == "shared").unwrap();
+    assert_eq!(shared_cookie.domain(), Some("example.com"));
+    assert_eq!(local_cookie.domain(), None);
+    assert_eq!(body_text(resp).await, "1 10");
+    assert_eq!((local.len(), shared.len()), (1, 1));
+    let request = Request::get("/")
+        .header(
+            header::COOKIE,
+            format!(
+                "id={}; shared={}",
+                local_cookie.value(),
+                shared_cookie.value()
+            ),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let resp = router.oneshot(request).await.unwrap();
+    assert_eq!(body_text(resp).await, "2 20");
+}
+
+#[tokio::test]
+async fn a_scoped_session_is_not_the_default_one() {
+    let router = Router::new()
+        .route("/", get(|_: Session| async { "unreachable" }))
+        .layer(
+            SessionLayer::builder(MemoryStore::new())
+                .scope::<Shared>()
+                .build()
+                .unwrap(),
+        );
+    let resp = router
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn transient_values_live_for_the_request_only() {
+    let store = MemoryStore::new();
+    let router = Router::new()
+        .route(
+            "/",
+            get(|session: Session| async move {
+                let seen: Option<u32> = session.get_transient("user-id");
+                session.insert_transient("user-id", 42u32);
+                session.insert("persisted", true).unwrap();
+                let now: Option<u32> = session.get_transient("user-id");
+                let wrong_type: Option<String> = session.get_transient("user-id");
+                format!("{seen:?} {now:?} {wrong_type:?}")
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    let resp = router
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let token = cookie_value(&resp);
+    assert_eq!(body_text(resp).await, "None Some(42) None");
+    let resp = router
+        .oneshot(request_with_cookie("/", &token))
+        .await
+        .unwrap();
+    assert_eq!(body_text(resp).await, "None Some(42) None", "not persisted");
+    let key = SessionId::parse(&token).unwrap().key();
+    let record = store
+        .load(&key, OffsetDateTime::now_utc())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.data.len(), 1);
+}
+
+#[tokio::test]
+async fn arrival_tells_new_returning_expired_and_invalid_apart() {
+    let store = Faulty::default();
+    let app = harness::app(
+        tower_satchel::IntoBackend::into_backend(store.clone()),
+        |l| l.expiry(tower_satchel::Expiry::OnInactivity(Duration::minutes(5))),
+    );
+    assert_eq!(app.get("/arrival", None).await.body, "New");
+    let token = app.start().await;
+    assert_eq!(app.get("/arrival", Some(&token)).await.body, "Returning");
+    assert_eq!(app.get("/arrival", Some("garbage")).await.body, "Invalid");
+    app.clock.advance(Duration::minutes(6));
+    assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
+    let _ = Arrival::New;
+}
+
+#[tokio::test]
+async fn the_middleware_checks_deadlines_even_if_the_store_does_not() {
+    /// A store that ignores `now` on load, like a backend trusting its own TTL.
+    #[derive(Clone, Default)]
+    struct Lenient(MemoryStore);
+    impl SessionStore for Lenient {
+        async fn load(
+            &self,
+            key: &SessionKey,
+            _now: OffsetDateTime,
+        ) -> Result<Option<Record>, StoreError> {
+            self.0.load(key, OffsetDateTime::UNIX_EPOCH).await
+        }
+        async fn create(
+            &self,
+            k: &SessionKey,
+            r: &Record,
+            n: OffsetDateTime,
+        ) -> Result<bool, StoreError> {
+            self.0.create(k, r, n).await
+        }
+        async fn save(
+            &self,
+            k: &SessionKey,
+            c: &ChangeSet,
+            n: OffsetDateTime,
+        ) -> Result<Saved, StoreError> {
+            self.0.save(k, c, n).await
+        }
+        async fn touch(
+            &self,
+            k: &SessionKey,
+            d: OffsetDateTime,
+            n: OffsetDateTime,
+        ) -> Result<Saved, StoreError> {
+            self.0.touch(k, d, n).await
+        }
+        async fn delete(&self, k: &SessionKey) -> Result<(), StoreError> {
+            self.0.delete(k).await
+        }
+        async fn delete_expired(&self, n: OffsetDateTime, l: usize) -> Result<usize, StoreError> {
+            self.0.delete_expired(n, l).await
+        }
+        async fn list_owner(
+            &self,
+            o: &str,
+            n: OffsetDateTime,
+        ) -> Result<Vec<SessionInfo>, StoreError> {
+            self.0.list_owner(o, n).await
+        }
+        async fn delete_owner(&self, o: &str) -> Result<usize, StoreError> {
+            self.0.delete_owner(o).await
+        }
+    }
+    let store = Lenient::default();
+    let app = harness::app(
+        tower_satchel::IntoBackend::into_backend(store.clone()),
+        |l| l.expiry(tower_satchel::Expiry::OnInactivity(Duration::minutes(5))),
+    );
+    let token = app.start().await;
+    app.clock.advance(Duration::minutes(6));
+    assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
+    assert!(
+        store.0.is_empty(),
+        "the expired record found on load is deleted"
+    );
+}
+
+#[tokio::test]
+async fn handler_cache_headers_are_overridden_when_a_cookie_is_set() {
+    let router = Router::new()
+        .route(
+            "/",
+            get(|session: Session| async move {
+                session.insert("x", 1).unwrap();
+                ([(header::CACHE_CONTROL, "public, max-age=3600")], "cached?")
+            }),
+        )
+        .layer(SessionLayer::new(MemoryStore::new()));
+    let resp = router
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers().get(header::CACHE_CONTROL).unwrap(),
+        "no-store"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_tower_service_reaches_the_session_through_extensions() {
+    #[derive(Debug)]
+    struct MyError;
+    let service = ServiceBuilder::new()
+        .layer(SessionLayer::new(MemoryStore::new()))
+        .service_fn(|request: Request<Body>| async move {
+            let session = request
+                .extensions()
+                .get::<Session>()
+                .cloned()
+                .ok_or(MyError)?;
+            session.load().await.map_err(|_| MyError)?;
+            let n: u32 = session.get("n").map_err(|_| MyError)?.unwrap_or(0) + 1;
+            session.insert("n", n).map_err(|_| MyError)?;
+            Ok::<_, MyError>(Response::new(Body::from(n.to_string())))
+        });
+    // The inner service's error type is unchanged.
+    fn error_type<S: tower::Service<Request<Body>, Error = MyError>>(_: &S) {}
+    error_type(&service);
+    let resp = service
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let token = cookie_value(&resp);
+    assert_eq!(body_text(resp).await, "1");
+    let resp = service
+        .oneshot(request_with_cookie("/", &token))
+        .await
+        .unwrap();
+    assert_eq!(body_text(resp).await, "2");
+}
+
+#[tokio::test]
+async fn using_a_session_before_load_is_an_error_not_an_empty_session() {
+    let service = ServiceBuilder::new()
+        .layer(SessionLayer::new(MemoryStore::new()))
+        .service_fn(|request: Request<Body>| async move {
+            let session = request.extensions().get::<Session>().cloned().unwrap();
+            let read = session.get::<u32>("n").map_err(|e| e.kind());
+            let write = session.insert("n", 1).map_err(|e| e.kind());
+            Ok::<_, Infallible>(Response::new(Body::from(format!("{read:?} {write:?}"))))
+        });
+    let resp = service
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    assert_eq!(body_text(resp).await, "Err(NotLoaded) Err(NotLoaded)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_requests_of_one_session_keep_every_key() {
+    let store = MemoryStore::new();
+    let app = harness::default_app(tower_satchel::IntoBackend::into_backend(store.clone()));
+    let token = app.start().await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let app = app.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            app.get(&format!("/set/key{i}/v"), Some(&token))
+                .await
+                .status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    let keys = app.get("/keys", Some(&token)).await.body;
+    assert_eq!(keys.split(',').count(), 101, "{keys}");
+}
+
+#[tokio::test]
+async fn debug_output_is_redacted() {
+    let id = SessionId::generate().unwrap();
+    assert!(!format!("{id:?}").contains(&id.expose()));
+    let router = Router::new()
+        .route(
+            "/",
+            get(|session: Session| async move {
+                session.insert("secret-value", "hunter2").unwrap();
+                format!("{session:?} {:?}", session.id())
+            }),
+        )
+        .layer(SessionLayer::new(MemoryStore::new()));
+    let resp = router
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let token = cookie_value(&resp);
+    let resp = router
+        .oneshot(request_with_cookie("/", &token))
+        .await
+        .unwrap();
+    let shown = body_text(resp).await;
+    assert!(shown.contains("REDACTED"), "{shown}");
+    assert!(!shown.contains(&token));
+    assert!(!shown.contains("hunter2"), "values are not printed");
+}
+
+#[tokio::test]
+async fn cleanup_removes_expired_records_survives_errors_and_stops() {
+    let store = Faulty::default();
+    let clock = ManualClock::starting_now();
+    let now = clock_now(&clock);
+    for i in 0..25 {
+        let id = SessionId::generate().unwrap();
+        let mut record = Record::new(
+            now,
+            now + Duration::minutes(1),
+            None,
+            tower_satchel::Expiry::OnSessionEnd,
+        );
+        record.data.insert("i".into(), serde_json::json!(i));
+        assert!(store.inner.create(&id.key(), &record, now).await.unwrap());
+    }
+    let live = SessionId::generate().unwrap().key();
+    let record = Record::new(
+        now,
+        now + Duration::hours(2),
+        None,
+        tower_satchel::Expiry::OnSessionEnd,
+    );
+    store.inner.create(&live, &record, now).await.unwrap();
+    clock.advance(Duration::minutes(5));
+
+    store.fail.store(true, Ordering::SeqCst);
+    let config = CleanupConfig::default()
+        .period(StdDuration::from_millis(10))
+        .batch(10);
+    let task = spawn_cleanup_with_clock(store.clone(), config, Arc::new(clock.clone()));
+    tokio::time::sleep(StdDuration::from_millis(60)).await;
+    assert!(
+        store.sweeps.load(Ordering::SeqCst) >= 2,
+        "keeps running after errors"
+    );
+    assert_eq!(store.inner.len(), 26);
+    store.fail.store(false, Ordering::SeqCst);
+    for _ in 0..100 {
+        if store.inner.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    assert_eq!(store.inner.len(), 1, "only the live record is left");
+    task.stop().await;
+    let after = store.sweeps.load(Ordering::SeqCst);
+    tokio::time::sleep(StdDuration::from_millis(50)).await;
+    assert_eq!(store.sweeps.load(Ordering::SeqCst), after, "stopped");
+}
+
+fn clock_now(clock: &ManualClock) -> OffsetDateTime {
+    tower_satchel::Clock::now(clock)
+}
+
+fn cookie_value(resp: &Response<Body>) -> String {
+    let header = resp.headers().get(header::SET_COOKIE).expect("a cookie");
+    cookie::Cookie::parse(header.to_str().unwrap().to_owned())
+        .unwrap()
+        .value()
+        .to_owned()
+}
+
+fn request_with_cookie(path: &str, token: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::COOKIE, format!("id={token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+async fn body_text(resp: Response<Body>) -> String {
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
