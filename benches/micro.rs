@@ -1,1 +1,136 @@
-fn main() {}
+//! Micro-benchmarks: ID generation and parsing, record encode/decode, and one request through the
+//! layer against the same route without it.
+//!
+//! ```text
+//! cargo bench --bench micro
+//! ```
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use divan::Bencher;
+use http::{Request, header};
+use serde_json::json;
+use time::{Duration, OffsetDateTime};
+use tower::ServiceExt;
+use tower_satchel::{Expiry, MemoryStore, Record, Session, SessionError, SessionId, SessionLayer};
+
+fn main() {
+    divan::main();
+}
+
+#[divan::bench]
+fn id_generate() -> SessionId {
+    SessionId::generate().unwrap_or_else(|_| unreachable_id())
+}
+
+#[divan::bench]
+fn id_parse_and_hash(bencher: Bencher) {
+    let token = SessionId::generate()
+        .map(|id| id.expose())
+        .unwrap_or_default();
+    bencher.bench(|| SessionId::parse(divan::black_box(&token)).map(|id| id.key()));
+}
+
+fn unreachable_id() -> SessionId {
+    SessionId::parse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        .unwrap_or_else(|| unreachable!())
+}
+
+fn sample_record() -> Record {
+    let now = OffsetDateTime::now_utc();
+    let mut record = Record::new(
+        now,
+        now + Duration::hours(1),
+        Some(now + Duration::days(30)),
+        Expiry::OnInactivity(Duration::hours(1)),
+    );
+    record
+        .data
+        .insert("user".into(), json!("alice@example.com"));
+    record.data.insert("visits".into(), json!(42));
+    record.data.insert(
+        "cart".into(),
+        json!({"items": ["a", "b", "c"], "total": 1999}),
+    );
+    record.owner = Some("user-1234".into());
+    record
+}
+
+#[divan::bench]
+fn record_encode(bencher: Bencher) {
+    let record = sample_record();
+    bencher.bench(|| divan::black_box(&record).encode());
+}
+
+#[divan::bench]
+fn record_decode(bencher: Bencher) {
+    let bytes = sample_record().encode().unwrap_or_default();
+    bencher.bench(|| Record::decode(divan::black_box(&bytes)));
+}
+
+async fn counter(session: Session) -> Result<String, SessionError> {
+    let visits = session.update("visits", |n: &mut u64| {
+        *n += 1;
+        *n
+    })?;
+    Ok(visits.to_string())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+}
+
+#[divan::bench]
+fn request_bare_route(bencher: Bencher) {
+    let rt = runtime();
+    let app: Router = Router::new().route("/", get(|| async { "1" }));
+    bencher.bench_local(|| {
+        rt.block_on(
+            app.clone()
+                .oneshot(Request::get("/").body(Body::empty()).unwrap_or_default()),
+        )
+    });
+}
+
+#[divan::bench]
+fn request_new_visitor(bencher: Bencher) {
+    let rt = runtime();
+    let app: Router = Router::new()
+        .route("/", get(counter))
+        .layer(SessionLayer::new(MemoryStore::new()));
+    bencher.bench_local(|| {
+        rt.block_on(
+            app.clone()
+                .oneshot(Request::get("/").body(Body::empty()).unwrap_or_default()),
+        )
+    });
+}
+
+#[divan::bench]
+fn request_returning_visitor(bencher: Bencher) {
+    let rt = runtime();
+    let app: Router = Router::new()
+        .route("/", get(counter))
+        .layer(SessionLayer::new(MemoryStore::new()));
+    let token = rt
+        .block_on(
+            app.clone()
+                .oneshot(Request::get("/").body(Body::empty()).unwrap_or_default()),
+        )
+        .ok()
+        .and_then(|r| r.headers().get(header::SET_COOKIE).cloned())
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+        .and_then(|v| v.split(';').next().map(str::to_owned))
+        .unwrap_or_default();
+    bencher.bench_local(|| {
+        let request = Request::get("/")
+            .header(header::COOKIE, &token)
+            .body(Body::empty())
+            .unwrap_or_default();
+        rt.block_on(app.clone().oneshot(request))
+    });
+}

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `$ADDR` sets the address; `$SESSION_STORE` picks the store (memory, file, redis, postgres,
-//! sqlite, cookie), see `examples/support`.
+//! sqlite, cookie), see `examples/support`; `SESSION_STORE=none` serves the same routes without
+//! a session layer, as the baseline of `benches/load.sh`.
 
 mod support;
 
@@ -40,10 +41,17 @@ async fn page(session: Session, Path(name): Path<String>) -> Result<String, Sess
 #[tokio::main]
 async fn main() -> Result<(), support::BoxError> {
     support::init_tracing();
-    let app = Router::new()
-        .route("/", get(count))
-        .route("/pages/{name}", get(page))
-        .layer(support::layer_from_env().await?);
+    let app = if std::env::var("SESSION_STORE").as_deref() == Ok("none") {
+        // The baseline of benches/load.sh: the same routes with no session layer at all.
+        Router::new()
+            .route("/", get(|| async { "1" }))
+            .route("/pages/{name}", get(|| async { "1" }))
+    } else {
+        Router::new()
+            .route("/", get(count))
+            .route("/pages/{name}", get(page))
+            .layer(support::layer_from_env().await?)
+    };
     let addr = support::addr();
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     tracing::info!("counter listening on http://{addr}");

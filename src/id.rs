@@ -22,7 +22,11 @@ pub(crate) const ENCODED_LEN: usize = 43;
 /// The only way to obtain one is [`SessionId::generate`] or [`SessionId::parse`]; the raw value is
 /// available through [`SessionId::expose`], which is what the layer writes into the cookie.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SessionId([u8; 32]);
+pub struct SessionId {
+    bytes: [u8; 32],
+    /// Computed once: every request of a returning visitor needs it.
+    key: SessionKey,
+}
 
 impl SessionId {
     /// Draws a fresh ID from the operating system's CSPRNG.
@@ -34,7 +38,7 @@ impl SessionId {
     pub fn generate() -> Result<Self, getrandom::Error> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes)?;
-        Ok(Self(bytes))
+        Ok(Self::from_bytes(bytes))
     }
 
     /// Parses an ID from its cookie form, strictly: exactly 43 characters of the base64url alphabet
@@ -60,19 +64,26 @@ impl SessionId {
         let mut out = [0u8; 32];
         // The decoder also rejects non-canonical trailing bits, so each ID has one spelling.
         match URL_SAFE_NO_PAD.decode_slice(bytes, &mut out) {
-            Ok(32) => Some(Self(out)),
+            Ok(32) => Some(Self::from_bytes(out)),
             _ => None,
+        }
+    }
+
+    fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self {
+            bytes,
+            key: SessionKey(Sha256::digest(bytes).into()),
         }
     }
 
     /// The cookie form of the ID. This is the secret bearer token: do not log it.
     pub fn expose(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0)
+        URL_SAFE_NO_PAD.encode(self.bytes)
     }
 
     /// The key stores keep the session under: SHA-256 of the ID.
     pub fn key(&self) -> SessionKey {
-        SessionKey(Sha256::digest(self.0).into())
+        self.key
     }
 
     /// A short keyed hash for log lines.
@@ -251,7 +262,7 @@ mod tests {
         let id = SessionId::generate().unwrap();
         let key = id.key();
         assert_eq!(SessionKey::from_hex(&key.to_hex()), Some(key));
-        assert_ne!(key.as_bytes(), &id.0);
+        assert_ne!(key.as_bytes(), &id.bytes);
         assert!(SessionKey::from_hex("zz").is_none());
     }
 

@@ -225,7 +225,8 @@ enum Plan {
     Save {
         id: SessionId,
         changes: ChangeSet,
-        max_age: Option<Duration>,
+        /// `Some(max_age)` when the cookie must be sent again.
+        cookie: Option<Option<Duration>>,
     },
     Create {
         record: Record,
@@ -250,8 +251,25 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 fn max_age_for(record: &Record, now: OffsetDateTime) -> Option<Duration> {
-    record.expiry.is_persistent().then(|| {
-        (record.deadline() - now)
+    max_age_at(
+        record.expiry,
+        record.idle_deadline,
+        record.absolute_deadline,
+        now,
+    )
+}
+
+/// `Max-Age` for a cookie whose session has these deadlines: never past the server-side deadline
+/// nor 400 days (SECURITY.md 15); `None` for a browser-session cookie.
+fn max_age_at(
+    expiry: Expiry,
+    idle: OffsetDateTime,
+    absolute: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Option<Duration> {
+    let deadline = absolute.map_or(idle, |absolute| absolute.min(idle));
+    expiry.is_persistent().then(|| {
+        (deadline - now)
             .clamp(Duration::ZERO, MAX_COOKIE_AGE)
             .floor_seconds()
     })
@@ -310,7 +328,6 @@ impl Session {
             }
             (Incoming::Id(id), Kind::Server(store)) => {
                 let key = id.key();
-                let tag = key.log_tag();
                 match store.load(&key, now).await {
                     Ok(Some(record)) if record.is_live(now) => (
                         Arrival::Returning,
@@ -320,18 +337,18 @@ impl Session {
                         }),
                     ),
                     Ok(Some(_)) => {
-                        tracing::debug!(scope, session = %tag, "session expired");
+                        tracing::debug!(scope, session = %key.log_tag(), "session expired");
                         if let Err(error) = store.delete(&key).await {
-                            tracing::warn!(scope, session = %tag, %error, "could not delete expired session");
+                            tracing::warn!(scope, session = %key.log_tag(), %error, "could not delete expired session");
                         }
                         (Arrival::Expired, None)
                     }
                     Ok(None) => {
-                        tracing::debug!(scope, session = %tag, "unknown or expired session; a fresh session is used");
+                        tracing::debug!(scope, session = %key.log_tag(), "unknown or expired session; a fresh session is used");
                         (Arrival::Expired, None)
                     }
                     Err(error) => {
-                        tracing::error!(scope, session = %tag, %error, "session store failed on load");
+                        tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on load");
                         return Err(SessionError::store(error));
                     }
                 }
@@ -772,13 +789,19 @@ impl Session {
         }
         if state.modified() {
             let changes = state.change_set(config, now);
-            let mut after = live.record.clone();
-            changes.apply_to(&mut after);
+            let expiry = changes.expiry.unwrap_or(live.record.expiry);
+            let idle = changes.idle_deadline.unwrap_or(live.record.idle_deadline);
+            // The cookie is re-sent only when it would change: a new expiry policy, or a
+            // persistent cookie whose Max-Age has fallen behind by the touch fraction. The
+            // value (the ID) is the same, so a browser-session cookie never needs it.
+            let refresh = changes.expiry.is_some()
+                || (expiry.is_persistent() && self.touch_due(&live.record, now));
+            let max_age = max_age_at(expiry, idle, live.record.absolute_deadline, now);
             return (
                 Plan::Save {
                     id,
                     changes,
-                    max_age: max_age_for(&after, now),
+                    cookie: refresh.then_some(max_age),
                 },
                 read,
             );
@@ -786,13 +809,11 @@ impl Session {
         if self.touch_due(&live.record, now) {
             let expiry = live.record.expiry;
             let idle_deadline = expiry.idle_deadline(now, config.session_end_idle);
-            let mut after = live.record.clone();
-            after.idle_deadline = idle_deadline;
             return (
                 Plan::Touch {
                     id,
                     idle_deadline,
-                    max_age: max_age_for(&after, now),
+                    max_age: max_age_at(expiry, idle_deadline, live.record.absolute_deadline, now),
                 },
                 read,
             );
@@ -857,15 +878,18 @@ impl Session {
                 Plan::Save {
                     id,
                     changes,
-                    max_age,
+                    cookie,
                 },
                 Kind::Server(store),
             ) => {
                 let key = id.key();
                 match store.save(&key, &changes, now).await {
-                    Ok(Saved::Applied) => TokenAction::Set {
-                        value: id.expose(),
-                        max_age,
+                    Ok(Saved::Applied) => match cookie {
+                        Some(max_age) => TokenAction::Set {
+                            value: id.expose(),
+                            max_age,
+                        },
+                        None => TokenAction::Keep,
                     },
                     Ok(Saved::Gone) => {
                         // Deleted meanwhile (logout elsewhere, rotation, expiry): never resurrect

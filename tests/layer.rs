@@ -804,3 +804,31 @@ async fn body_text(resp: Response<Body>) -> String {
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
+
+#[tokio::test]
+async fn saves_resend_the_cookie_only_when_its_max_age_falls_behind() {
+    let store = Faulty::default();
+    let app = app(&store); // 24 h of inactivity, touch after 10 %
+    let token = app.start().await;
+    let resp = app.get("/incr/n", Some(&token)).await;
+    assert_eq!(resp.body, "2");
+    assert!(
+        resp.set_cookie().is_none(),
+        "same ID, same Max-Age: nothing to send"
+    );
+    assert!(resp.cache_control().is_none());
+    app.clock.advance(Duration::hours(3));
+    let resp = app.get("/incr/n", Some(&token)).await;
+    assert_eq!(resp.body, "3");
+    let cookie = resp
+        .set_cookie()
+        .expect("the Max-Age is refreshed once it falls behind");
+    assert_eq!(cookie.value(), token);
+    assert_eq!(cookie.max_age(), Some(Duration::hours(24)));
+    assert_eq!(resp.cache_control(), Some("no-store"));
+    assert_eq!(
+        store.calls(),
+        (2, 3, 0),
+        "every change is saved even when no cookie is sent"
+    );
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Load comparison: the counter example behind SessionLayer against the same routes with no session
+# layer (SESSION_STORE=none), in one run, server and load generator pinned to different cores.
+#
+#   bash benches/load.sh                       # memory store
+#   bash benches/load.sh memory file cookie    # several stores
+#   DURATION=10 ROUNDS=5 CONNS=64 bash benches/load.sh redis
+#
+# Each round measures the bare route, then the store with a new visitor, then with a returning one
+# (DURATION seconds each); the table shows the median of ROUNDS rounds, so a burst of noise on this
+# shared machine moves one sample, not the result.
+#
+# Stores: memory, file, redis, postgres, sqlite, cookie. Redis gets a throwaway redis-server on a
+# free port; postgres uses $DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test); sqlite
+# and file use temporary folders; cookie uses a random key.
+#
+# Prints requests/second and the ratio to the bare route for a new visitor (no cookie: every
+# request creates a session) and a returning visitor (a live session's cookie on every request).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-32}
+SERVER_CORE=${SERVER_CORE:-0}
+CLIENT_CORE=${CLIENT_CORE:-1}
+stores=("$@")
+[ ${#stores[@]} -gt 0 ] || stores=(memory)
+
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
+
+features=()
+for s in "${stores[@]}"; do
+  case "$s" in
+    memory) ;;
+    file) features+=(file-store) ;;
+    redis) features+=(redis-store) ;;
+    postgres) features+=(postgres-store) ;;
+    sqlite) features+=(sqlite-store) ;;
+    cookie) features+=(cookie-store) ;;
+    *) echo "unknown store: $s" >&2; exit 2 ;;
+  esac
+done
+feature_list=$(IFS=,; echo "${features[*]:-}")
+cargo build --release --quiet --example counter ${feature_list:+--features "$feature_list"}
+bin=target/release/examples/counter
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_server ENV... : starts the counter with the given environment; sets $url and $server_pid.
+start_server() {
+  local port; port=$(free_port)
+  env ADDR="127.0.0.1:$port" TOKIO_WORKER_THREADS=1 RUST_LOG=error "$@" \
+    taskset -c "$SERVER_CORE" "$bin" >"$tmp/server.log" 2>&1 &
+  server_pid=$!
+  pids+=("$server_pid")
+  url="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    curl -fs "$url/" -o /dev/null && return 0
+    sleep 0.1
+  done
+  echo "server did not start:" >&2; cat "$tmp/server.log" >&2; exit 1
+}
+
+stop_server() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
+
+# measure URL [wrk args...] : prints requests/second; fails on non-2xx responses.
+measure() {
+  local out
+  out=$(taskset -c "$CLIENT_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" "$@")
+  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx responses during the run:" >&2; echo "$out" >&2; exit 1; fi
+  awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
+
+store_env() {
+  case "$1" in
+    memory) echo "SESSION_STORE=memory" ;;
+    file) mkdir -p "$tmp/sessions"; echo "SESSION_STORE=file SESSION_DIR=$tmp/sessions" ;;
+    redis)
+      command -v redis-server >/dev/null || { echo "redis-server is missing" >&2; exit 1; }
+      local port; port=$(free_port)
+      taskset -c "$CLIENT_CORE" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --daemonize no --logfile "$tmp/redis.log" &
+      pids+=("$!")
+      for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+      echo "SESSION_STORE=redis REDIS_URL=redis://127.0.0.1:$port/" ;;
+    postgres) echo "SESSION_STORE=postgres DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}" ;;
+    sqlite) echo "SESSION_STORE=sqlite DATABASE_URL=sqlite://$tmp/sessions.db?mode=rwc" ;;
+    cookie) echo "SESSION_STORE=cookie SESSION_KEY=$(head -c 32 /dev/urandom | base64 -w0)" ;;
+  esac
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+
+printf '%-9s %-10s %12s %12s %7s\n' store visitor "req/s" "bare req/s" ratio
+for s in "${stores[@]}"; do
+  bares=(); news=(); returnings=()
+  env_for_store=$(store_env "$s")
+  for _ in $(seq 1 "$ROUNDS"); do
+    start_server SESSION_STORE=none
+    bares+=("$(measure "$url/")")
+    stop_server
+
+    # shellcheck disable=SC2086
+    start_server $env_for_store
+    news+=("$(measure "$url/")")
+    cookie=$(curl -fsi "$url/" | awk 'tolower($1)=="set-cookie:" {split($2, a, ";"); print a[1]}' | tr -d '\r')
+    [ -n "$cookie" ] || { echo "no session cookie from the $s store" >&2; exit 1; }
+    returnings+=("$(measure "$url/" -H "Cookie: $cookie")")
+    stop_server
+  done
+  bare=$(printf '%s\n' "${bares[@]}" | median)
+  new=$(printf '%s\n' "${news[@]}" | median)
+  returning=$(printf '%s\n' "${returnings[@]}" | median)
+  printf '%-9s %-10s %12.0f %12.0f %7s\n' "$s" new "$new" "$bare" "$(ratio "$new" "$bare")"
+  printf '%-9s %-10s %12.0f %12.0f %7s\n' "$s" returning "$returning" "$bare" "$(ratio "$returning" "$bare")"
+done
