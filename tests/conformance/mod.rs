@@ -15,7 +15,13 @@
 //! concurrent change-set merge) are asserted the other way, as documented exceptions.
 //!
 //! Each call of the closure must give an independent, empty store.
-#![allow(dead_code, unused_macros, clippy::unwrap_used, unreachable_pub)]
+#![allow(
+    dead_code,
+    unused_macros,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 pub mod contract;
 pub mod harness;
