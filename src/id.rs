@@ -266,6 +266,28 @@ mod tests {
         assert!(SessionKey::from_hex("zz").is_none());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_32_bytes_round_trip(bytes in proptest::array::uniform32(proptest::prelude::any::<u8>())) {
+            let id = SessionId::from_bytes(bytes);
+            proptest::prop_assert_eq!(SessionId::parse(&id.expose()), Some(id));
+        }
+
+        #[test]
+        fn parsing_any_string_never_panics_and_accepts_only_canonical_ids(text in "\\PC{0,64}") {
+            if let Some(id) = SessionId::parse(&text) {
+                proptest::prop_assert_eq!(id.expose(), text);
+            }
+        }
+
+        #[test]
+        fn parsing_base64url_shaped_strings_accepts_only_canonical_ids(text in "[A-Za-z0-9_-]{40,46}") {
+            if let Some(id) = SessionId::parse(&text) {
+                proptest::prop_assert_eq!(id.expose(), text);
+            }
+        }
+    }
+
     #[test]
     fn log_tags_are_stable_within_a_process() {
         let id = SessionId::generate().unwrap();

@@ -65,6 +65,23 @@
 //!   last-writer-wins.
 //! - A 5xx response persists nothing (configurable).
 //!
+//! # How we chose the defaults
+//!
+//! Every default is the one a careful reviewer would ask for, so that an app that changes nothing is
+//! safe: a neutral cookie name (`id`) that does not advertise the framework; `Secure`, `HttpOnly`
+//! and `SameSite=Lax` (the ID is a bearer token; scripts and cross-site POSTs have no business with
+//! it); a host-only cookie on `Path=/`; 24 hours of inactivity and a 30-day absolute lifetime (a
+//! forgotten login lapses, a stolen cookie dies); a deadline refresh only after a tenth of the idle
+//! window (read-heavy traffic does not write on every request); nothing persisted from a 5xx
+//! response. The table on [`SessionLayer`] lists each with its setter. Weakening one is an explicit
+//! call whose docs say what it costs.
+//!
+//! # Logging
+//!
+//! Events go through [`tracing`](https://docs.rs/tracing): `info` for a malformed or forged token
+//! and for revocations, `debug` for unknown or expired sessions, ID rotation and destruction,
+//! `error` for store failures. Sessions are named by a [`LogTag`], never by their ID or store key.
+//!
 //! # Security notes
 //!
 //! - IDs are 256 bits from the OS CSPRNG; a cookie naming no live session is never adopted (no
@@ -104,6 +121,12 @@ pub use service::{ResponseFuture, SessionService};
 pub use session::{Arrival, ScopedSession, Session, SessionError, SessionErrorKind};
 #[cfg(feature = "memory-store")]
 pub use store::memory::MemoryStore;
+#[cfg(feature = "redis-store")]
+pub use store::redis::RedisStore;
+#[cfg(feature = "postgres-store")]
+pub use store::sql::PostgresStore;
+#[cfg(feature = "sqlite-store")]
+pub use store::sql::SqliteStore;
 pub use store::{
     CleanupConfig, CleanupTask, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind,
     spawn_cleanup, spawn_cleanup_with_clock,

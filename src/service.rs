@@ -323,6 +323,36 @@ mod tests {
         assert_eq!(find_cookie(&headers, "missing"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn cookie_headers_of_any_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                headers.append(COOKIE, value);
+            }
+            let _ = find_cookie(&headers, "id");
+        }
+
+        #[test]
+        fn our_cookie_is_found_among_arbitrary_others(
+            before in proptest::collection::vec(("[a-z]{1,8}", "[A-Za-z0-9]{0,12}"), 0..5),
+            after in proptest::collection::vec(("[a-z]{1,8}", "[A-Za-z0-9]{0,12}"), 0..5),
+            value in "[A-Za-z0-9_-]{1,43}",
+        ) {
+            let others = |pairs: &[(String, String)]| pairs
+                .iter()
+                .filter(|(name, _)| name != "id")
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>();
+            let mut parts = others(&before);
+            parts.push(format!("id={value}"));
+            parts.extend(others(&after));
+            let mut headers = HeaderMap::new();
+            headers.append(COOKIE, HeaderValue::from_str(&parts.join("; ")).unwrap_or(HeaderValue::from_static("")));
+            proptest::prop_assert_eq!(find_cookie(&headers, "id"), Some(value.as_bytes()));
+        }
+    }
+
     #[test]
     fn vary_is_added_once() {
         let mut headers = HeaderMap::new();

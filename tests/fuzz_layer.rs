@@ -1,0 +1,62 @@
+//! Property-based fuzzing of the request path (SECURITY.md 27): arbitrary `Cookie` headers and
+//! arbitrary session-header values never panic, never reach the store when malformed, and always
+//! end in a fresh session.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod conformance;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, header};
+use conformance::harness;
+use proptest::prelude::*;
+use tower_satchel::{IntoBackend, MemoryStore};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn any_cookie_header_gets_a_fresh_session(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let Ok(value) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+        let rt = runtime();
+        let store = MemoryStore::new();
+        let app = harness::default_app(store.clone().into_backend());
+        let resp = rt.block_on(app.get_raw_cookie("/incr/n", value));
+        prop_assert_eq!(resp.status.as_u16(), 200);
+        prop_assert_eq!(resp.body.as_str(), "1");
+        prop_assert_eq!(store.len(), 1, "exactly the new session is stored");
+    }
+
+    #[test]
+    fn cookie_headers_with_an_id_shaped_value_get_a_fresh_session(
+        value in "[A-Za-z0-9_./\\\\%-]{0,60}",
+        prefix in "([a-z]{1,5}=[a-z0-9]{0,5}; ){0,3}",
+    ) {
+        let rt = runtime();
+        let store = MemoryStore::new();
+        let app = harness::default_app(store.clone().into_backend());
+        let header = HeaderValue::from_str(&format!("{prefix}id={value}")).unwrap();
+        let resp = rt.block_on(app.get_raw_cookie("/incr/n", header));
+        prop_assert_eq!(resp.body.as_str(), "1");
+        prop_assert_ne!(resp.token(), Some(value));
+    }
+
+    #[test]
+    fn any_session_header_value_gets_a_fresh_session(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+        let Ok(value) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+        let rt = runtime();
+        let app = harness::app(MemoryStore::new().into_backend(), |l| {
+            l.header_transport(header::HeaderName::from_static("x-session"))
+        });
+        let request = Request::get("/incr/n").header("x-session", value).body(Body::empty()).unwrap();
+        let resp = rt.block_on(app.send(request));
+        prop_assert_eq!(resp.body, "1");
+    }
+}
