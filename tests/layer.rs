@@ -832,3 +832,36 @@ async fn saves_resend_the_cookie_only_when_its_max_age_falls_behind() {
         "every change is saved even when no cookie is sent"
     );
 }
+
+#[tokio::test]
+async fn the_token_is_read_from_the_configured_cookie_only() {
+    let store = Faulty::default();
+    let app = app(&store);
+    let token = app.start().await;
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
+    // The same live token anywhere else is not a session (SECURITY.md 7).
+    let elsewhere = [
+        Request::get(format!("/get/n?id={token}"))
+            .body(Body::empty())
+            .unwrap(),
+        Request::get("/get/n")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap(),
+        Request::get("/get/n")
+            .header("x-session", token.as_str())
+            .body(Body::empty())
+            .unwrap(),
+        Request::get("/get/n")
+            .header(
+                header::COOKIE,
+                format!("session={token}; idx={token}; xid={token}"),
+            )
+            .body(Body::empty())
+            .unwrap(),
+    ];
+    for request in elsewhere {
+        let resp = app.send(request).await;
+        assert_eq!(resp.body, "null");
+    }
+}
