@@ -112,9 +112,30 @@ fn request_new_visitor(bencher: Bencher) {
 
 #[divan::bench]
 fn request_returning_visitor(bencher: Bencher) {
+    returning(bencher, "/");
+}
+
+/// A returning visitor whose handler only reads the session: no store write.
+#[divan::bench]
+fn request_returning_reader(bencher: Bencher) {
+    returning(bencher, "/read");
+}
+
+fn returning(bencher: Bencher, path: &'static str) {
     let rt = runtime();
     let app: Router = Router::new()
         .route("/", get(counter))
+        .route(
+            "/read",
+            get(|session: Session| async move {
+                session
+                    .get::<u64>("visits")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+                    .to_string()
+            }),
+        )
         .layer(SessionLayer::new(MemoryStore::new()));
     let token = rt
         .block_on(
@@ -127,7 +148,7 @@ fn request_returning_visitor(bencher: Bencher) {
         .and_then(|v| v.split(';').next().map(str::to_owned))
         .unwrap_or_default();
     bencher.bench_local(|| {
-        let request = Request::get("/")
+        let request = Request::get(path)
             .header(header::COOKIE, &token)
             .body(Body::empty())
             .unwrap_or_default();

@@ -17,7 +17,8 @@ use tower_service::Service;
 use crate::backend::Backend;
 use crate::id::SessionId;
 use crate::layer::{Config, Transport};
-use crate::session::{Committed, Incoming, Session, SessionError, TokenAction};
+use crate::session::{Committed, Finish, Incoming, Session, SessionError, TokenAction};
+use crate::store::BoxFuture;
 
 /// The service [`SessionLayer`](crate::SessionLayer) wraps around yours. Its error type is the inner
 /// service's: a store failure becomes an error response, never an `Err`.
@@ -94,7 +95,7 @@ fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<Bytes> + Send + 'static,
+    ResBody: From<Bytes>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -118,11 +119,11 @@ where
     }
 }
 
-type CommitFuture<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
+type CommitFuture = BoxFuture<'static, Result<Committed, SessionError>>;
 
 pin_project! {
     /// The response future of [`SessionService`]: the handler's future, then (only when the handler
-    /// used the session) the store call that commits it.
+    /// changed the session or a deadline refresh is due) the store call that commits it.
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -139,7 +140,9 @@ pin_project! {
             config: Arc<Config>,
         },
         Commit {
-            future: CommitFuture<B>,
+            future: CommitFuture,
+            response: Option<Response<B>>,
+            config: Arc<Config>,
         },
     }
 }
@@ -153,7 +156,7 @@ impl<F, B> fmt::Debug for ResponseFuture<F, B> {
 impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: From<Bytes> + Send + 'static,
+    B: From<Bytes>,
 {
     type Output = Result<Response<B>, E>;
 
@@ -166,38 +169,58 @@ where
                     session,
                     config,
                 } => {
-                    let response = ready!(future.poll(cx))?;
+                    let mut response = ready!(future.poll(cx))?;
                     let Some(session) = session.take() else {
                         return Poll::Ready(Ok(response));
                     };
                     if !session.needs_commit() {
                         return Poll::Ready(Ok(response));
                     }
-                    let config = config.clone();
-                    this.state.set(State::Commit {
-                        future: Box::pin(finish(session, config, response)),
-                    });
+                    match session.finish(response.status().is_server_error()) {
+                        Finish::Ready(committed) => {
+                            apply(config, response.headers_mut(), committed);
+                            return Poll::Ready(Ok(response));
+                        }
+                        Finish::Pending(future) => {
+                            let config = config.clone();
+                            this.state.set(State::Commit {
+                                future,
+                                response: Some(response),
+                                config,
+                            });
+                        }
+                    }
                 }
-                StateProj::Commit { future } => {
-                    return future.as_mut().poll(cx).map(Ok);
+                StateProj::Commit {
+                    future,
+                    response,
+                    config,
+                } => {
+                    if response.is_none() {
+                        // Polled again after it completed, which the `Future` contract does not
+                        // allow; answer with an error response rather than resume the store call.
+                        return Poll::Ready(Ok(error_response(
+                            config,
+                            SessionError::completed_twice(),
+                        )));
+                    }
+                    let outcome = ready!(future.as_mut().poll(cx));
+                    let Some(mut response) = response.take() else {
+                        return Poll::Ready(Ok(error_response(
+                            config,
+                            SessionError::completed_twice(),
+                        )));
+                    };
+                    return Poll::Ready(Ok(match outcome {
+                        Ok(committed) => {
+                            apply(config, response.headers_mut(), committed);
+                            response
+                        }
+                        Err(error) => error_response(config, error),
+                    }));
                 }
             }
         }
-    }
-}
-
-async fn finish<B: From<Bytes>>(
-    session: Session,
-    config: Arc<Config>,
-    mut response: Response<B>,
-) -> Response<B> {
-    let server_error = response.status().is_server_error();
-    match session.commit(server_error).await {
-        Ok(committed) => {
-            apply(&config, response.headers_mut(), committed);
-            response
-        }
-        Err(error) => error_response(&config, error),
     }
 }
 

@@ -208,11 +208,19 @@ pub(crate) enum TokenAction {
     Remove,
 }
 
-/// What the service learns from [`Session::commit`].
+/// What the service learns from [`Session::finish`].
 #[derive(Debug)]
 pub(crate) struct Committed {
     pub(crate) token: TokenAction,
     pub(crate) read: bool,
+}
+
+/// The outcome of [`Session::finish`].
+pub(crate) enum Finish {
+    /// Nothing to wait for.
+    Ready(Committed),
+    /// Store calls to make first.
+    Pending(crate::store::BoxFuture<'static, Result<Committed, SessionError>>),
 }
 
 enum Plan {
@@ -831,18 +839,45 @@ impl Session {
     }
 
     /// Carries out what the handler did. Called by the service once the response is known.
-    pub(crate) async fn commit(&self, server_error: bool) -> Result<Committed, SessionError> {
+    ///
+    /// Returns at once when no store call is needed (the common read-only request); otherwise a
+    /// boxed future that makes the store calls.
+    pub(crate) fn finish(&self, server_error: bool) -> Finish {
         let needs_load = {
             let state = self.state();
             !state.loaded && state.modified()
         };
+        let session = self.clone();
         if needs_load {
-            self.load().await?;
+            return Finish::Pending(Box::pin(async move {
+                session.load().await?;
+                let now = session.0.config.clock.now();
+                let (plan, read) = session.plan(now, server_error);
+                session.execute(plan, read, now).await
+            }));
         }
+        let now = self.0.config.clock.now();
+        match self.plan(now, server_error) {
+            (Plan::Nothing, read) => Finish::Ready(Committed {
+                token: TokenAction::Keep,
+                read,
+            }),
+            (plan, read) => {
+                Finish::Pending(Box::pin(
+                    async move { session.execute(plan, read, now).await },
+                ))
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        plan: Plan,
+        read: bool,
+        now: OffsetDateTime,
+    ) -> Result<Committed, SessionError> {
         let config = &self.0.config;
         let scope = config.scope;
-        let now = config.clock.now();
-        let (plan, read) = self.plan(now, server_error);
         let token = match (plan, &self.0.backend.0) {
             (Plan::Nothing, _) => TokenAction::Keep,
             (Plan::Seal { record }, Kind::Client(store)) => {
@@ -1088,6 +1123,13 @@ impl SessionError {
             message: Arc::from("session store failed"),
             source: Some(Arc::new(error)),
         }
+    }
+
+    pub(crate) fn completed_twice() -> Self {
+        Self::new(
+            SessionErrorKind::Store,
+            "session response future polled after completion",
+        )
     }
 
     fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
