@@ -155,3 +155,22 @@ fn returning(bencher: Bencher, path: &'static str) {
         rt.block_on(app.clone().oneshot(request))
     });
 }
+
+/// A `delete_expired` call on a memory store of 1,000,000 live sessions: the deadline index means
+/// a sweep costs what it deletes, not what the store holds.
+#[divan::bench(sample_count = 10)]
+fn memory_sweep_of_a_million_sessions(bencher: Bencher) {
+    use tower_satchel::SessionStore;
+    let rt = runtime();
+    let store = MemoryStore::new();
+    let now = OffsetDateTime::now_utc();
+    let record = Record::new(now, now + Duration::hours(1), None, Expiry::OnSessionEnd);
+    rt.block_on(async {
+        for _ in 0..1_000_000 {
+            if let Ok(id) = SessionId::generate() {
+                let _ = store.create(&id.key(), &record, now).await;
+            }
+        }
+    });
+    bencher.bench_local(|| rt.block_on(store.delete_expired(now, 1000)));
+}

@@ -1,6 +1,16 @@
 //! [`MemoryStore`]: sessions in a sharded in-process map.
+//!
+//! # Sweeping without stalls
+//!
+//! Each shard keeps, next to its map, an index of keys by the minute their deadline falls in. A
+//! write adds the key to a bucket only when its deadline moves into another minute (at most once a
+//! minute per session), and never searches the index. A sweep takes buckets whose minute is over
+//! and checks their keys in chunks of [`SWEEP_CHUNK`], releasing the shard's lock between chunks:
+//! a request waits at most for one chunk, however many sessions the store holds. A key whose
+//! session was refreshed, rotated or deleted since it was filed is simply dropped from the old
+//! bucket when the sweep reaches it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -10,7 +20,10 @@ use crate::id::SessionKey;
 use crate::record::{ChangeSet, Record};
 use crate::store::{Saved, SessionInfo, SessionStore, StoreError};
 
-const DEFAULT_SHARDS: usize = 64;
+const DEFAULT_SHARDS: usize = 256;
+
+/// How many index entries a sweep checks per hold of a shard's lock.
+pub(crate) const SWEEP_CHUNK: usize = 256;
 
 /// Sessions kept in memory, in a map split into shards with one lock each.
 ///
@@ -20,9 +33,11 @@ const DEFAULT_SHARDS: usize = 64;
 /// other. Change sets are merged under the shard lock, so concurrent requests of one session that
 /// write different keys both keep their writes.
 ///
-/// Expired records are dropped when a load finds them, and in bounded batches by
-/// [`delete_expired`](SessionStore::delete_expired); run [`spawn_cleanup`](crate::spawn_cleanup) so
-/// that sessions nobody comes back to do not accumulate. A batch holds one shard's lock at a time.
+/// Expired records are dropped when a load finds them, and by
+/// [`delete_expired`](SessionStore::delete_expired), which finds them through a per-shard index of
+/// deadlines (by minute) and holds a shard's lock for at most 256 index entries at a time, so a
+/// sweep never stalls requests whatever the number of sessions. Run
+/// [`spawn_cleanup`](crate::spawn_cleanup) so that sessions nobody comes back to do not accumulate.
 ///
 /// Cheap to clone: clones share the sessions.
 ///
@@ -40,8 +55,30 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    shards: Box<[Mutex<HashMap<SessionKey, Record>>]>,
+    shards: Box<[Mutex<Shard>]>,
     owners: Mutex<HashMap<String, HashSet<SessionKey>>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    records: HashMap<SessionKey, Record>,
+    /// Keys by the minute (Unix time / 60) their deadline falls in. A key may be filed under an
+    /// old minute too; the sweep drops such stale entries.
+    by_minute: BTreeMap<i64, Vec<SessionKey>>,
+}
+
+fn minute(at: OffsetDateTime) -> i64 {
+    at.unix_timestamp().div_euclid(60)
+}
+
+impl Shard {
+    /// Files `key` under its record's deadline minute, unless it is filed there already.
+    fn file(&mut self, key: SessionKey, before: Option<OffsetDateTime>, after: OffsetDateTime) {
+        let target = minute(after);
+        if before.map(minute) != Some(target) {
+            self.by_minute.entry(target).or_default().push(key);
+        }
+    }
 }
 
 impl Default for MemoryStore {
@@ -60,15 +97,15 @@ impl fmt::Debug for MemoryStore {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a shard lock cannot leave a map half-updated in a way that matters
-    // (each operation is a single insert/remove), so a poisoned lock is still usable.
+    // Every critical section below leaves the maps consistent before anything that could panic,
+    // so a poisoned lock is still usable.
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryStore {
-    /// An empty store with 64 shards.
+    /// An empty store with 256 shards.
     pub fn new() -> Self {
         Self::with_shards(DEFAULT_SHARDS)
     }
@@ -76,7 +113,7 @@ impl MemoryStore {
     /// An empty store with `shards` shards (at least 1).
     pub fn with_shards(shards: usize) -> Self {
         let shards = (0..shards.max(1))
-            .map(|_| Mutex::new(HashMap::new()))
+            .map(|_| Mutex::new(Shard::default()))
             .collect();
         Self {
             inner: Arc::new(Inner {
@@ -88,7 +125,11 @@ impl MemoryStore {
 
     /// How many records the store holds, expired ones not yet swept included.
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).len()).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(s).records.len())
+            .sum()
     }
 
     /// Whether the store holds no records.
@@ -96,7 +137,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn shard(&self, key: &SessionKey) -> &Mutex<HashMap<SessionKey, Record>> {
+    fn shard(&self, key: &SessionKey) -> &Mutex<Shard> {
         // Keys are SHA-256 digests: any two bytes are uniformly distributed.
         let [a, b, ..] = *key.as_bytes();
         let index = usize::from(u16::from_le_bytes([a, b])) % self.inner.shards.len();
@@ -120,6 +161,56 @@ impl MemoryStore {
             owners.entry(new.to_owned()).or_default().insert(*key);
         }
     }
+
+    /// Sweeps one shard: at most `limit` deletions, [`SWEEP_CHUNK`] index entries per lock hold.
+    fn sweep_shard(&self, shard: &Mutex<Shard>, now: OffsetDateTime, limit: usize) -> usize {
+        let current = minute(now);
+        let mut deleted = 0;
+        while deleted < limit {
+            let mut guard = lock(shard);
+            let shard = &mut *guard;
+            let Some(mut bucket) = shard.by_minute.first_entry() else {
+                break;
+            };
+            if *bucket.key() >= current {
+                // Deadlines in this minute (or later) may still be ahead of `now`.
+                break;
+            }
+            let keys = bucket.get_mut();
+            let take = keys.len().min(SWEEP_CHUNK);
+            let chunk: Vec<SessionKey> = keys.drain(keys.len() - take..).collect();
+            if keys.is_empty() {
+                bucket.remove();
+            }
+            let mut owners_gone = Vec::new();
+            for (i, key) in chunk.iter().enumerate() {
+                let expired = shard.records.get(key).is_some_and(|r| !r.is_live(now));
+                if !expired {
+                    continue; // refreshed, rotated or deleted since it was filed
+                }
+                if deleted == limit {
+                    // Over the limit: put the rest back for the next call.
+                    shard
+                        .by_minute
+                        .entry(current - 1)
+                        .or_default()
+                        .extend_from_slice(&chunk[i..]);
+                    break;
+                }
+                if let Some(record) = shard.records.remove(key) {
+                    deleted += 1;
+                    if let Some(owner) = record.owner {
+                        owners_gone.push((*key, owner));
+                    }
+                }
+            }
+            drop(guard);
+            for (key, owner) in owners_gone {
+                self.index_owner(&key, Some(&owner), None);
+            }
+        }
+        deleted
+    }
 }
 
 impl SessionStore for MemoryStore {
@@ -129,10 +220,11 @@ impl SessionStore for MemoryStore {
         now: OffsetDateTime,
     ) -> Result<Option<Record>, StoreError> {
         let mut shard = lock(self.shard(key));
-        match shard.get(key) {
+        match shard.records.get(key) {
             Some(record) if record.is_live(now) => Ok(Some(record.clone())),
             Some(_) => {
-                if let Some(dead) = shard.remove(key) {
+                if let Some(dead) = shard.records.remove(key) {
+                    drop(shard);
                     self.index_owner(key, dead.owner.as_deref(), None);
                 }
                 Ok(None)
@@ -148,12 +240,12 @@ impl SessionStore for MemoryStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut shard = lock(self.shard(key));
-        if let Some(existing) = shard.get(key)
-            && existing.is_live(now)
-        {
+        if shard.records.get(key).is_some_and(|r| r.is_live(now)) {
             return Ok(false);
         }
-        let old = shard.insert(*key, record.clone());
+        let old = shard.records.insert(*key, record.clone());
+        shard.file(*key, None, record.deadline());
+        drop(shard);
         self.index_owner(
             key,
             old.as_ref().and_then(|r| r.owner.as_deref()),
@@ -168,13 +260,18 @@ impl SessionStore for MemoryStore {
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
-        let mut shard = lock(self.shard(key));
-        let Some(record) = shard.get_mut(key).filter(|r| r.is_live(now)) else {
+        let mut guard = lock(self.shard(key));
+        let shard = &mut *guard;
+        let Some(record) = shard.records.get_mut(key).filter(|r| r.is_live(now)) else {
             return Ok(Saved::Gone);
         };
         let old_owner = record.owner.clone();
+        let before = record.deadline();
         changes.apply_to(record);
+        let after = record.deadline();
         let new_owner = record.owner.clone();
+        shard.file(*key, Some(before), after);
+        drop(guard);
         self.index_owner(key, old_owner.as_deref(), new_owner.as_deref());
         Ok(Saved::Applied)
     }
@@ -185,10 +282,14 @@ impl SessionStore for MemoryStore {
         idle_deadline: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
-        let mut shard = lock(self.shard(key));
-        match shard.get_mut(key).filter(|r| r.is_live(now)) {
+        let mut guard = lock(self.shard(key));
+        let shard = &mut *guard;
+        match shard.records.get_mut(key).filter(|r| r.is_live(now)) {
             Some(record) => {
+                let before = record.deadline();
                 record.idle_deadline = idle_deadline;
+                let after = record.deadline();
+                shard.file(*key, Some(before), after);
                 Ok(Saved::Applied)
             }
             None => Ok(Saved::Gone),
@@ -196,7 +297,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        let removed = lock(self.shard(key)).remove(key);
+        let removed = lock(self.shard(key)).records.remove(key);
         if let Some(record) = removed {
             self.index_owner(key, record.owner.as_deref(), None);
         }
@@ -209,19 +310,7 @@ impl SessionStore for MemoryStore {
             if deleted >= limit {
                 break;
             }
-            let mut shard = lock(shard);
-            let dead: Vec<SessionKey> = shard
-                .iter()
-                .filter(|(_, r)| !r.is_live(now))
-                .map(|(k, _)| *k)
-                .take(limit - deleted)
-                .collect();
-            for key in dead {
-                if let Some(record) = shard.remove(&key) {
-                    self.index_owner(&key, record.owner.as_deref(), None);
-                    deleted += 1;
-                }
-            }
+            deleted += self.sweep_shard(shard, now, limit - deleted);
         }
         Ok(deleted)
     }
@@ -238,7 +327,7 @@ impl SessionStore for MemoryStore {
         let mut sessions = Vec::with_capacity(keys.len());
         for key in keys {
             let shard = lock(self.shard(&key));
-            if let Some(record) = shard.get(&key)
+            if let Some(record) = shard.records.get(&key)
                 && record.is_live(now)
                 && record.owner.as_deref() == Some(owner)
             {
@@ -257,11 +346,106 @@ impl SessionStore for MemoryStore {
         let mut deleted = 0;
         for key in keys {
             let mut shard = lock(self.shard(&key));
-            if shard.get(&key).and_then(|r| r.owner.as_deref()) == Some(owner) {
-                shard.remove(&key);
+            if shard.records.get(&key).and_then(|r| r.owner.as_deref()) == Some(owner) {
+                shard.records.remove(&key);
                 deleted += 1;
             }
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{Expiry, SessionId};
+    use time::Duration;
+
+    fn record(now: OffsetDateTime, ttl: Duration) -> Record {
+        Record::new(now, now + ttl, None, Expiry::OnSessionEnd)
+    }
+
+    #[tokio::test]
+    async fn a_sweep_finds_expired_sessions_among_many_live_ones() {
+        let store = MemoryStore::with_shards(4);
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut short = Vec::new();
+        for i in 0..2000 {
+            let key = SessionId::generate().unwrap().key();
+            let ttl = if i % 10 == 0 {
+                Duration::minutes(2)
+            } else {
+                Duration::hours(5)
+            };
+            assert!(store.create(&key, &record(now, ttl), now).await.unwrap());
+            if i % 10 == 0 {
+                short.push(key);
+            }
+        }
+        let later = now + Duration::minutes(10);
+        let mut deleted = 0;
+        loop {
+            let n = store.delete_expired(later, 50).await.unwrap();
+            assert!(n <= 50, "the limit holds");
+            if n == 0 {
+                break;
+            }
+            deleted += n;
+        }
+        assert_eq!(deleted, 200);
+        assert_eq!(store.len(), 1800);
+    }
+
+    #[tokio::test]
+    async fn refreshed_sessions_survive_the_sweep_of_their_old_minute() {
+        let store = MemoryStore::with_shards(1);
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let key = SessionId::generate().unwrap().key();
+        assert!(
+            store
+                .create(&key, &record(now, Duration::minutes(2)), now)
+                .await
+                .unwrap()
+        );
+        let t1 = now + Duration::minutes(1);
+        assert_eq!(
+            store
+                .touch(&key, t1 + Duration::hours(1), t1)
+                .await
+                .unwrap(),
+            Saved::Applied
+        );
+        let t2 = now + Duration::minutes(30);
+        assert_eq!(store.delete_expired(t2, 10).await.unwrap(), 0);
+        assert!(store.load(&key, t2).await.unwrap().is_some());
+        // Its new minute is swept once it is over.
+        let t3 = now + Duration::hours(2);
+        assert_eq!(store.delete_expired(t3, 10).await.unwrap(), 1);
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_sweep_stops_at_its_limit_and_the_next_one_resumes() {
+        let store = MemoryStore::with_shards(1);
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        for _ in 0..(SWEEP_CHUNK * 3 + 7) {
+            let key = SessionId::generate().unwrap().key();
+            store
+                .create(&key, &record(now, Duration::minutes(1)), now)
+                .await
+                .unwrap();
+        }
+        let later = now + Duration::minutes(5);
+        let shard = &store.inner.shards[0];
+        assert_eq!(store.sweep_shard(shard, later, 100), 100);
+        assert_eq!(store.len(), SWEEP_CHUNK * 3 + 7 - 100);
+        assert_eq!(
+            store.delete_expired(later, usize::MAX).await.unwrap(),
+            SWEEP_CHUNK * 3 + 7 - 100,
+            "entries left over by the limit are found again"
+        );
+        assert!(store.is_empty());
+        assert!(lock(shard).by_minute.is_empty(), "the index empties too");
     }
 }
