@@ -44,6 +44,20 @@ pub(crate) struct Config {
     pub(crate) error_handler: Option<ErrorHandler>,
     pub(crate) install: fn(&mut Extensions, Session),
     pub(crate) scope: &'static str,
+    /// The attributes every session cookie carries, rendered once by the `cookie` crate when the
+    /// layer is built (`; HttpOnly; SameSite=Lax; Secure; Path=/`...), so a response only formats
+    /// `name=value; Max-Age=n` in front of it.
+    pub(crate) cookie_attributes: String,
+}
+
+impl Config {
+    /// Fills in what is derived from the settings.
+    fn finish(mut self) -> Self {
+        let empty = crate::service::build_cookie(&self, String::new(), None).to_string();
+        let prefix_len = self.cookie_name.len() + 1; // "name="
+        self.cookie_attributes = empty.get(prefix_len..).unwrap_or_default().to_owned();
+        self
+    }
 }
 
 impl fmt::Debug for Config {
@@ -128,7 +142,7 @@ impl SessionLayer {
     /// A layer over `store` with the defaults in the table above.
     pub fn new(store: impl IntoBackend) -> Self {
         Self {
-            config: Arc::new(SessionLayerBuilder::defaults()),
+            config: Arc::new(SessionLayerBuilder::defaults().finish()),
             backend: store.into_backend(),
         }
     }
@@ -190,6 +204,7 @@ impl SessionLayerBuilder {
             error_handler: None,
             install: install_default,
             scope: "default",
+            cookie_attributes: String::new(),
         }
     }
 
@@ -440,7 +455,7 @@ impl SessionLayerBuilder {
             ));
         }
         Ok(SessionLayer {
-            config: Arc::new(self.config),
+            config: Arc::new(self.config.finish()),
             backend: self.backend,
         })
     }

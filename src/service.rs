@@ -292,11 +292,31 @@ fn add_vary(headers: &mut HeaderMap, value: HeaderValue) {
 
 fn token_header(config: &Config, value: String, max_age: Option<Duration>) -> Option<HeaderValue> {
     match &config.transport {
-        Transport::Header(_) => HeaderValue::from_str(&value).ok(),
-        Transport::Cookie => {
-            HeaderValue::from_str(&build_cookie(config, value, max_age).to_string()).ok()
+        Transport::Header(_) => HeaderValue::try_from(value).ok(),
+        // Removal cookies are rare: let the cookie crate render them whole.
+        Transport::Cookie if value.is_empty() => {
+            HeaderValue::try_from(build_cookie(config, value, max_age).to_string()).ok()
         }
+        Transport::Cookie => HeaderValue::try_from(set_cookie(config, &value, max_age)).ok(),
     }
+}
+
+/// `name=value; Max-Age=n` followed by the attributes the cookie crate rendered when the layer was
+/// built. Token values are base64url (IDs) or the cookie store's sealed base64url, so they need no
+/// quoting; anything else would fail `HeaderValue` validation rather than corrupt the header.
+fn set_cookie(config: &Config, value: &str, max_age: Option<Duration>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(
+        config.cookie_name.len() + value.len() + config.cookie_attributes.len() + 24,
+    );
+    out.push_str(&config.cookie_name);
+    out.push('=');
+    out.push_str(value);
+    if let Some(max_age) = max_age {
+        let _ = write!(out, "; Max-Age={}", max_age.whole_seconds());
+    }
+    out.push_str(&config.cookie_attributes);
+    out
 }
 
 /// The session cookie with the layer's attributes. A removal cookie (empty value, `Max-Age=0`)
@@ -331,6 +351,7 @@ pub(crate) fn build_cookie(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -373,6 +394,48 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.append(COOKIE, HeaderValue::from_str(&parts.join("; ")).unwrap_or(HeaderValue::from_static("")));
             proptest::prop_assert_eq!(find_cookie(&headers, "id"), Some(value.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn the_fast_cookie_matches_the_cookie_crate() {
+        use crate::{MemoryStore, SessionLayer};
+        use cookie::SameSite;
+        let layers = [
+            SessionLayer::new(MemoryStore::new()),
+            SessionLayer::builder(MemoryStore::new())
+                .cookie_name("__Host-sid")
+                .same_site(Some(SameSite::Strict))
+                .partitioned(true)
+                .build()
+                .unwrap(),
+            SessionLayer::builder(MemoryStore::new())
+                .cookie_name("app")
+                .domain("example.com")
+                .path("/app")
+                .secure(false)
+                .http_only(false)
+                .same_site(None)
+                .build()
+                .unwrap(),
+        ];
+        for layer in layers {
+            let config = &layer.config;
+            for max_age in [None, Some(Duration::seconds(3600))] {
+                let fast = set_cookie(config, "abc-_123", max_age);
+                let slow = build_cookie(config, "abc-_123".to_owned(), max_age).to_string();
+                let fast = Cookie::parse(fast.as_str()).unwrap();
+                let slow = Cookie::parse(slow.as_str()).unwrap();
+                assert_eq!(fast.name_value(), slow.name_value());
+                assert_eq!(fast.max_age(), slow.max_age());
+                assert_eq!(fast.path(), slow.path());
+                assert_eq!(fast.domain(), slow.domain());
+                assert_eq!(fast.secure(), slow.secure());
+                assert_eq!(fast.http_only(), slow.http_only());
+                assert_eq!(fast.same_site(), slow.same_site());
+                assert_eq!(fast.partitioned(), slow.partitioned());
+                assert_eq!(fast.expires(), slow.expires());
+            }
         }
     }
 

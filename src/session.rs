@@ -173,6 +173,15 @@ impl State {
         record
     }
 
+    /// [`State::full_record`], moving the data out instead of copying it: for the commit, after
+    /// which the handle's data is not read again.
+    fn take_record(&mut self, config: &Config, now: OffsetDateTime) -> Record {
+        let data = std::mem::take(&mut self.data);
+        let mut record = self.full_record(config, now);
+        record.data = data;
+        record
+    }
+
     fn change_set(&self, config: &Config, now: OffsetDateTime) -> ChangeSet {
         let expiry = self.current_expiry(config);
         let mut changes = ChangeSet {
@@ -719,7 +728,7 @@ impl Session {
 
     fn plan(&self, now: OffsetDateTime, server_error: bool) -> (Plan, bool) {
         let config = &self.0.config;
-        let state = self.state();
+        let mut state = self.state();
         let read = state.loaded;
         if server_error && !config.persist_on_5xx {
             return (Plan::Nothing, read);
@@ -758,7 +767,7 @@ impl Session {
             if !state.modified() {
                 return (Plan::Nothing, read);
             }
-            let record = state.full_record(config, now);
+            let record = state.take_record(config, now);
             return if client {
                 (Plan::Seal { record }, read)
             } else {
@@ -778,7 +787,7 @@ impl Session {
             }
             return (
                 Plan::Seal {
-                    record: state.full_record(config, now),
+                    record: state.take_record(config, now),
                 },
                 read,
             );
@@ -789,7 +798,7 @@ impl Session {
         if state.cycle {
             return (
                 Plan::Create {
-                    record: state.full_record(config, now),
+                    record: state.take_record(config, now),
                     replaces: Some(id),
                 },
                 read,
