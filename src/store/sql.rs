@@ -1,1 +1,0 @@
-//! `PostgresStore` and `SqliteStore` through sqlx. (Being written for issue 6.)

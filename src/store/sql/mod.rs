@@ -1,0 +1,130 @@
+//! SQL stores through sqlx: [`PostgresStore`] and [`SqliteStore`].
+//!
+//! Both keep one row per session in one table, keyed by the 32-byte [`SessionKey`], with the data
+//! as a JSON object and the deadlines in their own columns, so that liveness is a plain `WHERE` on an
+//! indexed column judged against the layer's `now`. The table and its indexes are created by
+//! `migrate()`; `schema_sql()` gives the same statements for apps that run their own migration
+//! tool. The two stores share the identifier rules and the error mapping below.
+
+use crate::layer::ConfigError;
+use crate::store::{StoreError, StoreErrorKind};
+
+#[cfg(feature = "postgres-store")]
+mod postgres;
+#[cfg(feature = "sqlite-store")]
+mod sqlite;
+
+#[cfg(feature = "postgres-store")]
+pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite-store")]
+pub use sqlite::SqliteStore;
+
+/// The table both stores use unless told otherwise.
+pub(crate) const DEFAULT_TABLE: &str = "tower_satchel_sessions";
+
+/// The longest table or schema name accepted: PostgreSQL cuts identifiers at 63 bytes, and index
+/// names append up to 15 bytes to the table name.
+const MAX_IDENT: usize = 48;
+
+/// Checks a table or schema name and returns it double-quoted for SQL.
+///
+/// Names are spliced into statements (they cannot be bind parameters), so only
+/// `[A-Za-z_][A-Za-z0-9_]*` of at most 48 bytes is accepted; nothing else can reach the SQL text.
+/// The name is quoted, so it is used exactly as written (case-sensitive).
+fn quote_ident(what: &str, name: &str) -> Result<String, ConfigError> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= MAX_IDENT
+        && !bytes[0].is_ascii_digit()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    if valid {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(ConfigError::new(format!(
+            "the SQL {what} name {name:?} must be 1 to {MAX_IDENT} ASCII letters, digits or \
+             underscores, not starting with a digit"
+        )))
+    }
+}
+
+/// What went wrong, as far as a SQL store can tell from a sqlx error.
+enum Failure {
+    /// The table (or its schema) does not exist.
+    MissingTable,
+    /// The table exists but lacks a column this version uses, or has another type.
+    WrongColumns,
+    /// Anything else the database or the connection reported.
+    Other,
+}
+
+/// Turns a sqlx error into a [`StoreError`], keeping it as the source. `store` names the type
+/// (`"PostgresStore"`), `table` the table as the user configured it, `op` the operation.
+fn store_error(
+    store: &str,
+    table: &str,
+    op: &str,
+    failure: Failure,
+    error: sqlx::Error,
+) -> StoreError {
+    match failure {
+        Failure::MissingTable => StoreError::new(
+            StoreErrorKind::Config,
+            format!(
+                "the session table {table} does not exist: call {store}::migrate() once at \
+                 start-up (or apply {store}::schema_sql() with your migration tool)"
+            ),
+        )
+        .with_source(error),
+        Failure::WrongColumns => StoreError::new(
+            StoreErrorKind::Config,
+            format!(
+                "the session table {table} does not have the columns {store} expects: was it \
+                 created by {store}::migrate()?"
+            ),
+        )
+        .with_source(error),
+        Failure::Other => {
+            let kind = match &error {
+                sqlx::Error::Configuration(_) => StoreErrorKind::Config,
+                sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::Encode(_) => StoreErrorKind::Encoding,
+                _ => StoreErrorKind::Backend,
+            };
+            StoreError::new(kind, format!("{store} {op} failed")).with_source(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn plain_names_are_quoted() {
+        assert_eq!(quote_ident("table", "sessions").unwrap(), "\"sessions\"");
+        assert_eq!(
+            quote_ident("table", "App_Sessions_2").unwrap(),
+            "\"App_Sessions_2\""
+        );
+    }
+
+    #[test]
+    fn names_that_could_smuggle_sql_are_refused() {
+        for bad in [
+            "",
+            "1sessions",
+            "sessions; DROP TABLE users",
+            "a\"b",
+            "a.b",
+            "séance",
+            "a b",
+            &"x".repeat(MAX_IDENT + 1),
+        ] {
+            assert!(quote_ident("table", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,677 @@
+//! The PostgreSQL store: the conformance suite against a real server, plus concurrency, two app
+//! instances, a server restart, a missing table, and what the rows hold.
+//!
+//! Needs a PostgreSQL server at `$DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
+//! where the user may create schemas; each store gets its own schema, dropped afterwards. The
+//! restart test starts a throwaway server of its own (see `restart_gives_error_responses_then_recovers`).
+#![cfg(feature = "postgres-store")]
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+#[macro_use]
+mod conformance;
+mod support_sql;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use axum::http::StatusCode;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use support_sql::{app, pg, unique};
+use time::{Duration, OffsetDateTime};
+use tower_satchel::{
+    ChangeSet, CleanupConfig, ManualClock, PostgresStore, SessionErrorKind, SessionId,
+    SessionStore, StoreErrorKind, spawn_cleanup_with_clock,
+};
+
+mod postgres {
+    server_store_conformance!(|| async { crate::support_sql::pg::store().await });
+}
+
+fn now() -> OffsetDateTime {
+    conformance::contract::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_requests_of_one_session_keep_every_key() {
+    let store = pg::store().await;
+    support_sql::hundred_concurrent_requests_keep_every_key(app(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_app_instances_with_their_own_pools_share_one_database() {
+    let schema = unique("satchel_test");
+    let _cleanup = pg::drop_schema_later(schema.clone());
+    let make = |pool| PostgresStore::new(pool).with_schema(&schema).unwrap();
+    let (a, b, admin) = (
+        make(pg::pool(5).await),
+        make(pg::pool(5).await),
+        make(pg::pool(2).await),
+    );
+    // Both instances migrate at start-up, at the same time.
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    support_sql::two_instances_share_one_database(a, b, admin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_is_a_config_error_that_names_migrate() {
+    let (store, _cleanup) = pg::unmigrated().await;
+    let error = store
+        .load(&conformance::contract::key(), now())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config);
+    let message = error.to_string();
+    assert!(message.contains("PostgresStore::migrate()"), "{message}");
+    assert!(message.contains("tower_satchel_sessions"), "{message}");
+    assert!(
+        std::error::Error::source(&error).is_some(),
+        "the sqlx error is kept as source"
+    );
+
+    // Through the layer: an error response carrying that error, not an empty session.
+    let app = app(store.clone());
+    let token = SessionId::generate().unwrap().expose();
+    let resp = app.get("/incr", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let error = resp
+        .error
+        .expect("the session error in the response extensions");
+    assert_eq!(error.kind(), SessionErrorKind::Store);
+    assert_eq!(error.store_error().unwrap().kind(), StoreErrorKind::Config);
+    assert!(
+        !resp.body.contains("migrate"),
+        "backend details stay out of the body"
+    );
+
+    // migrate() fixes it.
+    store.migrate().await.unwrap();
+    assert_eq!(app.get("/incr", None).await.body, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_another_shape_is_a_config_error() {
+    let (store, _cleanup) = pg::unmigrated().await;
+    let store = store.with_table("not_ours").unwrap();
+    let schema_sql = store.schema_sql();
+    let schema_stmt = schema_sql.lines().next().unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "{schema_stmt}\nCREATE TABLE {}.\"not_ours\" (id bytea PRIMARY KEY, payload text)",
+        schema_stmt
+            .trim_start_matches("CREATE SCHEMA IF NOT EXISTS ")
+            .trim_end_matches(';')
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let error = store
+        .load(&conformance::contract::key(), now())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config, "{error}");
+    assert!(error.to_string().contains("migrate()"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_schema_sql_is_what_it_runs() {
+    let store = pg::store().await;
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let sql = store.schema_sql();
+    assert!(sql.contains("CREATE SCHEMA IF NOT EXISTS \"satchel_test_"));
+    assert!(sql.contains("jsonb"));
+    assert!(sql.contains("ON \"satchel_test_") && sql.contains("(expires_at)"));
+    assert!(sql.contains("(owner)"));
+    // The indexes exist.
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'tower_satchel_sessions' \
+         AND schemaname = current_schema() OR indexname LIKE 'tower_satchel_sessions_%'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert!(
+        indexes
+            .iter()
+            .any(|i| i == "tower_satchel_sessions_expires_at_idx"),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes
+            .iter()
+            .any(|i| i == "tower_satchel_sessions_owner_idx"),
+        "{indexes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_hold_the_hashed_id_and_never_the_session_id() {
+    let store = pg::store().await;
+    let app = app(store.clone());
+    let token = app.get("/incr", None).await.token.unwrap();
+    let key = SessionId::parse(&token).unwrap().key();
+    let dump: Vec<(Vec<u8>, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, t::text FROM {0} AS t",
+        table_of(&store)
+    )))
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(dump.len(), 1);
+    assert_eq!(
+        dump[0].0,
+        key.as_bytes().to_vec(),
+        "the primary key is SHA-256(ID)"
+    );
+    assert!(
+        !dump[0].1.contains(&token),
+        "the session ID is stored nowhere (SECURITY.md 6)"
+    );
+}
+
+/// `"schema"."tower_satchel_sessions"` of a test store, from its schema SQL.
+fn table_of(store: &PostgresStore) -> String {
+    let sql = store.schema_sql();
+    let start =
+        sql.find("CREATE TABLE IF NOT EXISTS ").unwrap() + "CREATE TABLE IF NOT EXISTS ".len();
+    sql[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_after_expiry_does_not_revive_the_row() {
+    let store = pg::store().await;
+    let now = now();
+    let key = conformance::contract::key();
+    let mut record = conformance::contract::record(now);
+    record.idle_deadline = now + Duration::seconds(10);
+    assert!(store.create(&key, &record, now).await.unwrap());
+    let later = now + Duration::seconds(11);
+    let mut changes = ChangeSet::default();
+    changes.set.insert("x".into(), json!(1));
+    changes.idle_deadline = Some(later + Duration::hours(1));
+    assert_eq!(
+        store.save(&key, &changes, later).await.unwrap(),
+        tower_satchel::Saved::Gone
+    );
+    assert_eq!(
+        store
+            .touch(&key, later + Duration::hours(1), later)
+            .await
+            .unwrap(),
+        tower_satchel::Saved::Gone
+    );
+    // The row is untouched: still expired at `later`, and "x" was never written.
+    let idle: OffsetDateTime = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT idle_deadline FROM {} WHERE id = $1 AND NOT data ? 'x'",
+        table_of(&store)
+    )))
+    .bind(key.as_bytes().as_slice())
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(idle, now + Duration::seconds(10));
+    // And an expired row is replaced by create, not kept.
+    assert!(
+        store
+            .create(&key, &conformance::contract::record(later), later)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_an_encoding_error() {
+    let store = pg::store().await;
+    let now = now();
+    let key = conformance::contract::key();
+    assert!(
+        store
+            .create(&key, &conformance::contract::record(now), now)
+            .await
+            .unwrap()
+    );
+    let mut changes = ChangeSet::default();
+    changes.set.insert("k".into(), json!("a\u{0}b"));
+    let error = store.save(&key, &changes, now).await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Encoding);
+    // Nothing was written; the session is intact.
+    let loaded = store.load(&key, now).await.unwrap().unwrap();
+    assert!(!loaded.data.contains_key("k"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleanup_task_deletes_expired_rows_in_batches() {
+    let store = pg::store().await;
+    let now = now();
+    for _ in 0..25 {
+        let mut record = conformance::contract::record(now);
+        record.idle_deadline = now + Duration::seconds(30);
+        assert!(
+            store
+                .create(&conformance::contract::key(), &record, now)
+                .await
+                .unwrap()
+        );
+    }
+    let live = conformance::contract::key();
+    let mut long = conformance::contract::record(now);
+    long.idle_deadline = now + Duration::hours(2);
+    assert!(store.create(&live, &long, now).await.unwrap());
+
+    let clock = ManualClock::new(now + Duration::minutes(1));
+    let task = spawn_cleanup_with_clock(
+        store.store.clone(),
+        CleanupConfig::default()
+            .period(StdDuration::from_millis(50))
+            .batch(10),
+        Arc::new(clock),
+    );
+    let table = table_of(&store);
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    let mut remaining = count().await;
+    for _ in 0..100 {
+        if remaining == 1 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+        remaining = count().await;
+    }
+    task.stop().await;
+    assert_eq!(remaining, 1, "expired rows left behind");
+    assert!(
+        store
+            .load(&live, now + Duration::minutes(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_expired_deletes_at_most_the_limit() {
+    let store = pg::store().await;
+    let now = now();
+    for _ in 0..7 {
+        let mut record = conformance::contract::record(now);
+        record.idle_deadline = now + Duration::seconds(1);
+        assert!(
+            store
+                .create(&conformance::contract::key(), &record, now)
+                .await
+                .unwrap()
+        );
+    }
+    let later = now + Duration::seconds(5);
+    assert_eq!(store.delete_expired(later, 4).await.unwrap(), 4);
+    assert_eq!(store.delete_expired(later, 4).await.unwrap(), 3);
+    assert_eq!(store.delete_expired(later, 4).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn names_are_validated_and_debug_hides_the_password() {
+    let pool = PgPoolOptions::new()
+        .connect_lazy("postgres://app:hunter2secret@127.0.0.1:1/db")
+        .unwrap();
+    let store = PostgresStore::new(pool);
+    assert!(format!("{store:?}").contains("tower_satchel_sessions"));
+    assert!(!format!("{store:?}").contains("hunter2secret"));
+    assert!(
+        store
+            .clone()
+            .with_table("sessions; DROP TABLE users")
+            .is_err()
+    );
+    assert!(store.clone().with_schema("a\"b").is_err());
+    let custom = store
+        .with_schema("Auth")
+        .unwrap()
+        .with_table("web_sessions")
+        .unwrap();
+    assert!(custom.schema_sql().contains("\"Auth\".\"web_sessions\""));
+    assert!(PostgresStore::connect("not a url").await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart: a throwaway server of our own, never the machine's shared one.
+
+mod throwaway {
+    use std::path::PathBuf;
+    use std::process::{Command, Output};
+
+    /// A PostgreSQL cluster in a temporary folder on a free port; stopped and removed on drop.
+    pub(crate) struct Cluster {
+        bin: PathBuf,
+        dir: PathBuf,
+        pub(crate) port: u16,
+        as_postgres: bool,
+    }
+
+    /// Where `initdb` and `pg_ctl` live: `$PG_BIN`, the newest `/usr/lib/postgresql/*/bin`,
+    /// `pg_config --bindir`, or `$PATH`.
+    fn bin_dir() -> PathBuf {
+        if let Ok(dir) = std::env::var("PG_BIN") {
+            return PathBuf::from(dir);
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.parse().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then_some((version, bin))
+            })
+            .collect();
+        versions.sort();
+        if let Some((_, bin)) = versions.pop() {
+            return bin;
+        }
+        if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+            && out.status.success()
+        {
+            return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        }
+        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+            if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
+                return dir;
+            }
+        }
+        panic!(
+            "the restart test needs the PostgreSQL server programs (initdb, pg_ctl): install \
+             them (Debian: apt-get install postgresql) or set PG_BIN to their folder"
+        )
+    }
+
+    fn is_root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false)
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    impl Cluster {
+        /// `initdb` and start. As root, both run as the `postgres` user (PostgreSQL refuses root).
+        pub(crate) fn start() -> Self {
+            let bin = bin_dir();
+            let dir = std::env::temp_dir().join(super::unique("satchel-pg"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let as_postgres = is_root();
+            if as_postgres {
+                let out = Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&dir)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "running as root, the restart test needs a `postgres` user to run a \
+                     throwaway server as: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let cluster = Self {
+                bin,
+                dir,
+                port: free_port(),
+                as_postgres,
+            };
+            let data = cluster.data();
+            cluster.run(
+                "initdb",
+                &[
+                    "-D",
+                    &data,
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+            );
+            cluster.pg_ctl_start();
+            cluster
+        }
+
+        fn data(&self) -> String {
+            self.dir.join("data").display().to_string()
+        }
+
+        pub(crate) fn url(&self) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        }
+
+        fn run(&self, program: &str, args: &[&str]) -> Output {
+            let program = self.bin.join(program);
+            let out = if self.as_postgres {
+                Command::new("runuser")
+                    .args(["-u", "postgres", "--"])
+                    .arg(&program)
+                    .args(args)
+                    .current_dir(&self.dir)
+                    .output()
+            } else {
+                Command::new(&program)
+                    .args(args)
+                    .current_dir(&self.dir)
+                    .output()
+            };
+            let out = out.unwrap_or_else(|e| panic!("could not run {}: {e}", program.display()));
+            assert!(
+                out.status.success(),
+                "{} {args:?} failed: {}{}",
+                program.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        }
+
+        pub(crate) fn pg_ctl_start(&self) {
+            let options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.display()
+            );
+            let log = self.dir.join("server.log").display().to_string();
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &self.data(),
+                    "-o",
+                    &options,
+                    "-l",
+                    &log,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            );
+        }
+
+        pub(crate) fn pg_ctl_stop(&self, mode: &str) {
+            self.run(
+                "pg_ctl",
+                &["-D", &self.data(), "-m", mode, "-w", "-t", "60", "stop"],
+            );
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            let pg_ctl = self.bin.join("pg_ctl");
+            let data = self.data();
+            let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+            let _ = if self.as_postgres {
+                Command::new("runuser")
+                    .args(["-u", "postgres", "--"])
+                    .arg(&pg_ctl)
+                    .args(args)
+                    .output()
+            } else {
+                Command::new(&pg_ctl).args(args).output()
+            };
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The server goes down while requests keep coming: they get error responses (with the store
+/// error attached, never a fresh empty session), and once the server is back the same session
+/// carries on (SECURITY.md 28).
+///
+/// Starts its own cluster with `initdb` + `pg_ctl` (as the `postgres` user when run as root) in a
+/// temporary folder on a free port, so the machine's server is never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_gives_error_responses_then_recovers() {
+    let cluster = tokio::task::spawn_blocking(throwaway::Cluster::start)
+        .await
+        .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(StdDuration::from_millis(500))
+        .connect(&cluster.url())
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool);
+    store.migrate().await.unwrap();
+    let app = app(store);
+    let first = app.get("/incr", None).await;
+    assert_eq!(first.body, "1");
+    let token = first.token.unwrap();
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Phase {
+        Up,
+        Down,
+        Back,
+    }
+    /// One response of the request loop.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        phase: Phase,
+        status: StatusCode,
+        body: String,
+        store_error: Option<StoreErrorKind>,
+        new_cookie: bool,
+    }
+    let phase = Arc::new(Mutex::new(Phase::Up));
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = {
+        let (app, token, phase, seen, stop) = (
+            app.clone(),
+            token.clone(),
+            phase.clone(),
+            seen.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let at = *phase.lock().unwrap();
+                let resp = app.get("/incr", Some(&token)).await;
+                seen.lock().unwrap().push(Seen {
+                    phase: at,
+                    status: resp.status,
+                    store_error: resp
+                        .error
+                        .as_ref()
+                        .and_then(|e| e.store_error())
+                        .map(|e| e.kind()),
+                    body: resp.body,
+                    new_cookie: resp.token.is_some(),
+                });
+                tokio::time::sleep(StdDuration::from_millis(20)).await;
+            }
+        })
+    };
+    let ok_in = |seen: &[Seen], phase| {
+        seen.iter()
+            .filter(|s| s.phase == phase && s.status == StatusCode::OK)
+            .count()
+    };
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.pg_ctl_stop("fast"))
+        .await
+        .unwrap();
+    *phase.lock().unwrap() = Phase::Down;
+    tokio::time::sleep(StdDuration::from_secs(3)).await;
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.pg_ctl_start())
+        .await
+        .unwrap();
+    *phase.lock().unwrap() = Phase::Back;
+
+    // Recovers by itself: wait (bounded) for successes after the restart.
+    for _ in 0..150 {
+        if ok_in(&seen.lock().unwrap(), Phase::Back) >= 5 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    requests.await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        ok_in(&seen, Phase::Up) > 0,
+        "no successful request before the restart: {seen:?}"
+    );
+    let down_errors: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.phase == Phase::Down && s.status == StatusCode::INTERNAL_SERVER_ERROR)
+        .collect();
+    assert!(
+        !down_errors.is_empty(),
+        "no error response while the server was down: {seen:?}"
+    );
+    assert!(
+        down_errors
+            .iter()
+            .all(|s| s.store_error == Some(StoreErrorKind::Backend)),
+        "outage errors carry a backend store error: {down_errors:?}"
+    );
+    assert!(
+        ok_in(&seen, Phase::Back) >= 5,
+        "did not recover after the restart: {seen:?}"
+    );
+    // Fail closed: no request ever got a fresh session (which would overwrite the real one).
+    assert!(
+        seen.iter().all(|s| !s.new_cookie),
+        "a new session was minted: {seen:?}"
+    );
+    // The session survived the restart and kept counting: successful counts strictly increase.
+    let counts: Vec<u64> = seen
+        .iter()
+        .filter(|s| s.status == StatusCode::OK)
+        .map(|s| s.body.parse().unwrap())
+        .collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] < w[1]),
+        "counts went backwards: {counts:?}"
+    );
+    assert!(counts[0] >= 2);
+}

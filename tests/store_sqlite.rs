@@ -1,0 +1,268 @@
+//! The SQLite store: the conformance suite against SQLite files, plus concurrency, two pools on
+//! one file, a missing table, persistence across reopening, and what the rows hold.
+//!
+//! Needs nothing but a writable temporary folder (SQLite is compiled in); each store gets its own
+//! file, removed afterwards.
+#![cfg(feature = "sqlite-store")]
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod conformance;
+mod support_sql;
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use axum::http::StatusCode;
+use serde_json::json;
+use support_sql::{app, lite};
+use time::{Duration, OffsetDateTime};
+use tower_satchel::{
+    ChangeSet, CleanupConfig, ManualClock, Saved, SessionErrorKind, SessionId, SessionStore,
+    SqliteStore, StoreErrorKind, spawn_cleanup_with_clock,
+};
+
+mod sqlite {
+    server_store_conformance!(|| async { crate::support_sql::lite::store().await });
+}
+
+fn now() -> OffsetDateTime {
+    conformance::contract::now()
+}
+
+async fn count(store: &SqliteStore) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tower_satchel_sessions")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_requests_of_one_session_keep_every_key() {
+    let store = lite::store().await;
+    support_sql::hundred_concurrent_requests_keep_every_key(app(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_app_instances_with_their_own_pools_share_one_file() {
+    let (dir, _cleanup) = lite::temp_dir();
+    let path = dir.join("shared.sqlite3");
+    let path = path.to_str().unwrap();
+    let (a, b, admin) = (
+        SqliteStore::connect(path).await.unwrap(),
+        SqliteStore::connect(&format!("sqlite://{path}"))
+            .await
+            .unwrap(),
+        SqliteStore::connect(path).await.unwrap(),
+    );
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    support_sql::two_instances_share_one_database(a, b, admin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_reopening_the_file() {
+    let (dir, _cleanup) = lite::temp_dir();
+    let path = dir.join("restart.sqlite3");
+    let path = path.to_str().unwrap();
+    let store = SqliteStore::connect(path).await.unwrap();
+    store.migrate().await.unwrap();
+    let first = app(store.clone());
+    let token = first.get("/incr", None).await.token.unwrap();
+    assert_eq!(first.get("/incr", Some(&token)).await.body, "2");
+    drop(first);
+    store.pool().close().await;
+
+    let reopened = SqliteStore::connect(path).await.unwrap();
+    reopened.migrate().await.unwrap();
+    assert_eq!(app(reopened).get("/incr", Some(&token)).await.body, "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_is_a_config_error_that_names_migrate() {
+    let (dir, _cleanup) = lite::temp_dir();
+    let store = SqliteStore::connect(dir.join("empty.sqlite3").to_str().unwrap())
+        .await
+        .unwrap();
+    let error = store
+        .load(&conformance::contract::key(), now())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config);
+    let message = error.to_string();
+    assert!(message.contains("SqliteStore::migrate()"), "{message}");
+    assert!(message.contains("tower_satchel_sessions"), "{message}");
+    assert!(std::error::Error::source(&error).is_some());
+
+    let app = app(store.clone());
+    let token = SessionId::generate().unwrap().expose();
+    let resp = app.get("/incr", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let error = resp
+        .error
+        .expect("the session error in the response extensions");
+    assert_eq!(error.kind(), SessionErrorKind::Store);
+    assert_eq!(error.store_error().unwrap().kind(), StoreErrorKind::Config);
+
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(app.get("/incr", None).await.body, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_hold_the_hashed_id_and_never_the_session_id() {
+    let store = lite::store().await;
+    let app = app(store.clone());
+    let token = app.get("/incr", None).await.token.unwrap();
+    let key = SessionId::parse(&token).unwrap().key();
+    let rows: Vec<(Vec<u8>, String)> = sqlx::query_as(
+        "SELECT id, data || expiry || coalesce(owner, '') FROM tower_satchel_sessions",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, key.as_bytes().to_vec());
+    assert!(!rows[0].1.contains(&token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_after_expiry_does_not_revive_the_row() {
+    let store = lite::store().await;
+    let now = now();
+    let key = conformance::contract::key();
+    let mut record = conformance::contract::record(now);
+    record.idle_deadline = now + Duration::seconds(10);
+    assert!(store.create(&key, &record, now).await.unwrap());
+    let later = now + Duration::seconds(11);
+    let mut data = ChangeSet::default();
+    data.set.insert("x".into(), json!(1));
+    data.idle_deadline = Some(later + Duration::hours(1));
+    assert_eq!(store.save(&key, &data, later).await.unwrap(), Saved::Gone);
+    let mut metadata = ChangeSet::default();
+    metadata.owner = Some(Some("mallory".into()));
+    metadata.idle_deadline = Some(later + Duration::hours(1));
+    assert_eq!(
+        store.save(&key, &metadata, later).await.unwrap(),
+        Saved::Gone
+    );
+    assert_eq!(
+        store
+            .touch(&key, later + Duration::hours(1), later)
+            .await
+            .unwrap(),
+        Saved::Gone
+    );
+    let (idle, has_x, owner): (i64, bool, Option<String>) = sqlx::query_as(
+        "SELECT idle_deadline, json_extract(data, '$.x') IS NOT NULL, owner \
+         FROM tower_satchel_sessions WHERE id = ?1",
+    )
+    .bind(key.as_bytes().as_slice())
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        idle,
+        (now + Duration::seconds(10)).unix_timestamp() * 1_000_000
+    );
+    assert!(!has_x);
+    assert_eq!(owner, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_rows_read_as_no_session() {
+    let store = lite::store().await;
+    let now = now();
+    let key = conformance::contract::key();
+    assert!(
+        store
+            .create(&key, &conformance::contract::record(now), now)
+            .await
+            .unwrap()
+    );
+    sqlx::query("UPDATE tower_satchel_sessions SET data = '[not json'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(store.load(&key, now).await.unwrap(), None);
+    let mut changes = ChangeSet::default();
+    changes.set.insert("x".into(), json!(1));
+    assert_eq!(store.save(&key, &changes, now).await.unwrap(), Saved::Gone);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleanup_task_deletes_expired_rows_in_batches() {
+    let store = lite::store().await;
+    let now = now();
+    for _ in 0..25 {
+        let mut record = conformance::contract::record(now);
+        record.idle_deadline = now + Duration::seconds(30);
+        assert!(
+            store
+                .create(&conformance::contract::key(), &record, now)
+                .await
+                .unwrap()
+        );
+    }
+    let live = conformance::contract::key();
+    let mut long = conformance::contract::record(now);
+    long.idle_deadline = now + Duration::hours(2);
+    assert!(store.create(&live, &long, now).await.unwrap());
+
+    let task = spawn_cleanup_with_clock(
+        store.store.clone(),
+        CleanupConfig::default()
+            .period(StdDuration::from_millis(50))
+            .batch(10),
+        Arc::new(ManualClock::new(now + Duration::minutes(1))),
+    );
+    let mut remaining = count(&store).await;
+    for _ in 0..100 {
+        if remaining == 1 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+        remaining = count(&store).await;
+    }
+    task.stop().await;
+    assert_eq!(remaining, 1, "expired rows left behind");
+    assert!(
+        store
+            .load(&live, now + Duration::minutes(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_takes_paths_and_sqlite_urls_only() {
+    let (dir, _cleanup) = lite::temp_dir();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("url.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    assert!(dir.join("url.db").exists());
+    let custom = store.with_table("web_sessions").unwrap();
+    custom.migrate().await.unwrap();
+    let now = now();
+    let key = conformance::contract::key();
+    assert!(
+        custom
+            .create(&key, &conformance::contract::record(now), now)
+            .await
+            .unwrap()
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM web_sessions")
+        .fetch_one(custom.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(format!("{custom:?}").contains("web_sessions"));
+
+    let error = SqliteStore::connect("postgres://localhost/db")
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config);
+    assert!(custom.clone().with_table("x; DROP TABLE y").is_err());
+}

@@ -1,0 +1,465 @@
+//! Shared by `store_postgres.rs` and `store_sqlite.rs`: fresh stores that clean up after
+//! themselves, and a small app for the HTTP-level tests.
+//!
+//! PostgreSQL: `$DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`). Every store gets
+//! its own schema, `satchel_test_<pid>_<n>_<random>`, dropped when the store is dropped, so runs
+//! never collide. No server there is a test failure with a message saying so, not a skip.
+//!
+//! SQLite: every store gets its own file in a fresh temporary folder, removed on drop.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use time::OffsetDateTime;
+use tower::ServiceExt;
+use tower_satchel::{
+    ChangeSet, IntoBackend, Record, Saved, Session, SessionError, SessionId, SessionInfo,
+    SessionKey, SessionLayer, SessionStore, StoreError,
+};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name no other run or test uses.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random = SessionId::generate().unwrap().key().to_hex();
+    format!("{prefix}_{}_{n}_{}", std::process::id(), &random[..8])
+}
+
+/// A store together with whatever must be cleaned up when it is dropped.
+pub struct Guarded<S> {
+    pub store: S,
+    _cleanup: Cleanup,
+}
+
+impl<S> std::ops::Deref for Guarded<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.store
+    }
+}
+
+/// Runs its action when dropped (also when a test panics).
+pub struct Cleanup(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Cleanup {
+    pub fn new(action: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(action)))
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(action) = self.0.take() {
+            action();
+        }
+    }
+}
+
+impl<S: SessionStore> SessionStore for Guarded<S> {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<Record>, StoreError> {
+        self.store.load(key, now).await
+    }
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.store.create(key, record, now).await
+    }
+    async fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.store.save(key, changes, now).await
+    }
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        idle: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.store.touch(key, idle, now).await
+    }
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.store.delete(key).await
+    }
+    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
+        self.store.delete_expired(now, limit).await
+    }
+    async fn list_owner(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        self.store.list_owner(owner, now).await
+    }
+    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
+        self.store.delete_owner(owner).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+
+#[cfg(feature = "postgres-store")]
+pub mod pg {
+    use super::*;
+    use sqlx::postgres::{PgPool, PgPoolOptions};
+    use std::time::Duration as StdDuration;
+    use tower_satchel::PostgresStore;
+
+    pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// `$DATABASE_URL`, or the default.
+    pub fn url() -> String {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => DEFAULT_URL.to_owned(),
+        }
+    }
+
+    /// The URL with any password masked, for messages.
+    pub fn shown(url: &str) -> String {
+        match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &url[scheme + 3..at];
+                match userinfo.find(':') {
+                    Some(colon) => format!(
+                        "{}{}:***{}",
+                        &url[..scheme + 3],
+                        &userinfo[..colon],
+                        &url[at..]
+                    ),
+                    None => url.to_owned(),
+                }
+            }
+            _ => url.to_owned(),
+        }
+    }
+
+    /// A pool on `url`, or a test failure that says how to get a server.
+    pub async fn pool_at(url: &str, max: u32) -> PgPool {
+        assert!(
+            url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "DATABASE_URL={} is not a PostgreSQL URL; the PostgreSQL tests need one \
+             (default {DEFAULT_URL})",
+            shown(url)
+        );
+        PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(StdDuration::from_secs(20))
+            .connect(url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no PostgreSQL server answers at {} ({e}). The PostgreSQL store tests need \
+                     one: start it (e.g. `pg_ctlcluster 15 main start`) or set DATABASE_URL \
+                     to a database this user may create schemas in",
+                    shown(url)
+                )
+            })
+    }
+
+    pub async fn pool(max: u32) -> PgPool {
+        pool_at(&url(), max).await
+    }
+
+    /// Drops `schema` when run, on a thread of its own (drop glue cannot await).
+    pub fn drop_schema_later(schema: String) -> Cleanup {
+        Cleanup::new(move || {
+            let url = url();
+            let _ = std::thread::spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async move {
+                    use sqlx::Connection;
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut conn)
+                            .await
+                        {
+                            eprintln!("could not drop test schema {schema}: {e}");
+                        }
+                        let _ = conn.close().await;
+                    }
+                });
+            })
+            .join();
+        })
+    }
+
+    /// A migrated store in a fresh schema, dropped with the store.
+    pub async fn store() -> Guarded<PostgresStore> {
+        let (store, cleanup) = unmigrated().await;
+        store.migrate().await.unwrap();
+        Guarded {
+            store,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// A store in a fresh schema that nobody migrated (the schema does not exist yet).
+    pub async fn unmigrated() -> (PostgresStore, Cleanup) {
+        let schema = unique("satchel_test");
+        let store = PostgresStore::new(pool(10).await)
+            .with_schema(&schema)
+            .unwrap();
+        (store, drop_schema_later(schema))
+    }
+
+    /// Rows in the store's table (by schema name), for white-box checks.
+    pub async fn count_rows(pool: &PgPool, schema: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM \"{schema}\".tower_satchel_sessions");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite
+
+#[cfg(feature = "sqlite-store")]
+pub mod lite {
+    use super::*;
+    use std::path::PathBuf;
+    use tower_satchel::SqliteStore;
+
+    /// A fresh, empty folder under the system's temporary folder, and its cleanup.
+    pub fn temp_dir() -> (PathBuf, Cleanup) {
+        let dir = std::env::temp_dir().join(unique("satchel-sqlite"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let remove = dir.clone();
+        (
+            dir,
+            Cleanup::new(move || {
+                let _ = std::fs::remove_dir_all(remove);
+            }),
+        )
+    }
+
+    /// A migrated store in a file of its own, removed with the store.
+    pub async fn store() -> Guarded<SqliteStore> {
+        let (dir, cleanup) = temp_dir();
+        let path = dir.join("sessions.sqlite3");
+        let store = SqliteStore::connect(path.to_str().unwrap()).await.unwrap();
+        store.migrate().await.unwrap();
+        Guarded {
+            store,
+            _cleanup: cleanup,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small app
+
+/// The routes the HTTP-level tests use.
+pub fn app(store: impl IntoBackend) -> TestApp {
+    let layer = SessionLayer::new(store);
+    let cookie_name = layer.cookie_name().to_owned();
+    let router = Router::new()
+        .route(
+            "/set/{key}",
+            get(|s: Session, Path(key): Path<String>| async move {
+                s.insert(&key, true)?;
+                Ok::<_, SessionError>("ok")
+            }),
+        )
+        .route(
+            "/incr",
+            get(|s: Session| async move {
+                let n = s.update("n", |n: &mut u64| {
+                    *n += 1;
+                    *n
+                })?;
+                Ok::<_, SessionError>(n.to_string())
+            }),
+        )
+        .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
+        .route(
+            "/login/{user}",
+            get(|s: Session, Path(user): Path<String>| async move {
+                s.set_owner(user);
+                s.cycle_id();
+                s.insert("logged-in", true)?;
+                Ok::<_, SessionError>("ok")
+            }),
+        )
+        .route(
+            "/destroy",
+            get(|s: Session| async move {
+                s.destroy();
+                "bye"
+            }),
+        )
+        .layer(layer);
+    TestApp {
+        router,
+        cookie_name,
+    }
+}
+
+#[derive(Clone)]
+pub struct TestApp {
+    router: Router,
+    pub cookie_name: String,
+}
+
+/// A collected response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: String,
+    /// The non-empty session cookie the response sets, if any.
+    pub token: Option<String>,
+    /// The session error the layer attached, if any.
+    pub error: Option<SessionError>,
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        let mut request = Request::get(path);
+        if let Some(token) = token {
+            request = request.header(header::COOKIE, format!("{}={token}", self.cookie_name));
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let error = response.extensions().get::<SessionError>().cloned();
+        let token = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| cookie::Cookie::parse(v.to_str().ok()?.to_owned()).ok())
+            .find(|c| c.name() == self.cookie_name && !c.value().is_empty())
+            .map(|c| c.value().to_owned());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            token,
+            error,
+        }
+    }
+}
+
+/// Sends 100 concurrent requests in one session, each setting its own key, and checks that all
+/// 100 keys (and the first one) are there afterwards.
+pub async fn hundred_concurrent_requests_keep_every_key(app: TestApp) {
+    let first = app.get("/set/first", None).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let token = first.token.expect("a session cookie");
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (app, token) = (app.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            app.get(&format!("/set/k{i}"), Some(&token)).await
+        }));
+    }
+    for task in tasks {
+        let resp = task.await.unwrap();
+        assert_eq!(resp.status, StatusCode::OK, "{resp:?}");
+        assert_eq!(
+            resp.token, None,
+            "a request of a live session must not mint a new one"
+        );
+    }
+    let keys = app.get("/keys", Some(&token)).await.body;
+    let keys: Vec<&str> = keys.split(',').collect();
+    assert_eq!(keys.len(), 101, "lost writes: {keys:?}");
+    for i in 0..100 {
+        assert!(keys.contains(&format!("k{i}").as_str()), "k{i} lost");
+    }
+    assert!(keys.contains(&"first"));
+}
+
+/// Two app instances, each with its own pool, on one database.
+pub async fn two_instances_share_one_database<S>(a: S, b: S, admin: S)
+where
+    S: SessionStore + Clone,
+{
+    let (app_a, app_b) = (app(a), app(b));
+    // A session started on A is seen on B, and counting continues across instances.
+    let token = app_a
+        .get("/incr", None)
+        .await
+        .token
+        .expect("a session cookie");
+    assert_eq!(app_b.get("/incr", Some(&token)).await.body, "2");
+    assert_eq!(app_a.get("/incr", Some(&token)).await.body, "3");
+
+    // Concurrent writes of different keys through both instances all persist.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let app = if i % 2 == 0 {
+            app_a.clone()
+        } else {
+            app_b.clone()
+        };
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            app.get(&format!("/set/k{i}"), Some(&token)).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    let keys = app_a.get("/keys", Some(&token)).await.body;
+    for i in 0..20 {
+        assert!(
+            keys.split(',').any(|k| k == format!("k{i}")),
+            "k{i} lost: {keys}"
+        );
+    }
+
+    // Logging in on B: the owner index is shared, so A's admin can list and revoke.
+    let login = app_b.get("/login/alice", Some(&token)).await;
+    let alice = login.token.expect("login cycles the ID");
+    let other = app_a.get("/login/alice", None).await.token.unwrap();
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(admin.list_owner("alice", now).await.unwrap().len(), 2);
+    // The old ID was retired on B; A does not adopt it.
+    assert!(
+        app_a.get("/incr", Some(&token)).await.token.is_some(),
+        "old ID adopted"
+    );
+    // Destroy on A is seen on B.
+    assert_eq!(
+        app_a.get("/destroy", Some(&other)).await.status,
+        StatusCode::OK
+    );
+    let replay = app_b.get("/incr", Some(&other)).await;
+    assert_eq!(
+        replay.body, "1",
+        "a destroyed session came back on the other instance"
+    );
+    // Revoke-all through the admin handle logs alice out on both instances.
+    assert_eq!(admin.delete_owner("alice").await.unwrap(), 1);
+    assert_eq!(app_b.get("/incr", Some(&alice)).await.body, "1");
+    assert!(admin.list_owner("alice", now).await.unwrap().is_empty());
+}
