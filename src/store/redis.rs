@@ -1,1 +1,1393 @@
-//! `RedisStore`: Redis and Redis Cluster. (Being written for issue 4.)
+//! [`RedisStore`]: sessions in Redis or Redis Cluster, one round trip per operation.
+//!
+//! The public documentation is on the type; see [`RedisStore`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration as StdDuration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use ::redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use serde_json::{Map, Value as Json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::Expiry;
+use crate::id::SessionKey;
+use crate::record::{ChangeSet, RECORD_VERSION, Record};
+use crate::store::{Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
+
+/// How many commands [`delete_expired`](SessionStore::delete_expired) and the owner index keep in
+/// flight at once.
+const BATCH: usize = 128;
+
+/// Shared by every script: the deadline of a session and its metadata.
+const LUA_PRELUDE: &str = r"
+local function deadline(i, a)
+  if a and a < i then return a end
+  return i
+end
+local function meta(key)
+  local m = redis.call('HMGET', key, 'i', 'a')
+  if not m[1] then return nil, nil end
+  local a = nil
+  if m[2] then a = tonumber(m[2]) end
+  return tonumber(m[1]), a
+end
+local function each_chunk(cmd, key, list, from, to)
+  local i = from
+  while i <= to do
+    local j = math.min(i + 799, to)
+    redis.call(cmd, key, unpack(list, i, j))
+    i = j + 1
+  end
+end
+local function expire_at(key, d, now)
+  local ttl = d - now
+  if ttl <= 0 then redis.call('DEL', key) else redis.call('PEXPIRE', key, ttl) end
+end
+";
+
+/// KEYS[1] session; ARGV[1] now, ARGV[2] deadline, ARGV[3..] field/value pairs.
+const LUA_CREATE: &str = r"
+local now = tonumber(ARGV[1])
+local i, a = meta(KEYS[1])
+if i and now < deadline(i, a) then return 0 end
+redis.call('DEL', KEYS[1])
+local ttl = tonumber(ARGV[2]) - now
+if ttl <= 0 then return 1 end
+each_chunk('HSET', KEYS[1], ARGV, 3, #ARGV)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+";
+
+/// KEYS[1] session; ARGV[1] now, ARGV[2] cleared (0/1), ARGV[3] new idle deadline or '', ARGV[4]
+/// owner set (0/1), ARGV[5] n, ARGV[6..5+n] fields to delete, then field/value pairs to set.
+/// Returns 0 when gone; 1 when applied; the absolute deadline (a string) when applied and the owner
+/// was set and the session has one.
+const LUA_SAVE: &str = r"
+local now = tonumber(ARGV[1])
+local key = KEYS[1]
+local i, a = meta(key)
+if not i or now >= deadline(i, a) then return 0 end
+if ARGV[2] == '1' then
+  local fields = redis.call('HKEYS', key)
+  local data = {}
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 2) == 'd:' then data[#data + 1] = f end
+  end
+  each_chunk('HDEL', key, data, 1, #data)
+end
+local n = tonumber(ARGV[5])
+each_chunk('HDEL', key, ARGV, 6, 5 + n)
+each_chunk('HSET', key, ARGV, 6 + n, #ARGV)
+if ARGV[3] ~= '' then i = tonumber(ARGV[3]) end
+expire_at(key, deadline(i, a), now)
+if ARGV[4] == '1' and a then return tostring(a) end
+return 1
+";
+
+/// KEYS[1] session; ARGV[1] now, ARGV[2] new idle deadline.
+const LUA_TOUCH: &str = r"
+local now = tonumber(ARGV[1])
+local i, a = meta(KEYS[1])
+if not i or now >= deadline(i, a) then return 0 end
+redis.call('HSET', KEYS[1], 'i', ARGV[2])
+expire_at(KEYS[1], deadline(tonumber(ARGV[2]), a), now)
+return 1
+";
+
+/// KEYS[1] session; ARGV[1] now. 1 when deleted.
+const LUA_DELETE_IF_DEAD: &str = r"
+local i, a = meta(KEYS[1])
+if i and tonumber(ARGV[1]) >= deadline(i, a) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// KEYS[1] session; ARGV[1] owner. 1 deleted, 0 missing, -1 owned by someone else (or nobody).
+const LUA_DELETE_IF_OWNER: &str = r"
+local o = redis.call('HGET', KEYS[1], 'o')
+if o == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return -1
+";
+
+/// KEYS[1] owner index; ARGV[1] now, ARGV[2] score (absolute deadline or +inf), ARGV[3] member.
+/// Drops the entries past their absolute deadline and sets the index's TTL to the last of them.
+const LUA_INDEX_ADD: &str = r"
+local now = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCOUNT', KEYS[1], '+inf', '+inf') > 0 then
+  redis.call('PERSIST', KEYS[1])
+else
+  local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if top[2] then redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(top[2]) - now)) end
+end
+return 1
+";
+
+/// One server-side script: its source (sent after `NOSCRIPT`) and its SHA-1 (computed once).
+struct Lua {
+    script: Script,
+    source: String,
+}
+
+impl Lua {
+    fn new(body: &str) -> Self {
+        let source = format!("{LUA_PRELUDE}{body}");
+        Self {
+            script: Script::new(&source),
+            source,
+        }
+    }
+}
+
+/// The store's scripts.
+struct Scripts {
+    create: Lua,
+    save: Lua,
+    touch: Lua,
+    delete_if_dead: Lua,
+    delete_if_owner: Lua,
+    index_add: Lua,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            create: Lua::new(LUA_CREATE),
+            save: Lua::new(LUA_SAVE),
+            touch: Lua::new(LUA_TOUCH),
+            delete_if_dead: Lua::new(LUA_DELETE_IF_DEAD),
+            delete_if_owner: Lua::new(LUA_DELETE_IF_OWNER),
+            index_add: Lua::new(LUA_INDEX_ADD),
+        }
+    }
+}
+
+/// The connection: one Redis (through a reconnecting manager) or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match self {
+            Conn::Single(conn) => cmd.query_async(&mut conn.clone()).await,
+            Conn::Cluster(conn) => cmd.query_async(&mut conn.clone()).await,
+        }
+    }
+}
+
+/// Sessions in Redis or Redis Cluster, one round trip per operation.
+///
+/// Cheap to clone: clones share the connection.
+///
+/// # When to choose it
+///
+/// When several processes or machines serve the same app and must share sessions, and a Redis is
+/// already part of the deployment. Every operation on one session is one round trip, and the change
+/// set of a request is merged into the stored session by a script on the server, so concurrent
+/// requests of one session that write different keys both keep their writes. Redis expires each
+/// session by itself at its deadline.
+///
+/// # Why the `redis` crate
+///
+/// The store talks to Redis through [`redis`] (redis-rs): the most widely used Redis client for
+/// Rust, actively maintained, with the two things a session store needs from a client built in: a [`ConnectionManager`](::redis::aio::ConnectionManager) (one
+/// multiplexed connection that pipelines concurrent requests and reconnects by itself after an
+/// outage) and an async cluster client that follows slot moves and refreshes the topology. `fred` is
+/// a fine alternative with more features; redis-rs was chosen for its smaller dependency tree and
+/// because apps that already use Redis most likely use it, so they can hand their own client or
+/// connection to [`RedisStore::from_client`] or [`RedisStore::from_connection_manager`].
+///
+/// # How sessions are kept
+///
+/// Each session is one Redis **hash** under `<prefix>s:{<key>}`, where `<key>` is the 64-hex-digit
+/// [`SessionKey`] (the SHA-256 of the session ID, never the ID itself: a dump of Redis yields no
+/// usable cookie, SECURITY.md 6). Its fields are the metadata (`v` format version, `c` created-at,
+/// `i` idle deadline, `a` absolute deadline, both in Unix milliseconds, `e` expiry policy, `o` owner)
+/// and one field `d:<name>` per session value, holding that value's JSON. Since every value is its own
+/// field, the server-side scripts never parse JSON: they only add, replace and delete fields.
+///
+/// | operation | round trips | how |
+/// |---|---|---|
+/// | load | 1 | `HGETALL` |
+/// | create | 1 (+1 with an owner) | script: refuse if a live session is there, else write the hash |
+/// | save | 1 (+2 when it sets an owner) | script: refuse if gone or expired, else apply the change set |
+/// | touch | 1 | script: move the idle deadline and the TTL, nothing else |
+/// | delete | 1 | `DEL` |
+/// | list / revoke an owner's sessions | 3 | index read, one parallel batch, index prune |
+///
+/// Scripts are called with `EVALSHA` and sent in full (`EVAL`) only when the server does not have
+/// them cached yet (after a restart or `SCRIPT FLUSH`).
+///
+/// Liveness is always judged by the `now` the layer passes in, never by Redis' clock alone. The
+/// Redis TTL is set to exactly the time left until the session's deadline (the earlier of its idle
+/// and absolute deadlines) on every create, save and touch, so Redis drops a session when it
+/// expires, and a save or touch of an expired session writes nothing and reports
+/// [`Saved::Gone`]: a session deleted or expired meanwhile is never brought back
+/// (SECURITY.md 11).
+///
+/// # Owner index
+///
+/// The sessions of an owner (see [`Session::set_owner`](crate::Session::set_owner)) are indexed
+/// in a sorted set under `<prefix>o:{<SHA-256 of the owner>}`, whose members are session keys and
+/// whose scores are the sessions' absolute deadlines. The index entry is written *before* the
+/// session (so the index never misses a session; at worst it names one that is gone), and
+/// listing or revoking checks each named session, so its answers are exact. Entries past their
+/// absolute deadline are dropped whenever the index is written, the index key itself expires with
+/// the last absolute deadline it holds, and entries of sessions that are gone are dropped when the
+/// index is listed or revoked (once they are ten minutes old: a younger entry may name a session
+/// that is still being created, which a concurrent revoke must not forget). Without an absolute lifetime
+/// ([`absolute_lifetime(None)`](crate::SessionLayerBuilder::absolute_lifetime)) entries have no
+/// deadline and the index key does not expire: they are dropped only when the index is listed or
+/// revoked. Revoking all sessions of an owner takes three round trips whatever their number.
+///
+/// # Redis Cluster
+///
+/// Construct the store with [`RedisStore::open_cluster`] or [`RedisStore::from_cluster_client`].
+/// Every key carries a hash tag (the `{...}` part), so all data of one session is in one slot and
+/// each script touches one key only: the scripts are valid in a cluster. The owner index of one
+/// owner is one key too; it is written in its own round trip, before the session. A prefix must not
+/// contain `{` or `}`, so it cannot change the slot of a key.
+///
+/// # Outages
+///
+/// A failing Redis makes each store operation fail with a [`StoreError`] of kind
+/// [`Backend`](crate::StoreErrorKind::Backend), which the layer turns into an error response (the
+/// handler never runs with an empty session that could overwrite the real one, SECURITY.md 28). The
+/// connection comes back by itself once Redis is reachable again; no restart of the app is needed.
+/// [`RedisStore::open`] uses a one-second connect timeout, a two-second response timeout and up to
+/// three quick reconnection attempts, so requests fail within a few seconds during an outage; pass your own
+/// [`ConnectionManager`](::redis::aio::ConnectionManager) to change that.
+///
+/// # Deployment notes
+///
+/// - **TLS**: use a `rediss://` URL, and enable a TLS feature of the `redis` crate in your app
+///   (`redis = { version = "1.8", features = ["tokio-rustls-comp"] }` or `tokio-native-tls-comp`);
+///   Cargo's feature unification turns it on for this store too. Credentials go in the URL
+///   (`rediss://user:password@host:6380/0`); [`RedisStore`]'s `Debug` never prints them.
+/// - **Persistence**: with Redis' defaults (RDB snapshots) a Redis restart loses the sessions written
+///   since the last snapshot: those users are logged out, nothing worse (a lost session is never
+///   resurrected in a wrong state). `appendonly yes` with `appendfsync everysec` loses at most about a
+///   second of writes; with no persistence at all (`save ""`, `appendonly no`) every Redis restart
+///   logs everybody out. Replicas are asynchronous: a failover may likewise lose the last writes.
+/// - **Memory policy**: prefer `maxmemory-policy noeviction`: a full Redis then refuses writes,
+///   which become error responses. Under an eviction policy Redis may silently drop sessions (users
+///   logged out) and owner indexes (after which "log out everywhere" misses sessions); give sessions
+///   a Redis of their own or enough memory.
+/// - **Clocks**: TTLs are set relative to the layer's clock, so a Redis whose clock differs from the
+///   app's does not shorten or extend sessions.
+/// - **Cleanup**: Redis expires sessions by itself, so [`spawn_cleanup`](crate::spawn_cleanup) is
+///   not needed with this store. [`delete_expired`](SessionStore::delete_expired) is implemented
+///   (it `SCAN`s the keys under the prefix on every master) for the rare case of a layer clock
+///   running ahead of the TTLs.
+///
+/// # Limits
+///
+/// - Same-key writes of concurrent requests are last-writer-wins (as in every store).
+/// - Times are kept with millisecond precision.
+/// - Setting an owner costs one or two more round trips (the owner index, written first); only
+///   the requests that set it (a login) pay for them.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_satchel::{RedisStore, SessionLayer};
+///
+/// let store = RedisStore::open("redis://127.0.0.1:6379/").await?;
+/// let layer = SessionLayer::new(store.clone());
+/// # let _ = layer;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    prefix: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The connection holds the URL, which may carry a password: never printed.
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field(
+                "mode",
+                &match self.conn {
+                    Conn::Single(_) => "single",
+                    Conn::Cluster(_) => "cluster",
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(message: &'static str) -> impl FnOnce(RedisError) -> StoreError {
+    move |error| StoreError::backend(message, error)
+}
+
+fn config_error(message: &str) -> StoreError {
+    StoreError::new(StoreErrorKind::Config, message)
+}
+
+/// The connection settings [`RedisStore::open`] and [`RedisStore::from_client`] use.
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(StdDuration::from_secs(1)))
+        .set_response_timeout(Some(StdDuration::from_secs(2)))
+        .set_number_of_retries(3)
+        .set_min_delay(StdDuration::from_millis(50))
+        .set_max_delay(StdDuration::from_millis(500))
+}
+
+impl RedisStore {
+    /// The key prefix used unless [`RedisStore::with_prefix`] sets another.
+    pub const DEFAULT_PREFIX: &'static str = "satchel:";
+
+    /// Connects to the Redis at `url` (`redis://[user:password@]host[:port][/db]`, or `rediss://`
+    /// with a TLS feature of the `redis` crate enabled, see [Deployment notes](Self#deployment-notes)).
+    ///
+    /// # Errors
+    ///
+    /// A [`Config`](StoreErrorKind::Config) error for a malformed URL, a
+    /// [`Backend`](StoreErrorKind::Backend) error when Redis cannot be reached.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let client = ::redis::Client::open(url).map_err(|error| {
+            StoreError::new(StoreErrorKind::Config, "invalid Redis URL").with_source(error)
+        })?;
+        Self::from_client(client).await
+    }
+
+    /// Connects through an existing client, with a reconnecting connection manager (one-second
+    /// connect timeout, two-second response timeout, up to three quick reconnection attempts
+    /// before a request fails; the next request tries again).
+    ///
+    /// # Errors
+    ///
+    /// A [`Backend`](StoreErrorKind::Backend) error when Redis cannot be reached.
+    pub async fn from_client(client: ::redis::Client) -> Result<Self, StoreError> {
+        let manager = ConnectionManager::new_with_config(client, manager_config())
+            .await
+            .map_err(backend("could not connect to Redis"))?;
+        Ok(Self::from_connection_manager(manager))
+    }
+
+    /// Uses an existing connection manager (with your own timeouts and retry settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_satchel::RedisStore;
+    ///
+    /// let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// let manager = redis::aio::ConnectionManager::new(client).await?;
+    /// let store = RedisStore::from_connection_manager(manager).with_prefix("myapp:session:")?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_connection_manager(manager: ConnectionManager) -> Self {
+        Self::with_conn(Conn::Single(manager))
+    }
+
+    /// Connects to a Redis Cluster through the given seed nodes (any subset of its masters).
+    ///
+    /// # Errors
+    ///
+    /// A [`Config`](StoreErrorKind::Config) error for malformed URLs, a
+    /// [`Backend`](StoreErrorKind::Backend) error when the cluster cannot be reached.
+    pub async fn open_cluster<'a>(
+        urls: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, StoreError> {
+        let client = ClusterClient::builder(urls)
+            .connection_timeout(StdDuration::from_secs(1))
+            .response_timeout(StdDuration::from_secs(2))
+            .retries(3)
+            .build()
+            .map_err(|error| {
+                StoreError::new(StoreErrorKind::Config, "invalid Redis Cluster URLs")
+                    .with_source(error)
+            })?;
+        Self::from_cluster_client(client).await
+    }
+
+    /// Connects through an existing cluster client.
+    ///
+    /// # Errors
+    ///
+    /// A [`Backend`](StoreErrorKind::Backend) error when the cluster cannot be reached.
+    pub async fn from_cluster_client(client: ClusterClient) -> Result<Self, StoreError> {
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(backend("could not connect to Redis Cluster"))?;
+        Ok(Self::from_cluster_connection(conn))
+    }
+
+    /// Uses an existing cluster connection.
+    pub fn from_cluster_connection(conn: ClusterConnection) -> Self {
+        Self::with_conn(Conn::Cluster(conn))
+    }
+
+    fn with_conn(conn: Conn) -> Self {
+        Self {
+            conn,
+            prefix: Arc::from(Self::DEFAULT_PREFIX),
+            scripts: Arc::new(Scripts::new()),
+        }
+    }
+
+    /// Sets the prefix of every key this store writes. Default: [`RedisStore::DEFAULT_PREFIX`] (`satchel:`).
+    /// Give each app sharing a Redis its own prefix.
+    ///
+    /// # Errors
+    ///
+    /// A [`Config`](StoreErrorKind::Config) error if the prefix contains `{` or `}` (they would
+    /// change which cluster slot a key is in) or is longer than 256 bytes.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Result<Self, StoreError> {
+        let prefix = prefix.into();
+        if prefix.contains(['{', '}']) {
+            return Err(config_error(
+                "a Redis key prefix must not contain `{` or `}`",
+            ));
+        }
+        if prefix.len() > 256 {
+            return Err(config_error("a Redis key prefix must be at most 256 bytes"));
+        }
+        self.prefix = Arc::from(prefix);
+        Ok(self)
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether the store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// The Redis key of a session: `<prefix>s:{<hex>}`.
+    fn session_key(&self, key: &SessionKey) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 69);
+        out.push_str(&self.prefix);
+        out.push_str("s:{");
+        push_hex(&mut out, key.as_bytes());
+        out.push('}');
+        out
+    }
+
+    /// The Redis key of an owner's index: `<prefix>o:{<hex of SHA-256(owner)>}`.
+    fn owner_key(&self, owner: &str) -> String {
+        let digest: [u8; 32] = Sha256::digest(owner.as_bytes()).into();
+        let mut out = String::with_capacity(self.prefix.len() + 69);
+        out.push_str(&self.prefix);
+        out.push_str("o:{");
+        push_hex(&mut out, &digest);
+        out.push('}');
+        out
+    }
+
+    /// Runs `lua` by its SHA-1, sending it in full only if the server does not know it.
+    async fn eval(&self, lua: &Lua, fill: impl Fn(&mut Cmd)) -> Result<Value, RedisError> {
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(lua.script.get_hash());
+        fill(&mut cmd);
+        match self.conn.query(&cmd).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // EVAL runs it and caches it on the node that owns the key.
+                let mut cmd = ::redis::cmd("EVAL");
+                cmd.arg(&lua.source);
+                fill(&mut cmd);
+                self.conn.query(&cmd).await
+            }
+            other => other,
+        }
+    }
+
+    /// Adds `member` (see [`index_member`]) to `owner`'s index with `score` (the absolute
+    /// deadline, or `+inf`).
+    async fn index_add(
+        &self,
+        owner: &str,
+        member: &str,
+        score: Option<i64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let index = self.owner_key(owner);
+        self.eval(&self.scripts.index_add, |cmd| {
+            cmd.arg(1).arg(&index).arg(now);
+            match score {
+                Some(score) => cmd.arg(score),
+                None => cmd.arg("+inf"),
+            };
+            cmd.arg(member);
+        })
+        .await
+        .map_err(backend("Redis owner index update failed"))?;
+        Ok(())
+    }
+
+    /// The sessions named by `owner`'s index, with the index key.
+    async fn index_entries(&self, owner: &str) -> Result<(String, Vec<Indexed>), StoreError> {
+        let index = self.owner_key(owner);
+        let mut cmd = ::redis::cmd("ZRANGE");
+        cmd.arg(&index).arg(0).arg(-1);
+        let value = self
+            .conn
+            .query(&cmd)
+            .await
+            .map_err(backend("Redis owner index read failed"))?;
+        let mut entries: Vec<(SessionKey, i64, Vec<u8>)> = into_list(value)
+            .into_iter()
+            .filter_map(into_bytes)
+            .filter_map(|member| {
+                let (key, added) = parse_member(&member)?;
+                Some((key, added, member))
+            })
+            .collect();
+        entries.sort_by_key(|e| e.0);
+        // One entry per session (a session indexed twice has two members).
+        let mut sessions: Vec<Indexed> = Vec::new();
+        for (key, added, member) in entries {
+            match sessions.last_mut() {
+                Some(last) if last.key == key => {
+                    last.newest_added = last.newest_added.max(added);
+                    last.members.push(member);
+                }
+                _ => sessions.push(Indexed {
+                    key,
+                    newest_added: added,
+                    members: vec![member],
+                }),
+            }
+        }
+        Ok((index, sessions))
+    }
+
+    /// Removes the members of `sessions` from the index `index`.
+    async fn index_remove(&self, index: &str, sessions: &[&Indexed]) -> Result<(), StoreError> {
+        let members: Vec<&[u8]> = sessions
+            .iter()
+            .flat_map(|s| s.members.iter().map(Vec::as_slice))
+            .collect();
+        for chunk in members.chunks(1000) {
+            let mut cmd = ::redis::cmd("ZREM");
+            cmd.arg(index);
+            for member in chunk {
+                cmd.arg(*member);
+            }
+            self.conn
+                .query(&cmd)
+                .await
+                .map_err(backend("Redis owner index prune failed"))?;
+        }
+        Ok(())
+    }
+
+    /// The masters to `SCAN`: one representative slot each (or none for a single Redis).
+    async fn scan_targets(&self) -> Result<Vec<Option<u16>>, StoreError> {
+        let Conn::Cluster(conn) = &self.conn else {
+            return Ok(vec![None]);
+        };
+        let value = conn
+            .clone()
+            .route_command(
+                ::redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(backend("Redis CLUSTER SLOTS failed"))?;
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let mut targets = Vec::new();
+        for range in into_list(value) {
+            let mut items = into_list(range).into_iter();
+            let (Some(Value::Int(start)), Some(_end), Some(master)) =
+                (items.next(), items.next(), items.next())
+            else {
+                continue;
+            };
+            let mut node = into_list(master).into_iter();
+            let host = node.next().and_then(into_bytes).unwrap_or_default();
+            let port = match node.next() {
+                Some(Value::Int(port)) => port,
+                _ => 0,
+            };
+            let mut id = host;
+            id.extend_from_slice(format!(":{port}").as_bytes());
+            if seen.contains(&id) {
+                continue;
+            }
+            seen.push(id);
+            if let Ok(slot) = u16::try_from(start) {
+                targets.push(Some(slot));
+            }
+        }
+        Ok(targets)
+    }
+
+    /// One `SCAN` page on `target`: the next cursor and the keys.
+    async fn scan_page(
+        &self,
+        target: Option<u16>,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
+        let mut cmd = ::redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
+        let value = match (&self.conn, target) {
+            (Conn::Cluster(conn), Some(slot)) => conn
+                .clone()
+                .route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                        slot,
+                        SlotAddr::Master,
+                    ))),
+                )
+                .await
+                .and_then(Value::extract_error),
+            _ => self.conn.query(&cmd).await,
+        }
+        .map_err(backend("Redis SCAN failed"))?;
+        let mut parts = into_list(value).into_iter();
+        let next = parts
+            .next()
+            .and_then(into_bytes)
+            .and_then(|c| std::str::from_utf8(&c).ok()?.parse::<u64>().ok())
+            .ok_or_else(|| {
+                StoreError::new(StoreErrorKind::Backend, "unexpected SCAN reply from Redis")
+            })?;
+        let keys = parts
+            .next()
+            .map(into_list)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(into_bytes)
+            .collect();
+        Ok((next, keys))
+    }
+}
+
+/// How long an index entry of a session that does not exist is kept: the entry is written just
+/// before the session, so a session that is missing this soon after may still be on its way.
+const INDEX_GRACE_MS: i64 = 10 * 60 * 1000;
+
+/// One session named by an owner index.
+struct Indexed {
+    key: SessionKey,
+    /// When the newest of its entries was written (wall clock, Unix ms).
+    newest_added: i64,
+    members: Vec<Vec<u8>>,
+}
+
+impl Indexed {
+    /// Whether a missing session may be dropped from the index: its entry is older than the
+    /// grace period, so the session is not merely about to be created.
+    fn settled(&self, wall_ms: i64) -> bool {
+        wall_ms.saturating_sub(self.newest_added) > INDEX_GRACE_MS
+    }
+}
+
+/// An index member: `<session key hex>:<when it was written, wall clock Unix ms>`.
+fn index_member(key: &SessionKey) -> String {
+    format!("{}:{}", key.to_hex(), wall_ms())
+}
+
+fn parse_member(member: &[u8]) -> Option<(SessionKey, i64)> {
+    let member = std::str::from_utf8(member).ok()?;
+    let (hex, added) = member.split_once(':')?;
+    Some((SessionKey::from_hex(hex)?, added.parse().ok()?))
+}
+
+/// The wall clock in Unix ms (for index bookkeeping only; session deadlines use the layer's clock).
+fn wall_ms() -> i64 {
+    to_ms(OffsetDateTime::now_utc()).unwrap_or(i64::MAX)
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+}
+
+/// Unix milliseconds (floored).
+fn to_ms(at: OffsetDateTime) -> Result<i64, StoreError> {
+    i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).map_err(|_| {
+        StoreError::new(
+            StoreErrorKind::Encoding,
+            "session time out of range for Redis",
+        )
+    })
+}
+
+fn from_ms(ms: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
+
+fn encoding(error: serde_json::Error) -> StoreError {
+    StoreError::new(StoreErrorKind::Encoding, "could not encode a session value").with_source(error)
+}
+
+/// The items of an array-like reply (a map reply is flattened to key, value, key, value).
+fn into_list(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        Value::Attribute { data, .. } => into_list(*data),
+        _ => Vec::new(),
+    }
+}
+
+fn into_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        Value::Int(n) => Some(n.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Decodes a session hash (an `HGETALL` reply). `Ok(None)` when there is no such key.
+fn decode_hash(value: Value) -> Result<Option<Record>, &'static str> {
+    let pairs: Vec<(Value, Value)> = match value {
+        Value::Map(pairs) => pairs,
+        other => {
+            let mut items = into_list(other).into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+    };
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut version = None;
+    let (mut created, mut idle, mut absolute, mut expiry, mut owner) =
+        (None, None, None, None, None);
+    let mut data = Map::new();
+    for (field, value) in pairs {
+        let (Some(field), Some(value)) = (into_bytes(field), into_bytes(value)) else {
+            return Err("a field of an unexpected type");
+        };
+        match field.as_slice() {
+            b"v" => version = parse_i64(&value),
+            b"c" => {
+                created = Some(
+                    parse_i64(&value)
+                        .and_then(from_ms)
+                        .ok_or("bad created-at")?,
+                )
+            }
+            b"i" => {
+                idle = Some(
+                    parse_i64(&value)
+                        .and_then(from_ms)
+                        .ok_or("bad idle deadline")?,
+                )
+            }
+            b"a" => {
+                absolute = Some(
+                    parse_i64(&value)
+                        .and_then(from_ms)
+                        .ok_or("bad absolute deadline")?,
+                );
+            }
+            b"e" => {
+                expiry = Some(
+                    serde_json::from_slice::<Expiry>(&value).map_err(|_| "bad expiry policy")?,
+                );
+            }
+            b"o" => owner = Some(String::from_utf8(value).map_err(|_| "bad owner")?),
+            [b'd', b':', name @ ..] => {
+                let name = String::from_utf8(name.to_vec()).map_err(|_| "bad value name")?;
+                let value: Json = serde_json::from_slice(&value).map_err(|_| "bad value JSON")?;
+                data.insert(name, value);
+            }
+            _ => {}
+        }
+    }
+    let version = version
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or("missing format version")?;
+    if version > RECORD_VERSION {
+        return Err("a record format version newer than this crate knows");
+    }
+    let (Some(created), Some(idle), Some(expiry)) = (created, idle, expiry) else {
+        return Err("missing metadata");
+    };
+    let mut record = Record::new(created, idle, absolute, expiry);
+    record.version = version;
+    record.data = data;
+    record.owner = owner;
+    Ok(Some(record))
+}
+
+/// Runs `futures` concurrently (they share one multiplexed connection, so this is one round trip
+/// for a single Redis, and one per node, in parallel, for a cluster).
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+fn int_reply(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<Record>, StoreError> {
+        let redis_key = self.session_key(key);
+        let mut cmd = ::redis::cmd("HGETALL");
+        cmd.arg(&redis_key);
+        let value = self
+            .conn
+            .query(&cmd)
+            .await
+            .map_err(backend("Redis session load failed"))?;
+        match decode_hash(value) {
+            Ok(Some(record)) if record.is_live(now) => Ok(Some(record)),
+            Ok(_) => Ok(None),
+            Err(why) => {
+                tracing::warn!(
+                    session = %key.log_tag(),
+                    reason = why,
+                    "unreadable session record in Redis; treated as no session"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let now_ms = to_ms(now)?;
+        let created = to_ms(record.created_at)?;
+        let idle = to_ms(record.idle_deadline)?;
+        let absolute = record.absolute_deadline.map(to_ms).transpose()?;
+        let deadline = to_ms(record.deadline())?;
+        let expiry = serde_json::to_string(&record.expiry).map_err(encoding)?;
+        // Encode every value first, so the script call below cannot fail halfway.
+        let mut values = Vec::with_capacity(record.data.len());
+        for (name, value) in &record.data {
+            values.push((name, serde_json::to_vec(value).map_err(encoding)?));
+        }
+        if let Some(owner) = &record.owner {
+            // Index first: the index may name a session that is gone, never miss a live one.
+            self.index_add(owner, &index_member(key), absolute, now_ms)
+                .await?;
+        }
+        let redis_key = self.session_key(key);
+        let reply = self
+            .eval(&self.scripts.create, |cmd| {
+                let mut field = Vec::with_capacity(32);
+                cmd.arg(1).arg(&redis_key).arg(now_ms).arg(deadline);
+                cmd.arg("v").arg(record.version);
+                cmd.arg("c").arg(created);
+                cmd.arg("i").arg(idle);
+                if let Some(absolute) = absolute {
+                    cmd.arg("a").arg(absolute);
+                }
+                cmd.arg("e").arg(&expiry);
+                if let Some(owner) = &record.owner {
+                    cmd.arg("o").arg(owner);
+                }
+                for (name, value) in &values {
+                    field.clear();
+                    field.extend_from_slice(b"d:");
+                    field.extend_from_slice(name.as_bytes());
+                    cmd.arg(&field[..]).arg(&value[..]);
+                }
+            })
+            .await
+            .map_err(backend("Redis session create failed"))?;
+        Ok(int_reply(&reply) == Some(1))
+    }
+
+    async fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        let now_ms = to_ms(now)?;
+        let idle = changes.idle_deadline.map(to_ms).transpose()?;
+        let expiry = changes
+            .expiry
+            .map(|e| serde_json::to_string(&e))
+            .transpose()
+            .map_err(encoding)?;
+        // One buffer for every value's JSON, with the end of each.
+        let mut json = Vec::new();
+        let mut ends = Vec::with_capacity(changes.set.len());
+        for value in changes.set.values() {
+            serde_json::to_writer(&mut json, value).map_err(encoding)?;
+            ends.push(json.len());
+        }
+        let new_owner = match &changes.owner {
+            Some(Some(owner)) => Some(owner.as_str()),
+            _ => None,
+        };
+        let member = match new_owner {
+            Some(owner) => {
+                // Index first (score unknown yet: +inf, refined below).
+                let member = index_member(key);
+                self.index_add(owner, &member, None, now_ms).await?;
+                Some(member)
+            }
+            None => None,
+        };
+        let owner_removed = matches!(changes.owner, Some(None));
+        let redis_key = self.session_key(key);
+        let reply = self
+            .eval(&self.scripts.save, |cmd| {
+                let mut field = Vec::with_capacity(32);
+                cmd.arg(1).arg(&redis_key).arg(now_ms);
+                cmd.arg(if changes.cleared { "1" } else { "0" });
+                match idle {
+                    Some(idle) => cmd.arg(idle),
+                    None => cmd.arg(""),
+                };
+                cmd.arg(if new_owner.is_some() { "1" } else { "0" });
+                cmd.arg(changes.removed.len() + usize::from(owner_removed));
+                for name in &changes.removed {
+                    field.clear();
+                    field.extend_from_slice(b"d:");
+                    field.extend_from_slice(name.as_bytes());
+                    cmd.arg(&field[..]);
+                }
+                if owner_removed {
+                    cmd.arg("o");
+                }
+                let mut start = 0;
+                for (name, end) in changes.set.keys().zip(&ends) {
+                    field.clear();
+                    field.extend_from_slice(b"d:");
+                    field.extend_from_slice(name.as_bytes());
+                    cmd.arg(&field[..]).arg(&json[start..*end]);
+                    start = *end;
+                }
+                if let Some(idle) = idle {
+                    cmd.arg("i").arg(idle);
+                }
+                if let Some(expiry) = &expiry {
+                    cmd.arg("e").arg(expiry);
+                }
+                if let Some(owner) = new_owner {
+                    cmd.arg("o").arg(owner);
+                }
+            })
+            .await
+            .map_err(backend("Redis session save failed"))?;
+        match reply {
+            Value::Int(0) => Ok(Saved::Gone),
+            Value::Int(_) => Ok(Saved::Applied),
+            other => {
+                // The owner was set and the session has an absolute deadline: give the index
+                // entry its real score, so the index can expire. Best effort: a failure only
+                // leaves the entry at +inf, which is pruned when the index is next listed.
+                if let (Some(owner), Some(member), Some(absolute)) = (
+                    new_owner,
+                    &member,
+                    into_bytes(other).and_then(|b| parse_i64(&b)),
+                ) && let Err(error) = self.index_add(owner, member, Some(absolute), now_ms).await
+                {
+                    tracing::debug!(session = %key.log_tag(), %error, "owner index score not refined");
+                }
+                Ok(Saved::Applied)
+            }
+        }
+    }
+
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        idle_deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        let now_ms = to_ms(now)?;
+        let idle = to_ms(idle_deadline)?;
+        let redis_key = self.session_key(key);
+        let reply = self
+            .eval(&self.scripts.touch, |cmd| {
+                cmd.arg(1).arg(&redis_key).arg(now_ms).arg(idle);
+            })
+            .await
+            .map_err(backend("Redis session touch failed"))?;
+        Ok(match int_reply(&reply) {
+            Some(1) => Saved::Applied,
+            _ => Saved::Gone,
+        })
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        let mut cmd = ::redis::cmd("DEL");
+        cmd.arg(self.session_key(key));
+        self.conn
+            .query(&cmd)
+            .await
+            .map_err(backend("Redis session delete failed"))?;
+        Ok(())
+    }
+
+    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
+        let now_ms = to_ms(now)?;
+        let pattern = format!("{}s:{{*", escape_glob(&self.prefix));
+        let mut deleted = 0;
+        for target in self.scan_targets().await? {
+            let mut cursor = 0;
+            loop {
+                if deleted >= limit {
+                    return Ok(deleted);
+                }
+                let (next, keys) = self.scan_page(target, cursor, &pattern).await?;
+                let mut keys = keys.as_slice();
+                while !keys.is_empty() && deleted < limit {
+                    // Never more in flight than may still be deleted, so `limit` holds.
+                    let take = keys.len().min(limit - deleted).min(BATCH);
+                    let (batch, rest) = keys.split_at(take);
+                    keys = rest;
+                    let replies = join_all(
+                        batch
+                            .iter()
+                            .map(|k| {
+                                self.eval(&self.scripts.delete_if_dead, move |cmd| {
+                                    cmd.arg(1).arg(&k[..]).arg(now_ms);
+                                })
+                            })
+                            .collect(),
+                    )
+                    .await;
+                    for reply in replies {
+                        let reply = reply.map_err(backend("Redis expired-session sweep failed"))?;
+                        if int_reply(&reply) == Some(1) {
+                            deleted += 1;
+                        }
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn list_owner(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        let (index, sessions) = self.index_entries(owner).await?;
+        let wall = wall_ms();
+        let mut listed = Vec::new();
+        let mut gone = Vec::new();
+        for chunk in sessions.chunks(BATCH) {
+            let replies = join_all(
+                chunk
+                    .iter()
+                    .map(|indexed| {
+                        let mut cmd = ::redis::cmd("HMGET");
+                        cmd.arg(self.session_key(&indexed.key))
+                            .arg("c")
+                            .arg("i")
+                            .arg("a")
+                            .arg("o");
+                        async move { self.conn.query(&cmd).await }
+                    })
+                    .collect(),
+            )
+            .await;
+            for (indexed, reply) in chunk.iter().zip(replies) {
+                let reply = reply.map_err(backend("Redis owner listing failed"))?;
+                let mut fields = into_list(reply).into_iter().map(into_bytes);
+                let mut time = || {
+                    fields
+                        .next()
+                        .flatten()
+                        .and_then(|b| parse_i64(&b))
+                        .and_then(from_ms)
+                };
+                let (created, idle, absolute) = (time(), time(), time());
+                let session_owner = fields.next().flatten();
+                let (Some(created_at), Some(idle)) = (created, idle) else {
+                    if indexed.settled(wall) {
+                        gone.push(indexed);
+                    }
+                    continue;
+                };
+                let deadline = match absolute {
+                    Some(absolute) if absolute < idle => absolute,
+                    _ => idle,
+                };
+                if now >= deadline {
+                    // Expired sessions never come back: drop their entries.
+                    gone.push(indexed);
+                } else if session_owner.as_deref() == Some(owner.as_bytes()) {
+                    // A session that moved to another owner keeps its entry here (it may move
+                    // back); it is only left out of the list.
+                    listed.push(SessionInfo {
+                        key: indexed.key,
+                        created_at,
+                        deadline,
+                    });
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.index_remove(&index, &gone).await?;
+        }
+        listed.sort_by_key(|s| s.created_at);
+        Ok(listed)
+    }
+
+    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
+        let (index, sessions) = self.index_entries(owner).await?;
+        let wall = wall_ms();
+        let mut deleted = 0;
+        let mut drop_from_index = Vec::with_capacity(sessions.len());
+        for chunk in sessions.chunks(BATCH) {
+            let replies = join_all(
+                chunk
+                    .iter()
+                    .map(|indexed| {
+                        let redis_key = self.session_key(&indexed.key);
+                        async move {
+                            self.eval(&self.scripts.delete_if_owner, |cmd| {
+                                cmd.arg(1).arg(&redis_key).arg(owner);
+                            })
+                            .await
+                        }
+                    })
+                    .collect(),
+            )
+            .await;
+            for (indexed, reply) in chunk.iter().zip(replies) {
+                let reply = reply.map_err(backend("Redis owner revocation failed"))?;
+                match int_reply(&reply) {
+                    Some(1) => {
+                        deleted += 1;
+                        drop_from_index.push(indexed);
+                    }
+                    // Missing: dropped once it cannot be a session still being created.
+                    Some(0) if indexed.settled(wall) => drop_from_index.push(indexed),
+                    _ => {}
+                }
+            }
+        }
+        // Only the entries read above: a session indexed meanwhile (a concurrent login) stays.
+        self.index_remove(&index, &drop_from_index).await?;
+        Ok(deleted)
+    }
+}
+
+/// Escapes the glob characters of a `SCAN MATCH` pattern.
+fn escape_glob(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+    use time::Duration;
+
+    fn hash_reply(record: &Record) -> Value {
+        let mut items = vec![
+            ("v", record.version.to_string().into_bytes()),
+            (
+                "c",
+                to_ms(record.created_at).unwrap().to_string().into_bytes(),
+            ),
+            (
+                "i",
+                to_ms(record.idle_deadline)
+                    .unwrap()
+                    .to_string()
+                    .into_bytes(),
+            ),
+            ("e", serde_json::to_vec(&record.expiry).unwrap()),
+        ];
+        if let Some(a) = record.absolute_deadline {
+            items.push(("a", to_ms(a).unwrap().to_string().into_bytes()));
+        }
+        if let Some(o) = &record.owner {
+            items.push(("o", o.clone().into_bytes()));
+        }
+        let mut out = Vec::new();
+        for (k, v) in items {
+            out.push(Value::BulkString(k.as_bytes().to_vec()));
+            out.push(Value::BulkString(v));
+        }
+        for (k, v) in &record.data {
+            out.push(Value::BulkString(format!("d:{k}").into_bytes()));
+            out.push(Value::BulkString(serde_json::to_vec(v).unwrap()));
+        }
+        Value::Array(out)
+    }
+
+    fn sample() -> Record {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut record = Record::new(
+            t0,
+            t0 + Duration::hours(1),
+            Some(t0 + Duration::days(1)),
+            Expiry::OnInactivity(Duration::hours(1)),
+        );
+        record
+            .data
+            .insert("n".into(), json!(12_345_678_901_234_567_i64));
+        record.data.insert("empty".into(), json!([]));
+        record.data.insert("nested".into(), json!({"x": {}}));
+        record.owner = Some("alice".into());
+        record
+    }
+
+    #[test]
+    fn session_hashes_decode_back_to_the_record() {
+        let record = sample();
+        assert_eq!(decode_hash(hash_reply(&record)).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn a_missing_key_decodes_to_none() {
+        assert_eq!(decode_hash(Value::Array(vec![])).unwrap(), None);
+    }
+
+    #[test]
+    fn garbled_hashes_are_unreadable_not_panics() {
+        let garbled = Value::Array(vec![
+            Value::BulkString(b"i".to_vec()),
+            Value::BulkString(b"soon".to_vec()),
+        ]);
+        assert!(decode_hash(garbled).is_err());
+        let mut newer = sample();
+        newer.version = RECORD_VERSION + 1;
+        assert!(decode_hash(hash_reply(&newer)).is_err());
+        let bad_json = Value::Array(vec![
+            Value::BulkString(b"d:x".to_vec()),
+            Value::BulkString(b"{".to_vec()),
+        ]);
+        assert!(decode_hash(bad_json).is_err());
+    }
+
+    #[test]
+    fn keys_hold_the_hash_in_a_hash_tag_never_the_id() {
+        let store_prefix = "app:";
+        let id = crate::SessionId::generate().unwrap();
+        let key = id.key();
+        let mut out = String::from(store_prefix);
+        out.push_str("s:{");
+        push_hex(&mut out, key.as_bytes());
+        out.push('}');
+        assert_eq!(out, format!("app:s:{{{}}}", key.to_hex()));
+        assert!(!out.contains(&id.expose()));
+    }
+
+    #[test]
+    fn index_members_carry_the_key_and_when_they_were_written() {
+        let key = crate::SessionId::generate().unwrap().key();
+        let member = index_member(&key);
+        let (parsed, added) = parse_member(member.as_bytes()).unwrap();
+        assert_eq!(parsed, key);
+        assert!((wall_ms() - added).abs() < 60_000);
+        assert!(parse_member(b"not-hex:1").is_none());
+        assert!(parse_member(key.to_hex().as_bytes()).is_none());
+        let old = Indexed {
+            key,
+            newest_added: 0,
+            members: Vec::new(),
+        };
+        assert!(old.settled(wall_ms()));
+        let fresh = Indexed {
+            newest_added: wall_ms(),
+            ..old
+        };
+        assert!(!fresh.settled(wall_ms()));
+    }
+
+    #[test]
+    fn glob_characters_in_prefixes_are_escaped() {
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn milliseconds_round_trip_and_floor() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let ms = to_ms(t).unwrap();
+        assert_eq!(ms, 1_700_000_000_123);
+        assert_eq!(
+            from_ms(ms).unwrap(),
+            OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_000_000).unwrap()
+        );
+    }
+}

@@ -1,0 +1,527 @@
+//! The Redis store against the conformance suite (a single Redis and a 3-master Redis Cluster,
+//! both started by the tests on free ports), plus what is specific to Redis: TTLs, key layout,
+//! script reloading, an outage and its recovery, and 100 concurrent requests of one session.
+//!
+//! Needs `redis-server` and `redis-cli` on PATH. `$REDIS_URL` replaces the single server (not the
+//! cluster, nor the server the fault test kills).
+#![cfg(feature = "redis-store")]
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod conformance;
+mod support_redis;
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use redis::AsyncCommands;
+use serde_json::json;
+use time::{Duration, OffsetDateTime};
+use tower::ServiceExt;
+use tower_satchel::{
+    ChangeSet, Expiry, Record, RedisStore, Saved, Session, SessionError, SessionErrorKind,
+    SessionId, SessionKey, SessionLayer, SessionStore, StoreErrorKind,
+};
+
+use support_redis::{RedisServer, cluster, single_store, single_url, unique_prefix};
+
+mod single {
+    server_store_conformance!(|| async { crate::support_redis::single_store().await });
+}
+
+mod cluster {
+    server_store_conformance!(|| async { crate::support_redis::cluster_store().await });
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp()).unwrap()
+}
+
+fn record(now: OffsetDateTime, idle: Duration, absolute: Option<Duration>) -> Record {
+    let mut record = Record::new(
+        now,
+        now + idle,
+        absolute.map(|a| now + a),
+        Expiry::OnInactivity(idle),
+    );
+    record.data.insert("a".into(), json!(1));
+    record
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn session_key_name(prefix: &str, key: &SessionKey) -> String {
+    format!("{prefix}s:{{{}}}", key.to_hex())
+}
+
+/// Asserts `pttl` (milliseconds) is `expected`, give or take the time the test took.
+fn assert_ttl(pttl: i64, expected: Duration) {
+    let expected = expected.whole_milliseconds() as i64;
+    assert!(
+        (expected - 5_000..=expected).contains(&pttl),
+        "Redis TTL {pttl} ms, session deadline in {expected} ms"
+    );
+}
+
+#[tokio::test]
+async fn redis_ttl_always_matches_the_session_deadline() {
+    let url = single_url();
+    let prefix = unique_prefix();
+    let store = RedisStore::open(&url)
+        .await
+        .unwrap()
+        .with_prefix(&prefix)
+        .unwrap();
+    let mut conn = raw(&url).await;
+    let now = now();
+    let key = SessionId::generate().unwrap().key();
+    let name = session_key_name(&prefix, &key);
+
+    // Created: idle deadline (1 h) before the absolute one (1 day).
+    let rec = record(now, Duration::hours(1), Some(Duration::days(1)));
+    assert!(store.create(&key, &rec, now).await.unwrap());
+    assert_ttl(conn.pttl(&name).await.unwrap(), Duration::hours(1));
+
+    // Touched: the TTL follows the new idle deadline.
+    let touched = now + Duration::hours(3);
+    assert_eq!(
+        store.touch(&key, touched, now).await.unwrap(),
+        Saved::Applied
+    );
+    assert_ttl(conn.pttl(&name).await.unwrap(), Duration::hours(3));
+
+    // Saved with an idle deadline past the absolute one: the absolute deadline wins.
+    let mut changes = ChangeSet::default();
+    changes.set.insert("b".into(), json!(2));
+    changes.idle_deadline = Some(now + Duration::days(5));
+    assert_eq!(
+        store.save(&key, &changes, now).await.unwrap(),
+        Saved::Applied
+    );
+    assert_ttl(conn.pttl(&name).await.unwrap(), Duration::days(1));
+
+    // TTLs are relative to the layer's clock, not Redis' own: a layer clock an hour ahead.
+    let key2 = SessionId::generate().unwrap().key();
+    let ahead = now + Duration::hours(1);
+    let rec = record(ahead, Duration::minutes(30), None);
+    assert!(store.create(&key2, &rec, ahead).await.unwrap());
+    assert_ttl(
+        conn.pttl(session_key_name(&prefix, &key2)).await.unwrap(),
+        Duration::minutes(30),
+    );
+}
+
+#[tokio::test]
+async fn keys_are_namespaced_hashes_and_never_hold_the_id() {
+    let url = single_url();
+    let prefix = unique_prefix();
+    let store = RedisStore::open(&url)
+        .await
+        .unwrap()
+        .with_prefix(&prefix)
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/",
+            get(|s: Session| async move {
+                s.insert("x", "y")?;
+                s.set_owner("alice@example.com");
+                Ok::<_, SessionError>("ok")
+            }),
+        )
+        .layer(SessionLayer::new(store));
+    let response = app
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    let token = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+    let id = SessionId::parse(token).unwrap();
+
+    let mut conn = raw(&url).await;
+    let mut keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
+    keys.sort();
+    assert_eq!(keys.len(), 2, "the session and its owner index: {keys:?}");
+    assert!(keys.contains(&session_key_name(&prefix, &id.key())));
+    assert!(keys.iter().any(|k| k.starts_with(&format!("{prefix}o:{{"))));
+    for key in &keys {
+        assert!(!key.contains(token), "a Redis key holds the session ID");
+        assert!(!key.contains("alice"), "a Redis key holds the owner");
+    }
+    let fields: Vec<(String, String)> = conn
+        .hgetall(session_key_name(&prefix, &id.key()))
+        .await
+        .unwrap();
+    assert!(
+        fields
+            .iter()
+            .all(|(f, v)| !f.contains(token) && !v.contains(token))
+    );
+    assert!(fields.contains(&("d:x".to_owned(), "\"y\"".to_owned())));
+}
+
+#[tokio::test]
+async fn saves_never_recreate_a_key_deleted_behind_the_store() {
+    let url = single_url();
+    let prefix = unique_prefix();
+    let store = RedisStore::open(&url)
+        .await
+        .unwrap()
+        .with_prefix(&prefix)
+        .unwrap();
+    let mut conn = raw(&url).await;
+    let now = now();
+    let key = SessionId::generate().unwrap().key();
+    assert!(
+        store
+            .create(&key, &record(now, Duration::hours(1), None), now)
+            .await
+            .unwrap()
+    );
+    let name = session_key_name(&prefix, &key);
+    let _: () = conn.del(&name).await.unwrap();
+    let mut changes = ChangeSet::default();
+    changes.set.insert("x".into(), json!(1));
+    changes.idle_deadline = Some(now + Duration::hours(1));
+    assert_eq!(store.save(&key, &changes, now).await.unwrap(), Saved::Gone);
+    assert_eq!(
+        store
+            .touch(&key, now + Duration::hours(1), now)
+            .await
+            .unwrap(),
+        Saved::Gone
+    );
+    let exists: bool = conn.exists(&name).await.unwrap();
+    assert!(!exists, "a save or touch brought a deleted session back");
+}
+
+#[tokio::test]
+async fn scripts_are_sent_again_after_a_script_flush() {
+    let url = single_url();
+    let store = single_store().await;
+    let mut conn = raw(&url).await;
+    let now = now();
+    let key = SessionId::generate().unwrap().key();
+    assert!(
+        store
+            .create(&key, &record(now, Duration::hours(1), None), now)
+            .await
+            .unwrap()
+    );
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut changes = ChangeSet::default();
+    changes.set.insert("after-flush".into(), json!(true));
+    assert_eq!(
+        store.save(&key, &changes, now).await.unwrap(),
+        Saved::Applied
+    );
+    let loaded = store.load(&key, now).await.unwrap().unwrap();
+    assert_eq!(loaded.data.get("after-flush"), Some(&json!(true)));
+}
+
+#[tokio::test]
+async fn unreadable_records_are_no_session_not_an_error() {
+    let url = single_url();
+    let prefix = unique_prefix();
+    let store = RedisStore::open(&url)
+        .await
+        .unwrap()
+        .with_prefix(&prefix)
+        .unwrap();
+    let mut conn = raw(&url).await;
+    let key = SessionId::generate().unwrap().key();
+    let _: () = conn
+        .hset_multiple(
+            session_key_name(&prefix, &key),
+            &[("v", "1"), ("i", "soon"), ("d:x", "{")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.load(&key, now()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_safely() {
+    let url = single_url();
+    let prefix = unique_prefix();
+    let store = RedisStore::open(&url)
+        .await
+        .unwrap()
+        .with_prefix(&prefix)
+        .unwrap();
+    let mut conn = raw(&url).await;
+    let now = now();
+    let (k1, k2) = (
+        SessionId::generate().unwrap().key(),
+        SessionId::generate().unwrap().key(),
+    );
+    let mut r1 = record(now, Duration::hours(1), Some(Duration::days(1)));
+    r1.owner = Some("bob".into());
+    let mut r2 = record(now, Duration::hours(1), Some(Duration::days(2)));
+    r2.owner = Some("bob".into());
+    assert!(store.create(&k1, &r1, now).await.unwrap());
+    assert!(store.create(&k2, &r2, now).await.unwrap());
+    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
+    assert_eq!(index.len(), 1);
+    assert_ttl(conn.pttl(&index[0]).await.unwrap(), Duration::days(2));
+
+    // An entry naming a session that is long gone is pruned when the index is listed...
+    let long_gone = format!("{}:0", SessionId::generate().unwrap().key().to_hex());
+    let _: () = conn.zadd(&index[0], &long_gone, "+inf").await.unwrap();
+    // ...but one written moments ago may be a session on its way (a login writes the index entry
+    // just before the session), so a concurrent revoke-all must not drop it.
+    let k3 = SessionId::generate().unwrap().key();
+    let wall = OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let on_its_way = format!("{}:{wall}", k3.to_hex());
+    let _: () = conn.zadd(&index[0], &on_its_way, "+inf").await.unwrap();
+    assert_eq!(store.list_owner("bob", now).await.unwrap().len(), 2);
+    let long_gone_score: Option<f64> = conn.zscore(&index[0], &long_gone).await.unwrap();
+    assert_eq!(long_gone_score, None, "a long-gone session stays indexed");
+
+    assert_eq!(store.delete_owner("bob").await.unwrap(), 2);
+    let on_its_way_score: Option<f64> = conn.zscore(&index[0], &on_its_way).await.unwrap();
+    assert!(
+        on_its_way_score.is_some(),
+        "revoke-all dropped the entry of a session being created"
+    );
+    let members: usize = conn.zcard(&index[0]).await.unwrap();
+    assert_eq!(members, 1, "revoke-all leaves only the entry on its way");
+}
+
+#[tokio::test]
+async fn prefixes_that_would_change_the_cluster_slot_are_refused() {
+    let store = single_store().await;
+    let error = store.with_prefix("app{1}:").unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config);
+    let error = RedisStore::open("not a url").await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config);
+}
+
+#[tokio::test]
+async fn cluster_sessions_are_spread_over_all_masters() {
+    let store = support_redis::cluster_store().await;
+    assert!(store.is_cluster());
+    let now = now();
+    let mut keys = Vec::new();
+    for _ in 0..30 {
+        let key = SessionId::generate().unwrap().key();
+        assert!(
+            store
+                .create(&key, &record(now, Duration::hours(1), None), now)
+                .await
+                .unwrap()
+        );
+        keys.push(key);
+    }
+    for node in &cluster().nodes {
+        let count = node.cli(&["--scan", "--pattern", &format!("{}s:*", store.prefix())]);
+        assert!(
+            count.lines().count() > 0,
+            "no session on the master at port {}",
+            node.port
+        );
+    }
+    for key in &keys {
+        assert!(store.load(key, now).await.unwrap().is_some());
+    }
+}
+
+/// The counter app over `store`, with `/set/{key}` for the concurrency test.
+fn app(store: RedisStore) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|s: Session| async move {
+                let n = s.update("visits", |n: &mut u64| {
+                    *n += 1;
+                    *n
+                })?;
+                Ok::<_, SessionError>(n.to_string())
+            }),
+        )
+        .route(
+            "/set/{key}",
+            get(|s: Session, Path(key): Path<String>| async move {
+                s.insert(&key, true)?;
+                Ok::<_, SessionError>("ok")
+            }),
+        )
+        .route(
+            "/keys",
+            get(|s: Session| async move { s.keys().len().to_string() }),
+        )
+        .layer(SessionLayer::builder(store).build().unwrap())
+}
+
+struct Reply {
+    status: StatusCode,
+    body: String,
+    token: Option<String>,
+    store_error: bool,
+}
+
+async fn send(app: &Router, path: &str, token: Option<&str>) -> Reply {
+    let mut request = Request::get(path);
+    if let Some(token) = token {
+        request = request.header(header::COOKIE, format!("id={token}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let store_error = response
+        .extensions()
+        .get::<SessionError>()
+        .is_some_and(|e| e.kind() == SessionErrorKind::Store);
+    let token = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .and_then(|c| c.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty());
+    let body = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes())
+        .into_owned();
+    Reply {
+        status,
+        body,
+        token,
+        store_error,
+    }
+}
+
+async fn hundred_concurrent_keys(store: RedisStore) {
+    let app = app(store);
+    let first = send(&app, "/set/start", None).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let token = Arc::new(first.token.unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (app, token) = (app.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            send(&app, &format!("/set/k{i}"), Some(&token)).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    let keys = send(&app, "/keys", Some(&token)).await;
+    assert_eq!(
+        keys.body, "101",
+        "every concurrent request's key must persist"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_requests_of_one_session_all_keep_their_key() {
+    hundred_concurrent_keys(single_store().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_requests_of_one_session_all_keep_their_key_in_a_cluster() {
+    hundred_concurrent_keys(support_redis::cluster_store().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_gives_error_responses_and_the_store_recovers_by_itself() {
+    // Its own server: this test kills it.
+    let mut server = RedisServer::start();
+    let store = RedisStore::open(&server.url())
+        .await
+        .unwrap()
+        .with_prefix(unique_prefix())
+        .unwrap();
+    let app = app(store);
+    let first = send(&app, "/", None).await;
+    assert_eq!(first.body, "1");
+    let token = first.token.unwrap();
+    assert_eq!(send(&app, "/", Some(&token)).await.body, "2");
+
+    // Requests keep running while the server dies.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (app, token, stop) = (app.clone(), token.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply = send(&app, "/", Some(&token)).await;
+                statuses.push((reply.status, reply.store_error));
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    server.kill();
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+
+    // While Redis is down: clear error responses, carrying the store error; no panic.
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let reply = send(&app, "/", Some(&token)).await;
+        assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            reply.store_error,
+            "the store error is in the response extensions"
+        );
+        assert!(
+            reply.token.is_none(),
+            "no cookie is set when the store failed"
+        );
+        assert!(
+            started.elapsed() < StdDuration::from_secs(10),
+            "an outage must fail requests, not hang them"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        // A panic in a request would surface here as a join error.
+        let statuses = task.await.expect("a request panicked during the outage");
+        assert!(
+            statuses
+                .iter()
+                .all(|(s, e)| *s == StatusCode::OK
+                    || (*s == StatusCode::INTERNAL_SERVER_ERROR && *e)),
+            "only successes and store-error responses: {statuses:?}"
+        );
+    }
+
+    // Redis comes back (empty: no persistence); the same app, with no restart, works again.
+    server.restart();
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(15);
+    let reply = loop {
+        let reply = send(&app, "/", Some(&token)).await;
+        if reply.status == StatusCode::OK {
+            break reply;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover after Redis came back"
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    };
+    // The old session was lost with the server's memory: a fresh one starts at 1.
+    assert_eq!(reply.body, "1");
+    let token = reply.token.unwrap();
+    assert_eq!(send(&app, "/", Some(&token)).await.body, "2");
+}

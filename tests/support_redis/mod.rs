@@ -1,0 +1,373 @@
+//! Throwaway `redis-server` processes for the Redis store's tests: one server or a 3-master cluster,
+//! on free ports, with no persistence (`--save "" --appendonly no`).
+//!
+//! Each server runs under a small shell watchdog that kills it (and removes its folder) as soon as
+//! the test process is gone, so servers kept in a `static` for the whole test binary do not outlive
+//! it even though statics are never dropped. A [`RedisServer`] that is dropped kills its server at
+//! once.
+//!
+//! `$REDIS_URL`, when set, names an existing Redis for the single-server cases (each store gets its
+//! own key prefix); the fault test and the cluster always start their own servers.
+#![allow(dead_code, clippy::unwrap_used, clippy::panic, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tower_satchel::RedisStore;
+
+const WATCHDOG: &str = r#"
+redis-server "$@" &
+R=$!
+echo "$R"
+while kill -0 "$TEST_PID" 2>/dev/null && kill -0 "$R" 2>/dev/null; do sleep 0.3; done
+kill -9 "$R" 2>/dev/null
+wait "$R" 2>/dev/null
+rm -rf "$SERVER_DIR"
+"#;
+
+/// Fails the test with a clear message when a needed binary is missing (never a silent skip).
+fn require(binary: &str) {
+    let found = Command::new(binary)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "`{binary}` is needed by the Redis store tests and was not found on PATH \
+         (Debian/Ubuntu: apt-get install redis-server; it provides redis-server and redis-cli)"
+    );
+}
+
+/// The cluster nodes get their bus port with `--cluster-port`, which needs Redis 7.
+fn require_cluster_port_support() {
+    require("redis-server");
+    let out = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let major: u32 = text
+        .split("v=")
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 7,
+        "the Redis Cluster tests need redis-server 7 or newer (for --cluster-port); found: {text}"
+    );
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller retries if it is taken meanwhile).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// One `redis-server` process.
+pub struct RedisServer {
+    pub port: u16,
+    redis_pid: u32,
+    watchdog: Child,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// A standalone server on a free port.
+    pub fn start() -> Self {
+        for _ in 0..10 {
+            if let Some(server) = Self::try_start(free_port(), &[]) {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on a free port after 10 attempts");
+    }
+
+    /// A cluster-enabled server on a free port, with its bus on another free port.
+    pub fn start_cluster_node() -> Self {
+        for _ in 0..10 {
+            let bus = free_port().to_string();
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                "5000",
+            ];
+            if let Some(server) = Self::try_start(free_port(), &extra) {
+                return server;
+            }
+        }
+        panic!("could not start a cluster redis-server after 10 attempts");
+    }
+
+    fn try_start(port: u16, extra: &[&str]) -> Option<Self> {
+        require("redis-server");
+        let dir = std::env::temp_dir().join(format!(
+            "satchel-redis-{}-{port}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port_arg = port.to_string();
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let log = dir.join("redis.log").to_string_lossy().into_owned();
+        let mut args: Vec<&str> = vec![
+            "--port",
+            &port_arg,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            &dir_arg,
+            "--logfile",
+            &log,
+        ];
+        args.extend_from_slice(extra);
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("sh")
+            .args(&args)
+            .env("TEST_PID", std::process::id().to_string())
+            .env("SERVER_DIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh is needed to run redis-server under a watchdog");
+        let mut line = String::new();
+        BufReader::new(watchdog.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let redis_pid: u32 = line.trim().parse().unwrap();
+        let server = Self {
+            port,
+            redis_pid,
+            watchdog,
+            dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(port) {
+                return Some(server);
+            }
+            if !server.is_running() {
+                // Most likely the port was taken meanwhile: the caller tries another.
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn is_running(&self) -> bool {
+        Command::new("kill")
+            .arg("-0")
+            .arg(self.redis_pid.to_string())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Kills the server abruptly (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(self.redis_pid.to_string())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.watchdog.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ping(self.port) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a fresh server on the same port (its data is gone: no persistence).
+    pub fn restart(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(new) = Self::try_start(self.port, &extra) {
+                let old = std::mem::replace(self, new);
+                drop(old);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "could not restart redis-server on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `redis-cli -p <port> args...` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        require("redis-cli");
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(self.redis_pid.to_string())
+            .stderr(Stdio::null())
+            .status();
+        // The watchdog notices, reaps the server and removes the folder.
+        let _ = self.watchdog.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// PING over plain TCP.
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// A 3-master Redis Cluster.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        require("redis-cli");
+        require_cluster_port_support();
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_cluster_node()).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = nodes.iter().all(|n| {
+                let info = n.cli(&["cluster", "info"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster did not reach cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { nodes }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A key prefix no other store of this run uses.
+pub fn unique_prefix() -> String {
+    format!(
+        "satchel-test:{}-{}:",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+enum Shared {
+    External(String),
+    Own(RedisServer),
+}
+
+static SINGLE: OnceLock<Shared> = OnceLock::new();
+static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+
+/// The URL of the Redis shared by this test binary: `$REDIS_URL`, or a server started once.
+pub fn single_url() -> String {
+    match SINGLE.get_or_init(|| match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => Shared::External(url),
+        _ => Shared::Own(RedisServer::start()),
+    }) {
+        Shared::External(url) => url.clone(),
+        Shared::Own(server) => server.url(),
+    }
+}
+
+/// The cluster shared by this test binary, started once.
+pub fn cluster() -> &'static RedisCluster {
+    CLUSTER.get_or_init(RedisCluster::start)
+}
+
+/// A fresh, empty store on the shared Redis (its own prefix).
+pub async fn single_store() -> RedisStore {
+    RedisStore::open(&single_url())
+        .await
+        .unwrap()
+        .with_prefix(unique_prefix())
+        .unwrap()
+}
+
+/// A fresh, empty store on the shared cluster (its own prefix).
+pub async fn cluster_store() -> RedisStore {
+    let urls = cluster().urls();
+    RedisStore::open_cluster(urls.iter().map(String::as_str))
+        .await
+        .unwrap()
+        .with_prefix(unique_prefix())
+        .unwrap()
+}
