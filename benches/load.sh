@@ -15,7 +15,8 @@
 # and file use temporary folders; cookie uses a random key.
 #
 # Prints requests/second and the ratio to the bare route for a new visitor (no cookie: every
-# request creates a session) and a returning visitor (a live session's cookie on every request).
+# request creates a session) and returning visitors ($CONNS live sessions, each request carrying
+# one of their cookies in turn; the counter handler writes on every request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,22 +81,44 @@ measure() {
   awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 
-store_env() {
+# prepare_store NAME: sets $store_env (the counter's environment for that store), starting what the
+# store needs. Runs in this shell, not a subshell, so background servers are tracked in $pids.
+prepare_store() {
   case "$1" in
-    memory) echo "SESSION_STORE=memory" ;;
-    file) mkdir -p "$tmp/sessions"; echo "SESSION_STORE=file SESSION_DIR=$tmp/sessions" ;;
+    memory) store_env="SESSION_STORE=memory" ;;
+    file) mkdir -p "$tmp/sessions"; store_env="SESSION_STORE=file SESSION_DIR=$tmp/sessions" ;;
     redis)
       command -v redis-server >/dev/null || { echo "redis-server is missing" >&2; exit 1; }
       local port; port=$(free_port)
-      taskset -c "$CLIENT_CORE" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-        --daemonize no --logfile "$tmp/redis.log" &
+      taskset -c "$CLIENT_CORE" redis-server --port "$port" --bind 127.0.0.1 --save "" \
+        --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
       pids+=("$!")
       for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-      echo "SESSION_STORE=redis REDIS_URL=redis://127.0.0.1:$port/" ;;
-    postgres) echo "SESSION_STORE=postgres DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}" ;;
-    sqlite) echo "SESSION_STORE=sqlite DATABASE_URL=sqlite://$tmp/sessions.db?mode=rwc" ;;
-    cookie) echo "SESSION_STORE=cookie SESSION_KEY=$(head -c 32 /dev/urandom | base64 -w0)" ;;
+      store_env="SESSION_STORE=redis REDIS_URL=redis://127.0.0.1:$port/" ;;
+    postgres) store_env="SESSION_STORE=postgres DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}" ;;
+    sqlite) store_env="SESSION_STORE=sqlite DATABASE_URL=sqlite://$tmp/sessions.db?mode=rwc" ;;
+    cookie) store_env="SESSION_STORE=cookie SESSION_KEY=$(head -c 32 /dev/urandom | base64 -w0)" ;;
   esac
+}
+
+# sessions_script URL: creates $CONNS sessions and writes a wrk script that sends their cookies in
+# turn, so concurrent requests belong to different sessions (as with real visitors) rather than all
+# queueing on one session's lock.
+sessions_script() {
+  local cookies=() cookie
+  for _ in $(seq 1 "$CONNS"); do
+    cookie=$(curl -fsi "$1/" | awk 'tolower($1)=="set-cookie:" {split($2, a, ";"); print a[1]}' | tr -d '\r')
+    [ -n "$cookie" ] || { echo "no session cookie from the $s store" >&2; exit 1; }
+    cookies+=("\"$cookie\"")
+  done
+  {
+    echo "local cookies = {$(IFS=,; echo "${cookies[*]}")}"
+    echo 'local n = 0'
+    echo 'request = function()'
+    echo '  n = n + 1'
+    echo '  return wrk.format(nil, nil, {["Cookie"] = cookies[n % #cookies + 1]})'
+    echo 'end'
+  } >"$tmp/returning.lua"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -103,24 +126,29 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
 printf '%-9s %-10s %12s %12s %7s\n' store visitor "req/s" "bare req/s" ratio
 for s in "${stores[@]}"; do
-  bares=(); news=(); returnings=()
-  env_for_store=$(store_env "$s")
+  bares=(); bares_scripted=(); news=(); returnings=()
+  prepare_store "$s"
   for _ in $(seq 1 "$ROUNDS"); do
+    # The bare route is measured both ways the store is: without a script (against the new
+    # visitor) and with a script sending a cookie of the same length (against the returning ones).
     start_server SESSION_STORE=none
     bares+=("$(measure "$url/")")
+    printf 'request = function() return wrk.format(nil, nil, {["Cookie"] = "id=%s"}) end\n' \
+      "$(printf 'x%.0s' $(seq 1 43))" >"$tmp/bare.lua"
+    bares_scripted+=("$(measure "$url/" -s "$tmp/bare.lua")")
     stop_server
 
     # shellcheck disable=SC2086
-    start_server $env_for_store
+    start_server $store_env
     news+=("$(measure "$url/")")
-    cookie=$(curl -fsi "$url/" | awk 'tolower($1)=="set-cookie:" {split($2, a, ";"); print a[1]}' | tr -d '\r')
-    [ -n "$cookie" ] || { echo "no session cookie from the $s store" >&2; exit 1; }
-    returnings+=("$(measure "$url/" -H "Cookie: $cookie")")
+    sessions_script "$url"
+    returnings+=("$(measure "$url/" -s "$tmp/returning.lua")")
     stop_server
   done
   bare=$(printf '%s\n' "${bares[@]}" | median)
+  bare_scripted=$(printf '%s\n' "${bares_scripted[@]}" | median)
   new=$(printf '%s\n' "${news[@]}" | median)
   returning=$(printf '%s\n' "${returnings[@]}" | median)
   printf '%-9s %-10s %12.0f %12.0f %7s\n' "$s" new "$new" "$bare" "$(ratio "$new" "$bare")"
-  printf '%-9s %-10s %12.0f %12.0f %7s\n' "$s" returning "$returning" "$bare" "$(ratio "$returning" "$bare")"
+  printf '%-9s %-10s %12.0f %12.0f %7s\n' "$s" returning "$returning" "$bare_scripted" "$(ratio "$returning" "$bare_scripted")"
 done
