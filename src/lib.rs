@@ -119,6 +119,8 @@ pub use layer::{ConfigError, ErrorHandler, SessionLayer, SessionLayerBuilder};
 pub use record::{ChangeSet, RECORD_VERSION, Record};
 pub use service::{ResponseFuture, SessionService};
 pub use session::{Arrival, ScopedSession, Session, SessionError, SessionErrorKind};
+#[cfg(feature = "file-store")]
+pub use store::file::{FileStore, FileStoreBuilder};
 #[cfg(feature = "memory-store")]
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis-store")]

@@ -1,0 +1,730 @@
+//! The file store against the conformance suite, and what only a file store can get wrong:
+//! several processes on one folder, paths built from client input, damaged and leftover files, a
+//! read-only folder, restarts.
+//!
+//! Folders are created under Cargo's `CARGO_TARGET_TMPDIR` (inside the target folder, on the
+//! same disk as the build, so `fsync` is real).
+// Unix only: the tests check permission bits, inodes and `chattr`.
+#![cfg(all(feature = "file-store", unix))]
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+#[macro_use]
+mod conformance;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderValue, StatusCode};
+use conformance::contract::{key, now, owned, record};
+use conformance::harness;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use time::Duration;
+use tower_satchel::{
+    ChangeSet, CleanupConfig, FileStore, IntoBackend, ManualClock, Saved, SessionId, SessionKey,
+    SessionStore, StoreErrorKind, spawn_cleanup_with_clock,
+};
+
+/// A new, not yet existing folder for one store.
+fn fresh_dir(tag: &str) -> PathBuf {
+    let unique = &SessionId::generate().unwrap().key().to_hex()[..16];
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("store_file")
+        .join(format!("{tag}-{unique}"))
+}
+
+mod file {
+    server_store_conformance!(|| async {
+        tower_satchel::FileStore::new(crate::fresh_dir("conformance")).unwrap()
+    });
+}
+
+mod file_with_prefix_and_folder_sync {
+    // Another naming scheme (the sweep must parse it) and the folder flushed after each rename.
+    server_store_conformance!(|| async {
+        tower_satchel::FileStore::builder(crate::fresh_dir("conformance-sync"))
+            .prefix("sess_")
+            .suffix("")
+            .sync_folder(true)
+            .open()
+            .unwrap()
+    });
+}
+
+fn set(key: &str, value: serde_json::Value) -> ChangeSet {
+    let mut changes = ChangeSet::default();
+    changes.set.insert(key.to_owned(), value);
+    changes
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several processes on one folder
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_folder_keep_every_concurrent_change() {
+    let dir = fresh_dir("two-stores");
+    // Two values opened separately share nothing in memory: only the file locks order them, as
+    // between two processes.
+    let a = Arc::new(FileStore::new(&dir).unwrap());
+    let b = Arc::new(FileStore::new(&dir).unwrap());
+    let now = now();
+    let k = key();
+    assert!(a.create(&k, &record(now), now).await.unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            store
+                .save(&k, &set(&format!("k{i}"), json!(i)), now)
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Saved::Applied);
+    }
+    for store in [&a, &b] {
+        let loaded = store.load(&k, now).await.unwrap().unwrap();
+        for i in 0..64 {
+            assert_eq!(
+                loaded.data.get(&format!("k{i}")),
+                Some(&json!(i)),
+                "k{i} lost"
+            );
+        }
+        assert_eq!(
+            loaded.data.get("a"),
+            Some(&json!(1)),
+            "the original data kept"
+        );
+    }
+}
+
+const CHILD_ENV: &str = "TOWER_SATCHEL_FILE_STORE_CHILD";
+const CHILD_SAVES: usize = 40;
+
+/// The writer half of `two_processes_on_one_folder_keep_every_concurrent_change`, run by it as a
+/// child process (`--ignored --exact`); it refuses to run on its own.
+#[test]
+#[ignore = "run as a child process by two_processes_on_one_folder_keep_every_concurrent_change"]
+fn child_process_writer() {
+    let spec = std::env::var(CHILD_ENV)
+        .unwrap_or_else(|_| panic!("run only by two_processes_on_one_folder_..."));
+    let mut parts = spec.split('|');
+    let (dir, hex, tag, now) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let key = SessionKey::from_hex(hex).unwrap();
+    let now = time::OffsetDateTime::from_unix_timestamp(now.parse().unwrap()).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Arc::new(FileStore::new(dir).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..CHILD_SAVES {
+            let store = store.clone();
+            let name = format!("{tag}-{i}");
+            tasks.push(tokio::spawn(async move {
+                store.save(&key, &set(&name, json!(i)), now).await.unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), Saved::Applied);
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_folder_keep_every_concurrent_change() {
+    let dir = fresh_dir("two-processes");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let k = key();
+    assert!(store.create(&k, &record(now), now).await.unwrap());
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = ["p1", "p2"]
+        .into_iter()
+        .map(|tag| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "child_process_writer",
+                    "--ignored",
+                    "--test-threads=1",
+                ])
+                .env(
+                    CHILD_ENV,
+                    format!(
+                        "{}|{}|{tag}|{}",
+                        dir.display(),
+                        k.to_hex(),
+                        now.unix_timestamp()
+                    ),
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // This process writes too, meanwhile.
+    for i in 0..CHILD_SAVES {
+        assert_eq!(
+            store
+                .save(&k, &set(&format!("p0-{i}"), json!(i)), now)
+                .await
+                .unwrap(),
+            Saved::Applied
+        );
+    }
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "child writer failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let loaded = store.load(&k, now).await.unwrap().unwrap();
+    for tag in ["p0", "p1", "p2"] {
+        for i in 0..CHILD_SAVES {
+            assert_eq!(
+                loaded.data.get(&format!("{tag}-{i}")),
+                Some(&json!(i)),
+                "{tag}-{i} lost"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_owner_index_is_shared_by_stores_on_one_folder() {
+    let dir = fresh_dir("owners");
+    let a = FileStore::new(&dir).unwrap();
+    let b = FileStore::new(&dir).unwrap();
+    let now = now();
+    let (k1, k2) = (key(), key());
+    assert!(a.create(&k1, &owned(now, "alice"), now).await.unwrap());
+    assert!(a.create(&k2, &owned(now, "alice"), now).await.unwrap());
+    assert_eq!(b.list_owner("alice", now).await.unwrap().len(), 2);
+
+    // A marker whose record is gone (a crash between the two writes) is dropped by a listing.
+    let owner_dir = dir
+        .join(".owners")
+        .join(SessionKey::from_bytes(Sha256::digest(b"alice").into()).to_hex());
+    let stale = key();
+    fs::write(owner_dir.join(stale.to_hex()), b"").unwrap();
+    let listed = b.list_owner("alice", now).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        !owner_dir.join(stale.to_hex()).exists(),
+        "stale marker kept"
+    );
+
+    assert_eq!(b.delete_owner("alice").await.unwrap(), 2);
+    assert_eq!(a.load(&k1, now).await.unwrap(), None);
+    assert_eq!(a.load(&k2, now).await.unwrap(), None);
+    assert!(!owner_dir.exists(), "the empty owner folder is removed");
+}
+
+#[tokio::test]
+async fn owner_names_never_reach_a_path() {
+    let dir = fresh_dir("owner-names");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let k = key();
+    let hostile = "../../../escape/\0\\x";
+    assert!(store.create(&k, &owned(now, hostile), now).await.unwrap());
+    assert_eq!(store.list_owner(hostile, now).await.unwrap().len(), 1);
+    let owners: Vec<String> = fs::read_dir(dir.join(".owners"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(SessionKey::from_hex(&owners[0]).map(|_| ()), Some(()));
+    assert!(!dir.parent().unwrap().join("escape").exists());
+    assert_eq!(store.delete_owner(hostile).await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths from client input (SECURITY.md 4, 5)
+// ---------------------------------------------------------------------------------------------
+
+/// Every file under `root` except those under `skip`, with its size and modification time.
+fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if path.starts_with(skip) {
+                continue;
+            }
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            out.insert(path, (meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn cookies_shaped_like_paths_never_read_or_write_outside_the_folder() {
+    let root = fresh_dir("paths");
+    let folder = root.join("store");
+    let store = FileStore::new(&folder).unwrap();
+    // Bait outside the folder: a valid record, which must never be loaded.
+    let now = now();
+    let mut bait = record(now + Duration::hours(1));
+    bait.data.insert("n".into(), json!(41));
+    fs::write(root.join("x"), bait.encode().unwrap()).unwrap();
+    fs::write(root.join("x.json"), bait.encode().unwrap()).unwrap();
+    fs::create_dir_all(root.join("a")).unwrap();
+    fs::write(root.join("a").join("b"), bait.encode().unwrap()).unwrap();
+    let before = snapshot(&root, &folder);
+
+    let app = harness::default_app(store.clone().into_backend());
+    let pad = |s: &str| format!("{s}{}", "A".repeat(43usize.saturating_sub(s.len())));
+    let abs = root.join("x").display().to_string();
+    let shapes = [
+        "../x".to_owned(),
+        "a/b".to_owned(),
+        "a\\b".to_owned(),
+        "..\\x".to_owned(),
+        abs.clone(),
+        "/etc/passwd".to_owned(),
+        "C:\\Windows\\win.ini".to_owned(),
+        "x%00".to_owned(),
+        "..%2fx".to_owned(),
+        // The ID's exact length, so only the alphabet check stands in the way.
+        pad("../x"),
+        pad("../../x.json"),
+        pad("a/b"),
+        pad("a\\b"),
+        pad("/"),
+        pad(&abs),
+        pad("%2e%2e%2fx"),
+    ];
+    let mut issued = Vec::new();
+    for shape in &shapes {
+        let cookie = HeaderValue::from_str(&format!("{}={shape}", app.cookie_name)).unwrap();
+        let resp = app.get_raw_cookie("/incr/n", cookie).await;
+        assert_eq!(resp.status, StatusCode::OK, "{shape:?}");
+        assert_eq!(resp.body, "1", "{shape:?} loaded something");
+        let token = resp.expect_token();
+        assert_ne!(&token, shape);
+        issued.push(SessionId::parse(&token).unwrap().key());
+    }
+    // NUL cannot even travel in a header; were it decoded from one, it would not parse.
+    assert!(HeaderValue::from_bytes(b"id=..\0x").is_err());
+    assert!(SessionId::parse(&pad("\0")).is_none());
+
+    assert_eq!(
+        snapshot(&root, &folder),
+        before,
+        "something changed outside the folder"
+    );
+    // Inside, every session file is named by a key the layer issued.
+    let mut names: Vec<String> = fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = issued
+        .iter()
+        .map(|k| format!("{}.json", k.to_hex()))
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaged and leftover files
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Bytes no decoder would accept: a fixed pseudo-random sequence, invalid UTF-8 included.
+fn random_bytes() -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..700)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn damaged_files_read_as_no_session_are_logged_and_removed() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = fresh_dir("damaged");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    type Damage = fn(Vec<u8>) -> Vec<u8>;
+    let damages: [(&str, Damage); 4] = [
+        ("truncated", |bytes| bytes[..bytes.len() / 2].to_vec()),
+        ("random bytes", |_| random_bytes()),
+        ("empty", |_| Vec::new()),
+        ("not a record", |_| b"{\"v\":1,\"hello\":true}".to_vec()),
+    ];
+    for (what, damage) in damages {
+        let k = key();
+        assert!(store.create(&k, &record(now), now).await.unwrap());
+        let path = store.path_of(&k);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, damage(bytes)).unwrap();
+
+        assert_eq!(store.load(&k, now).await.unwrap(), None, "{what}");
+        assert!(!path.exists(), "{what}: the damaged file was kept");
+        let text = logs.text();
+        assert!(text.contains("WARN"), "{what}: no warning in\n{text}");
+        assert!(text.contains("corrupt session file"), "{what}: {text}");
+        assert!(text.contains(&k.log_tag().to_string()), "{what}: untagged");
+        assert!(
+            !text.contains(&k.to_hex()),
+            "{what}: the key leaked into logs"
+        );
+        // And nothing can be saved into it.
+        assert_eq!(
+            store.save(&k, &set("x", json!(1)), now).await.unwrap(),
+            Saved::Gone
+        );
+    }
+
+    // Through the layer: a fresh session rather than an error response.
+    let app = harness::default_app(store.clone().into_backend());
+    let token = app.start().await;
+    let path = store.path_of(&SessionId::parse(&token).unwrap().key());
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    let resp = app.get("/incr/n", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.body, "1");
+    assert_ne!(
+        resp.expect_token(),
+        token,
+        "the damaged session's ID is not adopted"
+    );
+}
+
+#[tokio::test]
+async fn a_record_from_a_newer_version_reads_as_no_session_and_is_kept() {
+    let dir = fresh_dir("newer");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let k = key();
+    let path = store.path_of(&k);
+    fs::write(&path, br#"{"v":99,"future":"format"}"#).unwrap();
+    assert_eq!(store.load(&k, now).await.unwrap(), None);
+    assert!(
+        !store.create(&k, &record(now), now).await.unwrap(),
+        "not overwritten"
+    );
+    assert!(path.exists(), "another version's record was removed");
+}
+
+#[tokio::test]
+async fn leftover_temporary_files_are_removed_by_the_cleanup_once_stale() {
+    let dir = fresh_dir("temp");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let k = key();
+    assert!(store.create(&k, &record(now), now).await.unwrap());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // As a crashed writer leaves them: part of a record, or all of one never renamed.
+    let stale = dir.join(format!(".tmp-{}-4242-0", secs - 2 * 3600));
+    let fresh = dir.join(format!(".tmp-{secs}-4242-1"));
+    fs::write(&stale, &fs::read(store.path_of(&k)).unwrap()[..10]).unwrap();
+    fs::write(&fresh, fs::read(store.path_of(&k)).unwrap()).unwrap();
+
+    assert_eq!(
+        store.delete_expired(now, 100).await.unwrap(),
+        0,
+        "temporary files are not sessions"
+    );
+    assert!(!stale.exists(), "a stale temporary file was kept");
+    assert!(fresh.exists(), "a write in progress was removed");
+    assert!(store.load(&k, now).await.unwrap().is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A read-only folder (SECURITY.md 28)
+// ---------------------------------------------------------------------------------------------
+
+/// Makes a folder read-only until dropped: `chmod 500`, plus `chattr +i` when running as root
+/// (root ignores permission bits). Fails the test when neither works.
+struct ReadOnly {
+    dir: PathBuf,
+    immutable: bool,
+}
+
+impl ReadOnly {
+    fn new(dir: &Path) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o500)).unwrap();
+        let mut guard = ReadOnly {
+            dir: dir.to_path_buf(),
+            immutable: false,
+        };
+        if guard.writable() {
+            let status = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(dir)
+                .status();
+            guard.immutable = matches!(status, Ok(s) if s.success());
+            assert!(
+                guard.immutable && !guard.writable(),
+                "cannot make a folder read-only: running as root, and `chattr +i` is missing or \
+                 not permitted (needs e2fsprogs and CAP_LINUX_IMMUTABLE); run as a normal user"
+            );
+        }
+        guard
+    }
+
+    fn writable(&self) -> bool {
+        let probe = self.dir.join("probe");
+        let ok = fs::write(&probe, b"").is_ok();
+        let _ = fs::remove_file(&probe);
+        ok
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if self.immutable {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.dir)
+                .status();
+        }
+        let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700));
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_folder_gives_error_responses_and_loses_nothing() {
+    let dir = fresh_dir("read-only");
+    let store = FileStore::new(&dir).unwrap();
+    let app = harness::default_app(store.clone().into_backend());
+    let token = app.start().await;
+    {
+        let _read_only = ReadOnly::new(&dir);
+        let resp = app.get("/incr/n", Some(&token)).await;
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "a save");
+        let resp = app.get("/incr/n", None).await;
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "a create");
+        assert!(resp.token().is_none());
+        // Reading still works.
+        assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
+        // Directly: the error is a backend error with its cause.
+        let now = now();
+        let err = store.create(&key(), &record(now), now).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Backend);
+        let source = std::error::Error::source(&err).expect("the I/O error is kept");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert!(
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ),
+            "{io:?}"
+        );
+    }
+    // Writable again: the session was neither emptied nor lost.
+    assert_eq!(app.get("/incr/n", Some(&token)).await.body, "2");
+}
+
+#[test]
+fn a_path_that_is_not_a_folder_is_a_configuration_error() {
+    let dir = fresh_dir("not-a-folder");
+    fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    fs::write(&dir, b"a file").unwrap();
+    let err = FileStore::new(&dir).unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Config);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restarts, touch, permissions, cleanup
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sessions_survive_a_restart() {
+    let dir = fresh_dir("restart");
+    let token = {
+        let store = FileStore::new(&dir).unwrap();
+        let app = harness::default_app(store.into_backend());
+        let token = app.start().await;
+        assert_eq!(app.get("/owner/alice", Some(&token)).await.body, "ok");
+        assert_eq!(app.get("/incr/n", Some(&token)).await.body, "2");
+        token
+    };
+    // Everything above is dropped: a new process opens the folder.
+    let store = FileStore::new(&dir).unwrap();
+    let app = harness::default_app(store.clone().into_backend());
+    let resp = app.get("/incr/n", Some(&token)).await;
+    assert_eq!(resp.body, "3");
+    assert_eq!(app.get("/get/logged-in", Some(&token)).await.body, "true");
+    let key = SessionId::parse(&token).unwrap().key();
+    let listed = store.list_owner("alice", now()).await.unwrap();
+    assert_eq!(listed.iter().map(|s| s.key).collect::<Vec<_>>(), vec![key]);
+}
+
+#[tokio::test]
+async fn touch_moves_the_deadline_without_rewriting_the_file() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = fresh_dir("touch");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let k = key();
+    assert!(store.create(&k, &record(now), now).await.unwrap());
+    let path = store.path_of(&k);
+    let (inode, bytes) = (fs::metadata(&path).unwrap().ino(), fs::read(&path).unwrap());
+
+    let later = now + Duration::minutes(30);
+    let deadline = later + Duration::hours(1);
+    assert_eq!(
+        store.touch(&k, deadline, later).await.unwrap(),
+        Saved::Applied
+    );
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.ino(), inode, "touch replaced the file");
+    assert_eq!(fs::read(&path).unwrap(), bytes, "touch rewrote the data");
+    let mtime = meta.modified().unwrap().duration_since(UNIX_EPOCH).unwrap();
+    assert_eq!(mtime.as_secs(), deadline.unix_timestamp().unsigned_abs());
+
+    // Another store on the folder sees the new deadline, past the old one.
+    let other = FileStore::new(&dir).unwrap();
+    let loaded = other
+        .load(&k, now + Duration::minutes(80))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.idle_deadline, deadline);
+    // A later save keeps it and the data.
+    assert_eq!(
+        other
+            .save(&k, &set("c", json!(3)), now + Duration::minutes(80))
+            .await
+            .unwrap(),
+        Saved::Applied
+    );
+    let loaded = store
+        .load(&k, now + Duration::minutes(85))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.idle_deadline, deadline);
+    assert_eq!(loaded.data.get("a"), Some(&json!(1)));
+    assert_eq!(loaded.data.get("c"), Some(&json!(3)));
+}
+
+#[tokio::test]
+async fn the_folder_and_session_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fresh_dir("modes").join("nested");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let k = key();
+    assert!(store.create(&k, &owned(now, "alice"), now).await.unwrap());
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(".locks")), 0o700);
+    assert_eq!(mode(&dir.join(".owners")), 0o700);
+    assert_eq!(mode(&store.path_of(&k)), 0o600);
+    for entry in fs::read_dir(dir.join(".locks")).unwrap() {
+        assert_eq!(mode(&entry.unwrap().path()), 0o600);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleanup_task_removes_expired_session_files_and_their_owner_entries() {
+    let dir = fresh_dir("cleanup");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let clock = ManualClock::new(now);
+    let mut expiring = Vec::new();
+    for _ in 0..5 {
+        let k = key();
+        let mut short = owned(now, "alice");
+        short.idle_deadline = now + Duration::seconds(30);
+        assert!(store.create(&k, &short, now).await.unwrap());
+        expiring.push(k);
+    }
+    let live = key();
+    assert!(store.create(&live, &record(now), now).await.unwrap());
+    let task = spawn_cleanup_with_clock(
+        store.clone(),
+        CleanupConfig::default()
+            .period(StdDuration::from_millis(20))
+            .batch(2),
+        Arc::new(clock.clone()),
+    );
+    clock.advance(Duration::minutes(5));
+    let gone = || expiring.iter().all(|k| !store.path_of(k).exists());
+    for _ in 0..250 {
+        if gone() {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    task.stop().await;
+    assert!(gone(), "expired session files remain");
+    assert!(store.path_of(&live).exists());
+    let owner_dir = dir
+        .join(".owners")
+        .join(SessionKey::from_bytes(Sha256::digest(b"alice").into()).to_hex());
+    assert!(
+        !owner_dir.exists(),
+        "owner entries of expired sessions remain"
+    );
+}
