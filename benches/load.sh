@@ -44,7 +44,7 @@ for s in "${stores[@]}"; do
 done
 feature_list=$(IFS=,; echo "${features[*]:-}")
 cargo build --release --quiet --example counter ${feature_list:+--features "$feature_list"}
-bin=target/release/examples/counter
+bin=${CARGO_TARGET_DIR:-target}/release/examples/counter
 
 tmp=$(mktemp -d)
 pids=()
