@@ -85,9 +85,15 @@ pub(crate) trait ClientStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Opened, StoreError>>;
 
-    /// Seals `record` into a cookie value for `cookie_name`. An error of kind
+    /// Seals `record` into a cookie value for `cookie_name` at `now` (the sealing time is what a
+    /// revocation hook compares against). An error of kind
     /// [`TooLarge`](crate::StoreErrorKind::TooLarge) when the cookie would exceed its size limit.
-    fn seal(&self, cookie_name: &str, record: &Record) -> Result<String, StoreError>;
+    fn seal(
+        &self,
+        cookie_name: &str,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<String, StoreError>;
 
     /// Revokes every session of `owner` (through the app's revocation hook), if configured.
     fn revoke_owner<'a>(

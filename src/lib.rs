@@ -119,6 +119,10 @@ pub use layer::{ConfigError, ErrorHandler, SessionLayer, SessionLayerBuilder};
 pub use record::{ChangeSet, RECORD_VERSION, Record};
 pub use service::{ResponseFuture, SessionService};
 pub use session::{Arrival, ScopedSession, Session, SessionError, SessionErrorKind};
+#[cfg(feature = "cookie-store")]
+pub use store::cookie::{
+    CookieStore, Key, KeyId, KeyRing, MemoryRevocations, Rejection, Revocation, Unsealed,
+};
 #[cfg(feature = "file-store")]
 pub use store::file::{FileStore, FileStoreBuilder};
 #[cfg(feature = "memory-store")]

@@ -892,7 +892,7 @@ impl Session {
             (Plan::Seal { record }, Kind::Client(store)) => {
                 let max_age = max_age_for(&record, now);
                 let value = store
-                    .seal(&config.cookie_name, &record)
+                    .seal(&config.cookie_name, &record, now)
                     .map_err(SessionError::store)?;
                 TokenAction::Set { value, max_age }
             }
@@ -992,7 +992,7 @@ impl Session {
                     }
                     (Some(record), Kind::Client(store)) => TokenAction::Set {
                         value: store
-                            .seal(&config.cookie_name, &record)
+                            .seal(&config.cookie_name, &record, now)
                             .map_err(SessionError::store)?,
                         max_age: max_age_for(&record, now),
                     },
