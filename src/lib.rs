@@ -52,6 +52,9 @@
 //! | SQLite | yes | same machine | yes | change sets merged in one transaction |
 //! | cookie | nothing stored | yes | only through an app-provided hook | last writer wins |
 //!
+//! The [README](https://docs.rs/crate/tower-satchel/latest) has a section per store: when to choose
+//! it, how to configure it, its limits and deployment notes; each store's type documents the same.
+//!
 //! # What happens per request
 //!
 //! - The token is read from the configured cookie only (or the configured header, never both) and
