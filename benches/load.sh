@@ -25,6 +25,8 @@ ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-32}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
+# Where redis-server runs: with the load generator by default (the app server keeps its core).
+REDIS_CORE=${REDIS_CORE:-$CLIENT_CORE}
 stores=("$@")
 [ ${#stores[@]} -gt 0 ] || stores=(memory)
 
@@ -90,7 +92,7 @@ prepare_store() {
     redis)
       command -v redis-server >/dev/null || { echo "redis-server is missing" >&2; exit 1; }
       local port; port=$(free_port)
-      taskset -c "$CLIENT_CORE" redis-server --port "$port" --bind 127.0.0.1 --save "" \
+      taskset -c "$REDIS_CORE" redis-server --port "$port" --bind 127.0.0.1 --save "" \
         --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
       pids+=("$!")
       for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
