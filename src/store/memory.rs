@@ -10,8 +10,10 @@
 //! session was refreshed, rotated or deleted since it was filed is simply dropped from the old
 //! bucket when the sweep reaches it.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use time::OffsetDateTime;
@@ -59,9 +61,40 @@ struct Inner {
     owners: Mutex<HashMap<String, HashSet<SessionKey>>>,
 }
 
+/// Hashes a [`SessionKey`] by taking 8 of its bytes: keys are SHA-256 digests, so those bytes are
+/// already uniform, and SipHash over 32 bytes would be work for nothing. Hash flooding is not a
+/// concern: only keys of IDs the server minted are ever stored, and a client cannot choose those.
+/// (Bytes 8..16 are used so the hash is independent of the shard choice, which uses bytes 0..2.)
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `SessionKey` hashes as its 32 bytes (after a length prefix, which `write_usize` drops).
+        if let Some(chunk) = bytes.get(8..16) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = u64::from_le_bytes(word);
+        } else {
+            // Not a session key: mix it in anyway, so the hasher stays correct for any input.
+            for b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+            }
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {}
+}
+
+type KeyMap<V> = HashMap<SessionKey, V, BuildHasherDefault<KeyHasher>>;
+
 #[derive(Default)]
 struct Shard {
-    records: HashMap<SessionKey, Record>,
+    records: KeyMap<Record>,
     /// Keys by the minute (Unix time / 60) their deadline falls in. A key may be filed under an
     /// old minute too; the sweep drops such stale entries.
     by_minute: BTreeMap<i64, Vec<SessionKey>>,
@@ -240,10 +273,14 @@ impl SessionStore for MemoryStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut shard = lock(self.shard(key));
-        if shard.records.get(key).is_some_and(|r| r.is_live(now)) {
-            return Ok(false);
-        }
-        let old = shard.records.insert(*key, record.clone());
+        let old = match shard.records.entry(*key) {
+            Entry::Occupied(existing) if existing.get().is_live(now) => return Ok(false),
+            Entry::Occupied(mut dead) => Some(dead.insert(record.clone())),
+            Entry::Vacant(slot) => {
+                slot.insert(record.clone());
+                None
+            }
+        };
         shard.file(*key, None, record.deadline());
         drop(shard);
         self.index_owner(
@@ -364,6 +401,21 @@ mod tests {
 
     fn record(now: OffsetDateTime, ttl: Duration) -> Record {
         Record::new(now, now + ttl, None, Expiry::OnSessionEnd)
+    }
+
+    #[test]
+    fn keys_hash_to_their_own_bytes() {
+        use std::hash::BuildHasher;
+        let key = SessionId::generate().unwrap().key();
+        let hash = BuildHasherDefault::<KeyHasher>::default().hash_one(key);
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&key.as_bytes()[8..16]);
+        assert_eq!(hash, u64::from_le_bytes(word));
+        let other = SessionId::generate().unwrap().key();
+        assert_ne!(
+            hash,
+            BuildHasherDefault::<KeyHasher>::default().hash_one(other)
+        );
     }
 
     #[tokio::test]
