@@ -42,7 +42,7 @@ pub struct Backend(pub(crate) Kind);
 #[derive(Clone)]
 pub(crate) enum Kind {
     Server(Arc<dyn DynStore>),
-    #[allow(dead_code)] // constructed by the cookie store when its feature is on
+    #[cfg_attr(not(feature = "cookie-store"), allow(dead_code))]
     Client(Arc<dyn ClientStore>),
 }
 
@@ -62,7 +62,7 @@ impl Backend {
 }
 
 /// What opening a client-side token gave.
-#[allow(dead_code)] // constructed by the cookie store when its feature is on
+#[cfg_attr(not(feature = "cookie-store"), allow(dead_code))]
 pub(crate) enum Opened {
     /// A live record. `reseal` asks the layer to write the cookie again even if nothing changed
     /// (e.g. it was sealed under an old key).
@@ -74,7 +74,7 @@ pub(crate) enum Opened {
 }
 
 /// The contract of a client-side store: the record travels in the cookie.
-#[allow(dead_code)] // implemented by the cookie store when its feature is on
+#[cfg_attr(not(feature = "cookie-store"), allow(dead_code))]
 pub(crate) trait ClientStore: Send + Sync + 'static {
     /// Opens a cookie value sent under `cookie_name`. Never fails for bad input (that is
     /// [`Opened::Invalid`]); an error is for a failing revocation hook.
