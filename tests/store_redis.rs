@@ -67,6 +67,17 @@ fn session_key_name(prefix: &str, key: &SessionKey) -> String {
 }
 
 /// Asserts `pttl` (milliseconds) is `expected`, give or take the time the test took.
+/// A store on `url` under a prefix of its own, and that prefix.
+async fn store_with_prefix(url: &str) -> (RedisStore, String) {
+    let prefix = unique_prefix();
+    let store = RedisStore::open(url)
+        .await
+        .unwrap()
+        .with_prefix(&prefix)
+        .unwrap();
+    (store, prefix)
+}
+
 fn assert_ttl(pttl: i64, expected: Duration) {
     let expected = expected.whole_milliseconds() as i64;
     assert!(
@@ -78,12 +89,7 @@ fn assert_ttl(pttl: i64, expected: Duration) {
 #[tokio::test]
 async fn redis_ttl_always_matches_the_session_deadline() {
     let url = single_url();
-    let prefix = unique_prefix();
-    let store = RedisStore::open(&url)
-        .await
-        .unwrap()
-        .with_prefix(&prefix)
-        .unwrap();
+    let (store, prefix) = store_with_prefix(&url).await;
     let mut conn = raw(&url).await;
     let now = now();
     let key = SessionId::generate().unwrap().key();
@@ -126,12 +132,7 @@ async fn redis_ttl_always_matches_the_session_deadline() {
 #[tokio::test]
 async fn keys_are_namespaced_hashes_and_never_hold_the_id() {
     let url = single_url();
-    let prefix = unique_prefix();
-    let store = RedisStore::open(&url)
-        .await
-        .unwrap()
-        .with_prefix(&prefix)
-        .unwrap();
+    let (store, prefix) = store_with_prefix(&url).await;
     let app = Router::new()
         .route(
             "/",
@@ -176,12 +177,7 @@ async fn keys_are_namespaced_hashes_and_never_hold_the_id() {
 #[tokio::test]
 async fn saves_never_recreate_a_key_deleted_behind_the_store() {
     let url = single_url();
-    let prefix = unique_prefix();
-    let store = RedisStore::open(&url)
-        .await
-        .unwrap()
-        .with_prefix(&prefix)
-        .unwrap();
+    let (store, prefix) = store_with_prefix(&url).await;
     let mut conn = raw(&url).await;
     let now = now();
     let key = SessionId::generate().unwrap().key();
@@ -239,12 +235,7 @@ async fn scripts_are_sent_again_after_a_script_flush() {
 #[tokio::test]
 async fn unreadable_records_are_no_session_not_an_error() {
     let url = single_url();
-    let prefix = unique_prefix();
-    let store = RedisStore::open(&url)
-        .await
-        .unwrap()
-        .with_prefix(&prefix)
-        .unwrap();
+    let (store, prefix) = store_with_prefix(&url).await;
     let mut conn = raw(&url).await;
     let key = SessionId::generate().unwrap().key();
     let _: () = conn
@@ -260,12 +251,7 @@ async fn unreadable_records_are_no_session_not_an_error() {
 #[tokio::test]
 async fn the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_safely() {
     let url = single_url();
-    let prefix = unique_prefix();
-    let store = RedisStore::open(&url)
-        .await
-        .unwrap()
-        .with_prefix(&prefix)
-        .unwrap();
+    let (store, prefix) = store_with_prefix(&url).await;
     let mut conn = raw(&url).await;
     let now = now();
     let (k1, k2) = (
