@@ -143,7 +143,12 @@ impl ChangeSet {
             record.data.remove(key);
         }
         for (key, value) in &self.set {
-            record.data.insert(key.clone(), value.clone());
+            match record.data.get_mut(key) {
+                Some(slot) => slot.clone_from(value),
+                None => {
+                    record.data.insert(key.clone(), value.clone());
+                }
+            }
         }
         if let Some(idle) = self.idle_deadline {
             record.idle_deadline = idle;

@@ -38,7 +38,7 @@ use crate::expiry::{Expiry, MAX_COOKIE_AGE};
 use crate::id::SessionId;
 use crate::layer::Config;
 use crate::record::{ChangeSet, Record};
-use crate::store::{Saved, StoreError, StoreErrorKind};
+use crate::store::{BoxFuture, Saved, StoreError, StoreErrorKind};
 
 /// How the request arrived, as far as its session is concerned. Known once the session is loaded.
 ///
@@ -182,7 +182,15 @@ impl State {
         record
     }
 
-    fn change_set(&self, config: &Config, now: OffsetDateTime) -> ChangeSet {
+    fn mark_dirty(&mut self, key: &str) {
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_owned());
+        }
+    }
+
+    /// What this request changed, moving the dirty keys and their values out of the handle: for
+    /// the commit, after which the handle's data is not read again.
+    fn take_change_set(&mut self, config: &Config, now: OffsetDateTime) -> ChangeSet {
         let expiry = self.current_expiry(config);
         let mut changes = ChangeSet {
             cleared: self.cleared,
@@ -191,12 +199,12 @@ impl State {
             owner: self.owner.clone(),
             ..ChangeSet::default()
         };
-        for key in &self.dirty {
-            match self.data.get(key) {
+        for key in std::mem::take(&mut self.dirty) {
+            match self.data.remove(&key) {
                 Some(value) => {
-                    changes.set.insert(key.clone(), value.clone());
+                    changes.set.insert(key, value);
                 }
-                None => changes.removed.push(key.clone()),
+                None => changes.removed.push(key),
             }
         }
         changes
@@ -484,10 +492,16 @@ impl Session {
     /// If the session is not loaded.
     pub fn insert_value(&self, key: &str, value: Value) -> Result<(), SessionError> {
         let mut state = self.loaded_state()?;
-        if state.data.get(key) != Some(&value) {
-            state.data.insert(key.to_owned(), value);
-            state.dirty.insert(key.to_owned());
+        let state = &mut *state;
+        match state.data.get_mut(key) {
+            Some(slot) if *slot == value => return Ok(()),
+            // An existing key keeps its allocation; only a new key is copied into the map.
+            Some(slot) => *slot = value,
+            None => {
+                state.data.insert(key.to_owned(), value);
+            }
         }
+        state.mark_dirty(key);
         Ok(())
     }
 
@@ -510,7 +524,7 @@ impl Session {
             .with_source(e)
         })?;
         state.data.remove(key);
-        state.dirty.insert(key.to_owned());
+        state.mark_dirty(key);
         Ok(Some(old))
     }
 
@@ -523,7 +537,7 @@ impl Session {
         let mut state = self.loaded_state()?;
         let old = state.data.remove(key);
         if old.is_some() {
-            state.dirty.insert(key.to_owned());
+            state.mark_dirty(key);
         }
         Ok(old)
     }
@@ -805,15 +819,20 @@ impl Session {
             );
         }
         if state.modified() {
-            let changes = state.change_set(config, now);
-            let expiry = changes.expiry.unwrap_or(live.record.expiry);
-            let idle = changes.idle_deadline.unwrap_or(live.record.idle_deadline);
+            let (live_expiry, live_idle, absolute) = (
+                live.record.expiry,
+                live.record.idle_deadline,
+                live.record.absolute_deadline,
+            );
+            let touch_due = self.touch_due(&live.record, now);
+            let changes = state.take_change_set(config, now);
+            let expiry = changes.expiry.unwrap_or(live_expiry);
+            let idle = changes.idle_deadline.unwrap_or(live_idle);
             // The cookie is re-sent only when it would change: a new expiry policy, or a
             // persistent cookie whose Max-Age has fallen behind by the touch fraction. The
             // value (the ID) is the same, so a browser-session cookie never needs it.
-            let refresh = changes.expiry.is_some()
-                || (expiry.is_persistent() && self.touch_due(&live.record, now));
-            let max_age = max_age_at(expiry, idle, live.record.absolute_deadline, now);
+            let refresh = changes.expiry.is_some() || (expiry.is_persistent() && touch_due);
+            let max_age = max_age_at(expiry, idle, absolute, now);
             return (
                 Plan::Save {
                     id,
@@ -856,8 +875,8 @@ impl Session {
             let state = self.state();
             !state.loaded && state.modified()
         };
-        let session = self.clone();
         if needs_load {
+            let session = self.clone();
             return Finish::Pending(Box::pin(async move {
                 session.load().await?;
                 let now = session.0.config.clock.now();
@@ -871,31 +890,30 @@ impl Session {
                 token: TokenAction::Keep,
                 read,
             }),
-            (plan, read) => {
-                Finish::Pending(Box::pin(
-                    async move { session.execute(plan, read, now).await },
-                ))
-            }
+            (plan, read) => Finish::Pending(self.execute(plan, read, now)),
         }
     }
 
-    async fn execute(
+    /// The store calls of `plan`, as a boxed future of its own per kind of plan: one future
+    /// covering every plan would be as large as all of them together (over 1.5 KiB), and each
+    /// commit would pay for allocating and moving it.
+    fn execute(
         &self,
         plan: Plan,
         read: bool,
         now: OffsetDateTime,
-    ) -> Result<Committed, SessionError> {
-        let config = &self.0.config;
-        let scope = config.scope;
-        let token = match (plan, &self.0.backend.0) {
-            (Plan::Nothing, _) => TokenAction::Keep,
-            (Plan::Seal { record }, Kind::Client(store)) => {
+    ) -> BoxFuture<'static, Result<Committed, SessionError>> {
+        let session = self.clone();
+        let done = move |token| Ok(Committed { token, read });
+        match (plan, self.0.backend.0.clone()) {
+            (Plan::Nothing, _) => Box::pin(async move { done(TokenAction::Keep) }),
+            (Plan::Seal { record }, Kind::Client(store)) => Box::pin(async move {
                 let max_age = max_age_for(&record, now);
                 let value = store
-                    .seal(&config.cookie_name, &record, now)
+                    .seal(&session.0.config.cookie_name, &record, now)
                     .map_err(SessionError::store)?;
-                TokenAction::Set { value, max_age }
-            }
+                done(TokenAction::Set { value, max_age })
+            }),
             (
                 Plan::Touch {
                     id,
@@ -903,9 +921,9 @@ impl Session {
                     max_age,
                 },
                 Kind::Server(store),
-            ) => {
+            ) => Box::pin(async move {
                 let key = id.key();
-                match store.touch(&key, idle_deadline, now).await {
+                let token = match store.touch(&key, idle_deadline, now).await {
                     Ok(Saved::Applied) if max_age.is_some() => TokenAction::Set {
                         value: id.expose(),
                         max_age,
@@ -913,11 +931,13 @@ impl Session {
                     Ok(_) => TokenAction::Keep,
                     Err(error) => {
                         // A failed touch loses nothing: the deadline is refreshed next time.
+                        let scope = session.0.config.scope;
                         tracing::warn!(scope, session = %key.log_tag(), %error, "session touch failed");
                         TokenAction::Keep
                     }
-                }
-            }
+                };
+                done(token)
+            }),
             (
                 Plan::Save {
                     id,
@@ -925,9 +945,10 @@ impl Session {
                     cookie,
                 },
                 Kind::Server(store),
-            ) => {
+            ) => Box::pin(async move {
                 let key = id.key();
-                match store.save(&key, &changes, now).await {
+                let scope = session.0.config.scope;
+                let token = match store.save(&key, &changes, now).await {
                     Ok(Saved::Applied) => match cookie {
                         Some(max_age) => TokenAction::Set {
                             value: id.expose(),
@@ -946,11 +967,13 @@ impl Session {
                         tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on save");
                         return Err(SessionError::store(error));
                     }
-                }
-            }
-            (Plan::Create { record, replaces }, Kind::Server(store)) => {
-                let id = self.create(store.as_ref(), &record, now).await?;
+                };
+                done(token)
+            }),
+            (Plan::Create { record, replaces }, Kind::Server(store)) => Box::pin(async move {
+                let id = session.create(store.as_ref(), &record, now).await?;
                 if let Some(old) = replaces {
+                    let scope = session.0.config.scope;
                     let old_key = old.key();
                     if let Err(error) = store.delete(&old_key).await {
                         tracing::error!(scope, session = %old_key.log_tag(), %error, "could not delete the old ID after rotation");
@@ -961,11 +984,11 @@ impl Session {
                     }
                     tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
                 }
-                TokenAction::Set {
+                done(TokenAction::Set {
                     value: id.expose(),
                     max_age: max_age_for(&record, now),
-                }
-            }
+                })
+            }),
             (
                 Plan::Destroy {
                     old,
@@ -973,8 +996,10 @@ impl Session {
                     remove_token,
                 },
                 backend,
-            ) => {
-                if let (Some(old), Kind::Server(store)) = (&old, backend) {
+            ) => Box::pin(async move {
+                let config = &session.0.config;
+                let scope = config.scope;
+                if let (Some(old), Kind::Server(store)) = (&old, &backend) {
                     let key = old.key();
                     store.delete(&key).await.map_err(|error| {
                         tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on delete");
@@ -982,9 +1007,9 @@ impl Session {
                     })?;
                     tracing::debug!(scope, session = %key.log_tag(), "session destroyed");
                 }
-                match (then, backend) {
+                let token = match (then, &backend) {
                     (Some(record), Kind::Server(store)) => {
-                        let id = self.create(store.as_ref(), &record, now).await?;
+                        let id = session.create(store.as_ref(), &record, now).await?;
                         TokenAction::Set {
                             value: id.expose(),
                             max_age: max_age_for(&record, now),
@@ -998,12 +1023,12 @@ impl Session {
                     },
                     (None, _) if remove_token => TokenAction::Remove,
                     (None, _) => TokenAction::Keep,
-                }
-            }
+                };
+                done(token)
+            }),
             // Plans are made for the backend at hand; the other pairs do not occur.
-            (_, _) => TokenAction::Keep,
-        };
-        Ok(Committed { token, read })
+            (_, _) => Box::pin(async move { done(TokenAction::Keep) }),
+        }
     }
 
     async fn create(
