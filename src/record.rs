@@ -66,10 +66,7 @@ impl Record {
 
     /// The earlier of the two deadlines: the session is dead from this instant on.
     pub fn deadline(&self) -> OffsetDateTime {
-        match self.absolute_deadline {
-            Some(absolute) if absolute < self.idle_deadline => absolute,
-            _ => self.idle_deadline,
-        }
+        earlier_deadline(self.idle_deadline, self.absolute_deadline)
     }
 
     /// Whether the session is still live at `now`.
@@ -102,6 +99,17 @@ impl Record {
             )));
         }
         Ok(record)
+    }
+}
+
+/// The earlier of an idle and an optional absolute deadline.
+pub(crate) fn earlier_deadline(
+    idle: OffsetDateTime,
+    absolute: Option<OffsetDateTime>,
+) -> OffsetDateTime {
+    match absolute {
+        Some(absolute) if absolute < idle => absolute,
+        _ => idle,
     }
 }
 
