@@ -177,7 +177,9 @@ impl Stored {
                         slot.clone_from(value);
                     }
                 }
-                Err(at) => self.data.insert(at, (Box::from(name.as_str()), value.clone())),
+                Err(at) => self
+                    .data
+                    .insert(at, (Box::from(name.as_str()), value.clone())),
             }
         }
         if let Some(idle) = changes.idle_deadline {
