@@ -150,15 +150,34 @@ impl State {
 
     /// The full record as it would be written now, starting from the live one (or a new one).
     fn full_record(&self, config: &Config, now: OffsetDateTime) -> Record {
+        self.record_with(self.data.clone(), config, now)
+    }
+
+    /// [`State::full_record`], moving the data out instead of copying it: for the commit, after
+    /// which the handle's data is not read again.
+    fn take_record(&mut self, config: &Config, now: OffsetDateTime) -> Record {
+        let data = std::mem::take(&mut self.data);
+        self.record_with(data, config, now)
+    }
+
+    fn record_with(
+        &self,
+        data: Map<String, Value>,
+        config: &Config,
+        now: OffsetDateTime,
+    ) -> Record {
         let expiry = self.current_expiry(config);
         let idle = expiry.idle_deadline(now, config.session_end_idle);
         let mut record = match &self.live {
-            Some(live) => {
-                let mut record = live.record.clone();
-                record.expiry = expiry;
-                record.idle_deadline = idle;
-                record
-            }
+            Some(live) => Record {
+                version: live.record.version,
+                data: Map::new(),
+                created_at: live.record.created_at,
+                idle_deadline: idle,
+                absolute_deadline: live.record.absolute_deadline,
+                expiry,
+                owner: None,
+            },
             None => Record::new(
                 now,
                 idle,
@@ -168,17 +187,8 @@ impl State {
                 expiry,
             ),
         };
-        record.data = self.data.clone();
-        record.owner = self.current_owner();
-        record
-    }
-
-    /// [`State::full_record`], moving the data out instead of copying it: for the commit, after
-    /// which the handle's data is not read again.
-    fn take_record(&mut self, config: &Config, now: OffsetDateTime) -> Record {
-        let data = std::mem::take(&mut self.data);
-        let mut record = self.full_record(config, now);
         record.data = data;
+        record.owner = self.current_owner();
         record
     }
 
