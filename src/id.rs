@@ -7,7 +7,6 @@
 //! drawn once per process, so log lines of one session can be correlated but never turned back into
 //! the ID or the store key (SECURITY.md 29).
 
-use std::cell::RefCell;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -37,13 +36,12 @@ impl SessionId {
     /// Returns the OS error when the random source is unavailable; the layer turns it into an error
     /// response rather than falling back to a weaker source.
     ///
-    /// The bytes come from the OS in batches of 32 IDs per system call, kept in a per-thread pool
-    /// that zeroes each ID's bytes as it hands them out: a `getrandom` call costs about as much for
-    /// 1 KiB as for 32 bytes. After a `fork()`, parent and child may repeat up to 32 IDs; stores
-    /// never create a record under a key that is taken, so the layer retries such an ID rather
-    /// than share a session.
+    /// The bytes come from the OS a kilobyte per system call, through a per-thread pool that
+    /// hands each byte out once and is discarded in a forked child.
     pub fn generate() -> Result<Self, getrandom::Error> {
-        random_bytes().map(Self::from_bytes)
+        let mut bytes = [0u8; 32];
+        crate::random::fill(&mut bytes)?;
+        Ok(Self::from_bytes(bytes))
     }
 
     /// Parses an ID from its cookie form, strictly: exactly 43 characters of the base64url alphabet
@@ -95,46 +93,6 @@ impl SessionId {
     pub fn log_tag(&self) -> LogTag {
         self.key().log_tag()
     }
-}
-
-/// How many IDs' worth of OS randomness one `getrandom` call fetches.
-pub(crate) const POOL_IDS: usize = 32;
-
-thread_local! {
-    /// OS random bytes not yet handed out, per thread; `next` is the first unused byte.
-    static POOL: RefCell<Pool> = const {
-        RefCell::new(Pool { bytes: [0; 32 * POOL_IDS], next: 32 * POOL_IDS })
-    };
-}
-
-struct Pool {
-    bytes: [u8; 32 * POOL_IDS],
-    next: usize,
-}
-
-/// 32 bytes from the operating system's CSPRNG, through a per-thread pool refilled 1 KiB at a
-/// time. Every byte is handed out once and zeroed in the pool as it is taken, so the pool never
-/// holds a byte of an ID already issued.
-///
-/// A `fork()` copies the forking thread's pool, so parent and child could draw the same few IDs
-/// (at most [`POOL_IDS`]) until their pools refill. Stores create records only under keys that are
-/// free (`create` never overwrites), so such a repeat is a collision the layer retries with the
-/// next ID, never two visitors sharing a session. Nothing else in this crate draws from the pool;
-/// the cookie store's nonces come straight from the OS.
-fn random_bytes() -> Result<[u8; 32], getrandom::Error> {
-    POOL.with_borrow_mut(|pool| {
-        if pool.next >= pool.bytes.len() {
-            getrandom::fill(&mut pool.bytes)?;
-            pool.next = 0;
-        }
-        let mut out = [0u8; 32];
-        if let Some(chunk) = pool.bytes.get_mut(pool.next..pool.next + 32) {
-            out.copy_from_slice(chunk);
-            chunk.fill(0);
-        }
-        pool.next += 32;
-        Ok(out)
-    })
 }
 
 impl fmt::Debug for SessionId {
@@ -246,20 +204,6 @@ fn log_secret() -> &'static [u8; 32] {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn the_pool_hands_out_distinct_ids_across_refills_and_keeps_no_copy() {
-        let ids: std::collections::HashSet<[u8; 32]> = (0..POOL_IDS * 3 + 5)
-            .map(|_| random_bytes().unwrap())
-            .collect();
-        assert_eq!(ids.len(), POOL_IDS * 3 + 5);
-        assert!(!ids.contains(&[0u8; 32]));
-        POOL.with_borrow(|pool| {
-            // Everything handed out since the last refill is zeroed; the rest is still random.
-            assert!(pool.bytes[..pool.next].iter().all(|b| *b == 0));
-            assert!(pool.bytes[pool.next..].iter().any(|b| *b != 0));
-        });
-    }
 
     #[test]
     fn generated_ids_are_43_base64url_chars_and_parse_back() {

@@ -108,6 +108,7 @@ mod expiry;
 mod extract;
 mod id;
 mod layer;
+mod random;
 mod record;
 mod service;
 mod session;

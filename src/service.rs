@@ -73,20 +73,31 @@ impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
 /// The first cookie called `name` in the request's `Cookie` headers (SECURITY.md 7: the only place
 /// a cookie-transported token is read from).
 fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    for header in headers.get_all(COOKIE) {
-        for pair in header.as_bytes().split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
-            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
-                continue;
-            };
-            if pair[..eq].trim_ascii() == name.as_bytes() {
-                let value = pair[eq + 1..].trim_ascii();
-                let value = value
-                    .strip_prefix(b"\"")
-                    .and_then(|v| v.strip_suffix(b"\""))
-                    .unwrap_or(value);
-                return Some(value);
-            }
+    headers.get_all(COOKIE).iter().find_map(|header| {
+        let bytes = header.as_bytes();
+        // Splitting a `str` at a byte finds each `;` a word at a time, and the UTF-8 check is as
+        // fast for ASCII: worth it for a long sealed cookie. Other headers go byte by byte.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => cookie_in(text.split(';').map(str::as_bytes), name),
+            Err(_) => cookie_in(bytes.split(|b| *b == b';'), name),
+        }
+    })
+}
+
+/// The value of the first `name=value` pair called `name`, unquoted.
+fn cookie_in<'h>(pairs: impl Iterator<Item = &'h [u8]>, name: &str) -> Option<&'h [u8]> {
+    for pair in pairs {
+        let pair = pair.trim_ascii();
+        let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+            continue;
+        };
+        if pair[..eq].trim_ascii() == name.as_bytes() {
+            let value = pair[eq + 1..].trim_ascii();
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            return Some(value);
         }
     }
     None
@@ -367,7 +378,25 @@ mod tests {
         assert_eq!(find_cookie(&headers, "missing"), None);
     }
 
+    #[test]
+    fn headers_that_are_not_utf8_are_searched_too() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"x=\xff\xfe; id=abc").unwrap(),
+        );
+        assert_eq!(find_cookie(&headers, "id"), Some(&b"abc"[..]));
+    }
+
     proptest::proptest! {
+        #[test]
+        fn both_ways_of_splitting_find_the_same_cookie(text in "[ -~]{0,64}", name in "[a-c]{1,2}") {
+            proptest::prop_assert_eq!(
+                cookie_in(text.split(';').map(str::as_bytes), &name),
+                cookie_in(text.as_bytes().split(|b| *b == b';'), &name)
+            );
+        }
+
         #[test]
         fn cookie_headers_of_any_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let mut headers = HeaderMap::new();

@@ -637,6 +637,25 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// Room for the associated data on the stack: the label and a purpose of up to 64 bytes, the
+/// header and a cookie name of up to 64 bytes.
+const AAD_INLINE: usize = 192;
+
+/// The associated data of one seal or open, on the stack unless it is unusually long.
+enum Aad {
+    Inline([u8; AAD_INLINE], usize),
+    Heap(Vec<u8>),
+}
+
+impl Aad {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Aad::Inline(bytes, len) => bytes.get(..*len).unwrap_or(&[]),
+            Aad::Heap(bytes) => bytes,
+        }
+    }
+}
+
 fn aad_prefix(purpose: &str) -> Vec<u8> {
     let mut prefix = Vec::with_capacity(AAD_LABEL.len() + 4 + purpose.len());
     prefix.extend_from_slice(AAD_LABEL);
@@ -813,13 +832,21 @@ impl CookieStore {
         &self.inner.ring
     }
 
-    fn aad(&self, header: &[u8], cookie_name: &str) -> Vec<u8> {
-        let prefix = &self.inner.aad_prefix;
-        let mut aad = Vec::with_capacity(prefix.len() + header.len() + cookie_name.len());
-        aad.extend_from_slice(prefix);
-        aad.extend_from_slice(header);
-        aad.extend_from_slice(cookie_name.as_bytes());
-        aad
+    fn aad(&self, header: &[u8], cookie_name: &str) -> Aad {
+        let parts = [&self.inner.aad_prefix[..], header, cookie_name.as_bytes()];
+        let len = parts.iter().map(|p| p.len()).sum();
+        let mut inline = [0u8; AAD_INLINE];
+        match inline.get_mut(..len) {
+            Some(mut rest) => {
+                for part in parts {
+                    let (head, tail) = rest.split_at_mut(part.len());
+                    head.copy_from_slice(part);
+                    rest = tail;
+                }
+                Aad::Inline(inline, len)
+            }
+            None => Aad::Heap(parts.concat()),
+        }
     }
 
     /// Seals `record` into a value for the cookie `cookie_name`, under the primary key, at `now`.
@@ -880,7 +907,7 @@ impl CookieStore {
             ));
         }
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| {
+        crate::random::fill(&mut nonce).map_err(|e| {
             StoreError::new(StoreErrorKind::Backend, "no OS randomness for a nonce").with_source(e)
         })?;
         buf[HEADER_LEN..BODY_START].copy_from_slice(&nonce);
@@ -889,7 +916,7 @@ impl CookieStore {
             .cipher
             .encrypt_inout_detached(
                 &Nonce::<Aes256Gcm>::from(nonce),
-                &aad,
+                aad.as_slice(),
                 buf[BODY_START..].as_mut().into(),
             )
             .map_err(|_| {
@@ -972,7 +999,12 @@ impl CookieStore {
             // ciphertext.
             if key
                 .cipher
-                .decrypt_inout_detached(&nonce, &aad, buf[BODY_START..tag_at].as_mut().into(), &tag)
+                .decrypt_inout_detached(
+                    &nonce,
+                    aad.as_slice(),
+                    buf[BODY_START..tag_at].as_mut().into(),
+                    &tag,
+                )
                 .is_ok()
             {
                 opened_with = Some(index);
@@ -1142,12 +1174,41 @@ mod tests {
             .cipher
             .encrypt_inout_detached(
                 &Nonce::<Aes256Gcm>::from([3u8; NONCE_LEN]),
-                &aad,
+                aad.as_slice(),
                 buf[BODY_START..].as_mut().into(),
             )
             .unwrap();
         buf.extend_from_slice(tag.as_slice());
         URL_SAFE_NO_PAD.encode(&buf)
+    }
+
+    #[test]
+    fn long_purposes_and_cookie_names_bind_like_short_ones() {
+        // Over the inline room for the associated data: built on the heap instead.
+        let store = store().purpose("p".repeat(200));
+        let name = "n".repeat(100);
+        assert!(matches!(store.aad(&[0; HEADER_LEN], &name), Aad::Heap(_)));
+        let value = store.seal(&name, &record(), t0()).unwrap();
+        assert!(matches!(
+            open_now(&store, &name, &value),
+            Unsealed::Live { .. }
+        ));
+        let other = format!("{name}x");
+        assert!(matches!(
+            open_now(&store, &other, &value),
+            Unsealed::Invalid(Rejection::Authentication)
+        ));
+        let short = store.aad(&[0; HEADER_LEN], "id");
+        assert!(
+            matches!(short, Aad::Heap(_)),
+            "the 200-byte purpose alone is too long"
+        );
+        let plain = CookieStore::new(store.keys().clone());
+        assert!(matches!(plain.aad(&[0; HEADER_LEN], "id"), Aad::Inline(..)));
+        assert_eq!(
+            plain.aad(&[7; HEADER_LEN], "id").as_slice(),
+            [&aad_prefix(DEFAULT_PURPOSE)[..], &[7; HEADER_LEN], b"id"].concat()
+        );
     }
 
     #[test]
