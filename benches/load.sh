@@ -16,7 +16,11 @@
 #
 # Prints requests/second and the ratio to the bare route for a new visitor (no cookie: every
 # request creates a session) and returning visitors ($CONNS live sessions, each request carrying
-# one of their cookies in turn; the counter handler writes on every request).
+# one of their cookies in turn; the counter handler writes on every request). Next to it, the app
+# server's CPU time per request (from /proc, user + system, over the same runs) and the bare
+# route's CPU time divided by the store's: when the load generator rather than the server limits
+# the bare route's throughput, the throughput ratio flatters the store and the CPU ratio does not.
+# (For Redis and PostgreSQL the CPU column is the app's only, not the database server's.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,12 +79,20 @@ start_server() {
 
 stop_server() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
 
-# measure URL [wrk args...] : prints requests/second; fails on non-2xx responses.
+clk_tck=$(getconf CLK_TCK)
+# cpu_ticks PID : user + system CPU time of the process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# measure URL [wrk args...] : prints requests/second and the app server's CPU time per request
+# in microseconds; fails on non-2xx responses.
 measure() {
-  local out
+  local out before after
+  before=$(cpu_ticks "$server_pid")
   out=$(taskset -c "$CLIENT_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" "$@")
+  after=$(cpu_ticks "$server_pid")
   if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx responses during the run:" >&2; echo "$out" >&2; exit 1; fi
-  awk '/Requests\/sec/ {print $2}' <<<"$out"
+  awk -v t=$((after - before)) -v hz="$clk_tck" -v d="$DURATION" \
+    '/Requests\/sec/ {printf "%s %.2f\n", $2, t / hz * 1e6 / ($2 * d)}' <<<"$out"
 }
 
 # prepare_store NAME: sets $store_env (the counter's environment for that store), starting what the
@@ -113,20 +125,26 @@ sessions_script() {
     [ -n "$cookie" ] || { echo "no session cookie from the $s store" >&2; exit 1; }
     cookies+=("\"$cookie\"")
   done
+  # The requests are formatted once, at start-up: formatting one per request in Lua costs the
+  # load generator more than the bare route costs the server.
   {
     echo "local cookies = {$(IFS=,; echo "${cookies[*]}")}"
+    echo 'local requests = {}'
+    echo 'for i, c in ipairs(cookies) do requests[i] = wrk.format(nil, nil, {["Cookie"] = c}) end'
     echo 'local n = 0'
     echo 'request = function()'
-    echo '  n = n + 1'
-    echo '  return wrk.format(nil, nil, {["Cookie"] = cookies[n % #cookies + 1]})'
+    echo '  n = n % #requests + 1'
+    echo '  return requests[n]'
     echo 'end'
   } >"$tmp/returning.lua"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# median FIELD : the median of that field (1 = req/s, 2 = CPU µs per request) of the lines read.
+median() { cut -d' ' -f"$1" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
-printf '%-9s %-10s %12s %12s %7s\n' store visitor "req/s" "bare req/s" ratio
+printf '%-9s %-10s %10s %10s %6s   %8s %8s %6s\n' store visitor "req/s" "bare" ratio \
+  "cpu µs" "bare" ratio
 for s in "${stores[@]}"; do
   bares=(); bares_scripted=(); news=(); returnings=()
   prepare_store "$s"
@@ -135,7 +153,7 @@ for s in "${stores[@]}"; do
     # visitor) and with a script sending a cookie of the same length (against the returning ones).
     start_server SESSION_STORE=none
     bares+=("$(measure "$url/")")
-    printf 'request = function() return wrk.format(nil, nil, {["Cookie"] = "id=%s"}) end\n' \
+    printf 'local r = wrk.format(nil, nil, {["Cookie"] = "id=%s"})\nrequest = function() return r end\n' \
       "$(printf 'x%.0s' $(seq 1 43))" >"$tmp/bare.lua"
     bares_scripted+=("$(measure "$url/" -s "$tmp/bare.lua")")
     stop_server
@@ -147,10 +165,14 @@ for s in "${stores[@]}"; do
     returnings+=("$(measure "$url/" -s "$tmp/returning.lua")")
     stop_server
   done
-  bare=$(printf '%s\n' "${bares[@]}" | median)
-  bare_scripted=$(printf '%s\n' "${bares_scripted[@]}" | median)
-  new=$(printf '%s\n' "${news[@]}" | median)
-  returning=$(printf '%s\n' "${returnings[@]}" | median)
-  printf '%-9s %-10s %12.0f %12.0f %7s\n' "$s" new "$new" "$bare" "$(ratio "$new" "$bare")"
-  printf '%-9s %-10s %12.0f %12.0f %7s\n' "$s" returning "$returning" "$bare_scripted" "$(ratio "$returning" "$bare_scripted")"
+  # row VISITOR STORE_SAMPLES BARE_SAMPLES : one line of the table.
+  row() {
+    local rps bare_rps cpu bare_cpu
+    rps=$(printf '%s\n' "${!2}" | median 1); bare_rps=$(printf '%s\n' "${!3}" | median 1)
+    cpu=$(printf '%s\n' "${!2}" | median 2); bare_cpu=$(printf '%s\n' "${!3}" | median 2)
+    printf '%-9s %-10s %10.0f %10.0f %6s   %8.2f %8.2f %6s\n' "$s" "$1" "$rps" "$bare_rps" \
+      "$(ratio "$rps" "$bare_rps")" "$cpu" "$bare_cpu" "$(ratio "$bare_cpu" "$cpu")"
+  }
+  row new 'news[@]' 'bares[@]'
+  row returning 'returnings[@]' 'bares_scripted[@]'
 done
