@@ -9,10 +9,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use divan::Bencher;
-use http::{Request, header};
+use http::{Request, Response, header};
 use serde_json::json;
+use std::convert::Infallible;
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
+use tower::{Layer, Service};
 use tower_satchel::{Expiry, MemoryStore, Record, Session, SessionError, SessionId, SessionLayer};
 
 fn main() {
@@ -112,31 +114,53 @@ fn request_new_visitor(bencher: Bencher) {
 
 #[divan::bench]
 fn request_returning_visitor(bencher: Bencher) {
-    returning(bencher, "/");
+    returning(
+        bencher,
+        "/",
+        routes().layer(SessionLayer::new(MemoryStore::new())),
+    );
 }
 
 /// A returning visitor whose handler only reads the session: no store write.
 #[divan::bench]
 fn request_returning_reader(bencher: Bencher) {
-    returning(bencher, "/read");
+    returning(
+        bencher,
+        "/read",
+        routes().layer(SessionLayer::new(MemoryStore::new())),
+    );
 }
 
-fn returning(bencher: Bencher, path: &'static str) {
+/// As `request_returning_visitor`, with the layer wrapped around the whole router instead of
+/// added with `Router::layer` (which wraps, and clones per request, each route).
+#[divan::bench]
+fn request_returning_visitor_router_wrapped(bencher: Bencher) {
+    returning(
+        bencher,
+        "/",
+        SessionLayer::new(MemoryStore::new()).layer(routes()),
+    );
+}
+
+fn routes() -> Router {
+    Router::new().route("/", get(counter)).route(
+        "/read",
+        get(|session: Session| async move {
+            session
+                .get::<u64>("visits")
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+                .to_string()
+        }),
+    )
+}
+
+fn returning<S>(bencher: Bencher, path: &'static str, app: S)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
     let rt = runtime();
-    let app: Router = Router::new()
-        .route("/", get(counter))
-        .route(
-            "/read",
-            get(|session: Session| async move {
-                session
-                    .get::<u64>("visits")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
-                    .to_string()
-            }),
-        )
-        .layer(SessionLayer::new(MemoryStore::new()));
     let token = rt
         .block_on(
             app.clone()

@@ -139,11 +139,10 @@ impl Stored {
             self.expiry,
         );
         record.version = self.version;
-        record.data = self
-            .data
-            .iter()
-            .map(|(name, value)| (String::from(&**name), value.clone()))
-            .collect();
+        // One by one: `collect` would gather into a vector and sort it first.
+        for (name, value) in &self.data {
+            record.data.insert(String::from(&**name), value.clone());
+        }
         record.owner = self.owner.as_deref().map(String::from);
         record
     }
