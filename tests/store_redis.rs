@@ -248,6 +248,23 @@ async fn unreadable_records_are_no_session_not_an_error() {
     assert_eq!(store.load(&key, now()).await.unwrap(), None);
 }
 
+/// Owners and value names holding newlines, `=`, the `d:` prefix or nothing at all come back
+/// unchanged.
+#[tokio::test]
+async fn records_with_awkward_owners_and_names_load_back_unchanged() {
+    let (store, _) = store_with_prefix(&single_url()).await;
+    let now = now();
+    for owner in [Some("a\nb=c\n"), Some(""), Some("=\n="), None] {
+        let key = SessionId::generate().unwrap().key();
+        let mut record = record(now, Duration::hours(1), None);
+        record.owner = owner.map(str::to_owned);
+        record.data.insert("d:x\n=".into(), json!({"k": "v\n"}));
+        record.data.insert("é".into(), json!(null));
+        assert!(store.create(&key, &record, now).await.unwrap());
+        assert_eq!(store.load(&key, now).await.unwrap(), Some(record));
+    }
+}
+
 #[tokio::test]
 async fn the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_safely() {
     let url = single_url();
