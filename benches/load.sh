@@ -49,8 +49,13 @@ for s in "${stores[@]}"; do
   esac
 done
 feature_list=$(IFS=,; echo "${features[*]:-}")
-cargo build --release --quiet --example counter ${feature_list:+--features "$feature_list"}
-bin=${CARGO_TARGET_DIR:-target}/release/examples/counter
+# COUNTER_BIN runs another server with the same surface instead (see benches/peers.sh).
+if [ -n "${COUNTER_BIN:-}" ]; then
+  bin=$COUNTER_BIN
+else
+  cargo build --release --quiet --example counter ${feature_list:+--features "$feature_list"}
+  bin=${CARGO_TARGET_DIR:-target}/release/examples/counter
+fi
 
 tmp=$(mktemp -d)
 pids=()
