@@ -168,28 +168,27 @@ impl State {
     ) -> Record {
         let expiry = self.current_expiry(config);
         let idle = expiry.idle_deadline(now, config.session_end_idle);
-        let mut record = match &self.live {
+        let owner = self.current_owner();
+        match &self.live {
             Some(live) => Record {
                 version: live.record.version,
-                data: Map::new(),
+                data,
                 created_at: live.record.created_at,
                 idle_deadline: idle,
                 absolute_deadline: live.record.absolute_deadline,
                 expiry,
-                owner: None,
+                owner,
             },
-            None => Record::new(
-                now,
-                idle,
-                config
+            None => {
+                let absolute = config
                     .absolute_lifetime
-                    .map(|life| now.saturating_add(life)),
-                expiry,
-            ),
-        };
-        record.data = data;
-        record.owner = self.current_owner();
-        record
+                    .map(|life| now.saturating_add(life));
+                let mut record = Record::new(now, idle, absolute, expiry);
+                record.data = data;
+                record.owner = owner;
+                record
+            }
+        }
     }
 
     fn mark_dirty(&mut self, key: &str) {
