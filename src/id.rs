@@ -57,15 +57,12 @@ impl SessionId {
     /// ```
     pub fn parse(value: &str) -> Option<Self> {
         let bytes = value.as_bytes();
-        if bytes.len() != ENCODED_LEN
-            || !bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
-        {
+        if bytes.len() != ENCODED_LEN {
             return None;
         }
         let mut out = [0u8; 32];
-        // The decoder also rejects non-canonical trailing bits, so each ID has one spelling.
+        // The decoder is the syntax check: it rejects any byte outside the URL-safe alphabet
+        // (padding included) and non-canonical trailing bits, so each ID has one spelling.
         match URL_SAFE_NO_PAD.decode_slice(bytes, &mut out) {
             Ok(32) => Some(Self::from_bytes(out)),
             _ => None,
@@ -236,6 +233,20 @@ mod tests {
             "", short, &long, &slash, &backslash, &dots, &nul, &plus, &non_ascii,
         ] {
             assert!(SessionId::parse(bad).is_none(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn any_ascii_byte_outside_the_alphabet_is_rejected_at_any_position() {
+        let good = SessionId::generate().unwrap().expose();
+        for byte in (0u8..0x80).filter(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'))
+        {
+            for at in 0..ENCODED_LEN {
+                let mut bad = good.clone().into_bytes();
+                bad[at] = byte;
+                let bad = String::from_utf8(bad).unwrap();
+                assert!(SessionId::parse(&bad).is_none(), "{bad:?} parsed");
+            }
         }
     }
 
