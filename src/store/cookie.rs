@@ -560,8 +560,8 @@ impl Revocation for MemoryRevocations {
 /// 100-byte session, 7.7 µs and 8.2 µs at 3 KB; compression adds about 1 to 10 µs to each (the
 /// same code measured about half these times on an AMD EPYC machine). A small seal is mostly
 /// AES-GCM, base64 and the fork check of the nonce pool; the 12 bytes of nonce come from a
-/// per-thread pool of OS randomness, refilled a kilobyte at a time. Measure with `cargo bench --bench cookie_store --features
-/// cookie-store`. Unlike a server-side store, whose cookie only changes on login, every write also
+/// per-thread pool of OS randomness, refilled a kilobyte at a time. Measure with
+/// `cargo bench --bench cookie_store --features cookie-store`. Unlike a server-side store, whose cookie only changes on login, every write also
 /// sends a `Set-Cookie` of the whole session, and every request carries it. Opening a session with
 /// an owner also awaits the revocation hook, when one is set.
 ///
