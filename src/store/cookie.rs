@@ -4,11 +4,11 @@
 //! module is private. The layer reaches the store through [`ClientStore`]; apps through the public
 //! methods and the [`Revocation`] hook.
 //!
-//! The cipher is the `aes-gcm` crate at 0.10 (with `aes` 0.8), not 0.11: for cookie-sized messages
-//! 0.11 is about twice as slow on CPUs with VAES, because its `aes` 0.9 picks a 512-bit backend that
-//! broadcasts the round keys on every call (40 bytes: 0.25 µs with 0.10, 0.57 µs with 0.11; the two
-//! meet near 1 KB). Both are the same RustCrypto implementation line and the format does not depend
-//! on the version.
+//! The cipher is the `aes-gcm` crate at 0.10 (with `aes` 0.8), not 0.11: for cookie-sized
+//! messages 0.11 is about twice as slow on CPUs with VAES, because its `aes` 0.9 picks a 512-bit
+//! backend that broadcasts the round keys on every call (40 bytes: 0.25 µs with 0.10, 0.57 µs
+//! with 0.11; the two meet near 1 KB). Both are the same RustCrypto implementation line and the
+//! format does not depend on the version.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -561,9 +561,10 @@ impl Revocation for MemoryRevocations {
 /// same code measured about half these times on an AMD EPYC machine). A small seal is mostly
 /// AES-GCM, base64 and the fork check of the nonce pool; the 12 bytes of nonce come from a
 /// per-thread pool of OS randomness, refilled a kilobyte at a time. Measure with
-/// `cargo bench --bench cookie_store --features cookie-store`. Unlike a server-side store, whose cookie only changes on login, every write also
-/// sends a `Set-Cookie` of the whole session, and every request carries it. Opening a session with
-/// an owner also awaits the revocation hook, when one is set.
+/// `cargo bench --bench cookie_store --features cookie-store`. Unlike a server-side store, whose
+/// cookie only changes on login, every write also sends a `Set-Cookie` of the whole session, and
+/// every request carries it. Opening a session with an owner also awaits the revocation hook, when
+/// one is set.
 ///
 /// # More settings
 ///
