@@ -5,10 +5,13 @@
 #   bash benches/load.sh                       # memory store
 #   bash benches/load.sh memory file cookie    # several stores
 #   DURATION=10 ROUNDS=5 CONNS=64 bash benches/load.sh redis
+#   SAMPLES=rounds.txt bash benches/load.sh   # also appends each round's figures to rounds.txt
 #
-# Each round measures the bare route, then the store with a new visitor, then with a returning one
-# (DURATION seconds each); the table shows the median of ROUNDS rounds, so a burst of noise on this
-# shared machine moves one sample, not the result.
+# Each round measures, DURATION seconds each, the bare route, the store with a new visitor, the bare
+# route again (sending a cookie of the same length), the store with returning visitors. Each ratio
+# is taken within its round, between a store measurement and the bare one just before it, so the
+# slow drift of this shared machine's speed cancels; the table shows medians over ROUNDS rounds, so
+# a burst of noise moves one sample, not the result.
 #
 # Stores: memory, file, redis, postgres, sqlite, cookie. Redis gets a throwaway redis-server on a
 # free port; postgres uses $DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test); sqlite
@@ -24,8 +27,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-5}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-3}
+ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-32}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
@@ -144,40 +147,48 @@ sessions_script() {
   } >"$tmp/returning.lua"
 }
 
-# median FIELD : the median of that field (1 = req/s, 2 = CPU µs per request) of the lines read.
+# median FIELD : the median of that field of the lines read.
 median() { cut -d' ' -f"$1" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
 printf '%-9s %-10s %10s %10s %6s   %8s %8s %6s\n' store visitor "req/s" "bare" ratio \
   "cpu µs" "bare" ratio
+printf 'local r = wrk.format(nil, nil, {["Cookie"] = "id=%s"})\nrequest = function() return r end\n' \
+  "$(printf 'x%.0s' $(seq 1 43))" >"$tmp/bare.lua"
 for s in "${stores[@]}"; do
-  bares=(); bares_scripted=(); news=(); returnings=()
   prepare_store "$s"
+  # The bare server runs through all rounds; the store's server is started afresh each round.
+  start_server SESSION_STORE=none
+  bare_url=$url bare_pid=$server_pid
+  : >"$tmp/samples"
   for _ in $(seq 1 "$ROUNDS"); do
-    # The bare route is measured both ways the store is: without a script (against the new
-    # visitor) and with a script sending a cookie of the same length (against the returning ones).
-    start_server SESSION_STORE=none
-    bares+=("$(measure "$url/")")
-    printf 'local r = wrk.format(nil, nil, {["Cookie"] = "id=%s"})\nrequest = function() return r end\n' \
-      "$(printf 'x%.0s' $(seq 1 43))" >"$tmp/bare.lua"
-    bares_scripted+=("$(measure "$url/" -s "$tmp/bare.lua")")
-    stop_server
-
+    # Each store measurement directly follows a bare one of the same kind: the bare route without
+    # a script before the new visitor, with a script sending a cookie of the same length before
+    # the returning ones. Their ratio is taken per round, so drift between rounds cancels.
+    server_pid=$bare_pid
+    bare_new=$(measure "$bare_url/")
     # shellcheck disable=SC2086
     start_server $store_env
-    news+=("$(measure "$url/")")
+    store_pid=$server_pid
+    new=$(measure "$url/")
     sessions_script "$url"
-    returnings+=("$(measure "$url/" -s "$tmp/returning.lua")")
+    server_pid=$bare_pid
+    bare_returning=$(measure "$bare_url/" -s "$tmp/bare.lua")
+    server_pid=$store_pid
+    returning=$(measure "$url/" -s "$tmp/returning.lua")
     stop_server
+    echo "new $new $bare_new" >>"$tmp/samples"
+    echo "returning $returning $bare_returning" >>"$tmp/samples"
   done
-  # row VISITOR STORE_SAMPLES BARE_SAMPLES : one line of the table.
+  server_pid=$bare_pid
+  stop_server
+  if [ -n "${SAMPLES:-}" ]; then sed "s/^/$s /" "$tmp/samples" >>"$SAMPLES"; fi
+  # row VISITOR : one line of the table. Samples: visitor rps cpu bare_rps bare_cpu.
   row() {
-    local rps bare_rps cpu bare_cpu
-    rps=$(printf '%s\n' "${!2}" | median 1); bare_rps=$(printf '%s\n' "${!3}" | median 1)
-    cpu=$(printf '%s\n' "${!2}" | median 2); bare_cpu=$(printf '%s\n' "${!3}" | median 2)
-    printf '%-9s %-10s %10.0f %10.0f %6s   %8.2f %8.2f %6s\n' "$s" "$1" "$rps" "$bare_rps" \
-      "$(ratio "$rps" "$bare_rps")" "$cpu" "$bare_cpu" "$(ratio "$bare_cpu" "$cpu")"
+    local lines; lines=$(awk -v v="$1" '$1 == v' "$tmp/samples")
+    col() { awk "{print $1}" <<<"$lines" | median 1; }
+    printf '%-9s %-10s %10.0f %10.0f %6.2f   %8.2f %8.2f %6.2f\n' "$s" "$1" "$(col '$2')" \
+      "$(col '$4')" "$(col '$2 / $4')" "$(col '$3')" "$(col '$5')" "$(col '$5 / $3')"
   }
-  row new 'news[@]' 'bares[@]'
-  row returning 'returnings[@]' 'bares_scripted[@]'
+  row new
+  row returning
 done
