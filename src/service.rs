@@ -188,9 +188,12 @@ where
                         return Poll::Ready(Ok(response));
                     }
                     match session.finish(response.status().is_server_error()) {
-                        Finish::Ready(committed) => {
+                        Finish::Ready(Ok(committed)) => {
                             apply(config, response.headers_mut(), committed);
                             return Poll::Ready(Ok(response));
+                        }
+                        Finish::Ready(Err(error)) => {
+                            return Poll::Ready(Ok(error_response(config, error)));
                         }
                         Finish::Pending(future) => {
                             let config = config.clone();

@@ -243,8 +243,9 @@ pub(crate) struct Committed {
 
 /// The outcome of [`Session::finish`].
 pub(crate) enum Finish {
-    /// Nothing to wait for.
-    Ready(Committed),
+    /// Nothing to wait for: no store call, or one an [`ImmediateStore`](crate::ImmediateStore)
+    /// already made.
+    Ready(Result<Committed, SessionError>),
     /// Store calls to make first.
     Pending(crate::store::BoxFuture<'static, Result<Committed, SessionError>>),
 }
@@ -877,7 +878,8 @@ impl Session {
 
     /// Carries out what the handler did. Called by the service once the response is known.
     ///
-    /// Returns at once when no store call is needed (the common read-only request); otherwise a
+    /// Returns at once when no store call is needed (the common read-only request) or when the
+    /// only one is a save or touch of an [`ImmediateStore`](crate::ImmediateStore); otherwise a
     /// boxed future that makes the store calls.
     pub(crate) fn finish(&self, server_error: bool) -> Finish {
         let needs_load = {
@@ -895,11 +897,99 @@ impl Session {
         }
         let now = self.0.config.clock.now();
         match self.plan(now, server_error) {
-            (Plan::Nothing, read) => Finish::Ready(Committed {
+            (Plan::Nothing, read) => Finish::Ready(Ok(Committed {
                 token: TokenAction::Keep,
                 read,
-            }),
-            (plan, read) => Finish::Pending(self.execute(plan, read, now)),
+            })),
+            (plan, read) => {
+                // A save or touch with an ImmediateStore is made here and now; every other store
+                // call goes into the boxed future of `execute`.
+                let immediate = match &self.0.backend.0 {
+                    Kind::Server(store) => store.immediate(),
+                    Kind::Client(_) => None,
+                };
+                match (plan, immediate) {
+                    (
+                        Plan::Save {
+                            id,
+                            changes,
+                            cookie,
+                        },
+                        Some(store),
+                    ) => {
+                        let outcome = store.save_now(&id.key(), &changes, now);
+                        Finish::Ready(
+                            self.saved(&id, outcome, cookie)
+                                .map(|token| Committed { token, read }),
+                        )
+                    }
+                    (
+                        Plan::Touch {
+                            id,
+                            idle_deadline,
+                            max_age,
+                        },
+                        Some(store),
+                    ) => {
+                        let outcome = store.touch_now(&id.key(), idle_deadline, now);
+                        let token = self.touched(&id, outcome, max_age);
+                        Finish::Ready(Ok(Committed { token, read }))
+                    }
+                    (plan, _) => Finish::Pending(self.execute(plan, read, now)),
+                }
+            }
+        }
+    }
+
+    /// The token to send after a save of the session `id` ended with `outcome`.
+    fn saved(
+        &self,
+        id: &SessionId,
+        outcome: Result<Saved, StoreError>,
+        cookie: Option<Option<Duration>>,
+    ) -> Result<TokenAction, SessionError> {
+        let scope = self.0.config.scope;
+        Ok(match outcome {
+            Ok(Saved::Applied) => match cookie {
+                Some(max_age) => TokenAction::Set {
+                    value: id.expose(),
+                    max_age,
+                },
+                None => TokenAction::Keep,
+            },
+            Ok(Saved::Gone) => {
+                // Deleted meanwhile (logout elsewhere, rotation, expiry): never resurrect it
+                // (SECURITY.md 11). No removal cookie either: it could clobber the new cookie a
+                // concurrent rotation just set.
+                tracing::info!(scope, session = %id.log_tag(), "session ended during the request; its changes were dropped");
+                TokenAction::Keep
+            }
+            Err(error) => {
+                tracing::error!(scope, session = %id.log_tag(), %error, "session store failed on save");
+                return Err(SessionError::store(error));
+            }
+        })
+    }
+
+    /// The token to send after a touch of the session `id` ended with `outcome`.
+    fn touched(
+        &self,
+        id: &SessionId,
+        outcome: Result<Saved, StoreError>,
+        max_age: Option<Duration>,
+    ) -> TokenAction {
+        match outcome {
+            Ok(Saved::Applied) if max_age.is_some() => TokenAction::Set {
+                value: id.expose(),
+                max_age,
+            },
+            Ok(_) => TokenAction::Keep,
+            Err(error) => {
+                // A failed touch loses nothing: the deadline is refreshed next time.
+                let scope = self.0.config.scope;
+                tracing::warn!(scope, session = %id.log_tag(), %error, "session touch failed");
+                TokenAction::Keep
+            }
         }
     }
 
@@ -931,21 +1021,8 @@ impl Session {
                 },
                 Kind::Server(store),
             ) => Box::pin(async move {
-                let key = id.key();
-                let token = match store.touch(&key, idle_deadline, now).await {
-                    Ok(Saved::Applied) if max_age.is_some() => TokenAction::Set {
-                        value: id.expose(),
-                        max_age,
-                    },
-                    Ok(_) => TokenAction::Keep,
-                    Err(error) => {
-                        // A failed touch loses nothing: the deadline is refreshed next time.
-                        let scope = session.0.config.scope;
-                        tracing::warn!(scope, session = %key.log_tag(), %error, "session touch failed");
-                        TokenAction::Keep
-                    }
-                };
-                done(token)
+                let outcome = store.touch(&id.key(), idle_deadline, now).await;
+                done(session.touched(&id, outcome, max_age))
             }),
             (
                 Plan::Save {
@@ -955,29 +1032,8 @@ impl Session {
                 },
                 Kind::Server(store),
             ) => Box::pin(async move {
-                let key = id.key();
-                let scope = session.0.config.scope;
-                let token = match store.save(&key, &changes, now).await {
-                    Ok(Saved::Applied) => match cookie {
-                        Some(max_age) => TokenAction::Set {
-                            value: id.expose(),
-                            max_age,
-                        },
-                        None => TokenAction::Keep,
-                    },
-                    Ok(Saved::Gone) => {
-                        // Deleted meanwhile (logout elsewhere, rotation, expiry): never resurrect
-                        // it (SECURITY.md 11). No removal cookie either: it could clobber the new
-                        // cookie a concurrent rotation just set.
-                        tracing::info!(scope, session = %key.log_tag(), "session ended during the request; its changes were dropped");
-                        TokenAction::Keep
-                    }
-                    Err(error) => {
-                        tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on save");
-                        return Err(SessionError::store(error));
-                    }
-                };
-                done(token)
+                let outcome = store.save(&id.key(), &changes, now).await;
+                done(session.saved(&id, outcome, cookie)?)
             }),
             (Plan::Create { record, replaces }, Kind::Server(store)) => Box::pin(async move {
                 let id = session.create(store.as_ref(), &record, now).await?;

@@ -19,17 +19,20 @@ use http_body_util::BodyExt;
 use time::{Duration, OffsetDateTime};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_satchel::{
-    Arrival, ChangeSet, CleanupConfig, ManualClock, MemoryStore, Record, Saved, ScopedSession,
-    Session, SessionError, SessionErrorKind, SessionId, SessionInfo, SessionKey, SessionLayer,
-    SessionStore, StoreError, StoreErrorKind, spawn_cleanup_with_clock,
+    Arrival, ChangeSet, CleanupConfig, ImmediateStore, ManualClock, MemoryStore, Record, Saved,
+    ScopedSession, Session, SessionError, SessionErrorKind, SessionId, SessionInfo, SessionKey,
+    SessionLayer, SessionStore, StoreError, StoreErrorKind, spawn_cleanup_with_clock,
 };
 
-/// A memory store that counts calls and fails on demand.
+/// A memory store that counts calls and fails on demand. The layer reaches it through boxed
+/// futures, or, when `immediate` is set, as an [`ImmediateStore`]; both run the same code.
 #[derive(Clone, Default)]
 struct Faulty {
     inner: MemoryStore,
+    immediate: bool,
     fail: Arc<AtomicBool>,
     fail_deletes: Arc<AtomicUsize>,
+    fail_touches: Arc<AtomicBool>,
     loads: Arc<AtomicUsize>,
     writes: Arc<AtomicUsize>,
     touches: Arc<AtomicUsize>,
@@ -56,17 +59,17 @@ impl Faulty {
     }
 }
 
-impl SessionStore for Faulty {
-    async fn load(
+impl ImmediateStore for Faulty {
+    fn load_now(
         &self,
         key: &SessionKey,
         now: OffsetDateTime,
     ) -> Result<Option<Record>, StoreError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         self.check()?;
-        self.inner.load(key, now).await
+        self.inner.load_now(key, now)
     }
-    async fn create(
+    fn create_now(
         &self,
         key: &SessionKey,
         record: &Record,
@@ -74,9 +77,9 @@ impl SessionStore for Faulty {
     ) -> Result<bool, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.check()?;
-        self.inner.create(key, record, now).await
+        self.inner.create_now(key, record, now)
     }
-    async fn save(
+    fn save_now(
         &self,
         key: &SessionKey,
         changes: &ChangeSet,
@@ -84,9 +87,9 @@ impl SessionStore for Faulty {
     ) -> Result<Saved, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.check()?;
-        self.inner.save(key, changes, now).await
+        self.inner.save_now(key, changes, now)
     }
-    async fn touch(
+    fn touch_now(
         &self,
         key: &SessionKey,
         deadline: OffsetDateTime,
@@ -94,9 +97,15 @@ impl SessionStore for Faulty {
     ) -> Result<Saved, StoreError> {
         self.touches.fetch_add(1, Ordering::SeqCst);
         self.check()?;
-        self.inner.touch(key, deadline, now).await
+        if self.fail_touches.load(Ordering::SeqCst) {
+            return Err(StoreError::new(
+                StoreErrorKind::Backend,
+                "injected touch failure",
+            ));
+        }
+        self.inner.touch_now(key, deadline, now)
     }
-    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+    fn delete_now(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.check()?;
         if self
@@ -109,7 +118,47 @@ impl SessionStore for Faulty {
                 "injected delete failure",
             ));
         }
-        self.inner.delete(key).await
+        self.inner.delete_now(key)
+    }
+}
+
+impl SessionStore for Faulty {
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        self.immediate.then_some(self as &dyn ImmediateStore)
+    }
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<Record>, StoreError> {
+        self.load_now(key, now)
+    }
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.create_now(key, record, now)
+    }
+    async fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.save_now(key, changes, now)
+    }
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.touch_now(key, deadline, now)
+    }
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.delete_now(key)
     }
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         self.sweeps.fetch_add(1, Ordering::SeqCst);
@@ -133,6 +182,16 @@ impl SessionStore for Faulty {
 mod faulty_store_conformance {
     // The wrapper itself must meet the contract, or the tests below prove nothing.
     server_store_conformance!(|| async { super::Faulty::default() });
+}
+
+mod faulty_immediate_store_conformance {
+    // The same through the layer's immediate path.
+    server_store_conformance!(|| async {
+        super::Faulty {
+            immediate: true,
+            ..super::Faulty::default()
+        }
+    });
 }
 
 fn app(store: &Faulty) -> harness::App {
@@ -335,6 +394,95 @@ async fn save_failures_become_error_responses_with_the_error_attached() {
     assert!(resp.extensions().get::<SessionError>().is_some());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"custom: Store");
+}
+
+#[tokio::test]
+async fn an_immediate_store_failing_on_save_gives_an_error_response_and_loses_nothing() {
+    let store = Faulty {
+        immediate: true,
+        ..Faulty::default()
+    };
+    let fail = store.fail.clone();
+    let router = Router::new()
+        .route(
+            "/",
+            get(|session: Session| async move {
+                session.insert("x", 1).unwrap();
+                "started"
+            }),
+        )
+        .route(
+            "/write",
+            get(move |session: Session| {
+                let fail = fail.clone();
+                async move {
+                    session.insert("x", 2).unwrap();
+                    // The store fails between load and save.
+                    fail.store(true, Ordering::SeqCst);
+                    "handler ok"
+                }
+            }),
+        )
+        .route(
+            "/read",
+            get(|session: Session| async move {
+                session.get::<i64>("x").unwrap().unwrap_or(0).to_string()
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    let resp = router
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let token = cookie_value(&resp);
+    let resp = router
+        .clone()
+        .oneshot(request_with_cookie("/write", &token))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    let error = resp
+        .extensions()
+        .get::<SessionError>()
+        .expect("the error attached");
+    assert_eq!(error.kind(), SessionErrorKind::Store);
+    store.fail.store(false, Ordering::SeqCst);
+    let resp = router
+        .oneshot(request_with_cookie("/read", &token))
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"1", "the failed save changed nothing");
+    assert_eq!(store.calls().2, 0, "no touch within the window");
+}
+
+#[tokio::test]
+async fn an_immediate_store_failing_on_touch_still_answers_and_touches_next_time() {
+    let store = Faulty {
+        immediate: true,
+        ..Faulty::default()
+    };
+    let app = app(&store);
+    let token = app.start().await;
+    app.clock.advance(Duration::hours(3)); // past 10 % of the 24 h window: a touch is due
+    store.fail_touches.store(true, Ordering::SeqCst);
+    let resp = app.get("/read", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::OK, "a failed touch loses nothing");
+    assert!(
+        resp.set_cookie().is_none(),
+        "no refreshed cookie for a failed touch"
+    );
+    assert_eq!(store.calls().2, 1);
+    store.fail_touches.store(false, Ordering::SeqCst);
+    let resp = app.get("/read", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(
+        store.calls().2,
+        2,
+        "the deadline did not move, so the touch is still due"
+    );
 }
 
 #[tokio::test]

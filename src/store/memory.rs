@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::record::{ChangeSet, Record, earlier_deadline};
-use crate::store::{Saved, SessionInfo, SessionStore, StoreError};
+use crate::store::{ImmediateStore, Saved, SessionInfo, SessionStore, StoreError};
 
 const DEFAULT_SHARDS: usize = 256;
 
@@ -347,8 +347,8 @@ impl MemoryStore {
     }
 }
 
-impl SessionStore for MemoryStore {
-    async fn load(
+impl ImmediateStore for MemoryStore {
+    fn load_now(
         &self,
         key: &SessionKey,
         now: OffsetDateTime,
@@ -367,7 +367,7 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn create(
+    fn create_now(
         &self,
         key: &SessionKey,
         record: &Record,
@@ -392,7 +392,7 @@ impl SessionStore for MemoryStore {
         Ok(true)
     }
 
-    async fn save(
+    fn save_now(
         &self,
         key: &SessionKey,
         changes: &ChangeSet,
@@ -417,7 +417,7 @@ impl SessionStore for MemoryStore {
         Ok(Saved::Applied)
     }
 
-    async fn touch(
+    fn touch_now(
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
@@ -437,12 +437,58 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+    fn delete_now(&self, key: &SessionKey) -> Result<(), StoreError> {
         let removed = lock(self.shard(key)).records.remove(key);
         if let Some(record) = removed {
             self.index_owner(key, record.owner.as_deref(), None);
         }
         Ok(())
+    }
+}
+
+// The async operations are the immediate ones: a shard lock is held only for a map operation.
+impl SessionStore for MemoryStore {
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        Some(self)
+    }
+
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<Record>, StoreError> {
+        self.load_now(key, now)
+    }
+
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.create_now(key, record, now)
+    }
+
+    async fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.save_now(key, changes, now)
+    }
+
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        idle_deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.touch_now(key, idle_deadline, now)
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.delete_now(key)
     }
 
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {

@@ -22,6 +22,11 @@
 //!
 //! A store is cheap to clone (it is a handle to shared state): keep a clone for administration and
 //! give another to [`SessionLayer::new`](crate::SessionLayer::new).
+//!
+//! A store whose per-request operations never wait (an in-process map) can also implement
+//! [`ImmediateStore`] and return itself from [`SessionStore::immediate`]: the layer then calls it
+//! without allocating a future per store call, and commits a save or touch before the response
+//! future's first return. [`MemoryStore`](crate::MemoryStore) does.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -135,6 +140,55 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Deletes every session of `owner`; returns how many it deleted.
     fn delete_owner(&self, owner: &str) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// The same store as an [`ImmediateStore`], if its per-request operations never wait.
+    ///
+    /// The default, `None`, suits every store that does I/O. An in-process store returns itself
+    /// here, and the layer then calls it without a boxed future per store call.
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        None
+    }
+}
+
+/// The per-request operations of a [`SessionStore`] that never waits, as plain calls.
+///
+/// Offered through [`SessionStore::immediate`] by a store whose load, create, save, touch and
+/// delete complete at once, such as [`MemoryStore`](crate::MemoryStore) (a map under a short
+/// lock). The layer then makes these calls directly, sparing an allocated future per call; the
+/// `SessionStore` methods stay the contract, and each method here must give exactly the answer of
+/// its async twin (the usual way: the async method calls this one). The `_now` names keep
+/// both traits usable in one scope.
+pub trait ImmediateStore: Send + Sync {
+    /// [`SessionStore::load`], answered at once.
+    fn load_now(&self, key: &SessionKey, now: OffsetDateTime)
+    -> Result<Option<Record>, StoreError>;
+
+    /// [`SessionStore::create`], answered at once.
+    fn create_now(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// [`SessionStore::save`], answered at once.
+    fn save_now(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError>;
+
+    /// [`SessionStore::touch`], answered at once.
+    fn touch_now(
+        &self,
+        key: &SessionKey,
+        idle_deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError>;
+
+    /// [`SessionStore::delete`], answered at once.
+    fn delete_now(&self, key: &SessionKey) -> Result<(), StoreError>;
 }
 
 impl<S: SessionStore> SessionStore for Arc<S> {
@@ -188,6 +242,9 @@ impl<S: SessionStore> SessionStore for Arc<S> {
     }
     fn delete_owner(&self, owner: &str) -> impl Future<Output = Result<usize, StoreError>> + Send {
         (**self).delete_owner(owner)
+    }
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        (**self).immediate()
     }
 }
 
@@ -275,69 +332,111 @@ impl StdError for StoreError {
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The object-safe twin of [`SessionStore`], so the layer is not generic over the store.
+/// A store call as the layer awaits it: already answered by an [`ImmediateStore`], or a boxed
+/// future of the store's async method.
+pub(crate) enum StoreFuture<'a, T> {
+    Ready(Option<T>),
+    Pending(BoxFuture<'a, T>),
+}
+
+impl<T: Unpin> Future for StoreFuture<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match self.get_mut() {
+            // Taken once; a poll after completion (outside the `Future` contract) never completes.
+            StoreFuture::Ready(answer) => answer
+                .take()
+                .map_or(std::task::Poll::Pending, std::task::Poll::Ready),
+            StoreFuture::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The object-safe face of [`SessionStore`] the layer holds, so it is not generic over the store.
 pub(crate) trait DynStore: Send + Sync + 'static {
     fn load<'a>(
         &'a self,
         key: &'a SessionKey,
         now: OffsetDateTime,
-    ) -> BoxFuture<'a, Result<Option<Record>, StoreError>>;
+    ) -> StoreFuture<'a, Result<Option<Record>, StoreError>>;
     fn create<'a>(
         &'a self,
         key: &'a SessionKey,
         record: &'a Record,
         now: OffsetDateTime,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    ) -> StoreFuture<'a, Result<bool, StoreError>>;
     fn save<'a>(
         &'a self,
         key: &'a SessionKey,
         changes: &'a ChangeSet,
         now: OffsetDateTime,
-    ) -> BoxFuture<'a, Result<Saved, StoreError>>;
+    ) -> StoreFuture<'a, Result<Saved, StoreError>>;
     fn touch<'a>(
         &'a self,
         key: &'a SessionKey,
         idle_deadline: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> BoxFuture<'a, Result<Saved, StoreError>>;
-    fn delete<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> StoreFuture<'a, Result<Saved, StoreError>>;
+    fn delete<'a>(&'a self, key: &'a SessionKey) -> StoreFuture<'a, Result<(), StoreError>>;
     fn delete_owner<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<usize, StoreError>>;
+    fn immediate(&self) -> Option<&dyn ImmediateStore>;
 }
 
 impl<S: SessionStore> DynStore for S {
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        SessionStore::immediate(self)
+    }
     fn load<'a>(
         &'a self,
         key: &'a SessionKey,
         now: OffsetDateTime,
-    ) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        Box::pin(SessionStore::load(self, key, now))
+    ) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+        match self.immediate() {
+            Some(store) => StoreFuture::Ready(Some(store.load_now(key, now))),
+            None => StoreFuture::Pending(Box::pin(SessionStore::load(self, key, now))),
+        }
     }
     fn create<'a>(
         &'a self,
         key: &'a SessionKey,
         record: &'a Record,
         now: OffsetDateTime,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(SessionStore::create(self, key, record, now))
+    ) -> StoreFuture<'a, Result<bool, StoreError>> {
+        match self.immediate() {
+            Some(store) => StoreFuture::Ready(Some(store.create_now(key, record, now))),
+            None => StoreFuture::Pending(Box::pin(SessionStore::create(self, key, record, now))),
+        }
     }
     fn save<'a>(
         &'a self,
         key: &'a SessionKey,
         changes: &'a ChangeSet,
         now: OffsetDateTime,
-    ) -> BoxFuture<'a, Result<Saved, StoreError>> {
-        Box::pin(SessionStore::save(self, key, changes, now))
+    ) -> StoreFuture<'a, Result<Saved, StoreError>> {
+        match self.immediate() {
+            Some(store) => StoreFuture::Ready(Some(store.save_now(key, changes, now))),
+            None => StoreFuture::Pending(Box::pin(SessionStore::save(self, key, changes, now))),
+        }
     }
     fn touch<'a>(
         &'a self,
         key: &'a SessionKey,
         idle_deadline: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> BoxFuture<'a, Result<Saved, StoreError>> {
-        Box::pin(SessionStore::touch(self, key, idle_deadline, now))
+    ) -> StoreFuture<'a, Result<Saved, StoreError>> {
+        match self.immediate() {
+            Some(store) => StoreFuture::Ready(Some(store.touch_now(key, idle_deadline, now))),
+            None => {
+                StoreFuture::Pending(Box::pin(SessionStore::touch(self, key, idle_deadline, now)))
+            }
+        }
     }
-    fn delete<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::delete(self, key))
+    fn delete<'a>(&'a self, key: &'a SessionKey) -> StoreFuture<'a, Result<(), StoreError>> {
+        match self.immediate() {
+            Some(store) => StoreFuture::Ready(Some(store.delete_now(key))),
+            None => StoreFuture::Pending(Box::pin(SessionStore::delete(self, key))),
+        }
     }
     fn delete_owner<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(SessionStore::delete_owner(self, owner))
