@@ -12,7 +12,7 @@ use std::time::Duration as StdDuration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use bytes::Bytes;
 use conformance::harness;
 use http_body_util::BodyExt;
@@ -357,34 +357,34 @@ async fn a_failing_store_on_save_turns_the_response_into_an_error() {
     );
 }
 
+/// A route whose handler sets `x` to `value`, then makes `store` fail: the store dies between
+/// load and save.
+fn write_then_fail(store: &Faulty, value: i64) -> MethodRouter {
+    let fail = store.fail.clone();
+    get(move |session: Session| {
+        let fail = fail.clone();
+        async move {
+            session.insert("x", value).unwrap();
+            fail.store(true, Ordering::SeqCst);
+            "handler ok"
+        }
+    })
+}
+
 #[tokio::test]
 async fn save_failures_become_error_responses_with_the_error_attached() {
     let store = Faulty::default();
-    let fail = store.fail.clone();
-    let router = Router::new()
-        .route(
-            "/",
-            get(move |session: Session| {
-                let fail = fail.clone();
-                async move {
-                    session.insert("x", 1).unwrap();
-                    // The store dies between load and save.
-                    fail.store(true, Ordering::SeqCst);
-                    "handler ok"
-                }
-            }),
-        )
-        .layer(
-            SessionLayer::builder(store.clone())
-                .error_handler(|error| {
-                    let mut response =
-                        Response::new(Bytes::from(format!("custom: {:?}", error.kind())));
-                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    response
-                })
-                .build()
-                .unwrap(),
-        );
+    let router = Router::new().route("/", write_then_fail(&store, 1)).layer(
+        SessionLayer::builder(store.clone())
+            .error_handler(|error| {
+                let mut response =
+                    Response::new(Bytes::from(format!("custom: {:?}", error.kind())));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response
+            })
+            .build()
+            .unwrap(),
+    );
     let resp = router
         .oneshot(Request::get("/").body(Body::empty()).unwrap())
         .await
@@ -402,7 +402,6 @@ async fn an_immediate_store_failing_on_save_gives_an_error_response_and_loses_no
         immediate: true,
         ..Faulty::default()
     };
-    let fail = store.fail.clone();
     let router = Router::new()
         .route(
             "/",
@@ -411,18 +410,7 @@ async fn an_immediate_store_failing_on_save_gives_an_error_response_and_loses_no
                 "started"
             }),
         )
-        .route(
-            "/write",
-            get(move |session: Session| {
-                let fail = fail.clone();
-                async move {
-                    session.insert("x", 2).unwrap();
-                    // The store fails between load and save.
-                    fail.store(true, Ordering::SeqCst);
-                    "handler ok"
-                }
-            }),
-        )
+        .route("/write", write_then_fail(&store, 2))
         .route(
             "/read",
             get(|session: Session| async move {
