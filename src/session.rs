@@ -879,7 +879,7 @@ impl Session {
     /// Carries out what the handler did. Called by the service once the response is known.
     ///
     /// Returns at once when no store call is needed (the common read-only request) or when the
-    /// only one is a save or touch of an [`ImmediateStore`](crate::ImmediateStore); otherwise a
+    /// only one is a save, a touch or a new session's create with an [`ImmediateStore`](crate::ImmediateStore); otherwise a
     /// boxed future that makes the store calls.
     pub(crate) fn finish(&self, server_error: bool) -> Finish {
         let needs_load = {
@@ -902,8 +902,8 @@ impl Session {
                 read,
             })),
             (plan, read) => {
-                // A save or touch with an ImmediateStore is made here and now; every other store
-                // call goes into the boxed future of `execute`.
+                // A save, a touch or a new session's create with an ImmediateStore is made here and
+                // now; every other store call goes into the boxed future of `execute`.
                 let immediate = match &self.0.backend.0 {
                     Kind::Server(store) => store.immediate(),
                     Kind::Client(_) => None,
@@ -935,6 +935,19 @@ impl Session {
                         let token = self.touched(&id, outcome, max_age);
                         Finish::Ready(Ok(Committed { token, read }))
                     }
+                    (
+                        Plan::Create {
+                            record,
+                            replaces: None,
+                        },
+                        Some(store),
+                    ) => Finish::Ready(self.create_now(store, &record, now).map(|id| Committed {
+                        token: TokenAction::Set {
+                            value: id.expose(),
+                            max_age: max_age_for(&record, now),
+                        },
+                        read,
+                    })),
                     (plan, _) => Finish::Pending(self.execute(plan, read, now)),
                 }
             }
@@ -1102,28 +1115,59 @@ impl Session {
         record: &Record,
         now: OffsetDateTime,
     ) -> Result<SessionId, SessionError> {
-        for _ in 0..3 {
-            let id = SessionId::generate().map_err(|e| {
-                SessionError::new(
-                    SessionErrorKind::Random,
-                    "no OS randomness for a session ID",
-                )
-                .with_source(e)
-            })?;
-            match store.create(&id.key(), record, now).await {
-                Ok(true) => return Ok(id),
-                Ok(false) => continue,
-                Err(error) => {
-                    tracing::error!(scope = self.0.config.scope, %error, "session store failed on create");
-                    return Err(SessionError::store(error));
-                }
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = new_id()?;
+            if self.created(store.create(&id.key(), record, now).await)? {
+                return Ok(id);
             }
         }
-        Err(SessionError::store(StoreError::new(
-            StoreErrorKind::Backend,
-            "the store reported a collision for three fresh 256-bit IDs",
-        )))
+        Err(collisions())
     }
+
+    /// [`Session::create`] with an [`ImmediateStore`](crate::ImmediateStore).
+    fn create_now(
+        &self,
+        store: &dyn crate::ImmediateStore,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<SessionId, SessionError> {
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = new_id()?;
+            if self.created(store.create_now(&id.key(), record, now))? {
+                return Ok(id);
+            }
+        }
+        Err(collisions())
+    }
+
+    /// Whether a create took (`false`: the ID is taken, draw another).
+    fn created(&self, outcome: Result<bool, StoreError>) -> Result<bool, SessionError> {
+        outcome.map_err(|error| {
+            tracing::error!(scope = self.0.config.scope, %error, "session store failed on create");
+            SessionError::store(error)
+        })
+    }
+}
+
+/// IDs drawn for one new session before giving up: a store that reports three collisions of fresh
+/// 256-bit IDs is broken, not unlucky.
+const CREATE_ATTEMPTS: usize = 3;
+
+fn new_id() -> Result<SessionId, SessionError> {
+    SessionId::generate().map_err(|e| {
+        SessionError::new(
+            SessionErrorKind::Random,
+            "no OS randomness for a session ID",
+        )
+        .with_source(e)
+    })
+}
+
+fn collisions() -> SessionError {
+    SessionError::store(StoreError::new(
+        StoreErrorKind::Backend,
+        "the store reported a collision for three fresh 256-bit IDs",
+    ))
 }
 
 impl fmt::Debug for Session {

@@ -33,6 +33,8 @@ struct Faulty {
     fail: Arc<AtomicBool>,
     fail_deletes: Arc<AtomicUsize>,
     fail_touches: Arc<AtomicBool>,
+    /// Creates to answer "ID taken" before accepting one.
+    collisions: Arc<AtomicUsize>,
     loads: Arc<AtomicUsize>,
     writes: Arc<AtomicUsize>,
     touches: Arc<AtomicUsize>,
@@ -77,6 +79,13 @@ impl ImmediateStore for Faulty {
     ) -> Result<bool, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.check()?;
+        if self
+            .collisions
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(false);
+        }
         self.inner.create_now(key, record, now)
     }
     fn save_now(
@@ -394,6 +403,93 @@ async fn save_failures_become_error_responses_with_the_error_attached() {
     assert!(resp.extensions().get::<SessionError>().is_some());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"custom: Store");
+}
+
+/// A router whose `/` writes a new visitor's session and `/read` reads it back.
+fn write_and_read(store: &Faulty) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|session: Session| async move {
+                session.insert("x", 7).unwrap();
+                "written"
+            }),
+        )
+        .route(
+            "/read",
+            get(|session: Session| async move {
+                session.get::<i64>("x").unwrap().unwrap_or(0).to_string()
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()))
+}
+
+#[tokio::test]
+async fn a_taken_id_is_drawn_again_and_three_in_a_row_are_an_error() {
+    for immediate in [false, true] {
+        let store = Faulty {
+            immediate,
+            ..Faulty::default()
+        };
+        let router = write_and_read(&store);
+        store.collisions.store(2, Ordering::SeqCst);
+        let resp = router
+            .clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "immediate: {immediate}");
+        assert_eq!(store.calls().1, 3, "two refused IDs, the third taken");
+        let token = cookie_value(&resp);
+        let resp = router
+            .clone()
+            .oneshot(request_with_cookie("/read", &token))
+            .await
+            .unwrap();
+        assert_eq!(body_text(resp).await, "7", "immediate: {immediate}");
+
+        store.collisions.store(3, Ordering::SeqCst);
+        let resp = router
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(resp.headers().get(header::SET_COOKIE).is_none());
+        let error = resp.extensions().get::<SessionError>().expect("the error");
+        assert_eq!(error.kind(), SessionErrorKind::Store);
+        assert_eq!(store.calls().1, 6, "three more attempts, then no more");
+        assert_eq!(store.inner.len(), 1, "only the first session was stored");
+    }
+}
+
+#[tokio::test]
+async fn a_store_failing_on_create_gives_an_error_response_and_no_cookie() {
+    for immediate in [false, true] {
+        let store = Faulty {
+            immediate,
+            ..Faulty::default()
+        };
+        let router = write_and_read(&store);
+        store.fail.store(true, Ordering::SeqCst);
+        let resp = router
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(resp.headers().get(header::SET_COOKIE).is_none());
+        let error = resp.extensions().get::<SessionError>().expect("the error");
+        assert_eq!(
+            error.kind(),
+            SessionErrorKind::Store,
+            "immediate: {immediate}"
+        );
+        assert_eq!(
+            store.calls().1,
+            1,
+            "a failure is not retried as a collision"
+        );
+        assert!(store.inner.is_empty());
+    }
 }
 
 #[tokio::test]

@@ -25,8 +25,8 @@
 //!
 //! A store whose per-request operations never wait (an in-process map) can also implement
 //! [`ImmediateStore`] and return itself from [`SessionStore::immediate`]: the layer then calls it
-//! without allocating a future per store call, and commits a save or touch before the response
-//! future's first return. [`MemoryStore`](crate::MemoryStore) does.
+//! without allocating a future per store call, and commits a save, a touch or a new session's
+//! create before the response future's first return. [`MemoryStore`](crate::MemoryStore) does.
 
 use std::error::Error as StdError;
 use std::fmt;
