@@ -78,7 +78,10 @@ impl SessionId {
 
     /// The cookie form of the ID. This is the secret bearer token: do not log it.
     pub fn expose(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.bytes)
+        // `encode_string` into an exact buffer: `encode` would zero a buffer first.
+        let mut out = String::with_capacity(ENCODED_LEN);
+        URL_SAFE_NO_PAD.encode_string(self.bytes, &mut out);
+        out
     }
 
     /// The key stores keep the session under: SHA-256 of the ID.

@@ -318,19 +318,36 @@ fn token_header(config: &Config, value: String, max_age: Option<Duration>) -> Op
 /// `name=value; Max-Age=n` followed by the attributes the cookie crate rendered when the layer was
 /// built. Token values are base64url (IDs) or the cookie store's sealed base64url, so they need no
 /// quoting; anything else would fail `HeaderValue` validation rather than corrupt the header.
+///
+/// The string is allocated at exactly its length: `HeaderValue` then takes the buffer over as it
+/// is, where spare capacity would cost it a second allocation.
 fn set_cookie(config: &Config, value: &str, max_age: Option<Duration>) -> String {
     use std::fmt::Write as _;
-    let mut out = String::with_capacity(
-        config.cookie_name.len() + value.len() + config.cookie_attributes.len() + 24,
-    );
+    const MAX_AGE: &str = "; Max-Age=";
+    let seconds = max_age.map(Duration::whole_seconds);
+    let len = config.cookie_name.len()
+        + 1
+        + value.len()
+        + seconds.map_or(0, |n| MAX_AGE.len() + decimal_len(n))
+        + config.cookie_attributes.len();
+    let mut out = String::with_capacity(len);
     out.push_str(&config.cookie_name);
     out.push('=');
     out.push_str(value);
-    if let Some(max_age) = max_age {
-        let _ = write!(out, "; Max-Age={}", max_age.whole_seconds());
+    if let Some(seconds) = seconds {
+        let _ = write!(out, "{MAX_AGE}{seconds}");
     }
     out.push_str(&config.cookie_attributes);
     out
+}
+
+/// How many characters `n` takes in decimal.
+fn decimal_len(n: i64) -> usize {
+    let digits = n
+        .unsigned_abs()
+        .checked_ilog10()
+        .map_or(1, |log| log as usize + 1);
+    digits + usize::from(n < 0)
 }
 
 /// The session cookie with the layer's attributes. A removal cookie (empty value, `Max-Age=0`)
@@ -367,6 +384,32 @@ pub(crate) fn build_cookie(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn set_cookie_headers_are_allocated_at_their_exact_length() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            86_400,
+            34_560_000,
+            -1,
+            -10,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+        }
+        let layer = crate::SessionLayer::new(crate::MemoryStore::new());
+        for max_age in [None, Some(Duration::seconds(5)), Some(Duration::days(400))] {
+            let header = set_cookie(&layer.config, "abc", max_age);
+            assert_eq!(header.len(), header.capacity(), "{header}");
+            assert!(header.starts_with("id=abc"));
+        }
+    }
 
     #[test]
     fn the_named_cookie_is_found_among_others() {

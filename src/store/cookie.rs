@@ -1030,7 +1030,10 @@ impl CookieStore {
                 StoreError::new(StoreErrorKind::Encoding, "the session cannot be encrypted")
             })?;
         buf.extend_from_slice(&tag);
-        Ok(URL_SAFE_NO_PAD.encode(&buf))
+        // `encode_string` into an exact buffer: `encode` would zero a buffer first.
+        let mut out = String::with_capacity(base64_len(buf.len()));
+        URL_SAFE_NO_PAD.encode_string(&buf, &mut out);
+        Ok(out)
     }
 
     /// Opens a value sent in the cookie `cookie_name` at `now`: size, decoding, authentication,
