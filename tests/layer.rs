@@ -424,20 +424,38 @@ fn write_and_read(store: &Faulty) -> Router {
         .layer(SessionLayer::new(store.clone()))
 }
 
+/// A `Faulty` store that the layer reaches through boxed futures, or as an `ImmediateStore`.
+fn faulty(immediate: bool) -> Faulty {
+    Faulty {
+        immediate,
+        ..Faulty::default()
+    }
+}
+
+/// A request from a new visitor (no cookie) to `/`.
+async fn new_visitor(router: &Router) -> Response<Body> {
+    router
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// The layer's answer to a store failure: 500, the error attached, no cookie.
+fn assert_store_error(resp: &Response<Body>) {
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    let error = resp.extensions().get::<SessionError>().expect("the error");
+    assert_eq!(error.kind(), SessionErrorKind::Store);
+}
+
 #[tokio::test]
 async fn a_taken_id_is_drawn_again_and_three_in_a_row_are_an_error() {
     for immediate in [false, true] {
-        let store = Faulty {
-            immediate,
-            ..Faulty::default()
-        };
+        let store = faulty(immediate);
         let router = write_and_read(&store);
         store.collisions.store(2, Ordering::SeqCst);
-        let resp = router
-            .clone()
-            .oneshot(Request::get("/").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let resp = new_visitor(&router).await;
         assert_eq!(resp.status(), StatusCode::OK, "immediate: {immediate}");
         assert_eq!(store.calls().1, 3, "two refused IDs, the third taken");
         let token = cookie_value(&resp);
@@ -449,14 +467,7 @@ async fn a_taken_id_is_drawn_again_and_three_in_a_row_are_an_error() {
         assert_eq!(body_text(resp).await, "7", "immediate: {immediate}");
 
         store.collisions.store(3, Ordering::SeqCst);
-        let resp = router
-            .oneshot(Request::get("/").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(resp.headers().get(header::SET_COOKIE).is_none());
-        let error = resp.extensions().get::<SessionError>().expect("the error");
-        assert_eq!(error.kind(), SessionErrorKind::Store);
+        assert_store_error(&new_visitor(&router).await);
         assert_eq!(store.calls().1, 6, "three more attempts, then no more");
         assert_eq!(store.inner.len(), 1, "only the first session was stored");
     }
@@ -465,30 +476,16 @@ async fn a_taken_id_is_drawn_again_and_three_in_a_row_are_an_error() {
 #[tokio::test]
 async fn a_store_failing_on_create_gives_an_error_response_and_no_cookie() {
     for immediate in [false, true] {
-        let store = Faulty {
-            immediate,
-            ..Faulty::default()
-        };
+        let store = faulty(immediate);
         let router = write_and_read(&store);
         store.fail.store(true, Ordering::SeqCst);
-        let resp = router
-            .oneshot(Request::get("/").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(resp.headers().get(header::SET_COOKIE).is_none());
-        let error = resp.extensions().get::<SessionError>().expect("the error");
-        assert_eq!(
-            error.kind(),
-            SessionErrorKind::Store,
-            "immediate: {immediate}"
-        );
+        assert_store_error(&new_visitor(&router).await);
         assert_eq!(
             store.calls().1,
             1,
             "a failure is not retried as a collision"
         );
-        assert!(store.inner.is_empty());
+        assert!(store.inner.is_empty(), "immediate: {immediate}");
     }
 }
 
