@@ -346,7 +346,11 @@ impl Session {
         if self.state().loaded {
             return Ok(());
         }
-        let _guard = self.0.load_lock.lock().await;
+        // Only a second extractor loading at the same time ever waits here.
+        let _guard = match self.0.load_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.0.load_lock.lock().await,
+        };
         if self.state().loaded {
             return Ok(());
         }
@@ -872,8 +876,9 @@ impl Session {
         let Some(window) = record.expiry.window(config.session_end_idle) else {
             return false;
         };
-        let refreshed_at = record.idle_deadline - window;
-        now - refreshed_at >= window * config.touch_fraction
+        // Due once `touch_fraction` of the window has passed since the deadline was last set
+        // (`idle_deadline - window`), put the other way round so there is one date subtraction.
+        record.idle_deadline - now <= window - window * config.touch_fraction
     }
 
     /// Carries out what the handler did. Called by the service once the response is known.

@@ -35,6 +35,8 @@ struct Faulty {
     fail_touches: Arc<AtomicBool>,
     /// Creates to answer "ID taken" before accepting one.
     collisions: Arc<AtomicUsize>,
+    /// Async loads yield to the scheduler once before answering.
+    slow_loads: bool,
     loads: Arc<AtomicUsize>,
     writes: Arc<AtomicUsize>,
     touches: Arc<AtomicUsize>,
@@ -140,6 +142,9 @@ impl SessionStore for Faulty {
         key: &SessionKey,
         now: OffsetDateTime,
     ) -> Result<Option<Record>, StoreError> {
+        if self.slow_loads {
+            tokio::task::yield_now().await;
+        }
         self.load_now(key, now)
     }
     async fn create(
@@ -854,6 +859,43 @@ async fn handler_cache_headers_are_overridden_when_a_cookie_is_set() {
         resp.headers().get(header::CACHE_CONTROL).unwrap(),
         "no-store"
     );
+}
+
+#[tokio::test]
+async fn concurrent_loads_of_one_request_read_the_store_once() {
+    let store = Faulty {
+        slow_loads: true,
+        ..Faulty::default()
+    };
+    let router = Router::new()
+        .route(
+            "/",
+            get(|session: Session| async move {
+                session.insert("x", 7).unwrap();
+                "written"
+            }),
+        )
+        .route(
+            "/both",
+            get(|request: Request<Body>| async move {
+                let session = request.extensions().get::<Session>().unwrap().clone();
+                let other = session.clone();
+                // The first load waits in the store; the second waits for it, then reads its
+                // result instead of loading again.
+                let (a, b) = tokio::join!(session.load(), other.load());
+                a.unwrap();
+                b.unwrap();
+                other.get::<i64>("x").unwrap().unwrap_or(0).to_string()
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    let token = cookie_value(&new_visitor(&router).await);
+    let resp = router
+        .oneshot(request_with_cookie("/both", &token))
+        .await
+        .unwrap();
+    assert_eq!(body_text(resp).await, "7");
+    assert_eq!(store.calls().0, 1, "one store load for both");
 }
 
 #[tokio::test]

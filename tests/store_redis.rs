@@ -118,6 +118,15 @@ async fn redis_ttl_always_matches_the_session_deadline() {
     );
     assert_ttl(conn.pttl(&name).await.unwrap(), Duration::days(1));
 
+    // Saved without moving the deadline: the TTL is left as it is, and still matches.
+    let mut changes = ChangeSet::default();
+    changes.set.insert("c".into(), json!(3));
+    assert_eq!(
+        store.save(&key, &changes, now).await.unwrap(),
+        Saved::Applied
+    );
+    assert_ttl(conn.pttl(&name).await.unwrap(), Duration::days(1));
+
     // TTLs are relative to the layer's clock, not Redis' own: a layer clock an hour ahead.
     let key2 = SessionId::generate().unwrap().key();
     let ahead = now + Duration::hours(1);

@@ -87,8 +87,11 @@ end
 local n = tonumber(ARGV[5])
 each_chunk('HDEL', key, ARGV, 6, 5 + n)
 each_chunk('HSET', key, ARGV, 6 + n, #ARGV)
-if ARGV[3] ~= '' then i = tonumber(ARGV[3]) end
-expire_at(key, deadline(i, a), now)
+if ARGV[3] ~= '' then
+  -- The deadline moved: so does the TTL. Otherwise the TTL already matches it.
+  i = tonumber(ARGV[3])
+  expire_at(key, deadline(i, a), now)
+end
 if ARGV[4] == '1' and a then return tostring(a) end
 return 1
 ";
@@ -239,7 +242,8 @@ impl Conn {
 ///
 /// Liveness is always judged by the `now` the layer passes in, never by Redis' clock alone. The
 /// Redis TTL is set to exactly the time left until the session's deadline (the earlier of its idle
-/// and absolute deadlines) on every create, save and touch, so Redis drops a session when it
+/// and absolute deadlines) on every create and touch and on every save that moves the deadline (a
+/// save that leaves it leaves the TTL, which already matches), so Redis drops a session when it
 /// expires, and a save or touch of an expired session writes nothing and reports
 /// [`Saved::Gone`]: a session deleted or expired meanwhile is never brought back
 /// (SECURITY.md 11).
