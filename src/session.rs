@@ -884,8 +884,9 @@ impl Session {
     /// Carries out what the handler did. Called by the service once the response is known.
     ///
     /// Returns at once when no store call is needed (the common read-only request) or when the
-    /// only one is a save, a touch or a new session's create with an [`ImmediateStore`](crate::ImmediateStore); otherwise a
-    /// boxed future that makes the store calls.
+    /// only one is a save, a touch or a new session's create with an
+    /// [`ImmediateStore`](crate::ImmediateStore); otherwise a boxed future that makes the store
+    /// calls.
     pub(crate) fn finish(&self, server_error: bool) -> Finish {
         let needs_load = {
             let state = self.state();
