@@ -65,6 +65,9 @@ pids=()
 cleanup() {
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
+  if [ -n "${pg_schema:-}" ]; then
+    psql "$pg_url" -qc "DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 
@@ -117,7 +120,13 @@ prepare_store() {
       pids+=("$!")
       for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
       store_env="SESSION_STORE=redis REDIS_URL=redis://127.0.0.1:$port/" ;;
-    postgres) store_env="SESSION_STORE=postgres DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}" ;;
+    postgres)
+      # A schema of its own, dropped on exit, so nothing is left in the database's public schema.
+      pg_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+      pg_schema=load_$$_$RANDOM
+      psql "$pg_url" -qc "CREATE SCHEMA $pg_schema" >/dev/null
+      local sep='?'; [[ $pg_url == *\?* ]] && sep='&'
+      store_env="SESSION_STORE=postgres DATABASE_URL=$pg_url${sep}options=-c%20search_path%3D$pg_schema" ;;
     sqlite) store_env="SESSION_STORE=sqlite DATABASE_URL=sqlite://$tmp/sessions.db?mode=rwc" ;;
     cookie) store_env="SESSION_STORE=cookie SESSION_KEY=$(head -c 32 /dev/urandom | base64 -w0)" ;;
   esac
