@@ -29,7 +29,7 @@ use tower_satchel::{
     SessionId, SessionKey, SessionLayer, SessionStore, StoreErrorKind,
 };
 
-use support_redis::{RedisServer, cluster, single_store, single_url, unique_prefix};
+use support_redis::{RedisCluster, RedisServer, cluster, single_store, single_url, unique_prefix};
 
 mod single {
     server_store_conformance!(|| async { crate::support_redis::single_store().await });
@@ -536,4 +536,112 @@ async fn an_outage_gives_error_responses_and_the_store_recovers_by_itself() {
     assert_eq!(reply.body, "1");
     let token = reply.token.unwrap();
     assert_eq!(send(&app, "/", Some(&token)).await.body, "2");
+}
+
+/// Sends `/` with `token` and checks the answer came within bounds: an outage must fail requests,
+/// not hang them.
+async fn send_in_time(app: &Router, token: &str) -> Reply {
+    let started = std::time::Instant::now();
+    let reply = send(app, "/", Some(token)).await;
+    assert!(
+        started.elapsed() < StdDuration::from_secs(15),
+        "a request took {:?} during a cluster outage",
+        started.elapsed()
+    );
+    reply
+}
+
+fn cluster_ok(cluster: &RedisCluster) -> bool {
+    cluster
+        .nodes
+        .iter()
+        .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_crash_gives_error_responses_and_the_store_recovers_by_itself() {
+    // Its own cluster: this test crashes one of its masters.
+    let mut cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let store = RedisStore::open_cluster(urls.iter().map(String::as_str))
+        .await
+        .unwrap()
+        .with_prefix(unique_prefix())
+        .unwrap();
+    let app = app(store);
+
+    // One session whose key lives on the master about to crash, one on another master.
+    let dbsize = |node: &RedisServer| node.cli(&["dbsize"]).trim().parse::<u64>().unwrap();
+    let (mut on_crashed, mut elsewhere) = (None, None);
+    for _ in 0..200 {
+        let before = dbsize(&cluster.nodes[0]);
+        let token = send(&app, "/", None).await.token.unwrap();
+        if dbsize(&cluster.nodes[0]) > before {
+            on_crashed.get_or_insert(token);
+        } else {
+            elsewhere.get_or_insert(token);
+        }
+        if on_crashed.is_some() && elsewhere.is_some() {
+            break;
+        }
+    }
+    let (on_crashed, elsewhere) = (on_crashed.unwrap(), elsewhere.unwrap());
+    assert_eq!(send(&app, "/", Some(&on_crashed)).await.body, "2");
+    assert_eq!(send(&app, "/", Some(&elsewhere)).await.body, "2");
+
+    let config = cluster.nodes[0].crash();
+    // Its sessions fail with a store error and no cookie, never a fresh empty session; the other
+    // master's sessions work until the cluster declares itself down, then fail the same way.
+    let reply = send_in_time(&app, &on_crashed).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        reply.store_error,
+        "the store error is in the response extensions"
+    );
+    assert!(
+        reply.token.is_none(),
+        "no cookie is set when the store failed"
+    );
+    let reply = send_in_time(&app, &elsewhere).await;
+    assert!(
+        reply.status == StatusCode::OK
+            || (reply.status == StatusCode::INTERNAL_SERVER_ERROR && reply.store_error),
+        "a success or a store error, got {}",
+        reply.status
+    );
+
+    // The master comes back (with its slots, without its keys); the same app, with no restart,
+    // works again.
+    cluster.nodes[0].rejoin(&config);
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(60);
+    while !cluster_ok(&cluster) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster did not recover"
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    let reply = loop {
+        let reply = send_in_time(&app, &on_crashed).await;
+        if reply.status == StatusCode::OK {
+            break reply;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover after the master came back"
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    };
+    // Its session was lost with the node's memory: a fresh one starts at 1.
+    assert_eq!(reply.body, "1");
+    let fresh = reply.token.expect("a new session cookie");
+    assert_eq!(send(&app, "/", Some(&fresh)).await.body, "2");
+    // The other master kept its session throughout.
+    let reply = send(&app, "/", Some(&elsewhere)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let visits: u64 = reply.body.parse().unwrap();
+    assert!(
+        visits >= 3,
+        "the other master's session kept its count: {visits}"
+    );
 }

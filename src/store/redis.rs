@@ -281,6 +281,12 @@ impl Conn {
 /// three quick reconnection attempts, so requests fail within a few seconds during an outage; pass your own
 /// [`ConnectionManager`](::redis::aio::ConnectionManager) to change that.
 ///
+/// In a cluster, a crashed master's sessions fail the same way while the other masters' sessions
+/// keep working (until the cluster declares itself down, under Redis' default
+/// `cluster-require-full-coverage yes`); once the master is back, or a replica took over, requests
+/// succeed again with no restart of the app. Both cases are tested against real servers: a killed
+/// and restarted standalone Redis, and a crashed and rejoined master of a 3-master cluster.
+///
 /// # Deployment notes
 ///
 /// - **TLS**: use a `rediss://` URL, and enable a TLS feature of the `redis` crate in your app

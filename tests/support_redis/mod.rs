@@ -84,7 +84,7 @@ impl RedisServer {
     /// A standalone server on a free port.
     pub fn start() -> Self {
         for _ in 0..10 {
-            if let Some(server) = Self::try_start(free_port(), &[]) {
+            if let Some(server) = Self::try_start(free_port(), &[], None) {
                 return server;
             }
         }
@@ -105,14 +105,15 @@ impl RedisServer {
                 "--cluster-node-timeout",
                 "5000",
             ];
-            if let Some(server) = Self::try_start(free_port(), &extra) {
+            if let Some(server) = Self::try_start(free_port(), &extra, None) {
                 return server;
             }
         }
         panic!("could not start a cluster redis-server after 10 attempts");
     }
 
-    fn try_start(port: u16, extra: &[&str]) -> Option<Self> {
+    /// Starts a server on `port`; `seed` is a file (name, contents) put in its folder first.
+    fn try_start(port: u16, extra: &[&str], seed: Option<(&str, &[u8])>) -> Option<Self> {
         require("redis-server");
         let dir = std::env::temp_dir().join(format!(
             "satchel-redis-{}-{port}-{}",
@@ -120,6 +121,9 @@ impl RedisServer {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        if let Some((name, contents)) = seed {
+            std::fs::write(dir.join(name), contents).unwrap();
+        }
         let port_arg = port.to_string();
         let dir_arg = dir.to_string_lossy().into_owned();
         let log = dir.join("redis.log").to_string_lossy().into_owned();
@@ -209,10 +213,29 @@ impl RedisServer {
 
     /// Starts a fresh server on the same port (its data is gone: no persistence).
     pub fn restart(&mut self) {
+        self.restart_with(None);
+    }
+
+    /// Kills a cluster node abruptly, as a crash would, and returns its cluster configuration
+    /// (`nodes.conf`: its node ID and slots) for [`RedisServer::rejoin`].
+    pub fn crash(&mut self) -> Vec<u8> {
+        let config =
+            std::fs::read(self.dir.join("nodes.conf")).expect("a cluster node's nodes.conf");
+        self.kill();
+        config
+    }
+
+    /// Starts a crashed cluster node again on the same ports with its old configuration: it
+    /// rejoins the cluster with its slots, holding no keys (no persistence).
+    pub fn rejoin(&mut self, config: &[u8]) {
+        self.restart_with(Some(("nodes.conf", config)));
+    }
+
+    fn restart_with(&mut self, seed: Option<(&str, &[u8])>) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(new) = Self::try_start(self.port, &extra) {
+            if let Some(new) = Self::try_start(self.port, &extra, seed) {
                 let old = std::mem::replace(self, new);
                 drop(old);
                 return;
