@@ -410,22 +410,24 @@ async fn save_failures_become_error_responses_with_the_error_attached() {
     assert_eq!(&body[..], b"custom: Store");
 }
 
+/// A route that writes `x = value` into the session.
+fn write_x(value: i64) -> MethodRouter {
+    get(move |session: Session| async move {
+        session.insert("x", value).unwrap();
+        "written"
+    })
+}
+
+/// A route that answers the session's `x` (0 when it has none).
+fn read_x() -> MethodRouter {
+    get(|session: Session| async move { session.get::<i64>("x").unwrap().unwrap_or(0).to_string() })
+}
+
 /// A router whose `/` writes a new visitor's session and `/read` reads it back.
 fn write_and_read(store: &Faulty) -> Router {
     Router::new()
-        .route(
-            "/",
-            get(|session: Session| async move {
-                session.insert("x", 7).unwrap();
-                "written"
-            }),
-        )
-        .route(
-            "/read",
-            get(|session: Session| async move {
-                session.get::<i64>("x").unwrap().unwrap_or(0).to_string()
-            }),
-        )
+        .route("/", write_x(7))
+        .route("/read", read_x())
         .layer(SessionLayer::new(store.clone()))
 }
 
@@ -501,20 +503,9 @@ async fn an_immediate_store_failing_on_save_gives_an_error_response_and_loses_no
         ..Faulty::default()
     };
     let router = Router::new()
-        .route(
-            "/",
-            get(|session: Session| async move {
-                session.insert("x", 1).unwrap();
-                "started"
-            }),
-        )
+        .route("/", write_x(1))
         .route("/write", write_then_fail(&store, 2))
-        .route(
-            "/read",
-            get(|session: Session| async move {
-                session.get::<i64>("x").unwrap().unwrap_or(0).to_string()
-            }),
-        )
+        .route("/read", read_x())
         .layer(SessionLayer::new(store.clone()));
     let resp = router
         .clone()
@@ -868,13 +859,7 @@ async fn concurrent_loads_of_one_request_read_the_store_once() {
         ..Faulty::default()
     };
     let router = Router::new()
-        .route(
-            "/",
-            get(|session: Session| async move {
-                session.insert("x", 7).unwrap();
-                "written"
-            }),
-        )
+        .route("/", write_x(7))
         .route(
             "/both",
             get(|request: Request<Body>| async move {
