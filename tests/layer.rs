@@ -200,12 +200,7 @@ mod faulty_store_conformance {
 
 mod faulty_immediate_store_conformance {
     // The same through the layer's immediate path.
-    server_store_conformance!(|| async {
-        super::Faulty {
-            immediate: true,
-            ..super::Faulty::default()
-        }
-    });
+    server_store_conformance!(|| async { super::faulty(true) });
 }
 
 fn app(store: &Faulty) -> harness::App {
@@ -324,13 +319,7 @@ async fn a_failing_store_on_load_rejects_without_running_the_handler() {
         .oneshot(request_with_cookie("/", &token))
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(resp.headers().get(header::SET_COOKIE).is_none());
-    let error = resp
-        .extensions()
-        .get::<SessionError>()
-        .expect("the error for outer layers");
-    assert_eq!(error.kind(), SessionErrorKind::Store);
+    let error = assert_store_error(&resp);
     assert_eq!(
         error.store_error().map(StoreError::kind),
         Some(StoreErrorKind::Backend)
@@ -449,11 +438,13 @@ async fn new_visitor(router: &Router) -> Response<Body> {
 }
 
 /// The layer's answer to a store failure: 500, the error attached, no cookie.
-fn assert_store_error(resp: &Response<Body>) {
+/// Returns the error, attached to the response for outer layers.
+fn assert_store_error(resp: &Response<Body>) -> &SessionError {
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(resp.headers().get(header::SET_COOKIE).is_none());
     let error = resp.extensions().get::<SessionError>().expect("the error");
     assert_eq!(error.kind(), SessionErrorKind::Store);
+    error
 }
 
 #[tokio::test]
@@ -498,10 +489,7 @@ async fn a_store_failing_on_create_gives_an_error_response_and_no_cookie() {
 
 #[tokio::test]
 async fn an_immediate_store_failing_on_save_gives_an_error_response_and_loses_nothing() {
-    let store = Faulty {
-        immediate: true,
-        ..Faulty::default()
-    };
+    let store = faulty(true);
     let router = Router::new()
         .route("/", write_x(1))
         .route("/write", write_then_fail(&store, 2))
@@ -518,13 +506,7 @@ async fn an_immediate_store_failing_on_save_gives_an_error_response_and_loses_no
         .oneshot(request_with_cookie("/write", &token))
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(resp.headers().get(header::SET_COOKIE).is_none());
-    let error = resp
-        .extensions()
-        .get::<SessionError>()
-        .expect("the error attached");
-    assert_eq!(error.kind(), SessionErrorKind::Store);
+    assert_store_error(&resp);
     store.fail.store(false, Ordering::SeqCst);
     let resp = router
         .oneshot(request_with_cookie("/read", &token))
@@ -537,10 +519,7 @@ async fn an_immediate_store_failing_on_save_gives_an_error_response_and_loses_no
 
 #[tokio::test]
 async fn an_immediate_store_failing_on_touch_still_answers_and_touches_next_time() {
-    let store = Faulty {
-        immediate: true,
-        ..Faulty::default()
-    };
+    let store = faulty(true);
     let app = app(&store);
     let token = app.start().await;
     app.clock.advance(Duration::hours(3)); // past 10 % of the 24 h window: a touch is due
