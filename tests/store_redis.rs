@@ -1,6 +1,8 @@
 //! The Redis store against the conformance suite (a single Redis and a 3-master Redis Cluster,
 //! both started by the tests on free ports), plus what is specific to Redis: TTLs, key layout,
-//! script reloading, an outage and its recovery, and 100 concurrent requests of one session.
+//! script reloading, outages and their recovery (a standalone server killed and restarted, a
+//! cluster master crashed and rejoined, a cluster master replaced by its replica), and 100
+//! concurrent requests of one session.
 //!
 //! Needs `redis-server` and `redis-cli` on PATH. `$REDIS_URL` replaces the single server (not the
 //! cluster, nor the server the fault test kills).
@@ -626,4 +628,90 @@ async fn a_cluster_master_crash_gives_error_responses_and_the_store_recovers_by_
         visits >= 3,
         "the other master's session kept its count: {visits}"
     );
+}
+
+/// Whether every write `master` has taken has reached its replica.
+fn replicated(master: &RedisServer) -> bool {
+    let info = master.cli(&["info", "replication"]);
+    let field = |prefix: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().to_owned())
+    };
+    let Some(offset) = field("master_repl_offset:") else {
+        return false;
+    };
+    // slave0:ip=127.0.0.1,port=6380,state=online,offset=1234,lag=0
+    field("slave0:").is_some_and(|replica| {
+        replica.contains("state=online") && replica.contains(&format!("offset={offset},"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_failover_keeps_its_sessions_without_an_app_restart() {
+    // Its own cluster, with a replica per master and a short node timeout: this test crashes a
+    // master and waits for its replica to take over.
+    let mut cluster = RedisCluster::start_with(1, 1000);
+    assert_eq!(cluster.nodes[0].role(), "master");
+    let urls = cluster.urls();
+    let store = RedisStore::open_cluster(urls.iter().map(String::as_str))
+        .await
+        .unwrap()
+        .with_prefix(unique_prefix())
+        .unwrap();
+    let app = app(store);
+
+    // One session on the master about to crash, one on another master, each counted to 2.
+    let dbsize = |node: &RedisServer| node.cli(&["dbsize"]).trim().parse::<u64>().unwrap();
+    let (mut on_crashed, mut elsewhere) = (None, None);
+    for _ in 0..200 {
+        let before = dbsize(&cluster.nodes[0]);
+        let token = send(&app, "/", None).await.token.unwrap();
+        if dbsize(&cluster.nodes[0]) > before {
+            on_crashed.get_or_insert(token);
+        } else {
+            elsewhere.get_or_insert(token);
+        }
+        if on_crashed.is_some() && elsewhere.is_some() {
+            break;
+        }
+    }
+    let (on_crashed, elsewhere) = (on_crashed.unwrap(), elsewhere.unwrap());
+    assert_eq!(send(&app, "/", Some(&on_crashed)).await.body, "2");
+    assert_eq!(send(&app, "/", Some(&elsewhere)).await.body, "2");
+    // Replication is asynchronous: crash only once the replica has the session.
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+    while !replicated(&cluster.nodes[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not catch up"
+        );
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+
+    cluster.nodes[0].crash();
+    // Until the replica takes over, the session fails with a store error and no cookie; then the
+    // same app, with no restart, finds the session on the new master with its count.
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(60);
+    let reply = loop {
+        let reply = send_in_time(&app, &on_crashed).await;
+        if reply.status == StatusCode::OK {
+            break reply;
+        }
+        assert_store_error(&reply);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took over the crashed master's sessions"
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    };
+    assert_eq!(reply.body, "3", "the session survived the failover");
+    assert!(reply.token.is_none(), "the same session, not a new one");
+    assert_eq!(send(&app, "/", Some(&on_crashed)).await.body, "4");
+    assert!(
+        cluster.nodes[3..].iter().any(|n| n.role() == "master"),
+        "a replica was promoted"
+    );
+    // The other master's session kept its count too.
+    assert_eq!(send(&app, "/", Some(&elsewhere)).await.body, "3");
 }

@@ -284,8 +284,12 @@ impl Conn {
 /// In a cluster, a crashed master's sessions fail the same way while the other masters' sessions
 /// keep working (until the cluster declares itself down, under Redis' default
 /// `cluster-require-full-coverage yes`); once the master is back, or a replica took over, requests
-/// succeed again with no restart of the app. Both cases are tested against real servers: a killed
-/// and restarted standalone Redis, and a crashed and rejoined master of a 3-master cluster.
+/// succeed again with no restart of the app. When a replica takes over, the sessions it had
+/// received before the crash are served from it with their data; the client finds the new master
+/// by itself. These cases are tested against real servers: a killed and restarted standalone
+/// Redis, a crashed and rejoined master of a 3-master cluster, and a crashed master of a cluster
+/// with one replica per master (node timeout one second), whose sessions keep their counts once
+/// the replica is promoted.
 ///
 /// # Deployment notes
 ///

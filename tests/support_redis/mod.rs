@@ -91,8 +91,10 @@ impl RedisServer {
         panic!("could not start redis-server on a free port after 10 attempts");
     }
 
-    /// A cluster-enabled server on a free port, with its bus on another free port.
-    pub fn start_cluster_node() -> Self {
+    /// A cluster-enabled server on a free port, with its bus on another free port. It counts
+    /// another node as failed after `node_timeout_ms` without an answer.
+    pub fn start_cluster_node(node_timeout_ms: u32) -> Self {
+        let timeout = node_timeout_ms.to_string();
         for _ in 0..10 {
             let bus = free_port().to_string();
             let extra = [
@@ -103,7 +105,7 @@ impl RedisServer {
                 "--cluster-port",
                 &bus,
                 "--cluster-node-timeout",
-                "5000",
+                &timeout,
             ];
             if let Some(server) = Self::try_start(free_port(), &extra, None) {
                 return server;
@@ -249,6 +251,11 @@ impl RedisServer {
         }
     }
 
+    /// `master` or `slave`, as `ROLE` answers.
+    pub fn role(&self) -> String {
+        self.cli(&["role"]).lines().next().unwrap_or("").to_owned()
+    }
+
     /// Runs `redis-cli -p <port> args...` and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
         require("redis-cli");
@@ -291,16 +298,26 @@ fn ping(port: u16) -> bool {
     stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
-/// A 3-master Redis Cluster.
+/// A Redis Cluster of 3 masters, each with `replicas` replicas.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// 3 masters, no replicas.
     pub fn start() -> Self {
+        Self::start_with(0, 5000)
+    }
+
+    /// 3 masters with `replicas` replicas each; nodes count another as failed after
+    /// `node_timeout_ms`. `redis-cli --cluster create` makes the first three nodes the masters.
+    pub fn start_with(replicas: usize, node_timeout_ms: u32) -> Self {
         require("redis-cli");
         require_cluster_port_support();
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_cluster_node()).collect();
+        let count = 3 * (1 + replicas);
+        let nodes: Vec<RedisServer> = (0..count)
+            .map(|_| RedisServer::start_cluster_node(node_timeout_ms))
+            .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -309,7 +326,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap();
         assert!(
@@ -318,11 +335,16 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let known = format!("cluster_known_nodes:{count}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = nodes.iter().all(|n| {
                 let info = n.cli(&["cluster", "info"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+                info.contains("cluster_state:ok")
+                    && info.contains(&known)
+                    && (n.role() == "master"
+                        || n.cli(&["info", "replication"])
+                            .contains("master_link_status:up"))
             });
             if ok {
                 break;
