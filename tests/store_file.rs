@@ -1,6 +1,6 @@
 //! The file store against the conformance suite, and what only a file store can get wrong:
 //! several processes on one folder, paths built from client input, damaged and leftover files, a
-//! read-only folder, restarts.
+//! read-only folder, a full disk, restarts.
 //!
 //! Folders are created under Cargo's `CARGO_TARGET_TMPDIR` (inside the target folder, on the
 //! same disk as the build, so `fsync` is real).
@@ -582,6 +582,99 @@ async fn a_read_only_folder_gives_error_responses_and_loses_nothing() {
     }
     // Writable again: the session was neither emptied nor lost.
     assert_eq!(app.get("/incr/n", Some(&token)).await.body, "2");
+}
+
+/// A tmpfs of `size` mounted on `dir` until dropped, so that the disk can really fill up.
+/// `None` when not running as root (mounting needs it); as root, a failed mount fails the test.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return None;
+        }
+        fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0700"))
+            .arg("tmpfs")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot mount a tmpfs as root");
+        Some(SmallDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        let path = self.dir.join("filler");
+        let mut file = fs::File::create(&path).unwrap();
+        let chunk = [0u8; 4096];
+        loop {
+            match file.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return path,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_gives_error_responses_and_loses_nothing() {
+    let dir = fresh_dir("full-disk");
+    let Some(disk) = SmallDisk::mount(&dir, "256k") else {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let store = FileStore::new(&dir).unwrap();
+    let app = harness::default_app(store.clone().into_backend());
+    let token = app.start().await;
+    let filler = disk.fill();
+
+    let resp = app.get("/incr/n", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "a save");
+    let resp = app.get("/incr/n", None).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "a create");
+    assert!(resp.token().is_none(), "no cookie for a session not stored");
+    // Reading still works, and shows the data from before the failed save.
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
+    // Directly: a backend error carrying the I/O error.
+    let now = now();
+    let err = store.create(&key(), &record(now), now).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Backend);
+    let io = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .expect("the io::Error is kept");
+    assert_eq!(io.kind(), std::io::ErrorKind::StorageFull, "{io:?}");
+    // The failed writes left no temporary files behind.
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".tmp-")),
+        "temporary files left: {names:?}"
+    );
+
+    // Space again: the session was neither emptied nor lost, and counts on.
+    fs::remove_file(filler).unwrap();
+    assert_eq!(app.get("/incr/n", Some(&token)).await.body, "2");
+    drop(disk);
 }
 
 #[test]

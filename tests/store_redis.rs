@@ -512,6 +512,44 @@ async fn an_outage_gives_error_responses_and_the_store_recovers_by_itself() {
     recovers_with_a_fresh_session(&app, &token, deadline).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_gives_error_responses_and_loses_nothing() {
+    // Its own server, with the recommended policy: refuse writes when full.
+    let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    let app = app(store);
+    let first = send(&app, "/", None).await;
+    let token = first.token.unwrap();
+    assert_eq!(send(&app, "/", Some(&token)).await.body, "2");
+
+    // Fill it up: 2 MB of other data, then a memory limit below what is in use.
+    let mut conn = raw(&server.url()).await;
+    let filler = vec![b'x'; 64 * 1024];
+    for n in 0..32 {
+        conn.set::<_, _, ()>(format!("filler:{n}"), &filler[..])
+            .await
+            .unwrap();
+    }
+    let config = |value: &str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("maxmemory").arg(value);
+        cmd
+    };
+    config("1mb").query_async::<()>(&mut conn).await.unwrap();
+    let error = conn.set::<_, _, ()>("probe", 1).await.unwrap_err();
+    assert!(error.to_string().contains("OOM"), "{error}");
+
+    // Writes fail as store errors with no cookie; the session still reads as it was.
+    assert_store_error(&send_in_time(&app, &token).await);
+    assert_store_error(&send(&app, "/", None).await);
+    let keys = send(&app, "/keys", Some(&token)).await;
+    assert_eq!((keys.status, keys.body.as_str()), (StatusCode::OK, "1"));
+
+    // Memory again: the session was neither emptied nor lost, and counts on.
+    config("0").query_async::<()>(&mut conn).await.unwrap();
+    assert_eq!(send(&app, "/", Some(&token)).await.body, "3");
+}
+
 /// Sends `/` with `token` until it succeeds, failing the test at `deadline`; the session was lost
 /// with the server's memory, so a fresh one starts at 1 and counts on.
 async fn recovers_with_a_fresh_session(app: &Router, token: &str, deadline: std::time::Instant) {

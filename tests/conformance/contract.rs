@@ -72,6 +72,38 @@ pub async fn create_refuses_an_existing_key<S: SessionStore>(store: S) {
     assert!(!loaded.data.contains_key("intruder"));
 }
 
+pub async fn create_replaces_an_expired_record_entirely<S: SessionStore>(store: S) {
+    let now = now();
+    let k = key();
+    // Expired by the injected time only: a store with its own expiry may still hold it.
+    let mut old = owned(now, "alice");
+    old.idle_deadline = now + Duration::seconds(30);
+    old.data.insert("stale".into(), json!("old"));
+    assert!(store.create(&k, &old, now).await.unwrap());
+    let later = now + Duration::seconds(31);
+    let mut new = Record::new(
+        later,
+        later + Duration::hours(1),
+        None,
+        Expiry::OnInactivity(Duration::hours(1)),
+    );
+    new.data.insert("fresh".into(), json!(1));
+    assert!(
+        store.create(&k, &new, later).await.unwrap(),
+        "an expired record does not block the key"
+    );
+    let loaded = store
+        .load(&k, later)
+        .await
+        .unwrap()
+        .expect("the new record");
+    assert_eq!(loaded, new, "nothing of the expired record is left");
+    assert!(
+        store.list_owner("alice", later).await.unwrap().is_empty(),
+        "the old owner no longer lists it"
+    );
+}
+
 pub async fn save_applies_only_the_change_set<S: SessionStore>(store: S) {
     let now = now();
     let k = key();

@@ -42,6 +42,7 @@ macro_rules! server_store_conformance {
             load_of_a_missing_key_is_none,
             create_then_load_round_trips,
             create_refuses_an_existing_key,
+            create_replaces_an_expired_record_entirely,
             save_applies_only_the_change_set,
             save_of_a_cleared_change_set_replaces_the_data,
             save_of_a_missing_record_is_gone_and_creates_nothing,

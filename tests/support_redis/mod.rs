@@ -83,8 +83,13 @@ pub struct RedisServer {
 impl RedisServer {
     /// A standalone server on a free port.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A standalone server on a free port, with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         for _ in 0..10 {
-            if let Some(server) = Self::try_start(free_port(), &[], None) {
+            if let Some(server) = Self::try_start(free_port(), extra, None) {
                 return server;
             }
         }
