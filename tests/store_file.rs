@@ -10,6 +10,7 @@
 
 #[macro_use]
 mod conformance;
+mod support_disk;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -584,60 +585,10 @@ async fn a_read_only_folder_gives_error_responses_and_loses_nothing() {
     assert_eq!(app.get("/incr/n", Some(&token)).await.body, "2");
 }
 
-/// A tmpfs of `size` mounted on `dir` until dropped, so that the disk can really fill up.
-/// `None` when not running as root (mounting needs it); as root, a failed mount fails the test.
-struct SmallDisk {
-    dir: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(dir: &Path, size: &str) -> Option<Self> {
-        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            return None;
-        }
-        fs::create_dir_all(dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={size},mode=0700"))
-            .arg("tmpfs")
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot mount a tmpfs as root");
-        Some(SmallDisk {
-            dir: dir.to_path_buf(),
-        })
-    }
-
-    /// Writes a filler file until the disk is full.
-    fn fill(&self) -> PathBuf {
-        let path = self.dir.join("filler");
-        let mut file = fs::File::create(&path).unwrap();
-        let chunk = [0u8; 4096];
-        loop {
-            match file.write_all(&chunk) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return path,
-                Err(e) => panic!("filling the disk: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_gives_error_responses_and_loses_nothing() {
     let dir = fresh_dir("full-disk");
-    let Some(disk) = SmallDisk::mount(&dir, "256k") else {
+    let Some(disk) = support_disk::SmallDisk::mount(&dir, "256k") else {
         eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
         return;
     };

@@ -1,5 +1,5 @@
 //! The SQLite store: the conformance suite against SQLite files, plus concurrency, two pools on
-//! one file, a missing table, persistence across reopening, and what the rows hold.
+//! one file, a missing table, persistence across reopening, a full disk, and what the rows hold.
 //!
 //! Needs nothing but a writable temporary folder (SQLite is compiled in); each store gets its own
 //! file, removed afterwards.
@@ -8,6 +8,7 @@
 
 #[macro_use]
 mod conformance;
+mod support_disk;
 mod support_sql;
 
 use std::sync::Arc;
@@ -265,4 +266,65 @@ async fn connect_takes_paths_and_sqlite_urls_only() {
         .unwrap_err();
     assert_eq!(error.kind(), StoreErrorKind::Config);
     assert!(custom.clone().with_table("x; DROP TABLE y").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gives_error_responses_and_loses_nothing() {
+    let (dir, _cleanup) = lite::temp_dir();
+    let Some(disk) = support_disk::SmallDisk::mount(&dir, "512k") else {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let store = SqliteStore::connect(dir.join("sessions.sqlite3").to_str().unwrap())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let app = app(store.clone());
+    let first = app.get("/incr", None).await;
+    assert_eq!(first.body, "1");
+    let token = first.token.unwrap();
+    let filler = disk.fill();
+
+    // Every write fails with a store error and no cookie, whatever SQLite had to grow.
+    for _ in 0..3 {
+        let resp = app
+            .get("/set/a-longer-key-that-needs-room", Some(&token))
+            .await;
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "a save");
+        assert!(
+            resp.error
+                .as_ref()
+                .is_some_and(|e| e.kind() == SessionErrorKind::Store)
+        );
+        let resp = app.get("/incr", None).await;
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "a create");
+        assert!(resp.token.is_none(), "no cookie for a session not stored");
+    }
+    // Directly: a backend error.
+    let now = now();
+    let key = SessionId::generate().unwrap().key();
+    let err = store
+        .create(&key, &conformance::contract::record(now), now)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Backend);
+    // Reading still works and shows the session as it was.
+    assert_eq!(app.get("/keys", Some(&token)).await.body, "n");
+
+    // Space again: the session was neither emptied nor lost, and every connection of the pool
+    // (10 by default) writes again, including those whose transactions failed.
+    std::fs::remove_file(filler).unwrap();
+    for n in 2..=25 {
+        let resp = app.get("/incr", Some(&token)).await;
+        assert_eq!(resp.status, StatusCode::OK, "{resp:?}");
+        assert_eq!(resp.body, n.to_string());
+    }
+    assert_eq!(
+        app.get("/set/a-longer-key-that-needs-room", Some(&token))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    drop(store);
+    drop(disk);
 }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use serde_json::{Map, Value};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection, Row, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use super::{DEFAULT_TABLE, Failure, quote_ident, store_error};
@@ -61,6 +62,11 @@ use crate::store::{Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind}
 /// - A pool of your own should use WAL journal mode and a busy timeout (as
 ///   [`SqliteStore::connect`] does), or concurrent requests fail with "database is locked".
 /// - Keep the file on a local disk: SQLite's locking is unreliable on network file systems.
+/// - A full disk makes new sessions and saves fail with store errors (error responses, no
+///   cookie) while sessions still load; once there is space again, writes succeed with no restart.
+///   A connection whose transaction failed is closed rather than reused, because SQLite may have
+///   rolled the transaction back by itself and sqlx would then refuse every later transaction on
+///   it. Tested on a 512 KiB tmpfs filled up and then freed.
 ///
 /// # Examples
 ///
@@ -302,18 +308,22 @@ impl SqliteStore {
     ///
     /// [`StoreErrorKind::Backend`] when the database cannot be written.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let fail = |e| self.error("migrate", e);
-        let mut tx = self
+        let mut conn = self
             .pool
-            .begin_with("BEGIN IMMEDIATE")
+            .acquire()
             .await
-            .map_err(fail)?;
-        sqlx::raw_sql(AssertSqlSafe(self.schema_sql()))
-            .execute(&mut *tx)
+            .map_err(|e| self.error("migrate", e))?;
+        let migrated = async {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::raw_sql(AssertSqlSafe(self.schema_sql()))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        discard_on_error(conn, migrated)
             .await
-            .map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
-        Ok(())
+            .map_err(|e| self.error("migrate", e))
     }
 
     fn error(&self, op: &str, error: sqlx::Error) -> StoreError {
@@ -377,6 +387,23 @@ fn record_from_row(row: &SqliteRow) -> Result<Result<Record, &'static str>, sqlx
     }))
 }
 
+/// Returns `result`, closing `conn` instead of returning it to the pool when `result` is an error
+/// from a transaction on it.
+///
+/// After some errors (a full disk, an I/O error, a busy database) SQLite rolls the transaction
+/// back by itself. sqlx still counts it as open, as its own `ROLLBACK` then fails, and refuses
+/// every later transaction on that connection (`InvalidSavePointStatement`), for as long as the
+/// pool keeps it. A fresh connection replaces the closed one when needed.
+async fn discard_on_error<T>(
+    conn: PoolConnection<Sqlite>,
+    result: Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    if result.is_err() {
+        let _ = conn.close().await;
+    }
+    result
+}
+
 impl SqliteStore {
     /// A save that changes data: read, apply, write back, under the write lock.
     async fn save_data(
@@ -385,7 +412,19 @@ impl SqliteStore {
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<Saved, sqlx::Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = self.pool.acquire().await?;
+        let saved = self.save_data_on(&mut conn, key, changes, now).await;
+        discard_on_error(conn, saved).await
+    }
+
+    async fn save_data_on(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Saved, sqlx::Error> {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(stmt(&self.sql.read_for_save))
             .bind(key.as_bytes().as_slice())
             .bind(micros(now))
