@@ -1,8 +1,8 @@
 //! The Redis store against the conformance suite (a single Redis and a 3-master Redis Cluster,
 //! both started by the tests on free ports), plus what is specific to Redis: TTLs, key layout,
-//! script reloading, outages and their recovery (a standalone server killed and restarted, a
-//! cluster master crashed and rejoined, a cluster master replaced by its replica), and 100
-//! concurrent requests of one session.
+//! script reloading, outages and their recovery (a standalone server killed and restarted, or
+//! frozen and let run again, or out of memory; a cluster master crashed and rejoined, or replaced
+//! by its replica), and 100 concurrent requests of one session.
 //!
 //! Needs `redis-server` and `redis-cli` on PATH. `$REDIS_URL` replaces the single server (not the
 //! cluster, nor the server the fault test kills).
@@ -510,6 +510,62 @@ async fn an_outage_gives_error_responses_and_the_store_recovers_by_itself() {
     server.restart();
     let deadline = std::time::Instant::now() + StdDuration::from_secs(15);
     recovers_with_a_fresh_session(&app, &token, deadline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_times_out_into_error_responses_and_never_mixes_up_replies() {
+    // Its own server: this test stops it.
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).await.unwrap();
+    let app = app(store);
+    // Two sessions with different counts, so that a reply given to the wrong request shows.
+    let a = send(&app, "/", None).await.token.unwrap();
+    let b = send(&app, "/", None).await.token.unwrap();
+    for _ in 0..4 {
+        send(&app, "/", Some(&b)).await;
+    }
+
+    // Redis stops answering while requests of both sessions arrive: each ends in a store error
+    // within the response timeout, with no cookie.
+    server.freeze();
+    let mut waiting = Vec::new();
+    for token in [&a, &b, &a, &b] {
+        let (app, token) = (app.clone(), token.clone());
+        waiting.push(tokio::spawn(
+            async move { send_in_time(&app, &token).await },
+        ));
+    }
+    for reply in waiting {
+        assert_store_error(&reply.await.unwrap());
+    }
+
+    // Redis answers again, first the commands it was sent while frozen; every request after that
+    // gets its own session's reply.
+    server.thaw();
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(15);
+    let first = loop {
+        let reply = send_in_time(&app, &a).await;
+        if reply.status == StatusCode::OK {
+            break reply;
+        }
+        assert_store_error(&reply);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover after Redis thawed"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    };
+    assert_eq!(first.body, "2");
+    let (mut count_a, mut count_b) = (2, 5);
+    for _ in 0..10 {
+        let (ra, rb) = tokio::join!(send(&app, "/", Some(&a)), send(&app, "/", Some(&b)));
+        count_a += 1;
+        count_b += 1;
+        assert_eq!(
+            (ra.body, rb.body),
+            (count_a.to_string(), count_b.to_string())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

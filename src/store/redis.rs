@@ -295,7 +295,11 @@ impl Conn {
 /// connection comes back by itself once Redis is reachable again; no restart of the app is needed.
 /// [`RedisStore::open`] uses a one-second connect timeout, a two-second response timeout and up to
 /// three quick reconnection attempts, so requests fail within a few seconds during an outage; pass your own
-/// [`ConnectionManager`](::redis::aio::ConnectionManager) to change that.
+/// [`ConnectionManager`](::redis::aio::ConnectionManager) to change that. A Redis that stops
+/// answering without closing its connections (stuck, swapping, stopped) gives the same error
+/// responses once the response timeout passes; when it answers again, each reply still reaches
+/// the request that sent its command (tested by stopping the server with `SIGSTOP` while requests
+/// of two sessions wait, then letting it run).
 ///
 /// In a cluster, a crashed master's sessions fail the same way while the other masters' sessions
 /// keep working (until the cluster declares itself down, under Redis' default
