@@ -14,6 +14,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
@@ -22,7 +23,7 @@ use time::OffsetDateTime;
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::record::{ChangeSet, Record, earlier_deadline};
-use crate::store::{ImmediateStore, Saved, SessionInfo, SessionStore, StoreError};
+use crate::store::{ImmediateStore, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
 
 /// Shards per core for [`MemoryStore::new`], and the bounds of the default.
 const SHARDS_PER_CORE: usize = 4;
@@ -84,6 +85,9 @@ pub struct MemoryStore {
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
     owners: Mutex<HashMap<String, HashSet<SessionKey>>>,
+    /// The most records a shard takes before refusing new sessions (see
+    /// [`MemoryStore::with_max_sessions`]); `usize::MAX` when unlimited.
+    shard_capacity: AtomicUsize,
 }
 
 /// Hashes a [`SessionKey`] by taking 8 of its bytes: keys are SHA-256 digests, so those bytes are
@@ -241,9 +245,14 @@ impl Default for MemoryStore {
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let capacity = self.inner.shard_capacity.load(Ordering::Relaxed);
         f.debug_struct("MemoryStore")
             .field("shards", &self.inner.shards.len())
             .field("sessions", &self.len())
+            .field(
+                "max_sessions",
+                &(capacity != usize::MAX).then(|| capacity.saturating_mul(self.inner.shards.len())),
+            )
             .finish()
     }
 }
@@ -278,8 +287,38 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 shards,
                 owners: Mutex::new(HashMap::new()),
+                shard_capacity: AtomicUsize::new(usize::MAX),
             }),
         }
+    }
+
+    /// Refuses new sessions once the store holds about `max` (for this store and its clones).
+    ///
+    /// Without a limit, every visitor whose request writes to a new session adds one, until it
+    /// expires: a flood of requests without a cookie to a route that writes grows the process by
+    /// about 450 bytes per request (see [`MemoryStore`]). With one, a new session that does not fit fails
+    /// like a write to a full disk or a full Redis: a [`StoreError`] of kind
+    /// [`Backend`](StoreErrorKind::Backend), so the request gets an error response and no cookie,
+    /// while existing sessions load, save and are deleted as before.
+    ///
+    /// The limit is kept per shard, with no shared counter to update: each shard takes
+    /// `max / shards` sessions (rounded up), so a store may refuse a session a little before it
+    /// holds `max` in all. A full shard first deletes up to 256 of its expired sessions (those
+    /// whose deadline fell in an earlier minute) before it refuses one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_satchel::MemoryStore;
+    ///
+    /// // About 1 GB at 450 bytes a session.
+    /// let store = MemoryStore::new().with_max_sessions(2_000_000);
+    /// # let _ = store;
+    /// ```
+    pub fn with_max_sessions(self, max: usize) -> Self {
+        let capacity = max.div_ceil(self.inner.shards.len());
+        self.inner.shard_capacity.store(capacity, Ordering::Relaxed);
+        self
     }
 
     /// How many records the store holds, expired ones not yet swept included.
@@ -398,7 +437,20 @@ impl ImmediateStore for MemoryStore {
         record: &Record,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let mut shard = lock(self.shard(key));
+        let mutex = self.shard(key);
+        let mut shard = lock(mutex);
+        let capacity = self.inner.shard_capacity.load(Ordering::Relaxed);
+        if shard.records.len() >= capacity && !shard.records.contains_key(key) {
+            drop(shard);
+            self.sweep_shard(mutex, now, SWEEP_CHUNK);
+            shard = lock(mutex);
+            if shard.records.len() >= capacity && !shard.records.contains_key(key) {
+                return Err(StoreError::new(
+                    StoreErrorKind::Backend,
+                    "memory store full: the limit on sessions is reached",
+                ));
+            }
+        }
         let old = match shard.records.entry(*key) {
             Entry::Occupied(existing) if existing.get().is_live(now) => return Ok(false),
             Entry::Occupied(mut dead) => Some(dead.insert(Stored::from_record(record))),
