@@ -222,6 +222,66 @@ async fn a_save_after_expiry_does_not_revive_the_row() {
     );
 }
 
+/// A session row locked by a long transaction elsewhere: the request that needs to write it gets
+/// a store error once the store's timeout passes, rather than waiting for that transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_row_times_out_into_an_error_response() {
+    let guarded = pg::store().await;
+    let store = guarded
+        .store
+        .clone()
+        .with_timeout(StdDuration::from_millis(500));
+    let app = app(store.clone());
+    let first = app.get("/incr", None).await;
+    let token = first.token.unwrap();
+
+    // Another connection locks every session row, as a long maintenance transaction would.
+    let mut admin = store.pool().begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM {} FOR UPDATE",
+        table_of(&store)
+    )))
+    .fetch_all(&mut *admin)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    // The load reads past the lock; the save waits for it, until the timeout.
+    let resp = tokio::time::timeout(StdDuration::from_secs(10), app.get("/incr", Some(&token)))
+        .await
+        .expect("the request still waits for the lock after 10 s");
+    let took = started.elapsed();
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "{resp:?}");
+    let error = resp.error.as_ref().and_then(|e| e.store_error()).unwrap();
+    assert_eq!(error.kind(), StoreErrorKind::Backend);
+    assert!(
+        error.to_string().contains("no answer within 500 ms"),
+        "{error}"
+    );
+    assert!(
+        took < StdDuration::from_secs(3),
+        "the request waited {took:?}"
+    );
+
+    // As documented, the server still runs the write that timed out once the lock is released.
+    admin.rollback().await.unwrap();
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+    loop {
+        let n: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT data->>'n' FROM {}",
+            table_of(&store)
+        )))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if n.as_deref() == Some("2") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "n is {n:?}");
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    assert_eq!(app.get("/incr", Some(&token)).await.body, "3");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_characters_are_an_encoding_error() {
     let store = pg::store().await;
@@ -509,6 +569,48 @@ mod throwaway {
             );
         }
 
+        /// The server and its backends, postmaster first (from `postmaster.pid`).
+        fn processes(&self) -> Vec<String> {
+            let pid_file = std::path::Path::new(&self.data()).join("postmaster.pid");
+            let text = std::fs::read_to_string(pid_file).unwrap();
+            let postmaster = text.lines().next().unwrap().trim().to_owned();
+            let children = Command::new("pgrep")
+                .args(["-P", &postmaster])
+                .output()
+                .unwrap();
+            let mut pids = vec![postmaster];
+            pids.extend(
+                String::from_utf8_lossy(&children.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned),
+            );
+            pids
+        }
+
+        fn signal(pids: &[String], signal: &str) {
+            let status = Command::new("kill")
+                .arg(signal)
+                .args(pids)
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {signal} failed");
+        }
+
+        /// Stops the server and its backends (SIGSTOP): connections stay open and nothing is
+        /// answered, as with a stuck server or a network that drops packets.
+        pub(crate) fn freeze(&self) -> Vec<String> {
+            let pids = self.processes();
+            Self::signal(&pids, "-STOP");
+            pids
+        }
+
+        /// Lets the processes [`Cluster::freeze`] stopped run again.
+        pub(crate) fn thaw(&self, pids: &[String]) {
+            let mut reversed = pids.to_vec();
+            reversed.reverse();
+            Self::signal(&reversed, "-CONT");
+        }
+
         pub(crate) fn pg_ctl_stop(&self, mode: &str) {
             self.run(
                 "pg_ctl",
@@ -674,4 +776,84 @@ async fn restart_gives_error_responses_then_recovers() {
         "counts went backwards: {counts:?}"
     );
     assert!(counts[0] >= 2);
+}
+
+/// The server stops answering without closing its connections (SIGSTOP on the postmaster and
+/// every backend): requests fail with a store error within the pool's acquire timeout (the pool
+/// checks a connection before handing it out) or the store's timeout, instead of waiting as long
+/// as TCP would, and once the server runs again the sessions carry on with their data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_times_out_into_error_responses_then_recovers() {
+    let cluster = tokio::task::spawn_blocking(throwaway::Cluster::start)
+        .await
+        .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(StdDuration::from_millis(500))
+        .connect(&cluster.url())
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool).with_timeout(StdDuration::from_millis(500));
+    store.migrate().await.unwrap();
+    let app = app(store);
+    let a = app.get("/incr", None).await.token.unwrap();
+    let b = app.get("/incr", None).await.token.unwrap();
+    for _ in 0..4 {
+        assert_eq!(app.get("/incr", Some(&b)).await.status, StatusCode::OK);
+    }
+
+    let frozen = cluster.freeze();
+    let mut waiting = Vec::new();
+    for token in [&a, &b, &a, &b, &a, &b] {
+        let (app, token) = (app.clone(), token.clone());
+        waiting.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let resp = app.get("/incr", Some(&token)).await;
+            (resp, started.elapsed())
+        }));
+    }
+    for task in waiting {
+        let (resp, took) = tokio::time::timeout(StdDuration::from_secs(10), task)
+            .await
+            .expect("a request still waits for the frozen server after 10 s")
+            .unwrap();
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "{resp:?}");
+        assert_eq!(
+            resp.error
+                .as_ref()
+                .and_then(|e| e.store_error())
+                .map(|e| e.kind()),
+            Some(StoreErrorKind::Backend)
+        );
+        assert!(resp.token.is_none());
+        assert!(
+            took < StdDuration::from_secs(5),
+            "a request waited {took:?}"
+        );
+    }
+
+    cluster.thaw(&frozen);
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(30);
+    let first = loop {
+        let resp = app.get("/incr", Some(&a)).await;
+        if resp.status == StatusCode::OK {
+            break resp;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover after the server ran again: {resp:?}"
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    };
+    assert_eq!(first.body, "2", "the session kept its count");
+    let (mut count_a, mut count_b) = (2, 5);
+    for _ in 0..10 {
+        let (ra, rb) = tokio::join!(app.get("/incr", Some(&a)), app.get("/incr", Some(&b)));
+        count_a += 1;
+        count_b += 1;
+        assert_eq!(
+            (ra.body, rb.body),
+            (count_a.to_string(), count_b.to_string())
+        );
+    }
 }

@@ -71,8 +71,11 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 ///   but stay until deleted.
 /// - The store takes one pooled connection per operation. A database outage makes requests that
 ///   need the session fail with an error response (never an empty session); the pool reconnects by
-///   itself when the server is back. [`PostgresStore::connect`] waits at most 5 seconds for a
-///   connection; pass your own pool to choose other limits.
+///   itself when the server is back. An operation the server does not answer within 5 seconds
+///   (a stopped server, a dropped network, a row locked elsewhere) fails the same way
+///   ([`with_timeout`](PostgresStore::with_timeout) changes the limit), and
+///   [`PostgresStore::connect`] waits at most 5 seconds for a connection; pass your own pool to
+///   choose other limits for it.
 /// - Rows are small and updated in place; autovacuum's defaults suit the table. `UNLOGGED` is not
 ///   used: sessions survive a database crash.
 ///
@@ -111,6 +114,7 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 pub struct PostgresStore {
     pool: PgPool,
     sql: Arc<Statements>,
+    timeout: StdDuration,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -120,6 +124,7 @@ impl fmt::Debug for PostgresStore {
             .field("schema", &self.sql.schema)
             .field("table", &self.sql.table_name)
             .field("pool_size", &self.pool.size())
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -237,6 +242,10 @@ fn stmt(sql: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
 }
 
 impl PostgresStore {
+    /// How long an operation waits for the server unless [`with_timeout`](Self::with_timeout)
+    /// says otherwise: 5 seconds.
+    pub const DEFAULT_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+
     /// A store over `pool`, using the table `tower_satchel_sessions` in the connection's
     /// `search_path`. Call [`migrate`](Self::migrate) before first use.
     pub fn new(pool: PgPool) -> Self {
@@ -245,6 +254,7 @@ impl PostgresStore {
         Self {
             pool,
             sql: Arc::new(sql),
+            timeout: Self::DEFAULT_TIMEOUT,
         }
     }
 
@@ -277,9 +287,24 @@ impl PostgresStore {
     pub fn with_schema(self, schema: &str) -> Result<Self, ConfigError> {
         let sql = Statements::new(Some(schema), &self.sql.table_name)?;
         Ok(Self {
-            pool: self.pool,
             sql: Arc::new(sql),
+            ..self
         })
+    }
+
+    /// Gives up on an operation the server has not answered within `timeout` (default
+    /// [`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT), 5 seconds), with a
+    /// [`Backend`](StoreErrorKind::Backend) error, so the request gets an error response. The
+    /// limit covers waiting for a pooled connection too.
+    ///
+    /// Without it, a statement already sent when the server stops answering (stopped,
+    /// overloaded, or behind a network that drops packets) would wait as long as TCP does, and a
+    /// row locked by a long transaction elsewhere would keep its session's requests waiting until
+    /// that transaction ends. The server is not told to stop: a write that timed out is still
+    /// applied once the server gets to it. To have the server give up too, set `statement_timeout`
+    /// (or `lock_timeout`) in the pool's connect options.
+    pub fn with_timeout(self, timeout: StdDuration) -> Self {
+        Self { timeout, ..self }
     }
 
     /// Uses the table `table` instead of `tower_satchel_sessions`.
@@ -290,8 +315,8 @@ impl PostgresStore {
     pub fn with_table(self, table: &str) -> Result<Self, ConfigError> {
         let sql = Statements::new(self.sql.schema.as_deref(), table)?;
         Ok(Self {
-            pool: self.pool,
             sql: Arc::new(sql),
+            ..self
         })
     }
 
@@ -344,6 +369,25 @@ impl PostgresStore {
             .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(())
+    }
+
+    /// Runs one statement of `op`, giving up when the server has not answered within the
+    /// store's [timeout](Self::with_timeout).
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        statement: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, statement).await {
+            Ok(result) => result.map_err(|e| self.error(op, e)),
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Backend,
+                format!(
+                    "PostgresStore {op} failed: no answer within {} ms",
+                    self.timeout.as_millis()
+                ),
+            )),
+        }
     }
 
     fn error(&self, op: &str, error: sqlx::Error) -> StoreError {
@@ -436,12 +480,15 @@ impl SessionStore for PostgresStore {
         key: &SessionKey,
         now: OffsetDateTime,
     ) -> Result<Option<Record>, StoreError> {
-        let row = sqlx::query(stmt(&self.sql.load))
-            .bind(key.as_bytes().as_slice())
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.error("load", e))?;
+        let row = self
+            .run(
+                "load",
+                sqlx::query(stmt(&self.sql.load))
+                    .bind(key.as_bytes().as_slice())
+                    .bind(now)
+                    .fetch_optional(&self.pool),
+            )
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -471,19 +518,22 @@ impl SessionStore for PostgresStore {
         let version = i32::try_from(record.version).map_err(|e| {
             StoreError::new(StoreErrorKind::Encoding, "record version out of range").with_source(e)
         })?;
-        let result = sqlx::query(stmt(&self.sql.create))
-            .bind(key.as_bytes().as_slice())
-            .bind(version)
-            .bind(Json(&record.data))
-            .bind(record.created_at)
-            .bind(record.idle_deadline)
-            .bind(record.absolute_deadline)
-            .bind(Json(record.expiry))
-            .bind(record.owner.as_deref())
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.error("create", e))?;
+        let result = self
+            .run(
+                "create",
+                sqlx::query(stmt(&self.sql.create))
+                    .bind(key.as_bytes().as_slice())
+                    .bind(version)
+                    .bind(Json(&record.data))
+                    .bind(record.created_at)
+                    .bind(record.idle_deadline)
+                    .bind(record.absolute_deadline)
+                    .bind(Json(record.expiry))
+                    .bind(record.owner.as_deref())
+                    .bind(now)
+                    .execute(&self.pool),
+            )
+            .await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -503,19 +553,22 @@ impl SessionStore for PostgresStore {
                 .map(String::as_str)
                 .chain(owner.and_then(|o| o.as_deref())),
         )?;
-        let result = sqlx::query(stmt(&self.sql.save))
-            .bind(key.as_bytes().as_slice())
-            .bind(changes.cleared)
-            .bind(changes.removed.as_slice())
-            .bind(Json(&changes.set))
-            .bind(changes.idle_deadline)
-            .bind(changes.expiry.map(Json))
-            .bind(owner.is_some())
-            .bind(owner.and_then(|o| o.as_deref()))
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.error("save", e))?;
+        let result = self
+            .run(
+                "save",
+                sqlx::query(stmt(&self.sql.save))
+                    .bind(key.as_bytes().as_slice())
+                    .bind(changes.cleared)
+                    .bind(changes.removed.as_slice())
+                    .bind(Json(&changes.set))
+                    .bind(changes.idle_deadline)
+                    .bind(changes.expiry.map(Json))
+                    .bind(owner.is_some())
+                    .bind(owner.and_then(|o| o.as_deref()))
+                    .bind(now)
+                    .execute(&self.pool),
+            )
+            .await?;
         Ok(if result.rows_affected() == 0 {
             Saved::Gone
         } else {
@@ -529,13 +582,16 @@ impl SessionStore for PostgresStore {
         idle_deadline: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
-        let result = sqlx::query(stmt(&self.sql.touch))
-            .bind(key.as_bytes().as_slice())
-            .bind(idle_deadline)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.error("touch", e))?;
+        let result = self
+            .run(
+                "touch",
+                sqlx::query(stmt(&self.sql.touch))
+                    .bind(key.as_bytes().as_slice())
+                    .bind(idle_deadline)
+                    .bind(now)
+                    .execute(&self.pool),
+            )
+            .await?;
         Ok(if result.rows_affected() == 0 {
             Saved::Gone
         } else {
@@ -544,22 +600,27 @@ impl SessionStore for PostgresStore {
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        sqlx::query(stmt(&self.sql.delete))
-            .bind(key.as_bytes().as_slice())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.error("delete", e))?;
+        self.run(
+            "delete",
+            sqlx::query(stmt(&self.sql.delete))
+                .bind(key.as_bytes().as_slice())
+                .execute(&self.pool),
+        )
+        .await?;
         Ok(())
     }
 
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let result = sqlx::query(stmt(&self.sql.delete_expired))
-            .bind(now)
-            .bind(limit)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.error("delete_expired", e))?;
+        let result = self
+            .run(
+                "delete_expired",
+                sqlx::query(stmt(&self.sql.delete_expired))
+                    .bind(now)
+                    .bind(limit)
+                    .execute(&self.pool),
+            )
+            .await?;
         Ok(usize::try_from(result.rows_affected()).unwrap_or(usize::MAX))
     }
 
@@ -572,12 +633,15 @@ impl SessionStore for PostgresStore {
             // No stored owner can contain NUL (the column is text), so none matches.
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(stmt(&self.sql.list_owner))
-            .bind(owner)
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.error("list_owner", e))?;
+        let rows = self
+            .run(
+                "list_owner",
+                sqlx::query(stmt(&self.sql.list_owner))
+                    .bind(owner)
+                    .bind(now)
+                    .fetch_all(&self.pool),
+            )
+            .await?;
         let mut sessions = Vec::with_capacity(rows.len());
         for row in rows {
             let id: Vec<u8> = row.try_get("id").map_err(|e| self.error("list_owner", e))?;
@@ -602,11 +666,14 @@ impl SessionStore for PostgresStore {
         if owner.contains('\0') {
             return Ok(0);
         }
-        let result = sqlx::query(stmt(&self.sql.delete_owner))
-            .bind(owner)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.error("delete_owner", e))?;
+        let result = self
+            .run(
+                "delete_owner",
+                sqlx::query(stmt(&self.sql.delete_owner))
+                    .bind(owner)
+                    .execute(&self.pool),
+            )
+            .await?;
         Ok(usize::try_from(result.rows_affected()).unwrap_or(usize::MAX))
     }
 }
