@@ -296,8 +296,8 @@ impl MemoryStore {
     ///
     /// Without a limit, every visitor whose request writes to a new session adds one, until it
     /// expires: a flood of requests without a cookie to a route that writes grows the process by
-    /// about 450 bytes per request (see [`MemoryStore`]). With one, a new session that does not fit fails
-    /// like a write to a full disk or a full Redis: a [`StoreError`] of kind
+    /// about 450 bytes per request (see [`MemoryStore`]). With one, a new session that does not
+    /// fit fails like a write to a full disk or a full Redis: a [`StoreError`] of kind
     /// [`Backend`](StoreErrorKind::Backend), so the request gets an error response and no cookie,
     /// while existing sessions load, save and are deleted as before.
     ///
