@@ -628,6 +628,28 @@ async fn a_full_disk_gives_error_responses_and_loses_nothing() {
     drop(disk);
 }
 
+#[tokio::test]
+async fn a_folder_removed_under_a_running_store_is_created_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fresh_dir("removed");
+    let store = FileStore::new(&dir).unwrap();
+    let app = harness::default_app(store.clone().into_backend());
+    let token = app.start().await;
+    fs::remove_dir_all(&dir).unwrap();
+
+    // A new visitor first: the write makes the folder again.
+    assert_eq!(app.get("/incr/n", None).await.status, StatusCode::OK);
+    fs::remove_dir_all(&dir).unwrap();
+    // The sessions went with the folder: an old cookie starts a fresh session, which is stored.
+    let resp = app.get("/incr/n", Some(&token)).await;
+    assert_eq!((resp.status, resp.body.as_str()), (StatusCode::OK, "1"));
+    let fresh = resp.token().expect("a new session");
+    assert_eq!(app.get("/incr/n", Some(&fresh)).await.body, "2");
+    // The folder is private again.
+    let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
 #[test]
 fn a_path_that_is_not_a_folder_is_a_configuration_error() {
     let dir = fresh_dir("not-a-folder");

@@ -412,7 +412,9 @@ impl Inner {
         };
         let file = match open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // The lock folder was removed under us (e.g. someone cleaned the folder by hand).
+                // The lock folder was removed under us (e.g. someone cleaned the folder by hand,
+                // or a temporary-file cleaner removed the whole folder): create it again, with
+                // the session folder if that went too, so that writes work again.
                 create_private_dir(&dir)
                     .map_err(|e| io_error("cannot create the lock folder", e))?;
                 open()
