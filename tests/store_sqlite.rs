@@ -1,5 +1,6 @@
 //! The SQLite store: the conformance suite against SQLite files, plus concurrency, two pools on
-//! one file, a missing table, persistence across reopening, a full disk, and what the rows hold.
+//! one file, a missing table, persistence across reopening, a full disk, a write lock held
+//! elsewhere, and what the rows hold.
 //!
 //! Needs nothing but a writable temporary folder (SQLite is compiled in); each store gets its own
 //! file, removed afterwards.
@@ -327,4 +328,63 @@ async fn a_full_disk_gives_error_responses_and_loses_nothing() {
     );
     drop(store);
     drop(disk);
+}
+
+/// Another process holds the write lock (a backup, a long migration) for longer than the busy
+/// timeout: writes fail with a store error once the timeout passes, reads go on (WAL mode), and
+/// when the lock is released every pooled connection writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lock_held_elsewhere_gives_error_responses_then_recovers() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    let (dir, _cleanup) = lite::temp_dir();
+    let path = dir.join("locked.sqlite3");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(StdDuration::from_millis(300));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(3)
+        .connect_with(options.clone())
+        .await
+        .unwrap();
+    let store = SqliteStore::new(pool);
+    store.migrate().await.unwrap();
+    let app = app(store);
+    let first = app.get("/incr", None).await;
+    let token = first.token.unwrap();
+
+    // Another connection, as another process would, takes the write lock and keeps it.
+    let mut other = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap()
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tower_satchel_sessions SET owner = owner")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        let resp = app.get("/incr", Some(&token)).await;
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "{resp:?}");
+        assert!(
+            resp.error
+                .is_some_and(|e| e.kind() == SessionErrorKind::Store)
+        );
+        assert!(started.elapsed() < StdDuration::from_secs(5));
+        let resp = app.get("/incr", None).await;
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "a create");
+        assert!(resp.token.is_none());
+    }
+    // Reads are not blocked.
+    assert_eq!(app.get("/keys", Some(&token)).await.body, "n");
+
+    other.rollback().await.unwrap();
+    for n in 2..=10 {
+        assert_eq!(app.get("/incr", Some(&token)).await.body, n.to_string());
+    }
 }
