@@ -638,14 +638,9 @@ mod throwaway {
     }
 }
 
-/// The server goes down while requests keep coming: they get error responses (with the store
-/// error attached, never a fresh empty session), and once the server is back the same session
-/// carries on (SECURITY.md 28).
-///
-/// Starts its own cluster with `initdb` + `pg_ctl` (as the `postgres` user when run as root) in a
-/// temporary folder on a free port, so the machine's server is never restarted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_gives_error_responses_then_recovers() {
+/// A throwaway server (see [`throwaway::Cluster`]) and a migrated store on it, over a pool of 4
+/// that waits at most 500 ms for a connection.
+async fn throwaway_store() -> (throwaway::Cluster, PostgresStore) {
     let cluster = tokio::task::spawn_blocking(throwaway::Cluster::start)
         .await
         .unwrap();
@@ -657,6 +652,18 @@ async fn restart_gives_error_responses_then_recovers() {
         .unwrap();
     let store = PostgresStore::new(pool);
     store.migrate().await.unwrap();
+    (cluster, store)
+}
+
+/// The server goes down while requests keep coming: they get error responses (with the store
+/// error attached, never a fresh empty session), and once the server is back the same session
+/// carries on (SECURITY.md 28).
+///
+/// Starts its own cluster with `initdb` + `pg_ctl` (as the `postgres` user when run as root) in a
+/// temporary folder on a free port, so the machine's server is never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_gives_error_responses_then_recovers() {
+    let (cluster, store) = throwaway_store().await;
     let app = app(store);
     let first = app.get("/incr", None).await;
     assert_eq!(first.body, "1");
@@ -784,18 +791,8 @@ async fn restart_gives_error_responses_then_recovers() {
 /// as TCP would, and once the server runs again the sessions carry on with their data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_server_times_out_into_error_responses_then_recovers() {
-    let cluster = tokio::task::spawn_blocking(throwaway::Cluster::start)
-        .await
-        .unwrap();
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(StdDuration::from_millis(500))
-        .connect(&cluster.url())
-        .await
-        .unwrap();
-    let store = PostgresStore::new(pool).with_timeout(StdDuration::from_millis(500));
-    store.migrate().await.unwrap();
-    let app = app(store);
+    let (cluster, store) = throwaway_store().await;
+    let app = app(store.with_timeout(StdDuration::from_millis(500)));
     let a = app.get("/incr", None).await.token.unwrap();
     let b = app.get("/incr", None).await.token.unwrap();
     for _ in 0..4 {

@@ -543,18 +543,7 @@ async fn a_frozen_redis_times_out_into_error_responses_and_never_mixes_up_replie
     // gets its own session's reply.
     server.thaw();
     let deadline = std::time::Instant::now() + StdDuration::from_secs(15);
-    let first = loop {
-        let reply = send_in_time(&app, &a).await;
-        if reply.status == StatusCode::OK {
-            break reply;
-        }
-        assert_store_error(&reply);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the store did not recover after Redis thawed"
-        );
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
-    };
+    let first = until_ok(&app, &a, deadline).await;
     assert_eq!(first.body, "2");
     let (mut count_a, mut count_b) = (2, 5);
     for _ in 0..10 {
@@ -609,20 +598,27 @@ async fn a_full_redis_gives_error_responses_and_loses_nothing() {
 /// Sends `/` with `token` until it succeeds, failing the test at `deadline`; the session was lost
 /// with the server's memory, so a fresh one starts at 1 and counts on.
 async fn recovers_with_a_fresh_session(app: &Router, token: &str, deadline: std::time::Instant) {
-    let reply = loop {
-        let reply = send_in_time(app, token).await;
-        if reply.status == StatusCode::OK {
-            break reply;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the store did not recover after Redis came back"
-        );
-        tokio::time::sleep(StdDuration::from_millis(100)).await;
-    };
+    let reply = until_ok(app, token, deadline).await;
     assert_eq!(reply.body, "1");
     let fresh = reply.token.expect("a new session cookie");
     assert_eq!(send(app, "/", Some(&fresh)).await.body, "2");
+}
+
+/// Sends `/` with `token` until the answer is a success, and returns it; every failure before must
+/// be a store error, each in time, and the success must come before `deadline`.
+async fn until_ok(app: &Router, token: &str, deadline: std::time::Instant) -> Reply {
+    loop {
+        let reply = send_in_time(app, token).await;
+        if reply.status == StatusCode::OK {
+            return reply;
+        }
+        assert_store_error(&reply);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover in time"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
 }
 
 /// Sends `/` with `token` and checks the answer came within bounds: an outage must fail requests,
@@ -659,10 +655,9 @@ fn cluster_ok(cluster: &RedisCluster) -> bool {
         .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_master_crash_gives_error_responses_and_the_store_recovers_by_itself() {
-    // Its own cluster: this test crashes one of its masters.
-    let mut cluster = RedisCluster::start();
+/// The counter app over a store on `cluster` (with a prefix of its own), and the cookies of two
+/// sessions counted to 2: one whose key lives on `cluster.nodes[0]`, one on another master.
+async fn sessions_on_and_off_the_first_master(cluster: &RedisCluster) -> (Router, String, String) {
     let urls = cluster.urls();
     let store = RedisStore::open_cluster(urls.iter().map(String::as_str))
         .await
@@ -670,25 +665,32 @@ async fn a_cluster_master_crash_gives_error_responses_and_the_store_recovers_by_
         .with_prefix(unique_prefix())
         .unwrap();
     let app = app(store);
-
-    // One session whose key lives on the master about to crash, one on another master.
     let dbsize = |node: &RedisServer| node.cli(&["dbsize"]).trim().parse::<u64>().unwrap();
-    let (mut on_crashed, mut elsewhere) = (None, None);
+    let (mut on_first, mut elsewhere) = (None, None);
     for _ in 0..200 {
         let before = dbsize(&cluster.nodes[0]);
         let token = send(&app, "/", None).await.token.unwrap();
         if dbsize(&cluster.nodes[0]) > before {
-            on_crashed.get_or_insert(token);
+            on_first.get_or_insert(token);
         } else {
             elsewhere.get_or_insert(token);
         }
-        if on_crashed.is_some() && elsewhere.is_some() {
+        if on_first.is_some() && elsewhere.is_some() {
             break;
         }
     }
-    let (on_crashed, elsewhere) = (on_crashed.unwrap(), elsewhere.unwrap());
-    assert_eq!(send(&app, "/", Some(&on_crashed)).await.body, "2");
+    let (on_first, elsewhere) = (on_first.unwrap(), elsewhere.unwrap());
+    assert_eq!(send(&app, "/", Some(&on_first)).await.body, "2");
     assert_eq!(send(&app, "/", Some(&elsewhere)).await.body, "2");
+    (app, on_first, elsewhere)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_crash_gives_error_responses_and_the_store_recovers_by_itself() {
+    // Its own cluster: this test crashes one of its masters.
+    let mut cluster = RedisCluster::start();
+    // One session whose key lives on the master about to crash, one on another master.
+    let (app, on_crashed, elsewhere) = sessions_on_and_off_the_first_master(&cluster).await;
 
     let config = cluster.nodes[0].crash();
     // Its sessions fail with a store error and no cookie, never a fresh empty session; the other
@@ -747,32 +749,8 @@ async fn a_cluster_master_failover_keeps_its_sessions_without_an_app_restart() {
     // master and waits for its replica to take over.
     let mut cluster = RedisCluster::start_with(1, 1000);
     assert_eq!(cluster.nodes[0].role(), "master");
-    let urls = cluster.urls();
-    let store = RedisStore::open_cluster(urls.iter().map(String::as_str))
-        .await
-        .unwrap()
-        .with_prefix(unique_prefix())
-        .unwrap();
-    let app = app(store);
-
     // One session on the master about to crash, one on another master, each counted to 2.
-    let dbsize = |node: &RedisServer| node.cli(&["dbsize"]).trim().parse::<u64>().unwrap();
-    let (mut on_crashed, mut elsewhere) = (None, None);
-    for _ in 0..200 {
-        let before = dbsize(&cluster.nodes[0]);
-        let token = send(&app, "/", None).await.token.unwrap();
-        if dbsize(&cluster.nodes[0]) > before {
-            on_crashed.get_or_insert(token);
-        } else {
-            elsewhere.get_or_insert(token);
-        }
-        if on_crashed.is_some() && elsewhere.is_some() {
-            break;
-        }
-    }
-    let (on_crashed, elsewhere) = (on_crashed.unwrap(), elsewhere.unwrap());
-    assert_eq!(send(&app, "/", Some(&on_crashed)).await.body, "2");
-    assert_eq!(send(&app, "/", Some(&elsewhere)).await.body, "2");
+    let (app, on_crashed, elsewhere) = sessions_on_and_off_the_first_master(&cluster).await;
     // Replication is asynchronous: crash only once the replica has the session.
     let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
     while !replicated(&cluster.nodes[0]) {
@@ -787,18 +765,7 @@ async fn a_cluster_master_failover_keeps_its_sessions_without_an_app_restart() {
     // Until the replica takes over, the session fails with a store error and no cookie; then the
     // same app, with no restart, finds the session on the new master with its count.
     let deadline = std::time::Instant::now() + StdDuration::from_secs(60);
-    let reply = loop {
-        let reply = send_in_time(&app, &on_crashed).await;
-        if reply.status == StatusCode::OK {
-            break reply;
-        }
-        assert_store_error(&reply);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no replica took over the crashed master's sessions"
-        );
-        tokio::time::sleep(StdDuration::from_millis(100)).await;
-    };
+    let reply = until_ok(&app, &on_crashed, deadline).await;
     assert_eq!(reply.body, "3", "the session survived the failover");
     assert!(reply.token.is_none(), "the same session, not a new one");
     assert_eq!(send(&app, "/", Some(&on_crashed)).await.body, "4");
