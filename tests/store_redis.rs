@@ -252,11 +252,16 @@ async fn unreadable_records_are_no_session_not_an_error() {
     let _: () = conn
         .hset_multiple(
             session_key_name(&prefix, &key),
-            &[("v", "1"), ("i", "soon"), ("d:x", "{")],
+            &[("v", "1"), ("i", "soon"), ("d:x", "{"), ("junk", "1")],
         )
         .await
         .unwrap();
-    assert_eq!(store.load(&key, now()).await.unwrap(), None);
+    let now = now();
+    assert_eq!(store.load(&key, now).await.unwrap(), None);
+    // A new session under that key replaces every field of the unreadable one.
+    let record = record(now, Duration::hours(1), None);
+    assert!(store.create(&key, &record, now).await.unwrap());
+    assert_eq!(store.load(&key, now).await.unwrap(), Some(record));
 }
 
 /// Owners and value names holding newlines, `=`, the `d:` prefix or nothing at all come back

@@ -82,8 +82,10 @@ if ttl <= 0 then
   return 1
 end
 each_chunk('HSET', KEYS[1], ARGV, 3, #ARGV)
--- Replacing a dead session: drop what it had beyond the new fields.
-if i then delete_others(KEYS[1], ARGV, 3, #ARGV, false) end
+-- Replacing a dead or unreadable record: drop what it had beyond the new fields.
+if redis.call('HLEN', KEYS[1]) > (#ARGV - 2) / 2 then
+  delete_others(KEYS[1], ARGV, 3, #ARGV, false)
+end
 redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 ";
