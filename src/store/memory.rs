@@ -299,7 +299,10 @@ impl MemoryStore {
     /// about 450 bytes per request (see [`MemoryStore`]). With one, a new session that does not
     /// fit fails like a write to a full disk or a full Redis: a [`StoreError`] of kind
     /// [`Backend`](StoreErrorKind::Backend), so the request gets an error response and no cookie,
-    /// while existing sessions load, save and are deleted as before.
+    /// while existing sessions load, save and are deleted as before. A rotation
+    /// ([`cycle_id`](crate::Session::cycle_id)) stores the session under its new ID before it
+    /// deletes the old one, so it fails too while the store is full, and the session stays as it
+    /// was.
     ///
     /// The limit is kept per shard, with no shared counter to update: each shard takes
     /// `max / shards` sessions (rounded up), so a store may refuse a session a little before it
