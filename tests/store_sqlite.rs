@@ -312,8 +312,8 @@ async fn a_full_disk_gives_error_responses_and_loses_nothing() {
     // Reading still works and shows the session as it was.
     assert_eq!(app.get("/keys", Some(&token)).await.body, "n");
 
-    // Space again: the session was neither emptied nor lost, and every connection of the pool
-    // (10 by default) writes again, including those whose transactions failed.
+    // Space again: the session was neither emptied nor lost, and every later write succeeds (a
+    // connection whose transaction failed is not reused: sqlx would refuse its next transaction).
     std::fs::remove_file(filler).unwrap();
     for n in 2..=25 {
         let resp = app.get("/incr", Some(&token)).await;
@@ -332,7 +332,7 @@ async fn a_full_disk_gives_error_responses_and_loses_nothing() {
 
 /// Another process holds the write lock (a backup, a long migration) for longer than the busy
 /// timeout: writes fail with a store error once the timeout passes, reads go on (WAL mode), and
-/// when the lock is released every pooled connection writes again.
+/// once the lock is released every write succeeds again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_lock_held_elsewhere_gives_error_responses_then_recovers() {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
