@@ -76,6 +76,15 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 ///   ([`with_timeout`](PostgresStore::with_timeout) changes the limit), and
 ///   [`PostgresStore::connect`] waits at most 5 seconds for a connection; pass your own pool to
 ///   choose other limits for it.
+/// - **Behind PgBouncer**, session pooling works: the whole store test suite passes through
+///   PgBouncer 1.18 in session mode. Transaction pooling does not work with PgBouncer before 1.21:
+///   sqlx prepares each statement once per connection under a name, PgBouncer hands the next
+///   transaction another server connection, and operations fail with "prepared statement
+///   \"sqlx_s_1\" already exists" (or could run another statement prepared there under the same
+///   name: do not deploy it that way). Unnamed statements do not help, because sqlx prepares and
+///   runs them in two exchanges, which PgBouncer may send to two server connections. PgBouncer
+///   1.21 and later tracks prepared statements in transaction mode when `max_prepared_statements`
+///   is set; that version was not available to test here.
 /// - Rows are small and updated in place; autovacuum's defaults suit the table. `UNLOGGED` is not
 ///   used: sessions survive a database crash.
 ///
