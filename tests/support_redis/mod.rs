@@ -1,5 +1,5 @@
-//! Throwaway `redis-server` processes for the Redis store's tests: one server or a 3-master cluster,
-//! on free ports, with no persistence (`--save "" --appendonly no`).
+//! Throwaway `redis-server` processes for the Redis store's tests: one server or a 3-master cluster
+//! (optionally with replicas), on free ports, with no persistence (`--save "" --appendonly no`).
 //!
 //! Each server runs under a small shell watchdog that kills it (and removes its folder) as soon as
 //! the test process is gone, so servers kept in a `static` for the whole test binary do not outlive
