@@ -948,10 +948,7 @@ impl Session {
                         },
                         Some(store),
                     ) => Finish::Ready(self.create_now(store, &record, now).map(|id| Committed {
-                        token: TokenAction::Set {
-                            value: id.expose(),
-                            max_age: max_age_for(&record, now),
-                        },
+                        token: new_session_token(&id, &record, now),
                         read,
                     })),
                     (plan, _) => Finish::Pending(self.execute(plan, read, now)),
@@ -1068,10 +1065,7 @@ impl Session {
                     }
                     tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
                 }
-                done(TokenAction::Set {
-                    value: id.expose(),
-                    max_age: max_age_for(&record, now),
-                })
+                done(new_session_token(&id, &record, now))
             }),
             (
                 Plan::Destroy {
@@ -1167,6 +1161,14 @@ fn new_id() -> Result<SessionId, SessionError> {
         )
         .with_source(e)
     })
+}
+
+/// The cookie for a session just stored under `id`.
+fn new_session_token(id: &SessionId, record: &Record, now: OffsetDateTime) -> TokenAction {
+    TokenAction::Set {
+        value: id.expose(),
+        max_age: max_age_for(record, now),
+    }
 }
 
 fn collisions() -> SessionError {

@@ -443,11 +443,13 @@ impl ImmediateStore for MemoryStore {
         let mutex = self.shard(key);
         let mut shard = lock(mutex);
         let capacity = self.inner.shard_capacity.load(Ordering::Relaxed);
-        if shard.records.len() >= capacity && !shard.records.contains_key(key) {
+        let full =
+            |shard: &Shard| shard.records.len() >= capacity && !shard.records.contains_key(key);
+        if full(&shard) {
             drop(shard);
             self.sweep_shard(mutex, now, SWEEP_CHUNK);
             shard = lock(mutex);
-            if shard.records.len() >= capacity && !shard.records.contains_key(key) {
+            if full(&shard) {
                 return Err(StoreError::new(
                     StoreErrorKind::Backend,
                     "memory store full: the limit on sessions is reached",
