@@ -139,6 +139,20 @@ pin_project! {
         #[pin]
         state: State<F, B>,
     }
+
+    impl<F, B> PinnedDrop for ResponseFuture<F, B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before the handler answered (the client went away, a timeout): nothing is
+            // saved, so a handle the handler passed on must not accept changes either.
+            if let StateProj::Handler {
+                session: Some(session),
+                ..
+            } = this.project().state.project()
+            {
+                session.close();
+            }
+        }
+    }
 }
 
 pin_project! {
@@ -184,7 +198,7 @@ where
                     let Some(session) = session.take() else {
                         return Poll::Ready(Ok(response));
                     };
-                    if !session.needs_commit() {
+                    if !session.close() {
                         return Poll::Ready(Ok(response));
                     }
                     match session.finish(response.status().is_server_error()) {

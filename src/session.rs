@@ -91,6 +91,16 @@ pub(crate) enum Incoming {
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// # After the response
+///
+/// A handle can outlive its request, moved into a spawned task or a streaming body. Once the
+/// handler has produced its response (or the request was abandoned, when the client went away),
+/// the session is closed: reads still answer what the request left, but changes are refused,
+/// because nothing would save them. [`insert`](Session::insert), [`remove`](Session::remove) and
+/// [`update`](Session::update) return a [`SessionErrorKind::Closed`] error; `clear`, `destroy`,
+/// `cycle_id`, `set_expiry`, `set_owner` and `clear_owner` log a warning and change nothing.
+/// Change the session before the handler returns.
 #[derive(Clone)]
 pub struct Session(Arc<Shared>);
 
@@ -116,6 +126,9 @@ struct State {
     cycle: bool,
     destroyed: bool,
     reseal: bool,
+    /// The service has taken what this request changed (or the request was abandoned): later
+    /// changes could not be saved, so they are refused.
+    closed: bool,
     transient: HashMap<String, Box<dyn Any + Send + Sync>>,
 }
 
@@ -153,10 +166,14 @@ impl State {
         self.record_with(self.data.clone(), config, now)
     }
 
-    /// [`State::full_record`], moving the data out instead of copying it: for the commit, after
-    /// which the handle's data is not read again.
-    fn take_record(&mut self, config: &Config, now: OffsetDateTime) -> Record {
-        let data = std::mem::take(&mut self.data);
+    /// [`State::full_record`] for the commit, moving the data out instead of copying it unless
+    /// `keep` (another handle to the session may still read it).
+    fn take_record(&mut self, config: &Config, now: OffsetDateTime, keep: bool) -> Record {
+        let data = if keep {
+            self.data.clone()
+        } else {
+            std::mem::take(&mut self.data)
+        };
         self.record_with(data, config, now)
     }
 
@@ -191,15 +208,26 @@ impl State {
         }
     }
 
+    /// What [`Session::destroy`] does to the handle.
+    fn destroy(&mut self) {
+        self.destroyed = true;
+        self.cycle = false;
+        self.data.clear();
+        self.dirty.clear();
+        self.cleared = true;
+        self.owner = Some(None);
+        self.expiry = None;
+    }
+
     fn mark_dirty(&mut self, key: &str) {
         if !self.dirty.contains(key) {
             self.dirty.insert(key.to_owned());
         }
     }
 
-    /// What this request changed, moving the dirty keys and their values out of the handle: for
-    /// the commit, after which the handle's data is not read again.
-    fn take_change_set(&mut self, config: &Config, now: OffsetDateTime) -> ChangeSet {
+    /// What this request changed, for the commit: the dirty keys, with their values moved out of
+    /// the handle unless `keep` (another handle to the session may still read them).
+    fn take_change_set(&mut self, config: &Config, now: OffsetDateTime, keep: bool) -> ChangeSet {
         let expiry = self.current_expiry(config);
         let mut changes = ChangeSet {
             cleared: self.cleared,
@@ -209,7 +237,12 @@ impl State {
             ..ChangeSet::default()
         };
         for key in std::mem::take(&mut self.dirty) {
-            match self.data.remove(&key) {
+            let value = if keep {
+                self.data.get(&key).cloned()
+            } else {
+                self.data.remove(&key)
+            };
+            match value {
                 Some(value) => {
                     changes.set.insert(key, value);
                 }
@@ -448,6 +481,30 @@ impl Session {
         }
     }
 
+    /// [`Session::loaded_state`], to change it: an error once the session is closed.
+    fn writable_state(&self) -> Result<MutexGuard<'_, State>, SessionError> {
+        let state = self.loaded_state()?;
+        if state.closed {
+            return Err(SessionError::closed());
+        }
+        Ok(state)
+    }
+
+    /// The state, for a change that has no result to carry an error: `None`, and a warning, once
+    /// the session is closed.
+    fn state_to_change(&self, change: &'static str) -> Option<MutexGuard<'_, State>> {
+        let state = self.state();
+        if state.closed {
+            tracing::warn!(
+                scope = self.0.config.scope,
+                change,
+                "session changed after its response; the change is ignored"
+            );
+            return None;
+        }
+        Some(state)
+    }
+
     /// How this request arrived (new visitor, returning, expired, invalid). [`Arrival::New`] until
     /// loaded.
     pub fn arrival(&self) -> Arrival {
@@ -486,8 +543,8 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// If the session is not loaded, or `value` cannot be represented as JSON (e.g. a map with
-    /// non-string keys).
+    /// If the session is not loaded or is closed (see [`Session`]'s "After the response"), or
+    /// `value` cannot be represented as JSON (e.g. a map with non-string keys).
     pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         let value = serde_json::to_value(value).map_err(|e| {
             SessionError::new(
@@ -503,9 +560,9 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// If the session is not loaded.
+    /// If the session is not loaded, or is closed.
     pub fn insert_value(&self, key: &str, value: Value) -> Result<(), SessionError> {
-        let mut state = self.loaded_state()?;
+        let mut state = self.writable_state()?;
         let state = &mut *state;
         match state.data.get_mut(key) {
             Some(slot) if *slot == value => return Ok(()),
@@ -524,9 +581,9 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// If the session is not loaded, or the stored value is not a `T`.
+    /// If the session is not loaded or is closed, or the stored value is not a `T`.
     pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
-        let mut state = self.loaded_state()?;
+        let mut state = self.writable_state()?;
         let Some(value) = state.data.get(key) else {
             return Ok(None);
         };
@@ -546,9 +603,9 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// If the session is not loaded.
+    /// If the session is not loaded, or is closed.
     pub fn remove_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
-        let mut state = self.loaded_state()?;
+        let mut state = self.writable_state()?;
         let old = state.data.remove(key);
         if old.is_some() {
             state.mark_dirty(key);
@@ -610,7 +667,9 @@ impl Session {
     /// Removes every key. The session (and its ID) stays; use [`destroy`](Session::destroy) to end
     /// it.
     pub fn clear(&self) {
-        let mut state = self.state();
+        let Some(mut state) = self.state_to_change("clear") else {
+            return;
+        };
         state.data.clear();
         state.dirty.clear();
         state.cleared = true;
@@ -622,27 +681,26 @@ impl Session {
     /// still holding the old ID afterwards finds no session. Rotation never extends the absolute
     /// lifetime (SECURITY.md 9).
     pub fn cycle_id(&self) {
-        self.state().cycle = true;
+        if let Some(mut state) = self.state_to_change("cycle_id") {
+            state.cycle = true;
+        }
     }
 
     /// Ends the session at the end of the request: its record is deleted and the client told to drop
     /// the cookie (SECURITY.md 10). Values inserted after `destroy` start a new session with a new
     /// ID (e.g. a "you have been logged out" message).
     pub fn destroy(&self) {
-        let mut state = self.state();
-        state.destroyed = true;
-        state.cycle = false;
-        state.data.clear();
-        state.dirty.clear();
-        state.cleared = true;
-        state.owner = Some(None);
-        state.expiry = None;
+        if let Some(mut state) = self.state_to_change("destroy") {
+            state.destroy();
+        }
     }
 
     /// Sets this session's expiry, e.g. `Expiry::OnInactivity(30 days)` for "remember me".
     /// Persisted with the session; the absolute lifetime still applies.
     pub fn set_expiry(&self, expiry: Expiry) {
-        self.state().expiry = Some(expiry);
+        if let Some(mut state) = self.state_to_change("set_expiry") {
+            state.expiry = Some(expiry);
+        }
     }
 
     /// This session's expiry policy.
@@ -670,12 +728,16 @@ impl Session {
     /// Ties the session to an account, so that all sessions of that account can be listed and
     /// revoked (SECURITY.md 12). Use a stable key (a user ID), not a display name.
     pub fn set_owner(&self, owner: impl Into<String>) {
-        self.state().owner = Some(Some(owner.into()));
+        if let Some(mut state) = self.state_to_change("set_owner") {
+            state.owner = Some(Some(owner.into()));
+        }
     }
 
     /// Unties the session from its account.
     pub fn clear_owner(&self) {
-        self.state().owner = Some(None);
+        if let Some(mut state) = self.state_to_change("clear_owner") {
+            state.owner = Some(None);
+        }
     }
 
     /// The account this session belongs to.
@@ -709,7 +771,11 @@ impl Session {
             revoked,
             "sessions of an owner revoked"
         );
-        self.destroy();
+        // Once closed, the store call above has ended this session too; the handle stays as it was.
+        let mut state = self.state();
+        if !state.closed {
+            state.destroy();
+        }
         Ok(revoked)
     }
 
@@ -748,14 +814,20 @@ impl Session {
         self.0.config.error_handler.clone()
     }
 
-    /// Whether the handler did anything the service must act on.
-    pub(crate) fn needs_commit(&self) -> bool {
-        let state = self.state();
+    /// Closes the handle to changes, once the handler's response is known (or the request was
+    /// abandoned): whatever another handle changed after this could not be saved, so it is refused
+    /// rather than lost. Returns whether the handler did anything the service must act on.
+    pub(crate) fn close(&self) -> bool {
+        let mut state = self.state();
+        state.closed = true;
         state.loaded || state.modified()
     }
 
     fn plan(&self, now: OffsetDateTime, server_error: bool) -> (Plan, bool) {
         let config = &self.0.config;
+        // Another handle (kept by a spawned task, say) may still read the data: then the commit
+        // copies what it needs instead of moving it out.
+        let keep = Arc::strong_count(&self.0) > 1;
         let mut state = self.state();
         let read = state.loaded;
         if server_error && !config.persist_on_5xx {
@@ -795,7 +867,7 @@ impl Session {
             if !state.modified() {
                 return (Plan::Nothing, read);
             }
-            let record = state.take_record(config, now);
+            let record = state.take_record(config, now, keep);
             return if client {
                 (Plan::Seal { record }, read)
             } else {
@@ -815,7 +887,7 @@ impl Session {
             }
             return (
                 Plan::Seal {
-                    record: state.take_record(config, now),
+                    record: state.take_record(config, now, keep),
                 },
                 read,
             );
@@ -826,7 +898,7 @@ impl Session {
         if state.cycle {
             return (
                 Plan::Create {
-                    record: state.take_record(config, now),
+                    record: state.take_record(config, now, keep),
                     replaces: Some(id),
                 },
                 read,
@@ -839,7 +911,7 @@ impl Session {
                 live.record.absolute_deadline,
             );
             let touch_due = self.touch_due(&live.record, now);
-            let changes = state.take_change_set(config, now);
+            let changes = state.take_change_set(config, now, keep);
             let expiry = changes.expiry.unwrap_or(live_expiry);
             let idle = changes.idle_deadline.unwrap_or(live_idle);
             // The cookie is re-sent only when it would change: a new expiry policy, or a
@@ -1249,6 +1321,10 @@ pub enum SessionErrorKind {
     NoOwner,
     /// The request did not pass through a [`SessionLayer`](crate::SessionLayer).
     MissingLayer,
+    /// The session was changed after its response was produced (by a handle kept in a spawned
+    /// task or a streaming body, say), or after its request was abandoned. The change could no
+    /// longer be saved, so it is refused; see [`Session`]'s "After the response".
+    Closed,
 }
 
 /// A session failure. Cheap to clone; keeps its cause as [`source`](StdError::source).
@@ -1274,6 +1350,13 @@ impl SessionError {
             message: Arc::from("session store failed"),
             source: Some(Arc::new(error)),
         }
+    }
+
+    pub(crate) fn closed() -> Self {
+        Self::new(
+            SessionErrorKind::Closed,
+            "session changed after its response; the change cannot be saved",
+        )
     }
 
     pub(crate) fn completed_twice() -> Self {

@@ -1100,3 +1100,114 @@ async fn the_token_is_read_from_the_configured_cookie_only() {
         assert_eq!(resp.body, "null");
     }
 }
+
+/// A handle kept past its response (by a spawned task, a streaming body) still reads what its
+/// request left, and refuses changes, which could no longer be saved, instead of dropping them.
+#[tokio::test]
+async fn a_session_kept_past_its_response_reads_but_refuses_changes() {
+    for immediate in [false, true] {
+        let store = faulty(immediate);
+        let kept: Arc<std::sync::Mutex<Vec<Session>>> = Arc::default();
+        let slot = kept.clone();
+        let router = Router::new()
+            .route(
+                "/",
+                get(move |session: Session| {
+                    let slot = slot.clone();
+                    async move {
+                        let x = session.update("x", |x: &mut i64| {
+                            *x += 1;
+                            *x
+                        });
+                        slot.lock().unwrap().push(session);
+                        x.unwrap().to_string()
+                    }
+                }),
+            )
+            .route("/read", read_x())
+            .layer(SessionLayer::new(store.clone()));
+        // A create (new visitor), then a save (returning visitor), each keeping its handle.
+        let token = cookie_value(&new_visitor(&router).await);
+        let resp = router
+            .clone()
+            .oneshot(request_with_cookie("/", &token))
+            .await
+            .unwrap();
+        assert_eq!(body_text(resp).await, "2");
+        let writes = store.calls().1;
+        for (session, x) in kept.lock().unwrap().drain(..).zip([1, 2]) {
+            assert_eq!(
+                session.get::<i64>("x").unwrap(),
+                Some(x),
+                "reads what its request wrote"
+            );
+            assert!(session.contains("x") && session.keys() == ["x"]);
+            let error = session.insert("x", 100).unwrap_err();
+            assert_eq!(error.kind(), SessionErrorKind::Closed);
+            assert_eq!(
+                session.remove::<i64>("x").unwrap_err().kind(),
+                SessionErrorKind::Closed
+            );
+            assert_eq!(
+                session
+                    .update("x", |x: &mut i64| *x = 0)
+                    .unwrap_err()
+                    .kind(),
+                SessionErrorKind::Closed
+            );
+            // Changes without a result are ignored (with a warning), not half-applied.
+            session.clear();
+            session.destroy();
+            session.cycle_id();
+            session.set_owner("someone");
+            assert_eq!(session.get::<i64>("x").unwrap(), Some(x));
+            assert_eq!(session.owner(), None);
+        }
+        assert_eq!(
+            store.calls().1,
+            writes,
+            "nothing written after the responses"
+        );
+        let resp = router
+            .clone()
+            .oneshot(request_with_cookie("/read", &token))
+            .await
+            .unwrap();
+        assert_eq!(
+            body_text(resp).await,
+            "2",
+            "the stored session is as the requests left it"
+        );
+    }
+}
+
+/// A request abandoned before its response (the client went away, a timeout dropped it) saves
+/// nothing, and a handle that outlives it refuses changes the same way.
+#[tokio::test]
+async fn a_session_of_an_abandoned_request_refuses_changes() {
+    let store = Faulty::default();
+    let kept: Arc<std::sync::Mutex<Option<Session>>> = Arc::default();
+    let slot = kept.clone();
+    let router = Router::new()
+        .route(
+            "/",
+            get(move |session: Session| {
+                let slot = slot.clone();
+                async move {
+                    session.insert("x", 1).unwrap();
+                    *slot.lock().unwrap() = Some(session);
+                    std::future::pending::<()>().await;
+                }
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    let abandoned = tokio::time::timeout(StdDuration::from_millis(50), new_visitor(&router)).await;
+    assert!(abandoned.is_err(), "the handler never answers");
+    let session = kept.lock().unwrap().take().unwrap();
+    assert_eq!(
+        session.insert("x", 2).unwrap_err().kind(),
+        SessionErrorKind::Closed
+    );
+    assert_eq!(store.calls(), (0, 0, 0), "nothing saved");
+    assert!(store.inner.is_empty());
+}

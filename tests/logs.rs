@@ -9,8 +9,13 @@ mod conformance;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::routing::get;
 use conformance::harness;
-use tower_satchel::{MemoryStore, SessionId};
+use tower::ServiceExt;
+use tower_satchel::{MemoryStore, Session, SessionId, SessionLayer};
 
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -41,6 +46,23 @@ async fn logs_name_events_but_never_the_session_id() {
     app.get("/read", Some(&token)).await; // unknown now
     app.get("/read", Some("garbage")).await;
     app.get("/destroy", Some(&rotated)).await;
+    // A handle kept past its response: the change it tries is ignored, and said so.
+    let kept: Arc<Mutex<Option<Session>>> = Arc::default();
+    let slot = kept.clone();
+    let router = Router::new()
+        .route(
+            "/",
+            get(move |session: Session| async move {
+                session.insert("x", 1).unwrap();
+                *slot.lock().unwrap() = Some(session);
+            }),
+        )
+        .layer(SessionLayer::new(MemoryStore::new()));
+    router
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    kept.lock().unwrap().take().unwrap().destroy();
 
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     for needle in [
@@ -48,6 +70,8 @@ async fn logs_name_events_but_never_the_session_id() {
         "unknown or expired session",
         "malformed session token",
         "session destroyed",
+        "WARN tower_satchel::session: session changed after its response; the change is ignored",
+        "change=\"destroy\"",
     ] {
         assert!(logs.contains(needle), "missing event {needle:?} in\n{logs}");
     }
