@@ -1,5 +1,6 @@
 //! The PostgreSQL store: the conformance suite against a real server, plus concurrency, two app
-//! instances, a server restart, a missing table, and what the rows hold.
+//! instances, a server restart, a frozen server, a full disk, a missing table, and what the rows
+//! hold.
 //!
 //! Needs a PostgreSQL server at `$DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! where the user may create schemas; each store gets its own schema, dropped afterwards. The
@@ -9,6 +10,7 @@
 
 #[macro_use]
 mod conformance;
+mod support_disk;
 mod support_sql;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -853,4 +855,143 @@ async fn a_frozen_server_times_out_into_error_responses_then_recovers() {
             (count_a.to_string(), count_b.to_string())
         );
     }
+}
+
+/// The disk under the sessions table fills up (a tablespace on a small tmpfs, on a throwaway
+/// server whose own files and WAL are elsewhere). Once PostgreSQL needs a page it cannot have,
+/// creates and saves fail with a store error and no cookie, never a half-written session; reads go
+/// on; and once there is space again every write succeeds, with every session as its last
+/// successful write left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gives_error_responses_and_loses_nothing() {
+    use sqlx::postgres::PgConnectOptions;
+    let dir = std::env::temp_dir().join(unique("satchel-pg-space"));
+    let Some(disk) = support_disk::SmallDisk::mount(&dir, "1m") else {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let space = dir.join("tablespace");
+    std::fs::create_dir(&space).unwrap();
+    let chown = std::process::Command::new("chown")
+        .arg("postgres:")
+        .arg(&dir)
+        .arg(&space)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let cluster = tokio::task::spawn_blocking(throwaway::Cluster::start)
+        .await
+        .unwrap();
+    let options: PgConnectOptions = cluster.url().parse().unwrap();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await
+        .unwrap();
+    // The path is the test's own temporary folder.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLESPACE small LOCATION '{}'",
+        space.display()
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options.options([("default_tablespace", "small")]))
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool);
+    store.migrate().await.unwrap();
+    let app = app(store.clone());
+    let first = app.get("/incr", None).await;
+    let token = first.token.unwrap();
+    let mut n = 1;
+    let filler = disk.fill();
+
+    // New sessions of 1.5 KB each until the pages the table already has are full: every create
+    // either succeeds with a cookie or fails with a store error and none.
+    let big_key = || {
+        (0..24)
+            .map(|_| SessionId::generate().unwrap().key().to_hex())
+            .collect::<String>()
+    };
+    let mut stored = Vec::new();
+    let mut failed = 0;
+    for _ in 0..200 {
+        let key = big_key();
+        let resp = app.get(&format!("/set/{key}"), None).await;
+        if resp.status == StatusCode::OK {
+            stored.push((resp.token.unwrap(), key));
+            continue;
+        }
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let error = resp.error.as_ref().unwrap();
+        assert_eq!(error.kind(), SessionErrorKind::Store);
+        assert_eq!(
+            error.store_error().map(tower_satchel::StoreError::kind),
+            Some(StoreErrorKind::Backend),
+            "{error}"
+        );
+        assert!(resp.token.is_none(), "no cookie for a session not stored");
+        failed += 1;
+        if failed == 3 {
+            break;
+        }
+    }
+    assert_eq!(failed, 3, "the disk never filled up");
+    // The first session: saves succeed while its page has room, and fail cleanly after.
+    for _ in 0..20 {
+        let resp = app.get("/incr", Some(&token)).await;
+        if resp.status == StatusCode::OK {
+            n += 1;
+            assert_eq!(resp.body, n.to_string());
+        } else {
+            assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(resp.token.is_none());
+        }
+    }
+    // Saves that make the session grow by 1.5 KB: they fail once no page has room for it.
+    let mut keys = vec!["n".to_owned()];
+    let mut save_failed = false;
+    for _ in 0..20 {
+        let key = big_key();
+        let resp = app.get(&format!("/set/{key}"), Some(&token)).await;
+        if resp.status == StatusCode::OK {
+            keys.push(key);
+            continue;
+        }
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.error.unwrap().kind(), SessionErrorKind::Store);
+        save_failed = true;
+        break;
+    }
+    assert!(save_failed, "a growing session never ran out of room");
+    keys.sort();
+    // Reads go on and show what was stored.
+    assert_eq!(app.get("/keys", Some(&token)).await.body, keys.join(","));
+    for (token, key) in &stored {
+        assert_eq!(&app.get("/keys", Some(token)).await.body, key);
+    }
+
+    // Space again: nothing was lost or emptied, and every write succeeds.
+    std::fs::remove_file(filler).unwrap();
+    for _ in 0..20 {
+        let resp = app.get("/incr", Some(&token)).await;
+        assert_eq!(resp.status, StatusCode::OK, "{resp:?}");
+        n += 1;
+        assert_eq!(resp.body, n.to_string());
+    }
+    for _ in 0..20 {
+        let resp = app.get(&format!("/set/{}", big_key()), None).await;
+        assert_eq!(resp.status, StatusCode::OK, "{resp:?}");
+        assert!(resp.token.is_some());
+    }
+    for (token, key) in &stored {
+        assert_eq!(&app.get("/keys", Some(token)).await.body, key);
+    }
+    assert_eq!(app.get("/keys", Some(&token)).await.body, keys.join(","));
+    drop((app, store, admin));
+    drop(cluster);
+    drop(disk);
 }
