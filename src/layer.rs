@@ -210,6 +210,13 @@ impl SessionLayerBuilder {
 
     /// The cookie name. Default: `id`. Names starting with `__Host-` or `__Secure-` get the checks
     /// browsers apply to them (SECURITY.md 18).
+    ///
+    /// A browser that holds cookies of this name for different domains or paths sends them all
+    /// (after the app changed its cookie's `Domain` or `Path`, or when a sibling sub-domain set
+    /// one), in an order the app does not choose. The layer uses the first that names a live
+    /// session, looking at no more than three, so a stale or planted cookie sent first cannot lock
+    /// the visitor out. A `__Host-` name keeps sibling sub-domains from setting such cookies at
+    /// all.
     #[must_use]
     pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
         self.config.cookie_name = name.into();

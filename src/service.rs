@@ -38,11 +38,37 @@ impl<S> SessionService<S> {
         }
     }
 
+    /// The token the request presents: with cookies, more than one when the request has several
+    /// cookies of the name (looking at no more than [`MAX_PRESENTED`]).
     fn incoming(&self, headers: &HeaderMap) -> Incoming {
-        let value = match &self.config.transport {
-            Transport::Cookie => find_cookie(headers, &self.config.cookie_name),
-            Transport::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+        let name = match &self.config.transport {
+            Transport::Cookie => &self.config.cookie_name,
+            Transport::Header(name) => return self.parse(headers.get(name).map(|v| v.as_bytes())),
         };
+        let (values, n) = cookies_named(headers, name);
+        let first = self.parse(values.first().filter(|_| n > 0).copied());
+        if n < 2 {
+            return first;
+        }
+        // Several: the first token, then the other well-formed ones without repeats.
+        let mut tokens = vec![first];
+        for (i, value) in values.iter().enumerate().take(n).skip(1) {
+            if values[..i].contains(value) {
+                continue;
+            }
+            match self.parse(Some(value)) {
+                Incoming::Malformed => {}
+                token => tokens.push(token),
+            }
+        }
+        if tokens.len() == 1 {
+            return tokens.swap_remove(0);
+        }
+        Incoming::Several(tokens.into_boxed_slice())
+    }
+
+    /// A presented token, checked for the syntax of the backend's tokens.
+    fn parse(&self, value: Option<&[u8]>) -> Incoming {
         let Some(value) = value else {
             return Incoming::Absent;
         };
@@ -70,37 +96,74 @@ impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
     }
 }
 
-/// The first cookie called `name` in the request's `Cookie` headers (SECURITY.md 7: the only place
-/// a cookie-transported token is read from).
-fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers.get_all(COOKIE).iter().find_map(|header| {
+/// How many cookies of the session's name one request may present. A browser sends more than one
+/// when it holds cookies of that name for different domains or paths (after the app changed its
+/// cookie's `Domain` or `Path`, or when a sibling sub-domain sets one): the first that names a live
+/// session is used, so a stale or planted cookie sent first cannot lock the visitor out. The cap
+/// bounds the store loads one request can cause.
+pub(crate) const MAX_PRESENTED: usize = 3;
+
+/// The values of the first [`MAX_PRESENTED`] cookies called `name` in the request's `Cookie`
+/// headers, in order, and how many there are (SECURITY.md 7: the only place a cookie-transported
+/// token is read from).
+fn cookies_named<'h>(headers: &'h HeaderMap, name: &str) -> ([&'h [u8]; MAX_PRESENTED], usize) {
+    let mut found: [&[u8]; MAX_PRESENTED] = [&[]; MAX_PRESENTED];
+    let mut n = 0;
+    for header in headers.get_all(COOKIE) {
         let bytes = header.as_bytes();
         // Splitting a `str` at a byte finds each `;` a word at a time, and the UTF-8 check is as
         // fast for ASCII: worth it for a long sealed cookie. Other headers go byte by byte.
-        match std::str::from_utf8(bytes) {
-            Ok(text) => cookie_in(text.split(';').map(str::as_bytes), name),
-            Err(_) => cookie_in(bytes.split(|b| *b == b';'), name),
-        }
-    })
-}
-
-/// The value of the first `name=value` pair called `name`, unquoted.
-fn cookie_in<'h>(pairs: impl Iterator<Item = &'h [u8]>, name: &str) -> Option<&'h [u8]> {
-    for pair in pairs {
-        let pair = pair.trim_ascii();
-        let Some(eq) = pair.iter().position(|b| *b == b'=') else {
-            continue;
+        let pairs = match std::str::from_utf8(bytes) {
+            Ok(text) => Pairs::Text(text.split(';')),
+            Err(_) => Pairs::Bytes(bytes.split(is_semicolon as fn(&u8) -> bool)),
         };
-        if pair[..eq].trim_ascii() == name.as_bytes() {
-            let value = pair[eq + 1..].trim_ascii();
-            let value = value
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(value);
-            return Some(value);
+        for value in pairs.filter_map(|pair| cookie_value(pair, name)) {
+            if let Some(slot) = found.get_mut(n) {
+                *slot = value;
+                n += 1;
+            }
+            if n == MAX_PRESENTED {
+                return (found, n);
+            }
         }
     }
-    None
+    (found, n)
+}
+
+/// The `name=value` pairs of one `Cookie` header.
+enum Pairs<'h> {
+    Text(std::str::Split<'h, char>),
+    Bytes(std::slice::Split<'h, u8, fn(&u8) -> bool>),
+}
+
+impl<'h> Iterator for Pairs<'h> {
+    type Item = &'h [u8];
+    fn next(&mut self) -> Option<&'h [u8]> {
+        match self {
+            Pairs::Text(split) => split.next().map(str::as_bytes),
+            Pairs::Bytes(split) => split.next(),
+        }
+    }
+}
+
+fn is_semicolon(byte: &u8) -> bool {
+    *byte == b';'
+}
+
+/// The value of `pair` when it is `name=value`, unquoted.
+fn cookie_value<'h>(pair: &'h [u8], name: &str) -> Option<&'h [u8]> {
+    let pair = pair.trim_ascii();
+    let eq = pair.iter().position(|b| *b == b'=')?;
+    if pair[..eq].trim_ascii() != name.as_bytes() {
+        return None;
+    }
+    let value = pair[eq + 1..].trim_ascii();
+    Some(
+        value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value),
+    )
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
@@ -399,6 +462,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+        let (values, n) = cookies_named(headers, name);
+        values.first().filter(|_| n > 0).copied()
+    }
+
     #[test]
     fn set_cookie_headers_are_allocated_at_their_exact_length() {
         for n in [
@@ -436,6 +504,18 @@ mod tests {
         assert_eq!(find_cookie(&headers, "id"), Some(&b"abc"[..]));
         assert_eq!(find_cookie(&headers, "idx"), Some(&b"2"[..]));
         assert_eq!(find_cookie(&headers, "missing"), None);
+        headers.append(COOKIE, HeaderValue::from_static("id=third"));
+        assert_eq!(
+            cookies_named(&headers, "id"),
+            ([&b"abc"[..], b"second", b"third"], 3),
+            "the cookies of the name, in order, across headers"
+        );
+        headers.append(COOKIE, HeaderValue::from_static("id=fourth"));
+        assert_eq!(
+            cookies_named(&headers, "id").1,
+            MAX_PRESENTED,
+            "no more than that"
+        );
     }
 
     #[test]
@@ -451,10 +531,13 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn both_ways_of_splitting_find_the_same_cookie(text in "[ -~]{0,64}", name in "[a-c]{1,2}") {
-            proptest::prop_assert_eq!(
-                cookie_in(text.split(';').map(str::as_bytes), &name),
-                cookie_in(text.as_bytes().split(|b| *b == b';'), &name)
-            );
+            let text_split: Vec<_> = Pairs::Text(text.split(';'))
+                .filter_map(|pair| cookie_value(pair, &name))
+                .collect();
+            let byte_split: Vec<_> = Pairs::Bytes(text.as_bytes().split(is_semicolon as fn(&u8) -> bool))
+                .filter_map(|pair| cookie_value(pair, &name))
+                .collect();
+            proptest::prop_assert_eq!(text_split, byte_split);
         }
 
         #[test]

@@ -67,6 +67,9 @@ pub(crate) enum Incoming {
     Malformed,
     Id(SessionId),
     Token(String),
+    /// The request presented more than one cookie of the session's name: the first token (which
+    /// may be malformed) and then the other well-formed ones, without repeats.
+    Several(Box<[Incoming]>),
 }
 
 /// A cheap-to-clone handle to the current request's session.
@@ -388,36 +391,87 @@ impl Session {
             return Ok(());
         }
         let now = self.0.config.clock.now();
+        let arrival = match &self.0.incoming {
+            // Rare, and boxed so that the usual request's future stays small.
+            Incoming::Several(tokens) => Box::pin(self.open_first_live(tokens, now)).await?,
+            token => self.open(token, now).await?,
+        };
+        let mut state = self.state();
+        state.arrival = arrival;
+        state.loaded = true;
+        Ok(())
+    }
+
+    /// Makes `live` the session this handle works on.
+    fn adopt(&self, mut live: Live) -> Arrival {
+        let mut state = self.state();
+        if !state.cleared {
+            state.data = std::mem::take(&mut live.record.data);
+        } else {
+            live.record.data.clear();
+        }
+        state.live = Some(live);
+        Arrival::Returning
+    }
+
+    /// [`Session::open`] for several tokens in turn (cookies of the same name, see
+    /// `MAX_PRESENTED`) until one names a live session; otherwise how the first token arrived.
+    async fn open_first_live(
+        &self,
+        tokens: &[Incoming],
+        now: OffsetDateTime,
+    ) -> Result<Arrival, SessionError> {
+        let mut first = None;
+        for token in tokens {
+            let arrival = self.open(token, now).await?;
+            if arrival == Arrival::Returning {
+                if first.is_some() {
+                    tracing::debug!(
+                        scope = self.0.config.scope,
+                        "the first session cookie named no live session; a later one of the same name does"
+                    );
+                }
+                return Ok(arrival);
+            }
+            first.get_or_insert(arrival);
+        }
+        Ok(first.unwrap_or(Arrival::Invalid))
+    }
+
+    /// How the request arrived with one presented token; when it names a live session, the
+    /// handle adopts it (and, for a sealed session, notes whether it must be sealed again).
+    async fn open(
+        &self,
+        incoming: &Incoming,
+        now: OffsetDateTime,
+    ) -> Result<Arrival, SessionError> {
         let scope = self.0.config.scope;
-        let (arrival, live) = match (&self.0.incoming, &self.0.backend.0) {
-            (Incoming::Absent, _) => (Arrival::New, None),
+        Ok(match (incoming, &self.0.backend.0) {
+            (Incoming::Absent, _) => Arrival::New,
             (Incoming::Malformed, _) => {
                 tracing::info!(
                     scope,
                     "malformed session token ignored; a fresh session is used"
                 );
-                (Arrival::Invalid, None)
+                Arrival::Invalid
             }
             (Incoming::Id(id), Kind::Server(store)) => {
                 let key = id.key();
                 match store.load(&key, now).await {
-                    Ok(Some(record)) if record.is_live(now) => (
-                        Arrival::Returning,
-                        Some(Live {
-                            id: Some(id.clone()),
-                            record,
-                        }),
-                    ),
+                    Ok(Some(record)) if record.is_live(now) => self.adopt(Live {
+                        id: Some(id.clone()),
+                        record,
+                    }),
                     Ok(Some(_)) => {
                         tracing::debug!(scope, session = %key.log_tag(), "session expired");
                         if let Err(error) = store.delete(&key).await {
                             tracing::warn!(scope, session = %key.log_tag(), %error, "could not delete expired session");
                         }
-                        (Arrival::Expired, None)
+                        Arrival::Expired
                     }
                     Ok(None) => {
                         tracing::debug!(scope, session = %key.log_tag(), "unknown or expired session; a fresh session is used");
-                        (Arrival::Expired, None)
+                        Arrival::Expired
                     }
                     Err(error) => {
                         tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on load");
@@ -429,15 +483,15 @@ impl Session {
                 match store.open(&self.0.config.cookie_name, token, now).await {
                     Ok(Opened::Live { record, reseal }) => {
                         self.state().reseal = reseal;
-                        (Arrival::Returning, Some(Live { id: None, record }))
+                        self.adopt(Live { id: None, record })
                     }
                     Ok(Opened::Expired) => {
                         tracing::debug!(scope, "sealed session expired or revoked");
-                        (Arrival::Expired, None)
+                        Arrival::Expired
                     }
                     Ok(Opened::Invalid) => {
                         tracing::info!(scope, "sealed session cookie failed authentication");
-                        (Arrival::Invalid, None)
+                        Arrival::Invalid
                     }
                     Err(error) => {
                         tracing::error!(scope, %error, "cookie store failed on open");
@@ -445,23 +499,11 @@ impl Session {
                     }
                 }
             }
-            // The service parses tokens for the backend it has; these cannot meet.
-            (Incoming::Id(_), Kind::Client(_)) | (Incoming::Token(_), Kind::Server(_)) => {
-                (Arrival::Invalid, None)
-            }
-        };
-        let mut state = self.state();
-        state.arrival = arrival;
-        if let Some(mut live) = live {
-            if !state.cleared {
-                state.data = std::mem::take(&mut live.record.data);
-            } else {
-                live.record.data.clear();
-            }
-            state.live = Some(live);
-        }
-        state.loaded = true;
-        Ok(())
+            // The service parses tokens for the backend it has, and never nests `Several`.
+            (Incoming::Id(_), Kind::Client(_))
+            | (Incoming::Token(_), Kind::Server(_))
+            | (Incoming::Several(_), _) => Arrival::Invalid,
+        })
     }
 
     /// Whether [`load`](Session::load) has completed.

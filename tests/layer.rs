@@ -1211,3 +1211,65 @@ async fn a_session_of_an_abandoned_request_refuses_changes() {
     assert_eq!(store.calls(), (0, 0, 0), "nothing saved");
     assert!(store.inner.is_empty());
 }
+
+/// A browser holding cookies of the session's name for two domains or paths (after the app moved
+/// its cookie, or one planted by a sibling sub-domain) sends them all, in an order the app does not
+/// choose. The first that names a live session is used, so a stale or planted one sent first does
+/// not lock the visitor out; malformed ones cost no store call, repeats are loaded once, and at most
+/// three cookies are looked at.
+#[tokio::test]
+async fn the_first_of_several_same_name_cookies_that_names_a_live_session_is_used() {
+    let store = Faulty::default();
+    let app = app(&store);
+    let live = app.start().await;
+    let unknown = || SessionId::generate().unwrap().expose();
+    let (stale, other) = (unknown(), unknown());
+    let cookie = |values: &[&str]| {
+        let pairs: Vec<String> = values.iter().map(|v| format!("id={v}")).collect();
+        HeaderValue::from_str(&pairs.join("; theme=dark; ")).unwrap()
+    };
+    // (cookies, whether the live session is found, loads made)
+    let cases: [(&[&str], bool, usize); 7] = [
+        (&[&live], true, 1),
+        (&[&live, &stale], true, 1),
+        (&[&stale, &live], true, 2),
+        (&["garbage", &live], true, 1),
+        (&[&stale, &stale, &live], true, 2),
+        (&[&stale, "../x", &other], false, 2),
+        (&[&stale, &other, &unknown(), &live], false, 3),
+    ];
+    for (case, (values, found, loads)) in cases.into_iter().enumerate() {
+        let before = store.calls().0;
+        let resp = app.get_raw_cookie("/get/n", cookie(values)).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        let expected = if found { "1" } else { "null" };
+        assert_eq!(resp.body, expected, "case {case}");
+        assert_eq!(store.calls().0 - before, loads, "loads in case {case}");
+    }
+    // In separate `Cookie` headers (as HTTP/2 sends them) too, and a write goes to the session
+    // that was found.
+    let request = Request::get("/incr/n")
+        .header(header::COOKIE, format!("id={stale}"))
+        .header(header::COOKIE, format!("id={live}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.send(request).await;
+    assert_eq!(resp.body, "2");
+    assert_eq!(app.get("/get/n", Some(&live)).await.body, "2");
+    assert_eq!(app.get("/arrival", Some(&stale)).await.body, "Expired");
+    let resp = app
+        .get_raw_cookie("/arrival", cookie(&[&stale, &live]))
+        .await;
+    assert_eq!(resp.body, "Returning");
+    assert!(
+        store
+            .inner
+            .load_now(
+                &SessionId::parse(&stale).unwrap().key(),
+                clock_now(&app.clock)
+            )
+            .unwrap()
+            .is_none(),
+        "nothing stored under the stale ID"
+    );
+}

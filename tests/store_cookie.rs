@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Path;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -457,6 +457,35 @@ async fn arrival_tells_a_forged_cookie_from_an_expired_one() {
     assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
     assert_eq!(
         app.get("/arrival", Some(&encode(&flipped))).await.body,
+        "Invalid"
+    );
+}
+
+/// Several cookies of the session's name (one sealed under a key since removed, one forged, say):
+/// the first that opens to a live session is used.
+#[tokio::test]
+async fn the_first_of_several_same_name_cookies_that_opens_is_used() {
+    let site = app(CookieStore::new(key(1)).into_backend(), |l| l);
+    let token = site.start().await;
+    let mut forged = raw(&token);
+    forged[20] ^= 1;
+    let forged = encode(&forged);
+    let other_key = app(CookieStore::new(key(2)).into_backend(), |l| l)
+        .start()
+        .await;
+    for cookie in [
+        format!("id={forged}; id={token}"),
+        format!("id={other_key}; id={token}"),
+        format!("id=; id={token}"),
+    ] {
+        let resp = site
+            .get_raw_cookie("/get/n", HeaderValue::from_str(&cookie).unwrap())
+            .await;
+        assert_eq!(resp.body, "1");
+    }
+    let cookie = HeaderValue::from_str(&format!("id={forged}; id={other_key}")).unwrap();
+    assert_eq!(
+        site.get_raw_cookie("/arrival", cookie).await.body,
         "Invalid"
     );
 }
