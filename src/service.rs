@@ -45,14 +45,15 @@ impl<S> SessionService<S> {
             Transport::Cookie => &self.config.cookie_name,
             Transport::Header(name) => return self.parse(headers.get(name).map(|v| v.as_bytes())),
         };
-        let (values, n) = cookies_named(headers, name);
-        let first = self.parse(values.first().filter(|_| n > 0).copied());
-        if n < 2 {
+        let (found, n) = cookies_named(headers, name);
+        let values = &found[..n];
+        let first = self.parse(values.first().copied());
+        if values.len() < 2 {
             return first;
         }
         // Several: the first token, then the other well-formed ones without repeats.
         let mut tokens = vec![first];
-        for (i, value) in values.iter().enumerate().take(n).skip(1) {
+        for (i, value) in values.iter().enumerate().skip(1) {
             if values[..i].contains(value) {
                 continue;
             }
@@ -463,8 +464,8 @@ mod tests {
     use super::*;
 
     fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-        let (values, n) = cookies_named(headers, name);
-        values.first().filter(|_| n > 0).copied()
+        let (found, n) = cookies_named(headers, name);
+        found[..n].first().copied()
     }
 
     #[test]
