@@ -97,10 +97,11 @@ pub(crate) enum Incoming {
 ///
 /// # After the response
 ///
-/// A handle can outlive its request, moved into a spawned task or a streaming body. Once the
-/// handler has produced its response (or the request was abandoned, when the client went away),
-/// the session is closed: reads still answer what the request left, but changes are refused,
-/// because nothing would save them. [`insert`](Session::insert), [`remove`](Session::remove) and
+/// A handle can outlive its request, moved into a spawned task, a streaming body or a WebSocket
+/// handler (`on_upgrade` runs after the `101` response). Once the handler has produced its
+/// response (or the request was abandoned, when the client went away), the session is closed:
+/// reads still answer what the request left, but changes are refused, because nothing would save
+/// them. [`insert`](Session::insert), [`remove`](Session::remove) and
 /// [`update`](Session::update) return a [`SessionErrorKind::Closed`] error; `clear`, `destroy`,
 /// `cycle_id`, `set_expiry`, `set_owner` and `clear_owner` log a warning and change nothing.
 /// Change the session before the handler returns.
