@@ -1101,27 +1101,38 @@ async fn the_token_is_read_from_the_configured_cookie_only() {
     }
 }
 
+/// Handles that handlers passed on, as a spawned task would keep them.
+type Kept = Arc<std::sync::Mutex<Vec<Session>>>;
+
+/// A route that keeps its session handle in `kept`, then runs `handler` with it.
+fn keeping<F, Fut>(kept: &Kept, handler: F) -> MethodRouter
+where
+    F: Fn(Session) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
+    let kept = kept.clone();
+    get(move |session: Session| {
+        kept.lock().unwrap().push(session.clone());
+        handler(session)
+    })
+}
+
 /// A handle kept past its response (by a spawned task, a streaming body) still reads what its
 /// request left, and refuses changes, which could no longer be saved, instead of dropping them.
 #[tokio::test]
 async fn a_session_kept_past_its_response_reads_but_refuses_changes() {
     for immediate in [false, true] {
         let store = faulty(immediate);
-        let kept: Arc<std::sync::Mutex<Vec<Session>>> = Arc::default();
-        let slot = kept.clone();
+        let kept = Kept::default();
         let router = Router::new()
             .route(
                 "/",
-                get(move |session: Session| {
-                    let slot = slot.clone();
-                    async move {
-                        let x = session.update("x", |x: &mut i64| {
-                            *x += 1;
-                            *x
-                        });
-                        slot.lock().unwrap().push(session);
-                        x.unwrap().to_string()
-                    }
+                keeping(&kept, |session| async move {
+                    let x = session.update("x", |x: &mut i64| {
+                        *x += 1;
+                        *x
+                    });
+                    x.unwrap().to_string()
                 }),
             )
             .route("/read", read_x())
@@ -1186,24 +1197,19 @@ async fn a_session_kept_past_its_response_reads_but_refuses_changes() {
 #[tokio::test]
 async fn a_session_of_an_abandoned_request_refuses_changes() {
     let store = Faulty::default();
-    let kept: Arc<std::sync::Mutex<Option<Session>>> = Arc::default();
-    let slot = kept.clone();
+    let kept = Kept::default();
     let router = Router::new()
         .route(
             "/",
-            get(move |session: Session| {
-                let slot = slot.clone();
-                async move {
-                    session.insert("x", 1).unwrap();
-                    *slot.lock().unwrap() = Some(session);
-                    std::future::pending::<()>().await;
-                }
+            keeping(&kept, |session| async move {
+                session.insert("x", 1).unwrap();
+                std::future::pending::<String>().await
             }),
         )
         .layer(SessionLayer::new(store.clone()));
     let abandoned = tokio::time::timeout(StdDuration::from_millis(50), new_visitor(&router)).await;
     assert!(abandoned.is_err(), "the handler never answers");
-    let session = kept.lock().unwrap().take().unwrap();
+    let session = kept.lock().unwrap().pop().unwrap();
     assert_eq!(
         session.insert("x", 2).unwrap_err().kind(),
         SessionErrorKind::Closed
