@@ -1,6 +1,7 @@
 //! Property-based fuzzing of the request path (SECURITY.md 27): arbitrary `Cookie` headers and
 //! arbitrary session-header values never panic, never reach the store when malformed, and always
-//! end in a fresh session.
+//! end in a fresh session; among several cookies of the session's name, the live session is found
+//! exactly when it is among the first three.
 #![allow(clippy::unwrap_used)]
 
 #[macro_use]
@@ -10,7 +11,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Request, header};
 use conformance::harness;
 use proptest::prelude::*;
-use tower_satchel::{IntoBackend, MemoryStore};
+use tower_satchel::{IntoBackend, MemoryStore, SessionId};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -46,6 +47,32 @@ proptest! {
         let resp = rt.block_on(app.get_raw_cookie("/incr/n", header));
         prop_assert_eq!(resp.body.as_str(), "1");
         prop_assert_ne!(resp.token(), Some(value));
+    }
+
+    /// Several `id` cookies, each the live session's token, an unknown ID or garbage: the live
+    /// session is found exactly when it is among the first three, and nothing else is adopted.
+    #[test]
+    fn the_live_session_is_found_among_the_first_three_same_name_cookies(
+        cookies in proptest::collection::vec(0u8..3, 0..6),
+        garbage in "[A-Za-z0-9_./-]{0,50}",
+    ) {
+        let rt = runtime();
+        let store = MemoryStore::new();
+        let app = harness::default_app(store.clone().into_backend());
+        let live = rt.block_on(app.start());
+        let values: Vec<String> = cookies
+            .iter()
+            .map(|kind| match kind {
+                0 => live.clone(),
+                1 => SessionId::generate().unwrap().expose(),
+                _ => garbage.clone(),
+            })
+            .collect();
+        let header = values.iter().map(|v| format!("id={v}")).collect::<Vec<_>>().join("; ");
+        let resp = rt.block_on(app.get_raw_cookie("/get/n", HeaderValue::from_str(&header).unwrap()));
+        let found = values.iter().take(3).any(|v| *v == live);
+        prop_assert_eq!(resp.body.as_str(), if found { "1" } else { "null" });
+        prop_assert_eq!(store.len(), 1, "nothing stored but the live session");
     }
 
     #[test]
