@@ -105,6 +105,29 @@ pub(crate) enum Incoming {
 /// [`update`](Session::update) return a [`SessionErrorKind::Closed`] error; `clear`, `destroy`,
 /// `cycle_id`, `set_expiry`, `set_owner` and `clear_owner` log a warning and change nothing.
 /// Change the session before the handler returns.
+///
+/// A long-lived task that must change the session later can keep its [`id`](Session::id) and
+/// the store, and apply a [`ChangeSet`] itself. The change is merged like a request's, and a
+/// session ended meanwhile is not brought back:
+///
+/// ```
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_satchel::{ChangeSet, MemoryStore, Saved, Session, SessionStore};
+///
+/// async fn later(store: &MemoryStore, session: &Session) -> Result<(), Box<dyn std::error::Error>> {
+///     // In the handler: the ID of an existing session (none for a new one before its response).
+///     let Some(id) = session.id() else { return Ok(()) };
+///     // Later, in the task:
+///     let mut changes = ChangeSet::default();
+///     changes.set.insert("last_seen".into(), serde_json::json!("2026-12-01T12:00:00Z"));
+///     let saved = store.save(&id.key(), &changes, time::OffsetDateTime::now_utc()).await?;
+///     if matches!(saved, Saved::Gone) {
+///         // The session ended meanwhile (logged out, expired): nothing was written.
+///     }
+///     Ok(())
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Session(Arc<Shared>);
 
