@@ -76,6 +76,11 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 ///   ([`with_timeout`](PostgresStore::with_timeout) changes the limit), and
 ///   [`PostgresStore::connect`] waits at most 5 seconds for a connection; pass your own pool to
 ///   choose other limits for it.
+/// - **TLS** (a database across a network, a managed service): put `sslmode=require` (or
+///   `verify-full`, with `sslrootcert`) in the URL and enable a TLS feature of sqlx in your app,
+///   e.g. `sqlx = { version = "0.9", default-features = false, features = ["tls-rustls"] }`; this
+///   crate compiles none, so the app picks its TLS stack. Without one, `require` fails with sqlx's
+///   "built without TLS support" error, and the default mode, `prefer`, connects in plain text.
 /// - **Behind PgBouncer**, session pooling works: the whole store test suite passes through
 ///   PgBouncer 1.18 in session mode. Transaction pooling does not work with PgBouncer before 1.21:
 ///   sqlx prepares each statement once per connection under a name, PgBouncer hands the next
