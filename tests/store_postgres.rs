@@ -225,7 +225,8 @@ async fn a_save_after_expiry_does_not_revive_the_row() {
 }
 
 /// A session row locked by a long transaction elsewhere: the request that needs to write it gets
-/// a store error once the store's timeout passes, rather than waiting for that transaction.
+/// a store error once the store's timeout passes, rather than waiting for that transaction. With
+/// the app's own pool (no `statement_timeout`), the server still applies the write later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_row_times_out_into_an_error_response() {
     let guarded = pg::store().await;
@@ -233,6 +234,80 @@ async fn a_locked_row_times_out_into_an_error_response() {
         .store
         .clone()
         .with_timeout(StdDuration::from_millis(500));
+    let (app, token, resp, admin) = write_a_locked_row(&store).await;
+    let error = resp.error.as_ref().and_then(|e| e.store_error()).unwrap();
+    assert!(
+        error.to_string().contains("no answer within 500 ms"),
+        "{error}"
+    );
+
+    // As documented, the server still runs the write that timed out once the lock is released.
+    admin.rollback().await.unwrap();
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+    loop {
+        let n = stored_n(&store).await;
+        if n.as_deref() == Some("2") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "n is {n:?}");
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    assert_eq!(app.get("/incr", Some(&token)).await.body, "3");
+}
+
+/// The same with a pool `PostgresStore::connect` made: the server gives up first
+/// (`statement_timeout`), so the request's error is the server's, and the write it gave up on is
+/// never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_its_own_pool_a_timed_out_write_is_never_applied() {
+    let schema = unique("satchel_test");
+    let _cleanup = pg::drop_schema_later(schema.clone());
+    let store = PostgresStore::connect(&pg::url())
+        .await
+        .unwrap()
+        .with_schema(&schema)
+        .unwrap()
+        .with_timeout(StdDuration::from_millis(500));
+    store.migrate().await.unwrap();
+    let (app, token, resp, admin) = write_a_locked_row(&store).await;
+    let error = resp.error.as_ref().and_then(|e| e.store_error()).unwrap();
+    assert!(
+        error.to_string().contains("statement timeout"),
+        "the server's own error: {error}"
+    );
+
+    admin.rollback().await.unwrap();
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    assert_eq!(stored_n(&store).await.as_deref(), Some("1"), "not applied");
+    assert_eq!(app.get("/incr", Some(&token)).await.body, "2");
+
+    // A timeout set in the URL is left as it is.
+    let url = format!("{}?options=-c%20statement_timeout%3D123", pg::url());
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let set: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(set, "123ms");
+    let store = PostgresStore::connect(&pg::url()).await.unwrap();
+    let set: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(set, "4500ms", "nine tenths of the default 5 s");
+}
+
+/// Creates a session, locks every row from another transaction, and sends a request that writes
+/// the session: it must fail with a store error well before 3 s. Returns the app, the token, that
+/// response and the transaction holding the lock.
+async fn write_a_locked_row(
+    store: &PostgresStore,
+) -> (
+    support_sql::TestApp,
+    String,
+    support_sql::Resp,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+) {
     let app = app(store.clone());
     let first = app.get("/incr", None).await;
     let token = first.token.unwrap();
@@ -241,7 +316,7 @@ async fn a_locked_row_times_out_into_an_error_response() {
     let mut admin = store.pool().begin().await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id FROM {} FOR UPDATE",
-        table_of(&store)
+        table_of(store)
     )))
     .fetch_all(&mut *admin)
     .await
@@ -256,32 +331,21 @@ async fn a_locked_row_times_out_into_an_error_response() {
     let error = resp.error.as_ref().and_then(|e| e.store_error()).unwrap();
     assert_eq!(error.kind(), StoreErrorKind::Backend);
     assert!(
-        error.to_string().contains("no answer within 500 ms"),
-        "{error}"
-    );
-    assert!(
         took < StdDuration::from_secs(3),
         "the request waited {took:?}"
     );
+    (app, token, resp, admin)
+}
 
-    // As documented, the server still runs the write that timed out once the lock is released.
-    admin.rollback().await.unwrap();
-    let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
-    loop {
-        let n: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT data->>'n' FROM {}",
-            table_of(&store)
-        )))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        if n.as_deref() == Some("2") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "n is {n:?}");
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
-    }
-    assert_eq!(app.get("/incr", Some(&token)).await.body, "3");
+/// The counter `n` of the only session in the store's table.
+async fn stored_n(store: &PostgresStore) -> Option<String> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT data->>'n' FROM {}",
+        table_of(store)
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
@@ -75,7 +75,9 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 ///   (a stopped server, a dropped network, a row locked elsewhere) fails the same way
 ///   ([`with_timeout`](PostgresStore::with_timeout) changes the limit), and
 ///   [`PostgresStore::connect`] waits at most 5 seconds for a connection; pass your own pool to
-///   choose other limits for it.
+///   choose other limits for it. A pool made by `connect` also has the server give up first
+///   (`statement_timeout`), so a write that failed this way is never applied later; with your
+///   own pool, set `statement_timeout` in its options.
 /// - **TLS** (a database across a network, a managed service): put `sslmode=require` (or
 ///   `verify-full`, with `sslrootcert`) in the URL and enable a TLS feature of sqlx in your app,
 ///   e.g. `sqlx = { version = "0.9", default-features = false, features = ["tls-rustls"] }`; this
@@ -129,6 +131,9 @@ pub struct PostgresStore {
     pool: PgPool,
     sql: Arc<Statements>,
     timeout: StdDuration,
+    /// For a pool [`PostgresStore::connect`] made: its options before the server-side timeout
+    /// was added, so [`PostgresStore::with_timeout`] can set that timeout again.
+    own_options: Option<Arc<PgConnectOptions>>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -250,6 +255,21 @@ CREATE INDEX IF NOT EXISTS \"{name}_owner_idx\" ON {t} (owner) WHERE owner IS NO
     }
 }
 
+/// `options` with `statement_timeout` at nine tenths of `timeout`, so that the server gives up
+/// (and says so) before the store does; unchanged if they set `statement_timeout` already.
+fn server_timeout(options: &PgConnectOptions, timeout: StdDuration) -> PgConnectOptions {
+    if options
+        .get_options()
+        .is_some_and(|o| o.contains("statement_timeout"))
+    {
+        return options.clone();
+    }
+    let millis = (timeout.as_millis() * 9 / 10).max(1);
+    options
+        .clone()
+        .options([("statement_timeout", format!("{millis}ms"))])
+}
+
 fn stmt(sql: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     // Built only from validated identifiers (see `quote_ident`); every value is a bind parameter.
     AssertSqlSafe(Arc::clone(sql))
@@ -269,25 +289,32 @@ impl PostgresStore {
             pool,
             sql: Arc::new(sql),
             timeout: Self::DEFAULT_TIMEOUT,
+            own_options: None,
         }
     }
 
     /// Connects a new pool to `url` (e.g. `postgres://user:password@host/db`), with sqlx's
     /// defaults except that acquiring a connection gives up after 5 seconds, so an outage turns
-    /// into error responses quickly. The pool connects lazily: this fails only for a malformed URL,
-    /// and the first operation (usually [`migrate`](Self::migrate)) reports an unreachable server.
+    /// into error responses quickly, and that the server gives up on a statement a little before
+    /// the store does (`statement_timeout`, see [`with_timeout`](Self::with_timeout)), unless the
+    /// URL sets `statement_timeout` itself. The pool connects lazily: this fails only for a
+    /// malformed URL, and the first operation (usually [`migrate`](Self::migrate)) reports an
+    /// unreachable server.
     ///
     /// # Errors
     ///
     /// [`StoreErrorKind::Config`] when the URL cannot be parsed.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(|e| {
+            StoreError::new(StoreErrorKind::Config, "invalid PostgreSQL URL").with_source(e)
+        })?;
         let pool = PgPoolOptions::new()
             .acquire_timeout(StdDuration::from_secs(5))
-            .connect_lazy(url)
-            .map_err(|e| {
-                StoreError::new(StoreErrorKind::Config, "invalid PostgreSQL URL").with_source(e)
-            })?;
-        Ok(Self::new(pool))
+            .connect_lazy_with(server_timeout(&options, Self::DEFAULT_TIMEOUT));
+        Ok(Self {
+            own_options: Some(Arc::new(options)),
+            ..Self::new(pool)
+        })
     }
 
     /// Puts the table in `schema` (created by [`migrate`](Self::migrate) if missing) instead of
@@ -314,10 +341,20 @@ impl PostgresStore {
     /// Without it, a statement already sent when the server stops answering (stopped,
     /// overloaded, or behind a network that drops packets) would wait as long as TCP does, and a
     /// row locked by a long transaction elsewhere would keep its session's requests waiting until
-    /// that transaction ends. The server is not told to stop: a write that timed out is still
-    /// applied once the server gets to it. To have the server give up too, set `statement_timeout`
-    /// (or `lock_timeout`) in the pool's connect options.
+    /// that transaction ends.
+    ///
+    /// A write the store gave up on must not be applied later, when the server gets to it (after
+    /// the lock is released, say): the request already answered with an error. With a pool made
+    /// by [`connect`](Self::connect), the server is told to give up first: its connections set
+    /// `statement_timeout` to nine tenths of `timeout` (connections opened after this call; the
+    /// pool opens them lazily), so the statement is cancelled and the store reports the server's
+    /// error. With your own pool ([`new`](Self::new)), set `statement_timeout` in its connect
+    /// options the same way; without it, a timed-out write may still be applied.
     pub fn with_timeout(self, timeout: StdDuration) -> Self {
+        if let Some(options) = &self.own_options {
+            self.pool
+                .set_connect_options(server_timeout(options, timeout));
+        }
         Self { timeout, ..self }
     }
 
