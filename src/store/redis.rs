@@ -301,7 +301,9 @@ impl Conn {
 /// answering without closing its connections (stuck, swapping, stopped) gives the same error
 /// responses once the response timeout passes; when it answers again, each reply still reaches
 /// the request that sent its command (tested by stopping the server with `SIGSTOP` while requests
-/// of two sessions wait, then letting it run).
+/// of two sessions wait, then letting it run). Redis cannot be told to drop a command it has
+/// received: a save whose request already failed this way is still applied when the server runs
+/// again (only what that request changed, merged as usual, and never into a session that ended).
 ///
 /// In a cluster, a crashed master's sessions fail the same way while the other masters' sessions
 /// keep working (until the cluster declares itself down, under Redis' default
