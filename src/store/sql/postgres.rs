@@ -348,7 +348,8 @@ impl PostgresStore {
     /// by [`connect`](Self::connect), the server is told to give up first: its connections set
     /// `statement_timeout` to nine tenths of `timeout` (connections opened after this call; the
     /// pool opens them lazily), so the statement is cancelled and the store reports the server's
-    /// error. With your own pool ([`new`](Self::new)), set `statement_timeout` in its connect
+    /// error. Clones of a store share its pool: set the timeout once, before cloning. With your own
+    /// pool ([`new`](Self::new)), set `statement_timeout` in its connect
     /// options the same way; without it, a timed-out write may still be applied.
     pub fn with_timeout(self, timeout: StdDuration) -> Self {
         if let Some(options) = &self.own_options {
