@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install -y valgrind" >&2; exit 1; }
 cargo bench --bench micro --no-run --quiet 2>/dev/null
-bin=$(ls -t target/release/deps/micro-* | grep -v '\.d$' | head -n 1)
+bin=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/micro-* | grep -v '\.d$' | head -n 1)
 count() { # bench iterations
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" --bench --exact "micro::$1" \
     --sample-count "$2" --sample-size 1 2>&1 | awk '/refs:/ {gsub(",", "", $4); print $4}'
