@@ -67,6 +67,7 @@ impl IntoResponse for SessionError {
             SessionErrorKind::Store => "session store unavailable",
             SessionErrorKind::MissingLayer => "session layer missing",
             SessionErrorKind::NoOwner => "session has no owner",
+            SessionErrorKind::Ended => "session ended elsewhere",
             _ => "session error",
         };
         let mut response = (self.status(), Bytes::from_static(message.as_bytes())).into_response();

@@ -67,6 +67,9 @@
 //!   (peers write the whole record back and the last writer wins). Same-key writes stay
 //!   last-writer-wins.
 //! - A 5xx response persists nothing (configurable).
+//! - A handler that needs the write done before its response calls [`Session::save`]: what is
+//!   pending is written then (a new session gets its ID), and whatever changes afterwards is
+//!   saved after the handler as above.
 //!
 //! # How we chose the defaults
 //!

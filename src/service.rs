@@ -232,6 +232,7 @@ pin_project! {
             future: CommitFuture,
             response: Option<Response<B>>,
             config: Arc<Config>,
+            session: Session,
         },
     }
 }
@@ -267,11 +268,15 @@ where
                     }
                     match session.finish(response.status().is_server_error()) {
                         Finish::Ready(Ok(committed)) => {
-                            apply(config, response.headers_mut(), committed);
+                            apply(
+                                config,
+                                response.headers_mut(),
+                                session.with_saved_token(committed),
+                            );
                             return Poll::Ready(Ok(response));
                         }
                         Finish::Ready(Err(error)) => {
-                            return Poll::Ready(Ok(error_response(config, error)));
+                            return Poll::Ready(Ok(failed(config, &session, error)));
                         }
                         Finish::Pending(future) => {
                             let config = config.clone();
@@ -279,6 +284,7 @@ where
                                 future,
                                 response: Some(response),
                                 config,
+                                session,
                             });
                         }
                     }
@@ -287,6 +293,7 @@ where
                     future,
                     response,
                     config,
+                    session,
                 } => {
                     if response.is_none() {
                         // Polled again after it completed, which the `Future` contract does not
@@ -305,10 +312,14 @@ where
                     };
                     return Poll::Ready(Ok(match outcome {
                         Ok(committed) => {
-                            apply(config, response.headers_mut(), committed);
+                            apply(
+                                config,
+                                response.headers_mut(),
+                                session.with_saved_token(committed),
+                            );
                             response
                         }
-                        Err(error) => error_response(config, error),
+                        Err(error) => failed(config, session, error),
                     }));
                 }
             }
@@ -328,6 +339,20 @@ pub(crate) fn error_response<B: From<Bytes>>(config: &Config, error: SessionErro
         }
     };
     response.extensions_mut().insert(error);
+    response
+}
+
+/// The response for a commit that failed: [`error_response`], still carrying the token of a
+/// [`Session::save`] made during the request, since that write stands.
+fn failed<B: From<Bytes>>(config: &Config, session: &Session, error: SessionError) -> Response<B> {
+    let mut response = error_response(config, error);
+    let committed = session.with_saved_token(Committed {
+        token: TokenAction::Keep,
+        read: false,
+    });
+    if !matches!(committed.token, TokenAction::Keep) {
+        apply(config, response.headers_mut(), committed);
+    }
     response
 }
 

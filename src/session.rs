@@ -26,6 +26,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -101,8 +102,8 @@ pub(crate) enum Incoming {
 /// handler (`on_upgrade` runs after the `101` response). Once the handler has produced its
 /// response (or the request was abandoned, when the client went away), the session is closed:
 /// reads still answer what the request left, but changes are refused, because nothing would save
-/// them. [`insert`](Session::insert), [`remove`](Session::remove) and
-/// [`update`](Session::update) return a [`SessionErrorKind::Closed`] error; `clear`, `destroy`,
+/// them. [`insert`](Session::insert), [`remove`](Session::remove), [`update`](Session::update)
+/// and [`save`](Session::save) return a [`SessionErrorKind::Closed`] error; `clear`, `destroy`,
 /// `cycle_id`, `set_expiry`, `set_owner` and `clear_owner` log a warning and change nothing.
 /// Change the session before the handler returns.
 ///
@@ -115,7 +116,8 @@ pub(crate) enum Incoming {
 /// use tower_satchel::{ChangeSet, MemoryStore, Saved, Session, SessionStore};
 ///
 /// async fn later(store: &MemoryStore, session: &Session) -> Result<(), Box<dyn std::error::Error>> {
-///     // In the handler: the ID of an existing session (none for a new one before its response).
+///     // In the handler: the session's ID (a new session has one once saved).
+///     session.save().await?;
 ///     let Some(id) = session.id() else { return Ok(()) };
 ///     // Later, in the task:
 ///     let mut changes = ChangeSet::default();
@@ -135,8 +137,13 @@ struct Shared {
     config: Arc<Config>,
     backend: Backend,
     incoming: Incoming,
+    /// Held by [`Session::load`] and [`Session::save`]: one store call of the handle's own at a
+    /// time, and the commit waits for a save in flight.
     load_lock: tokio::sync::Mutex<()>,
     state: Mutex<State>,
+    /// Whether [`Session::save`] left a token for the response (`State::pending`), so the service
+    /// looks at the state again only when it did.
+    pending: AtomicBool,
 }
 
 #[derive(Default)]
@@ -156,6 +163,14 @@ struct State {
     /// The service has taken what this request changed (or the request was abandoned): later
     /// changes could not be saved, so they are refused.
     closed: bool,
+    /// A [`Session::save`] is waiting for the store: the commit must wait for it.
+    saving: bool,
+    /// The token a [`Session::save`] made the response owe the client (a new session's or a
+    /// rotated ID, a refreshed `Max-Age`, a removal), unless the commit sends a newer one.
+    /// Boxed: rare, and the state is allocated for every request.
+    pending: Option<Box<TokenAction>>,
+    /// Counts changes, so that a save can tell whether the handle changed while it waited.
+    generation: u32,
     transient: HashMap<String, Box<dyn Any + Send + Sync>>,
 }
 
@@ -246,6 +261,23 @@ impl State {
         self.expiry = None;
     }
 
+    /// After a save took everything pending: nothing is left to do but the data changes still
+    /// marked.
+    fn settle(&mut self) {
+        self.cleared = false;
+        self.expiry = None;
+        self.owner = None;
+        self.cycle = false;
+        self.destroyed = false;
+    }
+
+    /// Marks the keys of `changes` (taken by [`State::take_change_set`]) to be saved again.
+    fn mark_unsaved(&mut self, changes: ChangeSet) {
+        self.dirty
+            .extend(changes.set.into_iter().map(|(key, _)| key));
+        self.dirty.extend(changes.removed);
+    }
+
     fn mark_dirty(&mut self, key: &str) {
         if !self.dirty.contains(key) {
             self.dirty.insert(key.to_owned());
@@ -277,6 +309,26 @@ impl State {
             }
         }
         changes
+    }
+}
+
+/// What a [`Session::save`] changed in the store, to be reflected in the handle.
+enum Stored {
+    /// The idle deadline moved.
+    Touched(OffsetDateTime),
+    /// These changes were merged into the stored session.
+    Merged(ChangeSet),
+    /// The stored session is now this one (created, rotated, or destroyed and perhaps created
+    /// anew), or none.
+    Replaced(Option<Live>),
+}
+
+/// Clears [`State::saving`] when dropped.
+struct Saving<'a>(&'a Session);
+
+impl Drop for Saving<'_> {
+    fn drop(&mut self) {
+        self.0.state().saving = false;
     }
 }
 
@@ -388,6 +440,7 @@ impl Session {
             incoming,
             load_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
+            pending: AtomicBool::new(false),
         }))
     }
 
@@ -530,6 +583,190 @@ impl Session {
         })
     }
 
+    /// Writes the session to the store now, rather than only after the handler. Whatever changes
+    /// after this is saved after the handler, as usual.
+    ///
+    /// Most handlers never need it. It is for:
+    /// - the ID of a new session during its first request: [`id`](Session::id) is `None` until
+    ///   the session is stored, and returns its ID after `save`;
+    /// - changes the visitor's other requests must see before this response is sent, such as a
+    ///   long streaming response after a login, or a client that follows up on a second
+    ///   connection before reading the response;
+    /// - knowing inside the handler whether the write took, and answering accordingly.
+    ///
+    /// `save` carries out what is pending as the layer would after the handler: a new session is
+    /// created, [`cycle_id`](Session::cycle_id) rotates the ID, [`destroy`](Session::destroy)
+    /// deletes the session, and changes are merged into the stored session as a change set. The
+    /// cookie this calls for (a new ID, a refreshed `Max-Age`, a removal) is sent with the
+    /// response, whatever the response's status. The app asked for the write, so it stands
+    /// even when the response is a 5xx, unlike changes left to the layer (see
+    /// [`persist_on_server_error`](crate::SessionLayerBuilder::persist_on_server_error)).
+    ///
+    /// `save` loads the session first if needed. Saves of one session run one at a time, and the
+    /// layer's own save waits for one still in flight. With the cookie store nothing can be
+    /// written before the response, since the session travels in the response's cookie: there
+    /// `save` only checks that the session can still change, and a 5xx response writes nothing.
+    ///
+    /// ```
+    /// use tower_satchel::{Session, SessionError};
+    ///
+    /// async fn checkout(session: Session) -> Result<String, SessionError> {
+    ///     session.insert("cart", vec!["tea"])?;
+    ///     session.save().await?;
+    ///     // Stored now, so even a new visitor's session has its ID (none with the cookie store).
+    ///     // Link records to `id.key()`, the hashed ID, never to the ID itself (SECURITY.md 6).
+    ///     let linked = session.id().map(|id| id.key());
+    ///     Ok(format!("ordered; linked to the session: {}", linked.is_some()))
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`SessionErrorKind::Store`] when the store fails. Nothing is lost: the changes stay
+    ///   pending, and the layer tries them again after the handler (unless the response is a 5xx).
+    /// - [`SessionErrorKind::Ended`] when the session ended in the store during this request
+    ///   (logged out elsewhere, expired, or its ID rotated by another request). Its changes are
+    ///   not written: an ended session is never brought back (SECURITY.md 11).
+    /// - [`SessionErrorKind::Closed`] once the response is known (see "After the response").
+    pub async fn save(&self) -> Result<(), SessionError> {
+        self.load().await?;
+        let store = match &self.0.backend.0 {
+            Kind::Server(store) => store.clone(),
+            Kind::Client(_) => return self.writable_state().map(drop),
+        };
+        let _one_at_a_time = self.0.load_lock.lock().await;
+        let now = self.0.config.clock.now();
+        let (plan, generation) = {
+            let mut state = self.state();
+            if state.closed {
+                return Err(SessionError::closed());
+            }
+            state.saving = true;
+            let generation = state.generation;
+            // Copy, not move: the handle goes on reading its data.
+            (self.plan_with(&mut state, now, false, true).0, generation)
+        };
+        // Clears `saving` however this ends, dropped halfway included.
+        let _saving = Saving(self);
+        let (stored, token) = match plan {
+            Plan::Nothing | Plan::Seal { .. } => return Ok(()),
+            Plan::Touch {
+                id,
+                idle_deadline,
+                max_age,
+            } => {
+                let outcome = store.touch(&id.key(), idle_deadline, now).await;
+                let applied = matches!(outcome, Ok(Saved::Applied));
+                let token = self.touched(&id, outcome, max_age);
+                if !applied {
+                    return Ok(());
+                }
+                (Stored::Touched(idle_deadline), token)
+            }
+            Plan::Save {
+                id,
+                changes,
+                cookie,
+            } => {
+                let outcome = store.save(&id.key(), &changes, now).await;
+                if matches!(outcome, Ok(Saved::Gone)) {
+                    tracing::info!(scope = self.0.config.scope, session = %id.log_tag(), "session ended during the request; its changes were dropped");
+                    return Err(SessionError::new(
+                        SessionErrorKind::Ended,
+                        "the session ended in the store during the request; its changes were not written",
+                    ));
+                }
+                match self.saved(&id, outcome, cookie) {
+                    Ok(token) => (Stored::Merged(changes), token),
+                    Err(error) => {
+                        // Still to be saved, by the next save or the layer's.
+                        self.state().mark_unsaved(changes);
+                        return Err(error);
+                    }
+                }
+            }
+            Plan::Create {
+                mut record,
+                replaces,
+            } => {
+                let id = self
+                    .create_replacing(store.as_ref(), &record, replaces, now)
+                    .await?;
+                let token = new_session_token(&id, &record, now);
+                record.data = Map::new();
+                let live = Live {
+                    id: Some(id),
+                    record,
+                };
+                (Stored::Replaced(Some(live)), token)
+            }
+            Plan::Destroy {
+                old,
+                then,
+                remove_token,
+            } => {
+                let (token, live) = self
+                    .destroy_then(&self.0.backend.0, old, then, remove_token, now)
+                    .await?;
+                (Stored::Replaced(live), token)
+            }
+        };
+        let mut state = self.state();
+        // Nothing changed meanwhile: what was saved is settled. Otherwise the changes stay marked,
+        // and the next save writes them again with whatever came since (merging the same values
+        // twice does no harm).
+        let settled = state.generation == generation;
+        match stored {
+            Stored::Touched(idle_deadline) => {
+                if let Some(live) = &mut state.live {
+                    live.record.idle_deadline = idle_deadline;
+                }
+            }
+            Stored::Merged(changes) => {
+                if let Some(live) = &mut state.live {
+                    if let Some(idle) = changes.idle_deadline {
+                        live.record.idle_deadline = idle;
+                    }
+                    if let Some(expiry) = changes.expiry {
+                        live.record.expiry = expiry;
+                    }
+                    if let Some(owner) = &changes.owner {
+                        live.record.owner.clone_from(owner);
+                    }
+                }
+                if settled {
+                    state.settle();
+                } else {
+                    state.mark_unsaved(changes);
+                }
+            }
+            Stored::Replaced(live) => {
+                state.live = live;
+                if settled {
+                    state.settle();
+                    state.dirty.clear();
+                }
+            }
+        }
+        if !matches!(token, TokenAction::Keep) {
+            state.pending = Some(Box::new(token));
+            self.0.pending.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The token a [`Session::save`] left for the response, unless `committed` carries a newer
+    /// one. Called by the service with what the layer's own save gave.
+    pub(crate) fn with_saved_token(&self, mut committed: Committed) -> Committed {
+        if self.0.pending.load(Ordering::Acquire)
+            && matches!(committed.token, TokenAction::Keep)
+            && let Some(token) = self.state().pending.take()
+        {
+            committed.token = *token;
+        }
+        committed
+    }
+
     /// Whether [`load`](Session::load) has completed.
     pub fn is_loaded(&self) -> bool {
         self.state().loaded
@@ -549,17 +786,18 @@ impl Session {
 
     /// [`Session::loaded_state`], to change it: an error once the session is closed.
     fn writable_state(&self) -> Result<MutexGuard<'_, State>, SessionError> {
-        let state = self.loaded_state()?;
+        let mut state = self.loaded_state()?;
         if state.closed {
             return Err(SessionError::closed());
         }
+        state.generation = state.generation.wrapping_add(1);
         Ok(state)
     }
 
     /// The state, for a change that has no result to carry an error: `None`, and a warning, once
     /// the session is closed.
     fn state_to_change(&self, change: &'static str) -> Option<MutexGuard<'_, State>> {
-        let state = self.state();
+        let mut state = self.state();
         if state.closed {
             tracing::warn!(
                 scope = self.0.config.scope,
@@ -568,6 +806,7 @@ impl Session {
             );
             return None;
         }
+        state.generation = state.generation.wrapping_add(1);
         Some(state)
     }
 
@@ -743,9 +982,10 @@ impl Session {
 
     /// Gives the session a new ID at the end of the request, keeping its data: call it on login and
     /// on any change of privilege (SECURITY.md 8). The record is created under the new ID before the
-    /// old one is deleted, so a failure or a 5xx response leaves the old session working; a request
-    /// still holding the old ID afterwards finds no session. Rotation never extends the absolute
-    /// lifetime (SECURITY.md 9).
+    /// old one is deleted, so a failure or a 5xx response leaves the old session working (unless
+    /// the handler [`save`](Session::save)d after `cycle_id`: then the rotation is done, and the
+    /// new ID goes out with any response); a request still holding the old ID afterwards finds no
+    /// session. Rotation never extends the absolute lifetime (SECURITY.md 9).
     pub fn cycle_id(&self) {
         if let Some(mut state) = self.state_to_change("cycle_id") {
             state.cycle = true;
@@ -781,8 +1021,8 @@ impl Session {
         self.state().full_record(&self.0.config, now).deadline()
     }
 
-    /// The session's ID, once the session exists in the store (not for a new session before its
-    /// first response, nor with the cookie store, which has no ID).
+    /// The session's ID, once the session exists in the store: not for a new session before its
+    /// first response or [`save`](Session::save), nor with the cookie store, which has no ID.
     pub fn id(&self) -> Option<SessionId> {
         let state = self.state();
         if state.destroyed {
@@ -890,11 +1130,22 @@ impl Session {
     }
 
     fn plan(&self, now: OffsetDateTime, server_error: bool) -> (Plan, bool) {
-        let config = &self.0.config;
         // Another handle (kept by a spawned task, say) may still read the data: then the commit
         // copies what it needs instead of moving it out.
         let keep = Arc::strong_count(&self.0) > 1;
-        let mut state = self.state();
+        self.plan_with(&mut self.state(), now, server_error, keep)
+    }
+
+    /// What the store must be told about `state`; the data is copied into the plan if `keep`,
+    /// moved otherwise.
+    fn plan_with(
+        &self,
+        state: &mut State,
+        now: OffsetDateTime,
+        server_error: bool,
+        keep: bool,
+    ) -> (Plan, bool) {
+        let config = &self.0.config;
         let read = state.loaded;
         if server_error && !config.persist_on_5xx {
             return (Plan::Nothing, read);
@@ -915,7 +1166,10 @@ impl Session {
                 record.created_at = now;
                 record
             });
-            let remove_token = !matches!(self.0.incoming, Incoming::Absent);
+            // The client holds a token if it sent one, or if a save during this request gave it
+            // one.
+            let remove_token =
+                !matches!(self.0.incoming, Incoming::Absent) || state.pending.is_some();
             return (
                 Plan::Destroy {
                     old: live_id,
@@ -1028,11 +1282,13 @@ impl Session {
     pub(crate) fn finish(&self, server_error: bool) -> Finish {
         let needs_load = {
             let state = self.state();
-            !state.loaded && state.modified()
+            (!state.loaded && state.modified()) || state.saving
         };
         if needs_load {
             let session = self.clone();
             return Finish::Pending(Box::pin(async move {
+                // A save still in flight (made by a handle the handler passed on) finishes first.
+                drop(session.0.load_lock.lock().await);
                 session.load().await?;
                 let now = session.0.config.clock.now();
                 let (plan, read) = session.plan(now, server_error);
@@ -1190,19 +1446,9 @@ impl Session {
                 done(session.saved(&id, outcome, cookie)?)
             }),
             (Plan::Create { record, replaces }, Kind::Server(store)) => Box::pin(async move {
-                let id = session.create(store.as_ref(), &record, now).await?;
-                if let Some(old) = replaces {
-                    let scope = session.0.config.scope;
-                    let old_key = old.key();
-                    if let Err(error) = store.delete(&old_key).await {
-                        tracing::error!(scope, session = %old_key.log_tag(), %error, "could not delete the old ID after rotation");
-                        // The old ID still works: report failure so the client keeps using it
-                        // rather than holding two live IDs. The new record expires unused.
-                        let _ = store.delete(&id.key()).await;
-                        return Err(SessionError::store(error));
-                    }
-                    tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
-                }
+                let id = session
+                    .create_replacing(store.as_ref(), &record, replaces, now)
+                    .await?;
                 done(new_session_token(&id, &record, now))
             }),
             (
@@ -1213,38 +1459,87 @@ impl Session {
                 },
                 backend,
             ) => Box::pin(async move {
-                let config = &session.0.config;
-                let scope = config.scope;
-                if let (Some(old), Kind::Server(store)) = (&old, &backend) {
-                    let key = old.key();
-                    store.delete(&key).await.map_err(|error| {
-                        tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on delete");
-                        SessionError::store(error)
-                    })?;
-                    tracing::debug!(scope, session = %key.log_tag(), "session destroyed");
-                }
-                let token = match (then, &backend) {
-                    (Some(record), Kind::Server(store)) => {
-                        let id = session.create(store.as_ref(), &record, now).await?;
-                        TokenAction::Set {
-                            value: id.expose(),
-                            max_age: max_age_for(&record, now),
-                        }
-                    }
-                    (Some(record), Kind::Client(store)) => TokenAction::Set {
-                        value: store
-                            .seal(&config.cookie_name, &record, now)
-                            .map_err(SessionError::store)?,
-                        max_age: max_age_for(&record, now),
-                    },
-                    (None, _) if remove_token => TokenAction::Remove,
-                    (None, _) => TokenAction::Keep,
-                };
+                let (token, _) = session
+                    .destroy_then(&backend, old, then, remove_token, now)
+                    .await?;
                 done(token)
             }),
             // Plans are made for the backend at hand; the other pairs do not occur.
             (_, _) => Box::pin(async move { done(TokenAction::Keep) }),
         }
+    }
+
+    /// Stores `record` under a new ID and, when it `replaces` one (`cycle_id`), deletes the old ID
+    /// after that.
+    async fn create_replacing(
+        &self,
+        store: &dyn crate::store::DynStore,
+        record: &Record,
+        replaces: Option<SessionId>,
+        now: OffsetDateTime,
+    ) -> Result<SessionId, SessionError> {
+        let id = self.create(store, record, now).await?;
+        if let Some(old) = replaces {
+            let scope = self.0.config.scope;
+            let old_key = old.key();
+            if let Err(error) = store.delete(&old_key).await {
+                tracing::error!(scope, session = %old_key.log_tag(), %error, "could not delete the old ID after rotation");
+                // The old ID still works: report failure so the client keeps using it rather than
+                // holding two live IDs. The new record expires unused.
+                let _ = store.delete(&id.key()).await;
+                return Err(SessionError::store(error));
+            }
+            tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
+        }
+        Ok(id)
+    }
+
+    /// Deletes the session `old` and, when values were set after `destroy`, stores them as a new
+    /// session. Returns the token for the client and, for a server store, the new session.
+    async fn destroy_then(
+        &self,
+        backend: &Kind,
+        old: Option<SessionId>,
+        then: Option<Record>,
+        remove_token: bool,
+        now: OffsetDateTime,
+    ) -> Result<(TokenAction, Option<Live>), SessionError> {
+        let config = &self.0.config;
+        let scope = config.scope;
+        if let (Some(old), Kind::Server(store)) = (&old, backend) {
+            let key = old.key();
+            store.delete(&key).await.map_err(|error| {
+                tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on delete");
+                SessionError::store(error)
+            })?;
+            tracing::debug!(scope, session = %key.log_tag(), "session destroyed");
+        }
+        Ok(match (then, backend) {
+            (Some(mut record), Kind::Server(store)) => {
+                let id = self.create(store.as_ref(), &record, now).await?;
+                let token = new_session_token(&id, &record, now);
+                // Like an adopted session's, the live record leaves its data to the handle.
+                record.data = Map::new();
+                (
+                    token,
+                    Some(Live {
+                        id: Some(id),
+                        record,
+                    }),
+                )
+            }
+            (Some(record), Kind::Client(store)) => (
+                TokenAction::Set {
+                    value: store
+                        .seal(&config.cookie_name, &record, now)
+                        .map_err(SessionError::store)?,
+                    max_age: max_age_for(&record, now),
+                },
+                None,
+            ),
+            (None, _) if remove_token => (TokenAction::Remove, None),
+            (None, _) => (TokenAction::Keep, None),
+        })
     }
 
     async fn create(
@@ -1385,6 +1680,9 @@ pub enum SessionErrorKind {
     Random,
     /// [`Session::revoke_owner`] on a session without owner.
     NoOwner,
+    /// [`Session::save`] found that the session had ended in the store during the request (logged
+    /// out elsewhere, expired, its ID rotated by another request); its changes were not written.
+    Ended,
     /// The request did not pass through a [`SessionLayer`](crate::SessionLayer).
     MissingLayer,
     /// The session was changed after its response was produced (by a handle kept in a spawned
@@ -1451,6 +1749,7 @@ impl SessionError {
     pub fn status(&self) -> http::StatusCode {
         match self.kind {
             SessionErrorKind::NoOwner => http::StatusCode::BAD_REQUEST,
+            SessionErrorKind::Ended => http::StatusCode::CONFLICT,
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

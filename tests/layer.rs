@@ -17,11 +17,12 @@ use bytes::Bytes;
 use conformance::harness;
 use http_body_util::BodyExt;
 use time::{Duration, OffsetDateTime};
+use tokio::sync::Notify;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_satchel::{
-    Arrival, ChangeSet, CleanupConfig, ImmediateStore, ManualClock, MemoryStore, Record, Saved,
-    ScopedSession, Session, SessionError, SessionErrorKind, SessionId, SessionInfo, SessionKey,
-    SessionLayer, SessionStore, StoreError, StoreErrorKind, spawn_cleanup_with_clock,
+    Arrival, ChangeSet, CleanupConfig, Expiry, ImmediateStore, ManualClock, MemoryStore, Record,
+    Saved, ScopedSession, Session, SessionError, SessionErrorKind, SessionId, SessionInfo,
+    SessionKey, SessionLayer, SessionStore, StoreError, StoreErrorKind, spawn_cleanup_with_clock,
 };
 
 /// A memory store that counts calls and fails on demand. The layer reaches it through boxed
@@ -37,6 +38,8 @@ struct Faulty {
     collisions: Arc<AtomicUsize>,
     /// Async loads yield to the scheduler once before answering.
     slow_loads: bool,
+    /// Async creates announce themselves on the first `Notify` and wait for the second.
+    create_gate: Option<Arc<(Notify, Notify)>>,
     loads: Arc<AtomicUsize>,
     writes: Arc<AtomicUsize>,
     touches: Arc<AtomicUsize>,
@@ -153,6 +156,10 @@ impl SessionStore for Faulty {
         record: &Record,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        if let Some(gate) = &self.create_gate {
+            gate.0.notify_one();
+            gate.1.notified().await;
+        }
         self.create_now(key, record, now)
     }
     async fn save(
@@ -1146,7 +1153,8 @@ async fn a_session_kept_past_its_response_reads_but_refuses_changes() {
             .unwrap();
         assert_eq!(body_text(resp).await, "2");
         let writes = store.calls().1;
-        for (session, x) in kept.lock().unwrap().drain(..).zip([1, 2]) {
+        let handles: Vec<Session> = kept.lock().unwrap().drain(..).collect();
+        for (session, x) in handles.into_iter().zip([1, 2]) {
             assert_eq!(
                 session.get::<i64>("x").unwrap(),
                 Some(x),
@@ -1171,6 +1179,10 @@ async fn a_session_kept_past_its_response_reads_but_refuses_changes() {
             session.destroy();
             session.cycle_id();
             session.set_owner("someone");
+            assert_eq!(
+                session.save().await.unwrap_err().kind(),
+                SessionErrorKind::Closed
+            );
             assert_eq!(session.get::<i64>("x").unwrap(), Some(x));
             assert_eq!(session.owner(), None);
         }
@@ -1277,5 +1289,228 @@ async fn the_first_of_several_same_name_cookies_that_names_a_live_session_is_use
             .unwrap()
             .is_none(),
         "nothing stored under the stale ID"
+    );
+}
+
+/// `Session::save` writes at once: a new session gets its ID, and each save writes only what
+/// changed since the last one, leaving the layer nothing (or only the rest) to write.
+#[tokio::test]
+async fn each_save_writes_what_changed_since_the_last() {
+    for immediate in [false, true] {
+        let store = faulty(immediate);
+        let writes = store.writes.clone();
+        let router = Router::new()
+            .route(
+                "/",
+                get(move |session: Session| async move {
+                    assert_eq!(session.id(), None, "no ID before the session is stored");
+                    session.insert("a", 1)?;
+                    session.save().await?;
+                    let id = session.id().expect("an ID once saved");
+                    assert_eq!(writes.load(Ordering::SeqCst), 1, "one create");
+                    session.save().await?;
+                    assert_eq!(writes.load(Ordering::SeqCst), 1, "nothing new to write");
+                    session.insert("b", 2)?;
+                    session.save().await?;
+                    assert_eq!(writes.load(Ordering::SeqCst), 2, "one save, of b");
+                    assert_eq!(session.id(), Some(id), "the same session");
+                    Ok::<_, SessionError>(session.keys().join(","))
+                }),
+            )
+            .route(
+                "/read",
+                get(|session: Session| async move { session.keys().join(",") }),
+            )
+            .layer(SessionLayer::new(store.clone()));
+        let resp = new_visitor(&router).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let token = cookie_value(&resp);
+        assert_eq!(body_text(resp).await, "a,b");
+        assert_eq!(store.calls().1, 2, "the layer had nothing left to write");
+        let resp = router
+            .clone()
+            .oneshot(request_with_cookie("/read", &token))
+            .await
+            .unwrap();
+        assert_eq!(body_text(resp).await, "a,b");
+    }
+}
+
+/// A save the store refuses is an error for the handler, and loses nothing: a handler that goes
+/// on anyway has the layer write the same changes after it.
+#[tokio::test]
+async fn a_failed_save_leaves_its_changes_to_the_layer() {
+    for immediate in [false, true] {
+        for returning in [false, true] {
+            let store = faulty(immediate);
+            let fail = store.fail.clone();
+            let router = Router::new()
+                .route(
+                    "/",
+                    get(move |session: Session| async move {
+                        session.insert("x", 5)?;
+                        session.remove::<i64>("gone")?;
+                        fail.store(true, Ordering::SeqCst);
+                        let error = session.save().await.unwrap_err();
+                        fail.store(false, Ordering::SeqCst);
+                        assert_eq!(error.kind(), SessionErrorKind::Store);
+                        assert!(error.store_error().is_some());
+                        Ok::<_, SessionError>("went on")
+                    }),
+                )
+                .route("/start", write_x(1))
+                .route("/read", read_x())
+                .layer(SessionLayer::new(store.clone()));
+            let token = if returning {
+                let start = router
+                    .clone()
+                    .oneshot(Request::get("/start").body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                Some(cookie_value(&start))
+            } else {
+                None
+            };
+            let mut request = Request::get("/");
+            if let Some(token) = &token {
+                request = request.header(header::COOKIE, format!("id={token}"));
+            }
+            let resp = router
+                .clone()
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let token = match token {
+                Some(token) => {
+                    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+                    token
+                }
+                None => cookie_value(&resp),
+            };
+            let resp = router
+                .clone()
+                .oneshot(request_with_cookie("/read", &token))
+                .await
+                .unwrap();
+            assert_eq!(
+                body_text(resp).await,
+                "5",
+                "immediate {immediate}, returning {returning}"
+            );
+        }
+    }
+}
+
+/// A save still waiting for the store when the handler returns (made by a task the handler
+/// spawned) is waited for: the layer neither creates the session a second time nor loses the
+/// save's cookie.
+#[tokio::test]
+async fn the_layer_waits_for_a_save_in_flight() {
+    let gate = Arc::new((Notify::new(), Notify::new()));
+    let store = Faulty {
+        create_gate: Some(gate.clone()),
+        ..Faulty::default()
+    };
+    let saved = Arc::new(std::sync::Mutex::new(None));
+    let router = {
+        let (gate, saved) = (gate.clone(), saved.clone());
+        Router::new()
+            .route(
+                "/",
+                get(move |session: Session| async move {
+                    session.insert("x", 1)?;
+                    let task = tokio::spawn({
+                        let session = session.clone();
+                        async move { session.save().await }
+                    });
+                    *saved.lock().unwrap() = Some(task);
+                    // The save has reached the store.
+                    gate.0.notified().await;
+                    Ok::<_, SessionError>("ok")
+                }),
+            )
+            .route("/read", read_x())
+            .layer(SessionLayer::new(store.clone()))
+    };
+    let request = tokio::spawn({
+        let router = router.clone();
+        async move { new_visitor(&router).await }
+    });
+    // The handler has returned, and the layer is waiting for the save.
+    tokio::time::sleep(StdDuration::from_millis(20)).await;
+    assert!(!request.is_finished(), "the response waits for the save");
+    gate.1.notify_one();
+    // A second create (the bug this guards against) would wait at the gate for ever.
+    let resp = tokio::time::timeout(StdDuration::from_secs(5), request)
+        .await
+        .expect("the response, after one create")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let token = cookie_value(&resp);
+    let task = saved.lock().unwrap().take().unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(store.calls().1, 1, "one create");
+    assert_eq!(store.inner.len(), 1);
+    let resp = router
+        .clone()
+        .oneshot(request_with_cookie("/read", &token))
+        .await
+        .unwrap();
+    assert_eq!(body_text(resp).await, "1");
+}
+
+/// What another handle changes while a save waits for the store is not taken for saved: the
+/// layer writes it after the handler.
+#[tokio::test]
+async fn changes_made_while_a_save_waits_are_written_too() {
+    let gate = Arc::new((Notify::new(), Notify::new()));
+    let store = Faulty {
+        create_gate: Some(gate.clone()),
+        ..Faulty::default()
+    };
+    let router = {
+        let gate = gate.clone();
+        Router::new()
+            .route(
+                "/",
+                get(move |session: Session| async move {
+                    session.insert("a", 1)?;
+                    let save = tokio::spawn({
+                        let session = session.clone();
+                        async move { session.save().await }
+                    });
+                    gate.0.notified().await;
+                    session.insert("b", 2)?;
+                    session.set_expiry(Expiry::OnInactivity(Duration::hours(2)));
+                    gate.1.notify_one();
+                    save.await.unwrap()?;
+                    Ok::<_, SessionError>("ok")
+                }),
+            )
+            .route(
+                "/read",
+                get(|session: Session| async move {
+                    format!("{} {:?}", session.keys().join(","), session.expiry())
+                }),
+            )
+            .layer(SessionLayer::new(store.clone()))
+    };
+    let resp = new_visitor(&router).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let token = cookie_value(&resp);
+    assert_eq!(
+        store.calls().1,
+        2,
+        "the save's create, then the layer's save"
+    );
+    let resp = router
+        .clone()
+        .oneshot(request_with_cookie("/read", &token))
+        .await
+        .unwrap();
+    assert_eq!(
+        body_text(resp).await,
+        format!("a,b {:?}", Expiry::OnInactivity(Duration::hours(2)))
     );
 }

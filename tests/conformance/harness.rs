@@ -230,6 +230,68 @@ fn routes() -> Router {
             }),
         )
         .route(
+            "/save/{key}",
+            get(|s: Session, Path(key): Path<String>| async move {
+                // Saved now, then one more change left to the layer; answers whether the session
+                // had an ID once saved.
+                s.insert(&key, "saved")?;
+                s.save().await?;
+                s.insert(&format!("{key}-after"), true)?;
+                Ok::<_, SessionError>(s.id().is_some().to_string())
+            }),
+        )
+        .route(
+            "/save-then-fail/{key}",
+            get(|s: Session, Path(key): Path<String>| async move {
+                s.insert(&key, "saved")?;
+                s.save().await?;
+                s.insert(&format!("{key}-after"), true)?;
+                Ok::<_, SessionError>((StatusCode::INTERNAL_SERVER_ERROR, "failed".to_owned()))
+            }),
+        )
+        .route(
+            "/cycle-save-fail",
+            get(|s: Session| async move {
+                s.cycle_id();
+                s.save().await?;
+                Ok::<_, SessionError>((StatusCode::INTERNAL_SERVER_ERROR, "failed".to_owned()))
+            }),
+        )
+        .route(
+            "/destroy-save",
+            get(|s: Session| async move {
+                s.destroy();
+                s.save().await?;
+                Ok::<_, SessionError>(format!("{:?}", s.id()))
+            }),
+        )
+        .route(
+            "/save-and-wait/{key}",
+            get(
+                |s: Session, Extension(sig): Extension<Arc<Signals>>, Path(key): Path<String>| async move {
+                    s.insert(&key, true)?;
+                    s.save().await?;
+                    sig.loaded.notify_one();
+                    sig.go.notified().await;
+                    Ok::<_, SessionError>("ok".to_owned())
+                },
+            ),
+        )
+        .route(
+            "/wait-save/{key}",
+            get(
+                |s: Session, Extension(sig): Extension<Arc<Signals>>, Path(key): Path<String>| async move {
+                    sig.loaded.notify_one();
+                    sig.go.notified().await;
+                    s.insert(&key, true)?;
+                    Ok::<_, SessionError>(match s.save().await {
+                        Ok(()) => "ok".to_owned(),
+                        Err(error) => format!("{:?}", error.kind()),
+                    })
+                },
+            ),
+        )
+        .route(
             "/barrier-set/{key}",
             get(
                 |s: Session, Extension(sig): Extension<Arc<Signals>>, Path(key): Path<String>| async move {

@@ -509,3 +509,153 @@ pub async fn destroy_then_insert_starts_a_new_session(b: Backend, side: Side) {
         assert_eq!(app.get("/get/n", Some(&token)).await.body, "null");
     }
 }
+
+pub async fn save_writes_a_new_session_before_the_response(b: Backend, side: Side) {
+    let app = default_app(b);
+    let resp = app.get("/save/k", None).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    // A server store gives the session its ID at the save; the cookie store has no ID.
+    assert_eq!(resp.body, (side == Side::Server).to_string());
+    let token = resp.expect_token();
+    assert_eq!(resp.cache_control(), Some("no-store"));
+    // The saved value and the one changed after the save are both kept.
+    assert_eq!(app.get("/get/k", Some(&token)).await.body, "\"saved\"");
+    assert_eq!(app.get("/get/k-after", Some(&token)).await.body, "true");
+    // A returning visitor's save merges into the stored session.
+    let resp = app.get("/save/m", Some(&token)).await;
+    assert_eq!(resp.body, (side == Side::Server).to_string());
+    if side == Side::Server {
+        assert!(resp.token().is_none(), "the same ID needs no new cookie");
+    }
+    let token = follow(&resp, &token);
+    assert_eq!(
+        app.get("/keys", Some(&token)).await.body,
+        "k,k-after,m,m-after"
+    );
+}
+
+pub async fn saved_changes_are_visible_to_other_requests_before_the_response(
+    b: Backend,
+    side: Side,
+) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let slow = {
+        let app: App = app.clone();
+        let token = token.clone();
+        tokio::spawn(async move { app.get("/save-and-wait/early", Some(&token)).await })
+    };
+    app.signals.loaded.notified().await;
+    let seen = app.get("/get/early", Some(&token)).await.body;
+    match side {
+        Side::Server => assert_eq!(seen, "true", "saved before its response"),
+        // Documented exception: the cookie store writes only into the response's cookie.
+        Side::Client => assert_eq!(seen, "null"),
+    }
+    app.signals.go.notify_one();
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    let token = follow(&resp, &token);
+    assert_eq!(app.get("/get/early", Some(&token)).await.body, "true");
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
+}
+
+pub async fn a_saved_write_stands_despite_a_server_error(b: Backend, side: Side) {
+    let app = default_app(b);
+    // A new visitor: the save created the session, so its cookie goes out with the 5xx.
+    let resp = app.get("/save-then-fail/k", None).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    match side {
+        Side::Server => {
+            let token = resp.expect_token();
+            assert_eq!(app.get("/get/k", Some(&token)).await.body, "\"saved\"");
+            // What changed after the save was left to the layer, which drops it on a 5xx.
+            assert_eq!(app.get("/get/k-after", Some(&token)).await.body, "null");
+        }
+        // Documented exception: nothing is written before the response, and a 5xx writes
+        // nothing.
+        Side::Client => assert!(resp.set_cookie().is_none()),
+    }
+    // A returning visitor.
+    let token = app.start().await;
+    let resp = app.get("/save-then-fail/k", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.set_cookie().is_none(), "same ID, nothing to send");
+    let expected = match side {
+        Side::Server => "\"saved\"",
+        Side::Client => "null",
+    };
+    assert_eq!(app.get("/get/k", Some(&token)).await.body, expected);
+    assert_eq!(app.get("/get/k-after", Some(&token)).await.body, "null");
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
+}
+
+pub async fn cycle_id_saved_then_a_server_error_moves_to_the_new_id(b: Backend, side: Side) {
+    let app = default_app(b);
+    let old = app.start().await;
+    let resp = app.get("/cycle-save-fail", Some(&old)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    match side {
+        Side::Server => {
+            // The rotation was saved, so the old ID is gone: the new one must reach the client
+            // even on a 5xx.
+            let new = resp.expect_token();
+            assert_ne!(new, old);
+            assert_eq!(resp.cache_control(), Some("no-store"));
+            assert_eq!(app.get("/arrival", Some(&old)).await.body, "Expired");
+            assert_eq!(app.get("/get/n", Some(&new)).await.body, "1");
+        }
+        Side::Client => {
+            assert!(resp.set_cookie().is_none());
+            assert_eq!(app.get("/get/n", Some(&old)).await.body, "1");
+        }
+    }
+}
+
+pub async fn destroy_saved_ends_the_session_before_the_response(b: Backend, side: Side) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let resp = app.get("/destroy-save", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.body, "None");
+    let cookie = resp.set_cookie().expect("a removal cookie");
+    assert_eq!(cookie.value(), "");
+    assert_eq!(cookie.max_age(), Some(Duration::ZERO));
+    let replay = app.get("/get/n", Some(&token)).await;
+    match side {
+        Side::Server => {
+            assert_eq!(replay.body, "null");
+            assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
+        }
+        // As for `destroy` without `save`: a copied sealed cookie stays valid until its deadline.
+        Side::Client => assert_eq!(replay.body, "1"),
+    }
+}
+
+pub async fn save_after_a_concurrent_destroy_reports_the_end(b: Backend, side: Side) {
+    let app = default_app(b);
+    let token = app.start().await;
+    let slow = {
+        let app: App = app.clone();
+        let token = token.clone();
+        tokio::spawn(async move { app.get("/wait-save/late", Some(&token)).await })
+    };
+    app.signals.loaded.notified().await;
+    assert_eq!(app.get("/destroy", Some(&token)).await.body, "destroyed");
+    app.signals.go.notify_one();
+    let late = slow.await.unwrap();
+    assert_eq!(late.status, StatusCode::OK);
+    match side {
+        Side::Server => {
+            assert_eq!(late.body, "Ended");
+            assert!(
+                late.token().is_none(),
+                "no cookie for a session that is gone"
+            );
+            assert_eq!(app.get("/get/late", Some(&token)).await.body, "null");
+            assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
+        }
+        // Documented exception: nothing is written before the response.
+        Side::Client => assert_eq!(late.body, "ok"),
+    }
+}

@@ -96,6 +96,12 @@ macro_rules! server_store_conformance {
             max_age_never_exceeds_the_server_deadline,
             header_transport_ignores_cookies,
             destroy_then_insert_starts_a_new_session,
+            save_writes_a_new_session_before_the_response,
+            saved_changes_are_visible_to_other_requests_before_the_response,
+            a_saved_write_stands_despite_a_server_error,
+            cycle_id_saved_then_a_server_error_moves_to_the_new_id,
+            destroy_saved_ends_the_session_before_the_response,
+            save_after_a_concurrent_destroy_reports_the_end,
         );
     };
 }
