@@ -321,11 +321,7 @@ async fn a_failing_store_on_load_rejects_without_running_the_handler() {
     };
     assert_eq!(ran.load(Ordering::SeqCst), 1);
     store.fail.store(true, Ordering::SeqCst);
-    let resp = router
-        .clone()
-        .oneshot(request_with_cookie("/", &token))
-        .await
-        .unwrap();
+    let resp = get_with_cookie(&router, "/", &token).await;
     let error = assert_store_error(&resp);
     assert_eq!(
         error.store_error().map(StoreError::kind),
@@ -342,10 +338,7 @@ async fn a_failing_store_on_load_rejects_without_running_the_handler() {
     );
     // The store comes back: so does the session, intact (SECURITY.md 28).
     store.fail.store(false, Ordering::SeqCst);
-    let resp = router
-        .oneshot(request_with_cookie("/", &token))
-        .await
-        .unwrap();
+    let resp = get_with_cookie(&router, "/", &token).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(ran.load(Ordering::SeqCst), 2);
 }
@@ -464,11 +457,7 @@ async fn a_taken_id_is_drawn_again_and_three_in_a_row_are_an_error() {
         assert_eq!(resp.status(), StatusCode::OK, "immediate: {immediate}");
         assert_eq!(store.calls().1, 3, "two refused IDs, the third taken");
         let token = cookie_value(&resp);
-        let resp = router
-            .clone()
-            .oneshot(request_with_cookie("/read", &token))
-            .await
-            .unwrap();
+        let resp = get_with_cookie(&router, "/read", &token).await;
         assert_eq!(body_text(resp).await, "7", "immediate: {immediate}");
 
         store.collisions.store(3, Ordering::SeqCst);
@@ -508,17 +497,10 @@ async fn an_immediate_store_failing_on_save_gives_an_error_response_and_loses_no
         .await
         .unwrap();
     let token = cookie_value(&resp);
-    let resp = router
-        .clone()
-        .oneshot(request_with_cookie("/write", &token))
-        .await
-        .unwrap();
+    let resp = get_with_cookie(&router, "/write", &token).await;
     assert_store_error(&resp);
     store.fail.store(false, Ordering::SeqCst);
-    let resp = router
-        .oneshot(request_with_cookie("/read", &token))
-        .await
-        .unwrap();
+    let resp = get_with_cookie(&router, "/read", &token).await;
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"1", "the failed save changed nothing");
     assert_eq!(store.calls().2, 0, "no touch within the window");
@@ -719,10 +701,7 @@ async fn transient_values_live_for_the_request_only() {
         .unwrap();
     let token = cookie_value(&resp);
     assert_eq!(body_text(resp).await, "None Some(42) None");
-    let resp = router
-        .oneshot(request_with_cookie("/", &token))
-        .await
-        .unwrap();
+    let resp = get_with_cookie(&router, "/", &token).await;
     assert_eq!(body_text(resp).await, "None Some(42) None", "not persisted");
     let key = SessionId::parse(&token).unwrap().key();
     let record = store
@@ -861,10 +840,7 @@ async fn concurrent_loads_of_one_request_read_the_store_once() {
         )
         .layer(SessionLayer::new(store.clone()));
     let token = cookie_value(&new_visitor(&router).await);
-    let resp = router
-        .oneshot(request_with_cookie("/both", &token))
-        .await
-        .unwrap();
+    let resp = get_with_cookie(&router, "/both", &token).await;
     assert_eq!(body_text(resp).await, "7");
     assert_eq!(store.calls().0, 1, "one store load for both");
 }
@@ -962,10 +938,7 @@ async fn debug_output_is_redacted() {
         .await
         .unwrap();
     let token = cookie_value(&resp);
-    let resp = router
-        .oneshot(request_with_cookie("/", &token))
-        .await
-        .unwrap();
+    let resp = get_with_cookie(&router, "/", &token).await;
     let shown = body_text(resp).await;
     assert!(shown.contains("REDACTED"), "{shown}");
     assert!(!shown.contains(&token));
@@ -1039,6 +1012,15 @@ fn request_with_cookie(path: &str, token: &str) -> Request<Body> {
     Request::get(path)
         .header(header::COOKIE, format!("id={token}"))
         .body(Body::empty())
+        .unwrap()
+}
+
+/// `GET path` through `router` with the session cookie `token`.
+async fn get_with_cookie(router: &Router, path: &str, token: &str) -> Response<Body> {
+    router
+        .clone()
+        .oneshot(request_with_cookie(path, token))
+        .await
         .unwrap()
 }
 
@@ -1146,11 +1128,7 @@ async fn a_session_kept_past_its_response_reads_but_refuses_changes() {
             .layer(SessionLayer::new(store.clone()));
         // A create (new visitor), then a save (returning visitor), each keeping its handle.
         let token = cookie_value(&new_visitor(&router).await);
-        let resp = router
-            .clone()
-            .oneshot(request_with_cookie("/", &token))
-            .await
-            .unwrap();
+        let resp = get_with_cookie(&router, "/", &token).await;
         assert_eq!(body_text(resp).await, "2");
         let writes = store.calls().1;
         let handles: Vec<Session> = kept.lock().unwrap().drain(..).collect();
@@ -1191,11 +1169,7 @@ async fn a_session_kept_past_its_response_reads_but_refuses_changes() {
             writes,
             "nothing written after the responses"
         );
-        let resp = router
-            .clone()
-            .oneshot(request_with_cookie("/read", &token))
-            .await
-            .unwrap();
+        let resp = get_with_cookie(&router, "/read", &token).await;
         assert_eq!(
             body_text(resp).await,
             "2",
@@ -1327,11 +1301,7 @@ async fn each_save_writes_what_changed_since_the_last() {
         let token = cookie_value(&resp);
         assert_eq!(body_text(resp).await, "a,b");
         assert_eq!(store.calls().1, 2, "the layer had nothing left to write");
-        let resp = router
-            .clone()
-            .oneshot(request_with_cookie("/read", &token))
-            .await
-            .unwrap();
+        let resp = get_with_cookie(&router, "/read", &token).await;
         assert_eq!(body_text(resp).await, "a,b");
     }
 }
@@ -1388,11 +1358,7 @@ async fn a_failed_save_leaves_its_changes_to_the_layer() {
                 }
                 None => cookie_value(&resp),
             };
-            let resp = router
-                .clone()
-                .oneshot(request_with_cookie("/read", &token))
-                .await
-                .unwrap();
+            let resp = get_with_cookie(&router, "/read", &token).await;
             assert_eq!(
                 body_text(resp).await,
                 "5",
@@ -1452,11 +1418,7 @@ async fn the_layer_waits_for_a_save_in_flight() {
     task.await.unwrap().unwrap();
     assert_eq!(store.calls().1, 1, "one create");
     assert_eq!(store.inner.len(), 1);
-    let resp = router
-        .clone()
-        .oneshot(request_with_cookie("/read", &token))
-        .await
-        .unwrap();
+    let resp = get_with_cookie(&router, "/read", &token).await;
     assert_eq!(body_text(resp).await, "1");
 }
 
@@ -1504,11 +1466,7 @@ async fn changes_made_while_a_save_waits_are_written_too() {
         2,
         "the save's create, then the layer's save"
     );
-    let resp = router
-        .clone()
-        .oneshot(request_with_cookie("/read", &token))
-        .await
-        .unwrap();
+    let resp = get_with_cookie(&router, "/read", &token).await;
     assert_eq!(
         body_text(resp).await,
         format!("a,b {:?}", Expiry::OnInactivity(Duration::hours(2)))
