@@ -1080,6 +1080,7 @@ impl Session {
         // Once closed, the store call above has ended this session too; the handle stays as it was.
         let mut state = self.state();
         if !state.closed {
+            state.generation = state.generation.wrapping_add(1);
             state.destroy();
         }
         Ok(revoked)
