@@ -1368,16 +1368,28 @@ async fn a_failed_save_leaves_its_changes_to_the_layer() {
     }
 }
 
-/// A save still waiting for the store when the handler returns (made by a task the handler
-/// spawned) is waited for: the layer neither creates the session a second time nor loses the
-/// save's cookie.
-#[tokio::test]
-async fn the_layer_waits_for_a_save_in_flight() {
+/// A `Faulty` store whose async creates wait at the gate it returns (see `Faulty::create_gate`).
+fn gated() -> (Faulty, Arc<(Notify, Notify)>) {
     let gate = Arc::new((Notify::new(), Notify::new()));
     let store = Faulty {
         create_gate: Some(gate.clone()),
         ..Faulty::default()
     };
+    (store, gate)
+}
+
+/// `session.save()` in a task of its own, as a task a handler spawned would make it.
+fn spawn_save(session: &Session) -> tokio::task::JoinHandle<Result<(), SessionError>> {
+    let session = session.clone();
+    tokio::spawn(async move { session.save().await })
+}
+
+/// A save still waiting for the store when the handler returns (made by a task the handler
+/// spawned) is waited for: the layer neither creates the session a second time nor loses the
+/// save's cookie.
+#[tokio::test]
+async fn the_layer_waits_for_a_save_in_flight() {
+    let (store, gate) = gated();
     let saved = Arc::new(std::sync::Mutex::new(None));
     let router = {
         let (gate, saved) = (gate.clone(), saved.clone());
@@ -1386,10 +1398,7 @@ async fn the_layer_waits_for_a_save_in_flight() {
                 "/",
                 get(move |session: Session| async move {
                     session.insert("x", 1)?;
-                    let task = tokio::spawn({
-                        let session = session.clone();
-                        async move { session.save().await }
-                    });
+                    let task = spawn_save(&session);
                     *saved.lock().unwrap() = Some(task);
                     // The save has reached the store.
                     gate.0.notified().await;
@@ -1426,11 +1435,7 @@ async fn the_layer_waits_for_a_save_in_flight() {
 /// layer writes it after the handler.
 #[tokio::test]
 async fn changes_made_while_a_save_waits_are_written_too() {
-    let gate = Arc::new((Notify::new(), Notify::new()));
-    let store = Faulty {
-        create_gate: Some(gate.clone()),
-        ..Faulty::default()
-    };
+    let (store, gate) = gated();
     let router = {
         let gate = gate.clone();
         Router::new()
@@ -1438,10 +1443,7 @@ async fn changes_made_while_a_save_waits_are_written_too() {
                 "/",
                 get(move |session: Session| async move {
                     session.insert("a", 1)?;
-                    let save = tokio::spawn({
-                        let session = session.clone();
-                        async move { session.save().await }
-                    });
+                    let save = spawn_save(&session);
                     gate.0.notified().await;
                     session.insert("b", 2)?;
                     session.set_expiry(Expiry::OnInactivity(Duration::hours(2)));
