@@ -46,6 +46,16 @@ async fn logs_name_events_but_never_the_session_id() {
     app.get("/read", Some(&token)).await; // unknown now
     app.get("/read", Some("garbage")).await;
     app.get("/destroy", Some(&rotated)).await;
+    // A save that finds its session ended by another request says so.
+    let ended = app.start().await;
+    let late = {
+        let (app, token) = (app.clone(), ended.clone());
+        tokio::spawn(async move { app.get("/wait-save/late", Some(&token)).await })
+    };
+    app.signals.loaded.notified().await;
+    app.get("/destroy", Some(&ended)).await;
+    app.signals.go.notify_one();
+    assert_eq!(late.await.unwrap().body, "Ended");
     // A handle kept past its response: the change it tries is ignored, and said so.
     let kept: Arc<Mutex<Option<Session>>> = Arc::default();
     let slot = kept.clone();
@@ -72,10 +82,11 @@ async fn logs_name_events_but_never_the_session_id() {
         "session destroyed",
         "WARN tower_satchel::session: session changed after its response; the change is ignored",
         "change=\"destroy\"",
+        "session ended during the request; its changes were dropped",
     ] {
         assert!(logs.contains(needle), "missing event {needle:?} in\n{logs}");
     }
-    for secret in [&token, &rotated] {
+    for secret in [&token, &rotated, &ended] {
         assert!(
             !logs.contains(secret.as_str()),
             "a session ID leaked into the logs"
