@@ -781,3 +781,52 @@ async fn a_cluster_master_failover_keeps_its_sessions_without_an_app_restart() {
     // The other master's session kept its count too.
     assert_eq!(send(&app, "/", Some(&elsewhere)).await.body, "3");
 }
+
+/// Sessions with more values than one script call is given arguments for (the scripts write in
+/// chunks of 800) keep every value through create, save (with new metadata) and clear.
+#[tokio::test]
+async fn sessions_with_thousands_of_values_are_written_whole() {
+    let store = single_store().await;
+    let now = now();
+    let key = SessionId::generate().unwrap().key();
+    let mut created = record(now, Duration::hours(1), Some(Duration::days(1)));
+    for n in 0..1500 {
+        created.data.insert(format!("k{n}"), json!(n));
+    }
+    assert!(store.create(&key, &created, now).await.unwrap());
+    assert_eq!(store.load(&key, now).await.unwrap(), Some(created.clone()));
+
+    let mut changes = ChangeSet::default();
+    changes.idle_deadline = Some(now + Duration::hours(2));
+    changes.expiry = Some(Expiry::OnInactivity(Duration::hours(2)));
+    for n in 0..1200 {
+        changes.set.insert(format!("k{n}"), json!(n * 2));
+    }
+    changes.removed = (1200..1300).map(|n| format!("k{n}")).collect();
+    assert_eq!(
+        store.save(&key, &changes, now).await.unwrap(),
+        Saved::Applied
+    );
+    let loaded = store.load(&key, now).await.unwrap().unwrap();
+    assert_eq!(loaded.data.len(), 1401, "1500 + a - 100 removed");
+    assert_eq!(loaded.data["k1199"], json!(2398));
+    assert!(!loaded.data.contains_key("k1250"));
+    assert_eq!(loaded.data["k1499"], json!(1499));
+    assert_eq!(loaded.idle_deadline, now + Duration::hours(2));
+    assert_eq!(loaded.expiry, Expiry::OnInactivity(Duration::hours(2)));
+    assert_eq!(loaded.absolute_deadline, created.absolute_deadline);
+    assert_eq!(loaded.created_at, created.created_at);
+
+    let mut cleared = ChangeSet::default();
+    cleared.cleared = true;
+    for n in 0..900 {
+        cleared.set.insert(format!("n{n}"), json!(n));
+    }
+    assert_eq!(
+        store.save(&key, &cleared, now).await.unwrap(),
+        Saved::Applied
+    );
+    let loaded = store.load(&key, now).await.unwrap().unwrap();
+    assert_eq!(loaded.data, cleared.set);
+    assert_eq!(loaded.idle_deadline, now + Duration::hours(2), "unchanged");
+}

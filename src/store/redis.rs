@@ -34,22 +34,17 @@ local function deadline(i, a)
   if a and a < i then return a end
   return i
 end
-local META = '^(%-?%d+):(%-?%d*):(%-?%d+):(%d+):(.+)$'
--- The idle and absolute deadlines of the session at key, and its metadata field; nothing when
--- there is no session or its metadata is unreadable.
+-- The idle and absolute deadlines of the session at key (numbers), then its metadata field in
+-- four parts: the idle deadline, the absolute deadline, 'created:version:' and the expiry policy.
+-- Nothing when there is no session or its metadata is unreadable.
 local function meta(key)
   local m = redis.call('HGET', key, 'm')
-  if not m then return nil, nil, nil end
-  local i, a = string.match(m, META)
-  if not i then return nil, nil, nil end
+  if not m then return nil end
+  local i, a, cv, e = string.match(m, '^(%-?%d+):(%-?%d*):(%-?%d+:%d+:)(.+)$')
+  if not i then return nil end
   local absolute = nil
   if a ~= '' then absolute = tonumber(a) end
-  return tonumber(i), absolute, m
-end
--- The metadata m with its idle deadline i and, when given, its expiry policy e replaced.
-local function with_meta(m, i, e)
-  local _, a, c, v, old_e = string.match(m, META)
-  return i .. ':' .. a .. ':' .. c .. ':' .. v .. ':' .. (e or old_e)
+  return tonumber(i), absolute, i, a, cv, e
 end
 local function each_chunk(cmd, key, list, from, to)
   local i = from
@@ -108,21 +103,26 @@ return 1
 const LUA_SAVE: &str = r"
 local now = tonumber(ARGV[1])
 local key = KEYS[1]
-local i, a, m = meta(key)
+local i, a, i_text, a_text, cv, e = meta(key)
 if not i or now >= deadline(i, a) then return 0 end
 local n = tonumber(ARGV[6])
+local pairs_from = 7 + n
 -- Writes first (see LUA_CREATE), then deletes: the same result, as the fields set and the
 -- fields removed never overlap, and a clear keeps only the data fields just set.
 if ARGV[3] ~= '' or ARGV[5] ~= '' then
-  local idle = string.match(m, META)
+  -- The metadata changes: written in the same call as the first values.
+  local idle = i_text
   if ARGV[3] ~= '' then idle = ARGV[3] end
-  local expiry = nil
-  if ARGV[5] ~= '' then expiry = ARGV[5] end
-  redis.call('HSET', key, 'm', with_meta(m, idle, expiry))
+  if ARGV[5] ~= '' then e = ARGV[5] end
+  local last = math.min(#ARGV, pairs_from + 797)
+  redis.call('HSET', key, 'm', idle .. ':' .. a_text .. ':' .. cv .. e,
+    unpack(ARGV, pairs_from, last))
+  each_chunk('HSET', key, ARGV, last + 1, #ARGV)
+else
+  each_chunk('HSET', key, ARGV, pairs_from, #ARGV)
 end
-each_chunk('HSET', key, ARGV, 7 + n, #ARGV)
-if ARGV[2] == '1' then delete_others(key, ARGV, 7 + n, #ARGV, true) end
-each_chunk('HDEL', key, ARGV, 7, 6 + n)
+if ARGV[2] == '1' then delete_others(key, ARGV, pairs_from, #ARGV, true) end
+each_chunk('HDEL', key, ARGV, 7, pairs_from - 1)
 if ARGV[3] ~= '' then
   -- The deadline moved: so does the TTL. Otherwise the TTL already matches it.
   i = tonumber(ARGV[3])
@@ -135,9 +135,9 @@ return 1
 /// KEYS[1] session; ARGV[1] now, ARGV[2] new idle deadline.
 const LUA_TOUCH: &str = r"
 local now = tonumber(ARGV[1])
-local i, a, m = meta(KEYS[1])
+local i, a, _, a_text, cv, e = meta(KEYS[1])
 if not i or now >= deadline(i, a) then return 0 end
-redis.call('HSET', KEYS[1], 'm', with_meta(m, ARGV[2], nil))
+redis.call('HSET', KEYS[1], 'm', ARGV[2] .. ':' .. a_text .. ':' .. cv .. e)
 expire_at(KEYS[1], deadline(tonumber(ARGV[2]), a), now)
 return 1
 ";
