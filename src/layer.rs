@@ -104,7 +104,7 @@ fn install_scoped<M: Send + Sync + 'static>(extensions: &mut Extensions, session
 /// | `Path`, `Domain` | `/`, none | host-only cookie: sub-domains cannot read or set it |
 /// | expiry | 24 h of inactivity | long enough for a working day, short enough that a forgotten login lapses |
 /// | absolute lifetime | 30 days | bounds the life of a stolen cookie however active it is |
-/// | touch | after 10 % of the idle window | read-heavy traffic writes once per window tenth, not per request |
+/// | touch | after 10 % of the idle window | the idle deadline moves once per window tenth, not per request: read-heavy traffic does not write |
 /// | persist on 5xx | off | a failed request should not half-apply its changes |
 ///
 /// # Examples
@@ -310,8 +310,15 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// The part of the idle window that must pass before a read-only request refreshes the idle
-    /// deadline, from 0.0 (every request) to 1.0. Default: 0.1.
+    /// The part of the idle window that must pass before a request refreshes the idle deadline,
+    /// from 0.0 (every request) to 1.0. Default: 0.1.
+    ///
+    /// A read-only request then touches the session (a store write of the deadline alone); a
+    /// request that changes the session saves the new deadline with its changes. Before that, the
+    /// deadline stays where it is, for writes too: the server-side deadline and the cookie's
+    /// `Max-Age` move together, and the store skips the deadline's own cost (a TTL update in
+    /// Redis, an indexed column in SQL). A new expiry policy (`set_expiry`) always sets the
+    /// deadline it implies.
     ///
     /// # Performance impact
     ///

@@ -62,10 +62,10 @@
 //! - Nothing is loaded until a handler extracts the [`Session`]; that costs one store round trip.
 //!   After that, `get`/`insert`/`remove` are plain in-memory operations.
 //! - After the handler: an untouched session costs nothing; a read-only one gets `Vary: Cookie` and
-//!   a throttled deadline refresh; a changed one is saved as a **change set** (the keys this request
-//!   set or removed), so two concurrent requests that write different keys both keep their writes
-//!   (peers write the whole record back and the last writer wins). Same-key writes stay
-//!   last-writer-wins.
+//!   a throttled deadline refresh; a changed one is saved as a **change set** (the keys this
+//!   request set or removed, and the new deadline on the same schedule as a refresh), so two
+//!   concurrent requests that write different keys both keep their writes (peers write the whole
+//!   record back and the last writer wins). Same-key writes stay last-writer-wins.
 //! - A 5xx response persists nothing (configurable).
 //! - A handler that needs the write done before its response calls [`Session::save`]: what is
 //!   pending is written then (a new session gets its ID), and whatever changes afterwards is

@@ -285,12 +285,20 @@ impl State {
     }
 
     /// What this request changed, for the commit: the dirty keys, with their values moved out of
-    /// the handle unless `keep` (another handle to the session may still read them).
-    fn take_change_set(&mut self, config: &Config, now: OffsetDateTime, keep: bool) -> ChangeSet {
+    /// the handle unless `keep` (another handle to the session may still read them). The idle
+    /// deadline moves only when `touch_due` or the expiry policy changed.
+    fn take_change_set(
+        &mut self,
+        config: &Config,
+        now: OffsetDateTime,
+        keep: bool,
+        touch_due: bool,
+    ) -> ChangeSet {
         let expiry = self.current_expiry(config);
         let mut changes = ChangeSet {
             cleared: self.cleared,
-            idle_deadline: Some(expiry.idle_deadline(now, config.session_end_idle)),
+            idle_deadline: (touch_due || self.expiry.is_some())
+                .then(|| expiry.idle_deadline(now, config.session_end_idle)),
             expiry: self.expiry,
             owner: self.owner.clone(),
             ..ChangeSet::default()
@@ -1232,7 +1240,10 @@ impl Session {
                 live.record.absolute_deadline,
             );
             let touch_due = self.touch_due(&live.record, now);
-            let changes = state.take_change_set(config, now, keep);
+            // Like a read-only request's touch, a save moves the idle deadline only once the
+            // touch fraction of the window has passed: moving it costs the store more than the
+            // change itself (a TTL update in Redis, an indexed column in SQL).
+            let changes = state.take_change_set(config, now, keep, touch_due);
             let expiry = changes.expiry.unwrap_or(live_expiry);
             let idle = changes.idle_deadline.unwrap_or(live_idle);
             // The cookie is re-sent only when it would change: a new expiry policy, or a

@@ -1057,6 +1057,43 @@ async fn saves_resend_the_cookie_only_when_its_max_age_falls_behind() {
     );
 }
 
+/// A save moves the idle deadline, like a touch does, only once a tenth of the window has passed
+/// since it was set: the server-side deadline and the cookie's `Max-Age` move together, and a
+/// write in between costs the store no deadline update.
+#[tokio::test]
+async fn saves_move_the_idle_deadline_only_when_a_touch_is_due() {
+    let store = Faulty::default();
+    let app = app(&store); // 24 h of inactivity, touch after 10 %
+    let started = clock_now(&app.clock);
+    let token = app.start().await;
+    let key = SessionId::parse(&token).unwrap().key();
+    let idle = || {
+        store
+            .inner
+            .load_now(&key, clock_now(&app.clock))
+            .unwrap()
+            .unwrap()
+            .idle_deadline
+    };
+    assert_eq!(idle(), started + Duration::hours(24));
+    app.clock.advance(Duration::hours(2));
+    assert_eq!(app.get("/incr/n", Some(&token)).await.body, "2");
+    assert_eq!(idle(), started + Duration::hours(24), "not due yet");
+    app.clock.advance(Duration::hours(1));
+    let resp = app.get("/incr/n", Some(&token)).await;
+    assert_eq!(resp.body, "3");
+    assert_eq!(idle(), started + Duration::hours(27), "due after 2.4 h");
+    assert_eq!(
+        resp.set_cookie().unwrap().max_age(),
+        Some(Duration::hours(24))
+    );
+    // A new expiry policy always sets the deadline it implies.
+    app.clock.advance(Duration::minutes(10));
+    app.get("/expiry/7200", Some(&token)).await;
+    assert_eq!(idle(), started + Duration::hours(5) + Duration::minutes(10));
+    assert_eq!(store.calls().1, 4, "every change is saved");
+}
+
 #[tokio::test]
 async fn the_token_is_read_from_the_configured_cookie_only() {
     let store = Faulty::default();
