@@ -122,13 +122,22 @@ impl SessionKey {
 
     /// Lowercase hex, 64 characters: only `0-9a-f`, safe in paths, keys and SQL.
     pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(64);
-        for b in self.0 {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
+        self.write_hex(&mut out);
         out
+    }
+
+    /// Appends [`SessionKey::to_hex`]'s form to `out`. Stores build a key name per request with
+    /// it, so the digits go through a buffer and `out` grows once, not per character.
+    pub(crate) fn write_hex(&self, out: &mut String) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 64];
+        for (pair, b) in digits.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0x0f)];
+        }
+        // Hex digits are ASCII, so this never falls back to the empty string.
+        out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
     }
 
     /// Parses the form written by [`SessionKey::to_hex`] (lowercase only).
@@ -281,6 +290,13 @@ mod tests {
         assert_eq!(SessionKey::from_hex(&key.to_hex()), Some(key));
         assert_ne!(key.as_bytes(), &id.bytes);
         assert!(SessionKey::from_hex("zz").is_none());
+        let mut bytes = [0u8; 32];
+        bytes[0] = 0x01;
+        bytes[1] = 0xab;
+        bytes[31] = 0xf0;
+        let mut out = String::from("prefix:");
+        SessionKey::from_bytes(bytes).write_hex(&mut out);
+        assert_eq!(out, format!("prefix:01ab{}f0", "0".repeat(58)));
     }
 
     proptest::proptest! {

@@ -554,7 +554,7 @@ impl RedisStore {
         let mut out = String::with_capacity(self.prefix.len() + 69);
         out.push_str(&self.prefix);
         out.push_str("s:{");
-        push_hex(&mut out, key.as_bytes());
+        key.write_hex(&mut out);
         out.push('}');
         out
     }
@@ -565,7 +565,7 @@ impl RedisStore {
         let mut out = String::with_capacity(self.prefix.len() + 69);
         out.push_str(&self.prefix);
         out.push_str("o:{");
-        push_hex(&mut out, &digest);
+        SessionKey::from_bytes(digest).write_hex(&mut out);
         out.push('}');
         out
     }
@@ -789,14 +789,6 @@ fn parse_member(member: &[u8]) -> Option<(SessionKey, i64)> {
 /// The wall clock in Unix ms (for index bookkeeping only; session deadlines use the layer's clock).
 fn wall_ms() -> i64 {
     to_ms(OffsetDateTime::now_utc()).unwrap_or(i64::MAX)
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
 }
 
 /// Unix milliseconds (floored).
@@ -1447,7 +1439,7 @@ mod tests {
         let key = id.key();
         let mut out = String::from(store_prefix);
         out.push_str("s:{");
-        push_hex(&mut out, key.as_bytes());
+        key.write_hex(&mut out);
         out.push('}');
         assert_eq!(out, format!("app:s:{{{}}}", key.to_hex()));
         assert!(!out.contains(&id.expose()));
