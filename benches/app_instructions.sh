@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Instructions per returning-visitor request in the whole counter app, counted by valgrind
+# (callgrind): the layer, the store's client (its request encoding and reply parsing included), the
+# runtime and hyper, but not the kernel nor the store's server. Repeatable to a few instructions,
+# whatever else the machine is doing, unlike benches/load.sh.
+#
+#   bash benches/app_instructions.sh                 # memory store and the bare route
+#   bash benches/app_instructions.sh redis cookie    # these stores and the bare route
+#   REQUESTS=2000 bash benches/app_instructions.sh redis
+#
+# Each store: the app starts under callgrind, one session is created, 200 requests warm up, the
+# counters are zeroed, then $REQUESTS requests with the session's cookie run on one keep-alive
+# connection and the counters are dumped. Redis gets a throwaway redis-server on a free port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-1000}
+stores=("$@")
+[ ${#stores[@]} -gt 0 ] || stores=(memory)
+stores=(none "${stores[@]}")
+
+command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install -y valgrind" >&2; exit 1; }
+command -v callgrind_control >/dev/null || { echo "callgrind_control is missing (valgrind)" >&2; exit 1; }
+
+features=()
+for s in "${stores[@]}"; do
+  case "$s" in
+    none | memory) ;;
+    redis) features+=(redis-store) ;;
+    cookie) features+=(cookie-store) ;;
+    *) echo "unknown store: $s (none, memory, redis, cookie)" >&2; exit 2 ;;
+  esac
+done
+feature_list=$(IFS=,; echo "${features[*]:-}")
+cargo build --release --quiet --example counter ${feature_list:+--features "$feature_list"}
+bin=${CARGO_TARGET_DIR:-target}/release/examples/counter
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+printf '%-8s %14s\n' store instructions
+for s in "${stores[@]}"; do
+  env_vars=(SESSION_STORE="$s")
+  case "$s" in
+    redis)
+      rport=$(free_port)
+      redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" \
+        >"$tmp/redis.log" 2>&1 &
+      pids+=("$!")
+      for _ in $(seq 1 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+      env_vars+=(REDIS_URL="redis://127.0.0.1:$rport/") ;;
+    cookie) env_vars+=(SESSION_KEY="$(head -c 32 /dev/urandom | base64 -w0)") ;;
+  esac
+  port=$(free_port)
+  out="$tmp/callgrind.$s"
+  env "${env_vars[@]}" ADDR="127.0.0.1:$port" TOKIO_WORKER_THREADS=1 RUST_LOG=error \
+    valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$bin" >"$tmp/app.log" 2>&1 &
+  app=$!
+  pids+=("$app")
+  for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$port/" -o /dev/null && break; sleep 0.2; done
+  python3 - "$port" "$REQUESTS" <<'EOF'
+import http.client, subprocess, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+c.request("GET", "/")
+r = c.getresponse()
+r.read()
+cookie = (r.getheader("set-cookie") or "").split(";")[0]
+def run(count):
+    for _ in range(count):
+        c.request("GET", "/", headers={"Cookie": cookie} if cookie else {})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+run(200)
+subprocess.run(["callgrind_control", "--zero"], check=True, capture_output=True)
+run(n)
+subprocess.run(["callgrind_control", "--dump=measured"], check=True, capture_output=True)
+EOF
+  kill "$app"
+  wait "$app" 2>/dev/null || true
+  dump=$(ls "$out".*.1 | head -n 1)
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  printf '%-8s %14d\n' "$s" $((total / REQUESTS))
+done
