@@ -1511,3 +1511,44 @@ async fn changes_made_while_a_save_waits_are_written_too() {
         format!("a,b {:?}", Expiry::OnInactivity(Duration::hours(2)))
     );
 }
+
+/// When the layer's own save fails after the handler saved a new session, the error response
+/// still carries that session's cookie: the saved write stands, and the client must not lose it.
+#[tokio::test]
+async fn a_failed_commit_after_a_save_still_sends_the_saved_cookie() {
+    for immediate in [false, true] {
+        let store = faulty(immediate);
+        let fail = store.fail.clone();
+        let router = Router::new()
+            .route(
+                "/",
+                get(move |session: Session| async move {
+                    session.insert("a", 1)?;
+                    session.save().await?;
+                    session.insert("b", 2)?;
+                    fail.store(true, Ordering::SeqCst);
+                    Ok::<_, SessionError>("ok")
+                }),
+            )
+            .route(
+                "/read",
+                get(|session: Session| async move { session.keys().join(",") }),
+            )
+            .layer(SessionLayer::new(store.clone()));
+        let resp = new_visitor(&router).await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            resp.extensions().get::<SessionError>().unwrap().kind(),
+            SessionErrorKind::Store
+        );
+        assert_eq!(
+            resp.headers()[header::CACHE_CONTROL],
+            "no-store",
+            "immediate {immediate}"
+        );
+        let token = cookie_value(&resp);
+        store.fail.store(false, Ordering::SeqCst);
+        let resp = get_with_cookie(&router, "/read", &token).await;
+        assert_eq!(body_text(resp).await, "a", "the saved session, without b");
+    }
+}
