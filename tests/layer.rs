@@ -412,6 +412,11 @@ fn read_x() -> MethodRouter {
     get(|session: Session| async move { session.get::<i64>("x").unwrap().unwrap_or(0).to_string() })
 }
 
+/// A route that answers the session's keys, comma-separated.
+fn read_keys() -> MethodRouter {
+    get(|session: Session| async move { session.keys().join(",") })
+}
+
 /// A router whose `/` writes a new visitor's session and `/read` reads it back.
 fn write_and_read(store: &Faulty) -> Router {
     Router::new()
@@ -1328,10 +1333,7 @@ async fn each_save_writes_what_changed_since_the_last() {
                     Ok::<_, SessionError>(session.keys().join(","))
                 }),
             )
-            .route(
-                "/read",
-                get(|session: Session| async move { session.keys().join(",") }),
-            )
+            .route("/read", read_keys())
             .layer(SessionLayer::new(store.clone()));
         let resp = new_visitor(&router).await;
         assert_eq!(resp.status(), StatusCode::OK);
@@ -1530,10 +1532,7 @@ async fn a_failed_commit_after_a_save_still_sends_the_saved_cookie() {
                     Ok::<_, SessionError>("ok")
                 }),
             )
-            .route(
-                "/read",
-                get(|session: Session| async move { session.keys().join(",") }),
-            )
+            .route("/read", read_keys())
             .layer(SessionLayer::new(store.clone()));
         let resp = new_visitor(&router).await;
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
