@@ -23,8 +23,7 @@ use sqlx::postgres::PgPoolOptions;
 use support_sql::{app, pg, unique};
 use time::{Duration, OffsetDateTime};
 use tower_satchel::{
-    ChangeSet, CleanupConfig, ManualClock, PostgresStore, SessionErrorKind, SessionId,
-    SessionStore, StoreErrorKind, spawn_cleanup_with_clock,
+    ChangeSet, PostgresStore, SessionErrorKind, SessionId, SessionStore, StoreErrorKind,
 };
 
 mod postgres {
@@ -61,37 +60,10 @@ async fn two_app_instances_with_their_own_pools_share_one_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_table_is_a_config_error_that_names_migrate() {
     let (store, _cleanup) = pg::unmigrated().await;
-    let error = store
-        .load(&conformance::contract::key(), now())
-        .await
-        .unwrap_err();
-    assert_eq!(error.kind(), StoreErrorKind::Config);
-    let message = error.to_string();
-    assert!(message.contains("PostgresStore::migrate()"), "{message}");
-    assert!(message.contains("tower_satchel_sessions"), "{message}");
-    assert!(
-        std::error::Error::source(&error).is_some(),
-        "the sqlx error is kept as source"
-    );
-
-    // Through the layer: an error response carrying that error, not an empty session.
-    let app = app(store.clone());
-    let token = SessionId::generate().unwrap().expose();
-    let resp = app.get("/incr", Some(&token)).await;
-    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
-    let error = resp
-        .error
-        .expect("the session error in the response extensions");
-    assert_eq!(error.kind(), SessionErrorKind::Store);
-    assert_eq!(error.store_error().unwrap().kind(), StoreErrorKind::Config);
-    assert!(
-        !resp.body.contains("migrate"),
-        "backend details stay out of the body"
-    );
-
-    // migrate() fixes it.
-    store.migrate().await.unwrap();
-    assert_eq!(app.get("/incr", None).await.body, "1");
+    support_sql::a_missing_table_is_a_config_error(store.clone(), "PostgresStore", async || {
+        store.migrate().await.unwrap();
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,42 +158,20 @@ fn table_of(store: &PostgresStore) -> String {
 async fn a_save_after_expiry_does_not_revive_the_row() {
     let store = pg::store().await;
     let now = now();
-    let key = conformance::contract::key();
-    let mut record = conformance::contract::record(now);
-    record.idle_deadline = now + Duration::seconds(10);
-    assert!(store.create(&key, &record, now).await.unwrap());
-    let later = now + Duration::seconds(11);
-    let mut changes = ChangeSet::default();
-    changes.set.insert("x".into(), json!(1));
-    changes.idle_deadline = Some(later + Duration::hours(1));
-    assert_eq!(
-        store.save(&key, &changes, later).await.unwrap(),
-        tower_satchel::Saved::Gone
-    );
-    assert_eq!(
-        store
-            .touch(&key, later + Duration::hours(1), later)
-            .await
-            .unwrap(),
-        tower_satchel::Saved::Gone
-    );
-    // The row is untouched: still expired at `later`, and "x" was never written.
-    let idle: OffsetDateTime = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT idle_deadline FROM {} WHERE id = $1 AND NOT data ? 'x'",
-        table_of(&store)
-    )))
-    .bind(key.as_bytes().as_slice())
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(idle, now + Duration::seconds(10));
-    // And an expired row is replaced by create, not kept.
-    assert!(
-        store
-            .create(&key, &conformance::contract::record(later), later)
-            .await
-            .unwrap()
-    );
+    let table = table_of(&store);
+    support_sql::writes_after_expiry_are_refused(&store, now, async |key| {
+        // Still expired, and neither "x" nor the owner was written.
+        let (idle, owner): (OffsetDateTime, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(
+            format!("SELECT idle_deadline, owner FROM {table} WHERE id = $1 AND NOT data ? 'x'"),
+        ))
+        .bind(key.as_bytes().as_slice())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(idle, now + Duration::seconds(10));
+        assert_eq!(owner, None);
+    })
+    .await;
 }
 
 /// A session row locked by a long transaction elsewhere: the request that needs to write it gets
@@ -366,54 +316,14 @@ async fn nul_characters_are_an_encoding_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cleanup_task_deletes_expired_rows_in_batches() {
     let store = pg::store().await;
-    let now = now();
-    for _ in 0..25 {
-        let mut record = conformance::contract::record(now);
-        record.idle_deadline = now + Duration::seconds(30);
-        assert!(
-            store
-                .create(&conformance::contract::key(), &record, now)
-                .await
-                .unwrap()
-        );
-    }
-    let live = conformance::contract::key();
-    let mut long = conformance::contract::record(now);
-    long.idle_deadline = now + Duration::hours(2);
-    assert!(store.create(&live, &long, now).await.unwrap());
-
-    let clock = ManualClock::new(now + Duration::minutes(1));
-    let task = spawn_cleanup_with_clock(
-        store.store.clone(),
-        CleanupConfig::default()
-            .period(StdDuration::from_millis(50))
-            .batch(10),
-        Arc::new(clock),
-    );
     let table = table_of(&store);
-    let count = || async {
+    support_sql::the_cleanup_task_deletes_expired_rows(store.store.clone(), async || {
         sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
             .fetch_one(store.pool())
             .await
             .unwrap()
-    };
-    let mut remaining = count().await;
-    for _ in 0..100 {
-        if remaining == 1 {
-            break;
-        }
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
-        remaining = count().await;
-    }
-    task.stop().await;
-    assert_eq!(remaining, 1, "expired rows left behind");
-    assert!(
-        store
-            .load(&live, now + Duration::minutes(1))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

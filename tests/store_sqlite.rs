@@ -12,7 +12,6 @@ mod conformance;
 mod support_disk;
 mod support_sql;
 
-use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use axum::http::StatusCode;
@@ -20,8 +19,7 @@ use serde_json::json;
 use support_sql::{app, lite};
 use time::{Duration, OffsetDateTime};
 use tower_satchel::{
-    ChangeSet, CleanupConfig, ManualClock, Saved, SessionErrorKind, SessionId, SessionStore,
-    SqliteStore, StoreErrorKind, spawn_cleanup_with_clock,
+    ChangeSet, Saved, SessionErrorKind, SessionId, SessionStore, SqliteStore, StoreErrorKind,
 };
 
 mod sqlite {
@@ -87,29 +85,10 @@ async fn a_missing_table_is_a_config_error_that_names_migrate() {
     let store = SqliteStore::connect(dir.join("empty.sqlite3").to_str().unwrap())
         .await
         .unwrap();
-    let error = store
-        .load(&conformance::contract::key(), now())
-        .await
-        .unwrap_err();
-    assert_eq!(error.kind(), StoreErrorKind::Config);
-    let message = error.to_string();
-    assert!(message.contains("SqliteStore::migrate()"), "{message}");
-    assert!(message.contains("tower_satchel_sessions"), "{message}");
-    assert!(std::error::Error::source(&error).is_some());
-
-    let app = app(store.clone());
-    let token = SessionId::generate().unwrap().expose();
-    let resp = app.get("/incr", Some(&token)).await;
-    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
-    let error = resp
-        .error
-        .expect("the session error in the response extensions");
-    assert_eq!(error.kind(), SessionErrorKind::Store);
-    assert_eq!(error.store_error().unwrap().kind(), StoreErrorKind::Config);
-
-    store.migrate().await.unwrap();
-    store.migrate().await.unwrap();
-    assert_eq!(app.get("/incr", None).await.body, "1");
+    support_sql::a_missing_table_is_a_config_error(store.clone(), "SqliteStore", async || {
+        store.migrate().await.unwrap();
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,43 +112,24 @@ async fn rows_hold_the_hashed_id_and_never_the_session_id() {
 async fn a_save_after_expiry_does_not_revive_the_row() {
     let store = lite::store().await;
     let now = now();
-    let key = conformance::contract::key();
-    let mut record = conformance::contract::record(now);
-    record.idle_deadline = now + Duration::seconds(10);
-    assert!(store.create(&key, &record, now).await.unwrap());
-    let later = now + Duration::seconds(11);
-    let mut data = ChangeSet::default();
-    data.set.insert("x".into(), json!(1));
-    data.idle_deadline = Some(later + Duration::hours(1));
-    assert_eq!(store.save(&key, &data, later).await.unwrap(), Saved::Gone);
-    let mut metadata = ChangeSet::default();
-    metadata.owner = Some(Some("mallory".into()));
-    metadata.idle_deadline = Some(later + Duration::hours(1));
-    assert_eq!(
-        store.save(&key, &metadata, later).await.unwrap(),
-        Saved::Gone
-    );
-    assert_eq!(
-        store
-            .touch(&key, later + Duration::hours(1), later)
-            .await
-            .unwrap(),
-        Saved::Gone
-    );
-    let (idle, has_x, owner): (i64, bool, Option<String>) = sqlx::query_as(
-        "SELECT idle_deadline, json_extract(data, '$.x') IS NOT NULL, owner \
-         FROM tower_satchel_sessions WHERE id = ?1",
-    )
-    .bind(key.as_bytes().as_slice())
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(
-        idle,
-        (now + Duration::seconds(10)).unix_timestamp() * 1_000_000
-    );
-    assert!(!has_x);
-    assert_eq!(owner, None);
+    support_sql::writes_after_expiry_are_refused(&store, now, async |key| {
+        // Still expired, and neither "x" nor the owner was written.
+        let (idle, has_x, owner): (i64, bool, Option<String>) = sqlx::query_as(
+            "SELECT idle_deadline, json_extract(data, '$.x') IS NOT NULL, owner \
+             FROM tower_satchel_sessions WHERE id = ?1",
+        )
+        .bind(key.as_bytes().as_slice())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            idle,
+            (now + Duration::seconds(10)).unix_timestamp() * 1_000_000
+        );
+        assert!(!has_x);
+        assert_eq!(owner, None);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,46 +156,10 @@ async fn corrupt_rows_read_as_no_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cleanup_task_deletes_expired_rows_in_batches() {
     let store = lite::store().await;
-    let now = now();
-    for _ in 0..25 {
-        let mut record = conformance::contract::record(now);
-        record.idle_deadline = now + Duration::seconds(30);
-        assert!(
-            store
-                .create(&conformance::contract::key(), &record, now)
-                .await
-                .unwrap()
-        );
-    }
-    let live = conformance::contract::key();
-    let mut long = conformance::contract::record(now);
-    long.idle_deadline = now + Duration::hours(2);
-    assert!(store.create(&live, &long, now).await.unwrap());
-
-    let task = spawn_cleanup_with_clock(
-        store.store.clone(),
-        CleanupConfig::default()
-            .period(StdDuration::from_millis(50))
-            .batch(10),
-        Arc::new(ManualClock::new(now + Duration::minutes(1))),
-    );
-    let mut remaining = count(&store).await;
-    for _ in 0..100 {
-        if remaining == 1 {
-            break;
-        }
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
-        remaining = count(&store).await;
-    }
-    task.stop().await;
-    assert_eq!(remaining, 1, "expired rows left behind");
-    assert!(
-        store
-            .load(&live, now + Duration::minutes(1))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    support_sql::the_cleanup_task_deletes_expired_rows(store.store.clone(), async || {
+        count(&store).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! Shared by `store_postgres.rs` and `store_sqlite.rs`: fresh stores that clean up after
-//! themselves, and a small app for the HTTP-level tests.
+//! themselves, a small app for the HTTP-level tests, and the tests both stores run alike.
 //!
 //! PostgreSQL: `$DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`). Every store gets
 //! its own schema, `satchel_test_<pid>_<n>_<random>`, dropped when the store is dropped, so runs
@@ -8,7 +8,9 @@
 //! SQLite: every store gets its own file in a fresh temporary folder, removed on drop.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::panic)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration as StdDuration;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,11 +18,12 @@ use axum::extract::Path;
 use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
 use http_body_util::BodyExt;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
 use tower_satchel::{
-    ChangeSet, IntoBackend, Record, Saved, Session, SessionError, SessionId, SessionInfo,
-    SessionKey, SessionLayer, SessionStore, StoreError,
+    ChangeSet, CleanupConfig, IntoBackend, ManualClock, Record, Saved, Session, SessionError,
+    SessionErrorKind, SessionId, SessionInfo, SessionKey, SessionLayer, SessionStore, StoreError,
+    StoreErrorKind, spawn_cleanup_with_clock,
 };
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -462,4 +465,132 @@ where
     assert_eq!(admin.delete_owner("alice").await.unwrap(), 1);
     assert_eq!(app_b.get("/incr", Some(&alice)).await.body, "1");
     assert!(admin.list_owner("alice", now).await.unwrap().is_empty());
+}
+
+/// A store whose table is missing: loading is a `Config` store error that names `migrate()` (as
+/// `{store_type}::migrate()`) and the table, with the driver's error as its source. Through the
+/// layer the request gets an error response carrying that error, not an empty session, with no
+/// backend detail in its body. Then `migrate` (run twice: it is idempotent) fixes it.
+pub async fn a_missing_table_is_a_config_error<S: SessionStore + Clone>(
+    store: S,
+    store_type: &str,
+    migrate: impl AsyncFn(),
+) {
+    let error = store
+        .load(
+            &crate::conformance::contract::key(),
+            crate::conformance::contract::now(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config);
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("{store_type}::migrate()")),
+        "{message}"
+    );
+    assert!(message.contains("tower_satchel_sessions"), "{message}");
+    assert!(
+        std::error::Error::source(&error).is_some(),
+        "the sqlx error is kept as source"
+    );
+
+    let app = app(store);
+    let token = SessionId::generate().unwrap().expose();
+    let resp = app.get("/incr", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let error = resp
+        .error
+        .expect("the session error in the response extensions");
+    assert_eq!(error.kind(), SessionErrorKind::Store);
+    assert_eq!(error.store_error().unwrap().kind(), StoreErrorKind::Config);
+    assert!(
+        !resp.body.contains("migrate"),
+        "backend details stay out of the body"
+    );
+
+    migrate().await;
+    migrate().await;
+    assert_eq!(app.get("/incr", None).await.body, "1");
+}
+
+/// Creates a session whose idle deadline is 10 s after `now`, then 11 s later tries to write it
+/// three ways: values with a new deadline, metadata only (an owner), and a touch. Each is
+/// `Saved::Gone`. Returns the key and that later time; the caller checks in SQL that the row was
+/// not written, then this checks that create replaces the expired row rather than refusing.
+pub async fn writes_after_expiry_are_refused<S: SessionStore>(
+    store: &S,
+    now: OffsetDateTime,
+    row_is_untouched: impl AsyncFn(&SessionKey),
+) {
+    use crate::conformance::contract::{key, record};
+    let key = key();
+    let mut expiring = record(now);
+    expiring.idle_deadline = now + Duration::seconds(10);
+    assert!(store.create(&key, &expiring, now).await.unwrap());
+    let later = now + Duration::seconds(11);
+    let mut values = ChangeSet::default();
+    values.set.insert("x".into(), serde_json::json!(1));
+    values.idle_deadline = Some(later + Duration::hours(1));
+    assert_eq!(store.save(&key, &values, later).await.unwrap(), Saved::Gone);
+    let mut metadata = ChangeSet::default();
+    metadata.owner = Some(Some("mallory".into()));
+    metadata.idle_deadline = Some(later + Duration::hours(1));
+    assert_eq!(
+        store.save(&key, &metadata, later).await.unwrap(),
+        Saved::Gone
+    );
+    assert_eq!(
+        store
+            .touch(&key, later + Duration::hours(1), later)
+            .await
+            .unwrap(),
+        Saved::Gone
+    );
+    row_is_untouched(&key).await;
+    assert!(store.create(&key, &record(later), later).await.unwrap());
+}
+
+/// 25 sessions expiring in 30 s and one live for 2 h; the cleanup task, on a clock a minute
+/// later and in batches of 10, deletes the 25 (counted by `rows`) and leaves the live one.
+pub async fn the_cleanup_task_deletes_expired_rows<S>(store: S, rows: impl AsyncFn() -> i64)
+where
+    S: SessionStore + Clone + Send + Sync + 'static,
+{
+    use crate::conformance::contract::{key, record};
+    let now = crate::conformance::contract::now();
+    for _ in 0..25 {
+        let mut expiring = record(now);
+        expiring.idle_deadline = now + Duration::seconds(30);
+        assert!(store.create(&key(), &expiring, now).await.unwrap());
+    }
+    let live = key();
+    let mut long = record(now);
+    long.idle_deadline = now + Duration::hours(2);
+    assert!(store.create(&live, &long, now).await.unwrap());
+
+    let task = spawn_cleanup_with_clock(
+        store.clone(),
+        CleanupConfig::default()
+            .period(StdDuration::from_millis(50))
+            .batch(10),
+        Arc::new(ManualClock::new(now + Duration::minutes(1))),
+    );
+    let mut remaining = rows().await;
+    for _ in 0..100 {
+        if remaining == 1 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+        remaining = rows().await;
+    }
+    task.stop().await;
+    assert_eq!(remaining, 1, "expired rows left behind");
+    assert!(
+        store
+            .load(&live, now + Duration::minutes(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
