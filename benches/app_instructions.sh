@@ -4,9 +4,17 @@
 # runtime and hyper, but not the kernel nor the store's server. Repeatable to a few instructions,
 # whatever else the machine is doing, unlike benches/load.sh.
 #
+# Next to it, the code the requests ran: distinct 64-byte lines of machine code executed, in KiB.
+# Between two requests the kernel's network path runs and evicts the 32 KiB instruction cache, so
+# every request fetches its code again from further out: code size costs time per request much as
+# instructions do (see README, Benchmarks).
+#
 #   bash benches/app_instructions.sh                 # memory store and the bare route
 #   bash benches/app_instructions.sh redis cookie    # these stores and the bare route
 #   REQUESTS=2000 bash benches/app_instructions.sh redis
+#   COUNTER_BIN=/tmp/lto/release/examples/counter bash benches/app_instructions.sh
+#   KEEP=/tmp/profiles bash benches/app_instructions.sh   # also keeps each callgrind dump there,
+#                                                          # for callgrind_annotate
 #
 # Each store: the app starts under callgrind, one session is created, 200 requests warm up, the
 # counters are zeroed, then $REQUESTS requests with the session's cookie run on one keep-alive
@@ -32,8 +40,13 @@ for s in "${stores[@]}"; do
   esac
 done
 feature_list=$(IFS=,; echo "${features[*]:-}")
-cargo build --release --quiet --example counter ${feature_list:+--features "$feature_list"}
-bin=${CARGO_TARGET_DIR:-target}/release/examples/counter
+# COUNTER_BIN counts another build of the counter instead (say, one with another profile).
+if [ -n "${COUNTER_BIN:-}" ]; then
+  bin=$COUNTER_BIN
+else
+  cargo build --release --quiet --example counter ${feature_list:+--features "$feature_list"}
+  bin=${CARGO_TARGET_DIR:-target}/release/examples/counter
+fi
 
 tmp=$(mktemp -d)
 pids=()
@@ -45,7 +58,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-printf '%-8s %14s\n' store instructions
+printf '%-8s %14s %10s\n' store instructions "code KiB"
 for s in "${stores[@]}"; do
   env_vars=(SESSION_STORE="$s")
   case "$s" in
@@ -61,7 +74,7 @@ for s in "${stores[@]}"; do
   port=$(free_port)
   out="$tmp/callgrind.$s"
   env "${env_vars[@]}" ADDR="127.0.0.1:$port" TOKIO_WORKER_THREADS=1 RUST_LOG=error \
-    valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$bin" >"$tmp/app.log" 2>&1 &
+    valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out.%p" "$bin" >"$tmp/app.log" 2>&1 &
   app=$!
   pids+=("$app")
   for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$port/" -o /dev/null && break; sleep 0.2; done
@@ -87,6 +100,26 @@ EOF
   kill "$app"
   wait "$app" 2>/dev/null || true
   dump=$(ls "$out".*.1 | head -n 1)
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$dump" "$KEEP/callgrind.$s"; fi
   total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-  printf '%-8s %14d\n' "$s" $((total / REQUESTS))
+  # The dump lists each executed instruction's address, per object, absolute ("0x..."), relative
+  # to the line before ("+n", "-n") or the same ("*"); a "calls=" line is followed by the call
+  # site's own line. Count the distinct (object, address / 64).
+  code=$(python3 - "$dump" <<'EOF'
+import sys
+lines, ob, at = set(), "", 0
+for line in open(sys.argv[1]):
+    if line.startswith("ob="):
+        ob = line.split(")")[0]
+    elif line[:1] in "0123456789+-*":
+        pos = line.split()[0]
+        if pos[0] in "+-":
+            at += int(pos, 0)
+        elif pos != "*":
+            at = int(pos, 0)
+        lines.add((ob, at >> 6))
+print(len(lines) * 64 // 1024)
+EOF
+)
+  printf '%-8s %14d %10d\n' "$s" $((total / REQUESTS)) "$code"
 done

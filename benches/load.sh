@@ -6,6 +6,7 @@
 #   bash benches/load.sh memory file cookie    # several stores
 #   DURATION=10 ROUNDS=5 CONNS=64 bash benches/load.sh redis
 #   SAMPLES=rounds.txt bash benches/load.sh   # also appends each round's figures to rounds.txt
+#   bash benches/load.sh spin:1000 spin:3000 memory   # calibration rows, see below
 #
 # Each round measures, DURATION seconds each, the bare route, the store with a new visitor, the bare
 # route again (sending a cookie of the same length), the store with returning visitors. Each ratio
@@ -24,6 +25,13 @@
 # route's CPU time divided by the store's: when the load generator rather than the server limits
 # the bare route's throughput, the throughput ratio flatters the store and the CPU ratio does not.
 # (For Redis and PostgreSQL the CPU column is the app's only, not the database server's.)
+#
+# Calibration: `spin:NS` is not a store but the bare route busy-waiting NS nanoseconds a request
+# (the counter's $BARE_SPIN_NS), measured like a store. Its ratio is what a fixed cost per request,
+# and nothing else, does on the machine at hand: compare a store's ratio with it, and its CPU
+# column, to see how many microseconds the store's ratio amounts to there. (On a 2-core VM the
+# ratio falls faster than the CPU cost alone says: the slower the server, the more often the
+# load generator sleeps, and the server's kernel pays for waking it.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +56,7 @@ for s in "${stores[@]}"; do
     postgres) features+=(postgres-store) ;;
     sqlite) features+=(sqlite-store) ;;
     cookie) features+=(cookie-store) ;;
+    spin:[0-9]*) ;;
     *) echo "unknown store: $s" >&2; exit 2 ;;
   esac
 done
@@ -129,6 +138,7 @@ prepare_store() {
       store_env="SESSION_STORE=postgres DATABASE_URL=$pg_url${sep}options=-c%20search_path%3D$pg_schema" ;;
     sqlite) store_env="SESSION_STORE=sqlite DATABASE_URL=sqlite://$tmp/sessions.db?mode=rwc" ;;
     cookie) store_env="SESSION_STORE=cookie SESSION_KEY=$(head -c 32 /dev/urandom | base64 -w0)" ;;
+    spin:*) store_env="SESSION_STORE=none BARE_SPIN_NS=${1#spin:}" ;;
   esac
 }
 
@@ -139,6 +149,8 @@ sessions_script() {
   local cookies=() cookie
   for _ in $(seq 1 "$CONNS"); do
     cookie=$(curl -fsi "$1/" | awk 'tolower($1)=="set-cookie:" {split($2, a, ";"); print a[1]}' | tr -d '\r')
+    # The calibration's bare route sets no cookie: it gets one as long as an ID, like the bare one.
+    [[ $s != spin:* ]] || cookie="id=$(head -c 43 /dev/zero | tr '\0' x)"
     [ -n "$cookie" ] || { echo "no session cookie from the $s store" >&2; exit 1; }
     cookies+=("\"$cookie\"")
   done
@@ -161,6 +173,10 @@ sessions_script() {
     "$(head -c "${#value}" /dev/zero | tr '\0' x)" >"$tmp/bare.lua"
 }
 
+# cpu_times : the machine's total and stolen CPU time so far, in clock ticks ("steal": time a
+# virtual machine's CPUs were ready to run but the host ran other guests).
+cpu_times() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9}' /proc/stat; }
+
 # median FIELD : the median of that field of the lines read.
 median() { cut -d' ' -f"$1" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -172,6 +188,7 @@ for s in "${stores[@]}"; do
   start_server SESSION_STORE=none
   bare_url=$url bare_pid=$server_pid
   : >"$tmp/samples"
+  read -r total_before steal_before < <(cpu_times)
   for _ in $(seq 1 "$ROUNDS"); do
     # Each store measurement directly follows a bare one of the same kind: the bare route without
     # a script before the new visitor, with a script sending a cookie of the same length before
@@ -203,4 +220,7 @@ for s in "${stores[@]}"; do
   }
   row new
   row returning
+  read -r total_after steal_after < <(cpu_times)
+  awk -v t=$((total_after - total_before)) -v s=$((steal_after - steal_before)) \
+    'BEGIN {if (t > 0 && s * 100 > t) printf "  (steal: %.1f %% of the CPU time went to other guests of the host during these runs: the figures are less reliable)\n", s * 100 / t}'
 done

@@ -8,7 +8,8 @@
 //!
 //! `$ADDR` sets the address; `$SESSION_STORE` picks the store (memory, file, redis, postgres,
 //! sqlite, cookie), see `examples/support`; `SESSION_STORE=none` serves the same routes without
-//! a session layer, as the baseline of `benches/load.sh`.
+//! a session layer, as the baseline of `benches/load.sh` (`$BARE_SPIN_NS` adds a busy-wait to
+//! `GET /` there, for that script's calibration).
 
 mod support;
 
@@ -38,13 +39,31 @@ async fn page(session: Session, Path(name): Path<String>) -> Result<String, Sess
     Ok(pages.to_string())
 }
 
+/// `$BARE_SPIN_NS`: with `SESSION_STORE=none`, `GET /` busy-waits this many nanoseconds. It is
+/// the calibration of `benches/load.sh` (store `spin:NS`): what a fixed cost per request, and
+/// nothing else, does to the throughput ratio on the machine at hand.
+fn bare_spin() -> Option<std::time::Duration> {
+    let ns: u64 = std::env::var("BARE_SPIN_NS").ok()?.parse().ok()?;
+    (ns > 0).then(|| std::time::Duration::from_nanos(ns))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), support::BoxError> {
     support::init_tracing();
     let app = if std::env::var("SESSION_STORE").as_deref() == Ok("none") {
         // The baseline of benches/load.sh: the same routes with no session layer at all.
+        let root = match bare_spin() {
+            None => get(|| async { "1" }),
+            Some(spin) => get(move || async move {
+                let start = std::time::Instant::now();
+                while start.elapsed() < spin {
+                    std::hint::spin_loop();
+                }
+                "1"
+            }),
+        };
         Router::new()
-            .route("/", get(|| async { "1" }))
+            .route("/", root)
             .route("/pages/{name}", get(|| async { "1" }))
     } else {
         Router::new()
