@@ -39,36 +39,16 @@ for s in "${stores[@]}"; do
     *) echo "unknown store: $s (none, memory, redis, cookie)" >&2; exit 2 ;;
   esac
 done
-feature_list=$(IFS=,; echo "${features[*]:-}")
+# shellcheck source=benches/common.sh
+. benches/common.sh
 # COUNTER_BIN counts another build of the counter instead (say, one with another profile).
-if [ -n "${COUNTER_BIN:-}" ]; then
-  bin=$COUNTER_BIN
-else
-  cargo build --release --quiet --example counter ${feature_list:+--features "$feature_list"}
-  bin=${CARGO_TARGET_DIR:-target}/release/examples/counter
-fi
-
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+counter_bin "${features[@]}"
 
 printf '%-8s %14s %10s\n' store instructions "code KiB"
 for s in "${stores[@]}"; do
   env_vars=(SESSION_STORE="$s")
   case "$s" in
-    redis)
-      rport=$(free_port)
-      redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" \
-        >"$tmp/redis.log" 2>&1 &
-      pids+=("$!")
-      for _ in $(seq 1 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
-      env_vars+=(REDIS_URL="redis://127.0.0.1:$rport/") ;;
+    redis) start_redis; env_vars+=(REDIS_URL="$redis_url") ;;
     cookie) env_vars+=(SESSION_KEY="$(head -c 32 /dev/urandom | base64 -w0)") ;;
   esac
   port=$(free_port)

@@ -60,27 +60,15 @@ for s in "${stores[@]}"; do
     *) echo "unknown store: $s" >&2; exit 2 ;;
   esac
 done
-feature_list=$(IFS=,; echo "${features[*]:-}")
+# shellcheck source=benches/common.sh
+. benches/common.sh
 # COUNTER_BIN runs another server with the same surface instead (see benches/peers.sh).
-if [ -n "${COUNTER_BIN:-}" ]; then
-  bin=$COUNTER_BIN
-else
-  cargo build --release --quiet --example counter ${feature_list:+--features "$feature_list"}
-  bin=${CARGO_TARGET_DIR:-target}/release/examples/counter
-fi
-
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
+counter_bin "${features[@]}"
+cleanup_more() {
   if [ -n "${pg_schema:-}" ]; then
     psql "$pg_url" -qc "DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null 2>&1 || true
   fi
 }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_server ENV... : starts the counter with the given environment; sets $url and $server_pid.
 start_server() {
@@ -121,14 +109,7 @@ prepare_store() {
   case "$1" in
     memory) store_env="SESSION_STORE=memory" ;;
     file) mkdir -p "$tmp/sessions"; store_env="SESSION_STORE=file SESSION_DIR=$tmp/sessions" ;;
-    redis)
-      command -v redis-server >/dev/null || { echo "redis-server is missing" >&2; exit 1; }
-      local port; port=$(free_port)
-      taskset -c "$REDIS_CORE" redis-server --port "$port" --bind 127.0.0.1 --save "" \
-        --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
-      pids+=("$!")
-      for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-      store_env="SESSION_STORE=redis REDIS_URL=redis://127.0.0.1:$port/" ;;
+    redis) start_redis "$REDIS_CORE"; store_env="SESSION_STORE=redis REDIS_URL=$redis_url" ;;
     postgres)
       # A schema of its own, dropped on exit, so nothing is left in the database's public schema.
       pg_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
