@@ -242,6 +242,46 @@ async fn with_its_own_pool_a_timed_out_write_is_never_applied() {
     assert_eq!(set, "4500ms", "nine tenths of the default 5 s");
 }
 
+/// A pool made by `connect` does not ping a connection before every use, as sqlx does by default
+/// (one more round trip per store operation), but only one idle for a second or more: connections
+/// the server closed while the app was quiet are replaced, with no error response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_replaces_connections_that_died_while_idle() {
+    let schema = unique("satchel_test");
+    let _cleanup = pg::drop_schema_later(schema.clone());
+    let name = unique("satchel_ping");
+    let sep = if pg::url().contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}application_name={name}", pg::url());
+    let store = PostgresStore::connect(&url)
+        .await
+        .unwrap()
+        .with_schema(&schema)
+        .unwrap();
+    assert!(!store.pool().options().get_test_before_acquire());
+    store.migrate().await.unwrap();
+    let app = app(store.clone());
+    let token = app.get("/incr", None).await.token.unwrap();
+    assert_eq!(app.get("/incr", Some(&token)).await.body, "2");
+
+    // The server ends every connection of the store's pool.
+    let admin = pg::pool(1).await;
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&name)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!ended.is_empty() && ended.iter().all(|&e| e), "{ended:?}");
+
+    tokio::time::sleep(StdDuration::from_millis(1100)).await;
+    for n in 3..6 {
+        let resp = app.get("/incr", Some(&token)).await;
+        assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.error);
+        assert_eq!(resp.body, n.to_string());
+    }
+}
+
 /// Creates a session, locks every row from another transaction, and sends a request that writes
 /// the session: it must fail with a store error well before 3 s. Returns the app, the token, that
 /// store error's text and the transaction holding the lock.

@@ -167,6 +167,8 @@ async fn connect_takes_paths_and_sqlite_urls_only() {
     let (dir, _cleanup) = lite::temp_dir();
     let url = format!("sqlite://{}?mode=rwc", dir.join("url.db").display());
     let store = SqliteStore::connect(&url).await.unwrap();
+    // No ping before each use: a round trip to the connection's thread that guards nothing.
+    assert!(!store.pool().options().get_test_before_acquire());
     store.migrate().await.unwrap();
     assert!(dir.join("url.db").exists());
     let custom = store.with_table("web_sessions").unwrap();

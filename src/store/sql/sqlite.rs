@@ -238,7 +238,10 @@ impl SqliteStore {
     /// Opens (creating it if missing) the database at `target`: a file path such as
     /// `sessions.sqlite3`, or a `sqlite:` URL such as `sqlite://data/sessions.db?mode=rwc`. The
     /// connections use WAL journal mode, `synchronous = NORMAL` (a power loss may lose the last
-    /// few committed sessions, never corrupt the file) and wait up to 5 seconds for a lock.
+    /// few committed sessions, never corrupt the file) and wait up to 5 seconds for a lock. The
+    /// pool does not ping a connection before each use, as sqlx does by default: that is a round
+    /// trip to the connection's worker thread per store operation, and a connection to a file
+    /// does not drop.
     ///
     /// # Errors
     ///
@@ -264,6 +267,10 @@ impl SqliteStore {
             .busy_timeout(StdDuration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .acquire_timeout(StdDuration::from_secs(10))
+            // sqlx pings a pooled connection before each use by default: for SQLite, a round trip
+            // to the connection's worker thread per store operation, guarding against nothing (a
+            // connection to a file does not drop).
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| {
