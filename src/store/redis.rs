@@ -570,10 +570,17 @@ impl RedisStore {
         out
     }
 
-    /// Runs `lua` by its SHA-1, sending it in full only if the server does not know it.
-    async fn eval(&self, lua: &Lua, fill: impl Fn(&mut Cmd)) -> Result<Value, RedisError> {
-        let mut cmd = ::redis::cmd("EVALSHA");
-        cmd.arg(lua.script.get_hash());
+    /// Runs `lua` by its SHA-1, sending it in full only if the server does not know it. `bytes`
+    /// is about what `fill`'s arguments add up to: the command is encoded into a buffer of that
+    /// size from the start rather than one grown argument by argument (each growth a `realloc`).
+    async fn eval(
+        &self,
+        lua: &Lua,
+        bytes: usize,
+        fill: impl Fn(&mut Cmd),
+    ) -> Result<Value, RedisError> {
+        let mut cmd = Cmd::with_capacity(16, bytes + 160);
+        cmd.arg("EVALSHA").arg(lua.script.get_hash());
         fill(&mut cmd);
         match self.conn.query(&cmd).await {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -597,7 +604,7 @@ impl RedisStore {
         now: i64,
     ) -> Result<(), StoreError> {
         let index = self.owner_key(owner);
-        self.eval(&self.scripts.index_add, |cmd| {
+        self.eval(&self.scripts.index_add, index.len() + member.len(), |cmd| {
             cmd.arg(1).arg(&index).arg(now);
             match score {
                 Some(score) => cmd.arg(score),
@@ -791,18 +798,27 @@ fn wall_ms() -> i64 {
     to_ms(OffsetDateTime::now_utc()).unwrap_or(i64::MAX)
 }
 
-/// Unix milliseconds (floored).
+/// Unix milliseconds (floored). In whole seconds and milliseconds, here and in [`from_ms`]: going
+/// through nanoseconds would divide an `i128`, several times the cost.
 fn to_ms(at: OffsetDateTime) -> Result<i64, StoreError> {
-    i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).map_err(|_| {
-        StoreError::new(
-            StoreErrorKind::Encoding,
-            "session time out of range for Redis",
-        )
-    })
+    // The time of day is never negative, so `unix_timestamp` is floored and the sum too.
+    at.unix_timestamp()
+        .checked_mul(1000)
+        .map(|ms| ms + i64::from(at.millisecond()))
+        .ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Encoding,
+                "session time out of range for Redis",
+            )
+        })
 }
 
 fn from_ms(ms: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    let millis = u16::try_from(ms.rem_euclid(1000)).ok()?;
+    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()?
+        .replace_millisecond(millis)
+        .ok()
 }
 
 fn encoding(error: serde_json::Error) -> StoreError {
@@ -861,16 +877,17 @@ fn pack_meta(record: &Record) -> Result<String, StoreError> {
 
 /// Reads a metadata field written by [`pack_meta`] (or by the scripts).
 fn unpack_meta(bytes: &[u8]) -> Option<Meta> {
-    let time = |ms: &str| ms.parse().ok().and_then(from_ms);
-    let mut parts = std::str::from_utf8(bytes).ok()?.splitn(5, ':');
+    let number = |digits: &[u8]| std::str::from_utf8(digits).ok()?.parse().ok();
+    let time = |ms: &[u8]| number(ms).and_then(from_ms);
+    let mut parts = bytes.splitn(5, |&b| b == b':');
     let idle = time(parts.next()?)?;
     let absolute = match parts.next()? {
-        "" => None,
+        [] => None,
         ms => Some(time(ms)?),
     };
     let created = time(parts.next()?)?;
-    let version = parts.next()?.parse().ok()?;
-    let expiry = serde_json::from_str(parts.next()?).ok()?;
+    let version = u32::try_from(number(parts.next()?)?).ok()?;
+    let expiry = serde_json::from_slice(parts.next()?).ok()?;
     Some(Meta {
         idle,
         absolute,
@@ -886,7 +903,7 @@ fn decode_hash(value: Value) -> Result<Option<Record>, &'static str> {
         Value::Map(pairs) => pairs,
         other => {
             let mut items = into_list(other).into_iter();
-            let mut pairs = Vec::new();
+            let mut pairs = Vec::with_capacity(items.len() / 2);
             while let (Some(k), Some(v)) = (items.next(), items.next()) {
                 pairs.push((k, v));
             }
@@ -969,8 +986,8 @@ impl SessionStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<Option<Record>, StoreError> {
         let redis_key = self.session_key(key);
-        let mut cmd = ::redis::cmd("HGETALL");
-        cmd.arg(&redis_key);
+        let mut cmd = Cmd::with_capacity(2, redis_key.len() + 32);
+        cmd.arg("HGETALL").arg(&redis_key);
         let value = self
             .conn
             .query(&cmd)
@@ -1011,8 +1028,15 @@ impl SessionStore for RedisStore {
                 .await?;
         }
         let redis_key = self.session_key(key);
+        let bytes = redis_key.len()
+            + meta.len()
+            + record.owner.as_ref().map_or(0, String::len)
+            + values
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 2)
+                .sum::<usize>();
         let reply = self
-            .eval(&self.scripts.create, |cmd| {
+            .eval(&self.scripts.create, bytes, |cmd| {
                 let mut field = Vec::with_capacity(32);
                 cmd.arg(1).arg(&redis_key).arg(now_ms).arg(deadline);
                 cmd.arg("m").arg(&meta);
@@ -1066,8 +1090,18 @@ impl SessionStore for RedisStore {
         };
         let owner_removed = matches!(changes.owner, Some(None));
         let redis_key = self.session_key(key);
+        let bytes = redis_key.len()
+            + json.len()
+            + expiry.as_ref().map_or(0, String::len)
+            + new_owner.map_or(0, str::len)
+            + changes
+                .set
+                .keys()
+                .chain(&changes.removed)
+                .map(|name| name.len() + 2)
+                .sum::<usize>();
         let reply = self
-            .eval(&self.scripts.save, |cmd| {
+            .eval(&self.scripts.save, bytes, |cmd| {
                 let mut field = Vec::with_capacity(32);
                 cmd.arg(1).arg(&redis_key).arg(now_ms);
                 cmd.arg(if changes.cleared { "1" } else { "0" });
@@ -1131,7 +1165,7 @@ impl SessionStore for RedisStore {
         let idle = to_ms(idle_deadline)?;
         let redis_key = self.session_key(key);
         let reply = self
-            .eval(&self.scripts.touch, |cmd| {
+            .eval(&self.scripts.touch, redis_key.len(), |cmd| {
                 cmd.arg(1).arg(&redis_key).arg(now_ms).arg(idle);
             })
             .await
@@ -1173,7 +1207,7 @@ impl SessionStore for RedisStore {
                         batch
                             .iter()
                             .map(|k| {
-                                self.eval(&self.scripts.delete_if_dead, move |cmd| {
+                                self.eval(&self.scripts.delete_if_dead, k.len(), move |cmd| {
                                     cmd.arg(1).arg(&k[..]).arg(now_ms);
                                 })
                             })
@@ -1271,9 +1305,13 @@ impl SessionStore for RedisStore {
                     .map(|indexed| {
                         let redis_key = self.session_key(&indexed.key);
                         async move {
-                            self.eval(&self.scripts.delete_if_owner, |cmd| {
-                                cmd.arg(1).arg(&redis_key).arg(owner);
-                            })
+                            self.eval(
+                                &self.scripts.delete_if_owner,
+                                redis_key.len() + owner.len(),
+                                |cmd| {
+                                    cmd.arg(1).arg(&redis_key).arg(owner);
+                                },
+                            )
                             .await
                         }
                     })
@@ -1403,6 +1441,32 @@ mod tests {
         ] {
             assert!(unpack_meta(bad.as_bytes()).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn milliseconds_are_floored_and_read_back() {
+        for nanos in [
+            0_i128,
+            1,
+            999_999,
+            1_000_000,
+            1_764_600_000_123_456_789,
+            -1,
+            -1_000_000,
+            -1_000_001,
+            -86_400_000_000_500,
+        ] {
+            let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+            let ms = to_ms(at).unwrap();
+            assert_eq!(i128::from(ms), nanos.div_euclid(1_000_000), "{nanos}");
+            let back = from_ms(ms).unwrap();
+            assert_eq!(
+                back.unix_timestamp_nanos(),
+                i128::from(ms) * 1_000_000,
+                "{nanos}"
+            );
+        }
+        assert!(from_ms(i64::MAX).is_none());
     }
 
     #[test]
