@@ -13,8 +13,11 @@
 #   bash benches/app_instructions.sh redis cookie    # these stores and the bare route
 #   REQUESTS=2000 bash benches/app_instructions.sh redis
 #   COUNTER_BIN=/tmp/lto/release/examples/counter bash benches/app_instructions.sh
-#   KEEP=/tmp/profiles bash benches/app_instructions.sh   # also keeps each callgrind dump there,
-#                                                          # for callgrind_annotate
+#   KEEP=/tmp/profiles bash benches/app_instructions.sh   # also keeps each callgrind dump there
+#
+# A kept dump is taken from the running app (callgrind_control); callgrind_annotate's default
+# self-cost list then charges everything to the worker thread's outermost frames: read it with
+# `callgrind_annotate --inclusive=yes` or `--tree=calling --threshold=100` instead.
 #
 # Each store: the app starts under callgrind, one session is created, 200 requests warm up, the
 # counters are zeroed, then $REQUESTS requests with the session's cookie run on one keep-alive
