@@ -267,16 +267,9 @@ where
                         return Poll::Ready(Ok(response));
                     }
                     match session.finish(response.status().is_server_error()) {
-                        Finish::Ready(Ok(committed)) => {
-                            apply(
-                                config,
-                                response.headers_mut(),
-                                session.with_saved_token(committed),
-                            );
+                        Finish::Ready(outcome) => {
+                            finished(config, &session, &mut response, outcome);
                             return Poll::Ready(Ok(response));
-                        }
-                        Finish::Ready(Err(error)) => {
-                            return Poll::Ready(Ok(failed(config, &session, error)));
                         }
                         Finish::Pending(future) => {
                             let config = config.clone();
@@ -310,17 +303,8 @@ where
                             SessionError::completed_twice(),
                         )));
                     };
-                    return Poll::Ready(Ok(match outcome {
-                        Ok(committed) => {
-                            apply(
-                                config,
-                                response.headers_mut(),
-                                session.with_saved_token(committed),
-                            );
-                            response
-                        }
-                        Err(error) => failed(config, session, error),
-                    }));
+                    finished(config, session, &mut response, outcome);
+                    return Poll::Ready(Ok(response));
                 }
             }
         }
@@ -342,18 +326,30 @@ pub(crate) fn error_response<B: From<Bytes>>(config: &Config, error: SessionErro
     response
 }
 
-/// The response for a commit that failed: [`error_response`], still carrying the token of a
+/// Completes `response` once the commit is done: the handler's response with what the commit
+/// calls for, or [`error_response`] in its place if it failed. Either carries the token of a
 /// [`Session::save`] made during the request, since that write stands.
-fn failed<B: From<Bytes>>(config: &Config, session: &Session, error: SessionError) -> Response<B> {
-    let mut response = error_response(config, error);
-    let committed = session.with_saved_token(Committed {
-        token: TokenAction::Keep,
-        read: false,
-    });
-    if !matches!(committed.token, TokenAction::Keep) {
-        apply(config, response.headers_mut(), committed);
-    }
-    response
+fn finished<B: From<Bytes>>(
+    config: &Config,
+    session: &Session,
+    response: &mut Response<B>,
+    outcome: Result<Committed, SessionError>,
+) {
+    let committed = match outcome {
+        Ok(committed) => committed,
+        Err(error) => {
+            *response = error_response(config, error);
+            Committed {
+                token: TokenAction::Keep,
+                read: false,
+            }
+        }
+    };
+    apply(
+        config,
+        response.headers_mut(),
+        session.with_saved_token(committed),
+    );
 }
 
 fn apply(config: &Config, headers: &mut HeaderMap, committed: Committed) {
