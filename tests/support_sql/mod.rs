@@ -220,6 +220,23 @@ pub mod pg {
         }
     }
 
+    /// [`store`], but over a pool [`PostgresStore::connect`] made, which hands connections on
+    /// from operation to operation under load.
+    pub async fn connected_store() -> Guarded<PostgresStore> {
+        let schema = unique("satchel_test");
+        let cleanup = drop_schema_later(schema.clone());
+        let store = PostgresStore::connect(&url())
+            .await
+            .unwrap()
+            .with_schema(&schema)
+            .unwrap();
+        store.migrate().await.unwrap();
+        Guarded {
+            store,
+            _cleanup: cleanup,
+        }
+    }
+
     /// A store in a fresh schema that nobody migrated (the schema does not exist yet).
     pub async fn unmigrated() -> (PostgresStore, Cleanup) {
         let schema = unique("satchel_test");
