@@ -288,91 +288,21 @@ async fn connect_replaces_connections_that_died_while_idle() {
     }
 }
 
-/// How many connections the store handed from one operation to the next (its `Debug` says).
-fn handed_on(store: &PostgresStore) -> u64 {
-    let debug = format!("{store:?}");
-    let count = debug
-        .split("connections_handed_on: Some(")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .unwrap_or_else(|| panic!("no hand-on count in {debug}"));
-    count.parse().unwrap()
-}
-
-/// Under load, with more operations than the pool has connections, a connection that answered
-/// one operation goes straight to the next (no test round trip through the pool), and every
-/// write is still applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_connections_go_from_operation_to_operation() {
     let store = pg::connected_store().await;
-    assert_eq!(handed_on(&store), 0);
-    let now = now();
-    let key = conformance::contract::key();
-    assert!(
-        store
-            .create(&key, &conformance::contract::record(now), now)
-            .await
-            .unwrap()
-    );
-    let writes: Vec<_> = (0..200)
-        .map(|i| {
-            let store = store.store.clone();
-            tokio::spawn(async move {
-                let mut changes = ChangeSet::default();
-                changes.set.insert(format!("k{i}"), json!(i));
-                store.save(&key, &changes, now).await
-            })
-        })
-        .collect();
-    for write in writes {
-        assert!(matches!(
-            write.await.unwrap(),
-            Ok(tower_satchel::Saved::Applied)
-        ));
-    }
-    let data = store.load(&key, now).await.unwrap().unwrap().data;
-    assert!((0..200).all(|i| data[&format!("k{i}")] == json!(i)));
-    assert!(handed_on(&store) > 0, "{:?}", store.store);
+    support_sql::connections_go_from_operation_to_operation(store.store.clone()).await;
 }
 
-/// Handing connections on never keeps the pool from the app: while the store is saturated, the
-/// app's own `pool().acquire()` still gets a connection promptly (every connection goes back to
-/// the pool at the latest 100 ms after it left it), well within sqlx's 5 s acquire timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_still_gets_pool_connections_while_the_store_is_saturated() {
     let store = pg::connected_store().await;
-    let now = now();
-    let key = conformance::contract::key();
-    assert!(
-        store
-            .create(&key, &conformance::contract::record(now), now)
-            .await
-            .unwrap()
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let busy: Vec<_> = (0..40)
-        .map(|_| {
-            let (store, stop) = (store.store.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    store.load(&key, now).await.unwrap().unwrap();
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(StdDuration::from_millis(200)).await;
-    for _ in 0..5 {
-        let conn = tokio::time::timeout(StdDuration::from_secs(1), store.pool().acquire())
-            .await
-            .expect("the app waited over a second for a pooled connection")
-            .unwrap();
-        drop(conn);
-    }
-    assert!(handed_on(&store) > 0, "the store was not saturated");
-    stop.store(true, Ordering::Relaxed);
-    for task in busy {
-        task.await.unwrap();
-    }
+    let pool = store.pool().clone();
+    support_sql::the_pool_still_serves_the_app_while_the_store_is_saturated(
+        store.store.clone(),
+        async || drop(pool.acquire().await.unwrap()),
+    )
+    .await;
 }
 
 /// Creates a session, locks every row from another transaction, and sends a request that writes

@@ -38,6 +38,23 @@ async fn count(store: &SqliteStore) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_connections_go_from_operation_to_operation() {
+    let store = lite::store().await;
+    support_sql::connections_go_from_operation_to_operation(store.store.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_still_gets_pool_connections_while_the_store_is_saturated() {
+    let store = lite::store().await;
+    let pool = store.pool().clone();
+    support_sql::the_pool_still_serves_the_app_while_the_store_is_saturated(
+        store.store.clone(),
+        async || drop(pool.acquire().await.unwrap()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_requests_of_one_session_keep_every_key() {
     let store = lite::store().await;
     support_sql::hundred_concurrent_requests_keep_every_key(app(store)).await;

@@ -388,6 +388,95 @@ impl TestApp {
     }
 }
 
+/// How many connections `store` handed from one operation to the next (its `Debug` says).
+pub fn handed_on(store: &impl std::fmt::Debug) -> u64 {
+    let debug = format!("{store:?}");
+    let count = debug
+        .split("connections_handed_on: Some(")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no hand-on count in {debug}"));
+    count.parse().unwrap()
+}
+
+/// A stored session, for the load tests below.
+async fn one_session<S: SessionStore>(store: &S) -> SessionKey {
+    let now = OffsetDateTime::now_utc();
+    let key = SessionId::generate().unwrap().key();
+    let record = Record::new(
+        now,
+        now + Duration::hours(1),
+        None,
+        tower_satchel::Expiry::OnInactivity(Duration::hours(1)),
+    );
+    assert!(store.create(&key, &record, now).await.unwrap());
+    key
+}
+
+/// Under load, with more operations than the pool has connections, a connection that answered
+/// one operation goes straight to the next (no test round trip through the pool), and every
+/// write is still applied. `store` must come from the store's `connect`.
+pub async fn connections_go_from_operation_to_operation<S>(store: S)
+where
+    S: SessionStore + Clone + std::fmt::Debug + 'static,
+{
+    assert_eq!(handed_on(&store), 0);
+    let key = one_session(&store).await;
+    let now = OffsetDateTime::now_utc();
+    let writes: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut changes = ChangeSet::default();
+                changes.set.insert(format!("k{i}"), serde_json::json!(i));
+                store.save(&key, &changes, now).await
+            })
+        })
+        .collect();
+    for write in writes {
+        assert!(matches!(write.await.unwrap(), Ok(Saved::Applied)));
+    }
+    let data = store.load(&key, now).await.unwrap().unwrap().data;
+    assert!((0..200).all(|i| data[&format!("k{i}")] == serde_json::json!(i)));
+    assert!(handed_on(&store) > 0, "{store:?}");
+}
+
+/// Handing connections on never keeps the pool from the app: while 40 tasks keep the store
+/// saturated, `acquire_from_pool` (the app taking a connection from the store's pool and giving
+/// it back) still completes within a second each time (every connection goes back to the pool
+/// at the latest 100 ms after it left it), well within sqlx's acquire timeout.
+pub async fn the_pool_still_serves_the_app_while_the_store_is_saturated<S>(
+    store: S,
+    acquire_from_pool: impl AsyncFn(),
+) where
+    S: SessionStore + Clone + std::fmt::Debug + 'static,
+{
+    let key = one_session(&store).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..40)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let now = OffsetDateTime::now_utc();
+                    store.load(&key, now).await.unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    for _ in 0..5 {
+        tokio::time::timeout(StdDuration::from_secs(1), acquire_from_pool())
+            .await
+            .expect("the app waited over a second for a pooled connection");
+    }
+    assert!(handed_on(&store) > 0, "the store was not saturated");
+    stop.store(true, Ordering::Relaxed);
+    for task in busy {
+        task.await.unwrap();
+    }
+}
+
 /// Sends 100 concurrent requests in one session, each setting its own key, and checks that all
 /// 100 keys (and the first one) are there afterwards.
 pub async fn hundred_concurrent_requests_keep_every_key(app: TestApp) {

@@ -9,6 +9,7 @@
 use crate::layer::ConfigError;
 use crate::store::{StoreError, StoreErrorKind};
 
+mod handoff;
 #[cfg(feature = "postgres-store")]
 mod postgres;
 #[cfg(feature = "sqlite-store")]

@@ -1,23 +1,18 @@
 //! [`PostgresStore`]: sessions in a PostgreSQL table.
 
-use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Duration as StdDuration;
 
 use serde_json::{Map, Value};
 use sqlx::Postgres;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
-use tokio::sync::oneshot;
 
+use super::handoff::{self, Handoff};
 use super::{DEFAULT_TABLE, Failure, quote_ident, store_error};
 use crate::Expiry;
 use crate::id::SessionKey;
@@ -141,43 +136,9 @@ pub struct PostgresStore {
     /// For a pool [`PostgresStore::connect`] made: its options before the server-side timeout
     /// was added, so [`PostgresStore::with_timeout`] can set that timeout again.
     own_options: Option<Arc<PgConnectOptions>>,
-    /// For a pool [`PostgresStore::connect`] made: the operations waiting for a connection that
-    /// another operation can hand on (see [`Handoff`]).
-    handoff: Option<Arc<Handoff>>,
-}
-
-/// Connections handed from one store operation straight to the next, skipping the pool.
-///
-/// sqlx tests a connection whenever it goes back to its pool, with a round trip to the server
-/// (`Sync`, then waiting for `ReadyForQuery`), and has no option to turn that off. Under load,
-/// when operations queue for the pool, that doubles the round trips of every store operation.
-/// So when an operation ends while another of the store's operations waits for a connection, the
-/// connection goes to that one directly, with no test: it has just answered a statement. Any
-/// other time (nobody waiting, the statement failed or was cancelled, or the connection has been
-/// out of the pool for [`HAND_ON_FOR`]), it goes back to the pool as usual, so the pool's
-/// tests, lifetime limits and fairness to other users of the pool still apply, and no connection
-/// is ever held idle.
-struct Handoff {
-    /// The pool's size limit.
-    max: u32,
-    /// First come, first served.
-    waiting: std::sync::Mutex<VecDeque<oneshot::Sender<Held>>>,
-    /// How many connections were handed on, for [`PostgresStore`]'s `Debug`.
-    handed_on: AtomicU64,
-}
-
-/// A connection out of the pool, with when it left it.
-struct Held {
-    conn: PoolConnection<Postgres>,
-    since: std::time::Instant,
-}
-
-impl Handoff {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<oneshot::Sender<Held>>> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+    /// For a pool [`PostgresStore::connect`] made: operations hand connections on to each other
+    /// under load (see `handoff`).
+    handoff: Option<Arc<Handoff<Postgres>>>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -190,10 +151,7 @@ impl fmt::Debug for PostgresStore {
             .field("timeout", &self.timeout)
             .field(
                 "connections_handed_on",
-                &self
-                    .handoff
-                    .as_ref()
-                    .map(|h| h.handed_on.load(Ordering::Relaxed)),
+                &self.handoff.as_ref().map(|h| h.handed_on()),
             )
             .finish_non_exhaustive()
     }
@@ -326,10 +284,6 @@ fn server_timeout(options: &PgConnectOptions, timeout: StdDuration) -> PgConnect
 /// operation: half the store's round trips under load.
 const PING_IF_IDLE_FOR: StdDuration = StdDuration::from_secs(1);
 
-/// A connection handed on from operation to operation (see [`Handoff`]) goes back to the pool once it
-/// has been out of it this long, so that other users of the pool get their turn.
-const HAND_ON_FOR: StdDuration = StdDuration::from_millis(100);
-
 fn stmt(sql: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     // Built only from validated identifiers (see `quote_ident`); every value is a bind parameter.
     AssertSqlSafe(Arc::clone(sql))
@@ -372,8 +326,9 @@ impl PostgresStore {
     ///   operation is then one round trip, not two. A connection goes back to the pool when nobody
     ///   waits, when its statement failed or was cancelled, and at the latest 100 ms after it left
     ///   the pool, so other users of [`pool`](Self::pool) still get their turn. With the counter
-    ///   example under load (`benches/load.sh postgres`), returning-visitor throughput rose by
-    ///   about a fifth and the app's CPU time per request fell from 82 to 67 µs.
+    ///   example under load (`benches/load.sh postgres`, 32 connections), returning-visitor
+    ///   throughput rose 8 to 20 % and the app's CPU time per request fell from 83–95 µs to
+    ///   71–74 µs.
     ///
     /// The pool connects lazily: this fails only for a malformed URL, and the first operation
     /// (usually [`migrate`](Self::migrate)) reports an unreachable server. Over a pool of your
@@ -403,11 +358,7 @@ impl PostgresStore {
             .connect_lazy_with(server_timeout(&options, Self::DEFAULT_TIMEOUT));
         Ok(Self {
             own_options: Some(Arc::new(options)),
-            handoff: Some(Arc::new(Handoff {
-                max: pool.options().get_max_connections(),
-                waiting: std::sync::Mutex::default(),
-                handed_on: AtomicU64::new(0),
-            })),
+            handoff: Some(Arc::new(Handoff::new(&pool))),
             ..Self::new(pool)
         })
     }
@@ -537,73 +488,18 @@ impl PostgresStore {
         }
     }
 
-    /// A connection for one operation: the pool's, or one another operation hands on (see
-    /// [`Handoff`]), whichever comes first.
-    async fn checkout(&self) -> Result<Held, sqlx::Error> {
-        let acquire = async {
-            Ok(Held {
-                conn: self.pool.acquire().await?,
-                since: std::time::Instant::now(),
-            })
-        };
-        let Some(handoff) = &self.handoff else {
-            return acquire.await;
-        };
-        // While the pool can open another connection, it does: the server commits the writes of
-        // concurrent connections together, so the store needs all the pool allows.
-        if self.pool.num_idle() > 0 || self.pool.size() < handoff.max {
-            return acquire.await;
-        }
-        let (tx, rx) = oneshot::channel();
-        handoff.waiting().push_back(tx);
-        // Whichever comes first; a connection handed on wins a tie.
-        let mut rx = Some(rx);
-        let mut acquire = std::pin::pin!(acquire);
-        std::future::poll_fn(|cx| {
-            if let Some(handed) = rx.as_mut() {
-                match Pin::new(handed).poll(cx) {
-                    Poll::Ready(Ok(held)) => return Poll::Ready(Ok(held)),
-                    Poll::Ready(Err(_)) => rx = None,
-                    Poll::Pending => {}
-                }
-            }
-            acquire.as_mut().poll(cx)
-        })
-        .await
-    }
-
-    /// Hands `held` on to an operation waiting for a connection, if the statement succeeded and
-    /// one waits; back to the pool otherwise.
-    fn checkin(&self, mut held: Held, ok: bool) {
-        let Some(handoff) = &self.handoff else {
-            return;
-        };
-        if !ok || held.since.elapsed() >= HAND_ON_FOR || self.pool.is_closed() {
-            return;
-        }
-        let mut waiting = handoff.waiting();
-        // Senders of operations that got a connection from the pool meanwhile are skipped.
-        while let Some(waiter) = waiting.pop_front() {
-            match waiter.send(held) {
-                Ok(()) => {
-                    handoff.handed_on.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Err(back) => held = back,
-            }
-        }
-    }
-
-    /// Runs `f` on a connection (see [`PostgresStore::checkout`]), within the store's timeout.
+    /// Runs `f` on a connection (from the pool, or handed on by another operation, see
+    /// `handoff`), within the store's timeout.
     async fn on_conn<T>(
         &self,
         op: &'static str,
         f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, StoreError> {
         self.run(op, async {
-            let mut conn = self.checkout().await?;
-            let result = f(&mut conn.conn).await;
-            self.checkin(conn, result.is_ok());
+            let handoff = self.handoff.as_deref();
+            let mut held = handoff::checkout(&self.pool, handoff).await?;
+            let result = f(&mut held.conn).await;
+            handoff::checkin(&self.pool, handoff, held, result.is_ok());
             result
         })
         .await
