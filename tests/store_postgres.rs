@@ -819,6 +819,95 @@ async fn restart_gives_error_responses_then_recovers() {
     assert!(counts[0] >= 2);
 }
 
+/// The server restarts while 32 request loops keep a `connect`-made store saturated, so its
+/// connections are being handed from operation to operation (see
+/// `under_load_connections_go_from_operation_to_operation`): the dead connections are not handed
+/// on as if good. Requests during the outage get store errors, never a fresh session, and after it
+/// every session carries on counting with no restart of the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_load_with_connections_handed_on_recovers() {
+    let cluster = tokio::task::spawn_blocking(throwaway::Cluster::start)
+        .await
+        .unwrap();
+    let store = PostgresStore::connect(&cluster.url()).await.unwrap();
+    store.migrate().await.unwrap();
+    let app = app(store.clone());
+    let mut tokens = Vec::new();
+    for _ in 0..32 {
+        tokens.push(app.get("/incr", None).await.token.unwrap());
+    }
+    let down = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per loop: (down at the time, status, count or 0, a new cookie was set).
+    let loops: Vec<_> = tokens
+        .into_iter()
+        .map(|token| {
+            let (app, down, stop) = (app.clone(), down.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let was_down = down.load(Ordering::Relaxed);
+                    let resp = app.get("/incr", Some(&token)).await;
+                    let failed_with_store_error =
+                        resp.error.as_ref().and_then(|e| e.store_error()).is_some();
+                    let count = resp.body.parse::<u64>().unwrap_or(0);
+                    seen.push((was_down, resp.status, count, resp.token.is_some()));
+                    if resp.status != StatusCode::OK {
+                        assert!(failed_with_store_error, "{resp:?}");
+                        tokio::time::sleep(StdDuration::from_millis(20)).await;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    assert!(
+        support_sql::handed_on(&store) > 0,
+        "the store was not saturated: {store:?}"
+    );
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    down.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || c.pg_ctl_stop("fast"))
+        .await
+        .unwrap();
+    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.pg_ctl_start())
+        .await
+        .unwrap();
+    down.store(false, Ordering::Relaxed);
+    let handed_before = support_sql::handed_on(&store);
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors_while_down = 0;
+    for handle in loops {
+        let seen = handle.await.unwrap();
+        assert!(
+            seen.iter().all(|s| !s.3),
+            "a new session was minted: {seen:?}"
+        );
+        errors_while_down += seen.iter().filter(|s| s.0 && s.1 != StatusCode::OK).count();
+        let counts: Vec<u64> = seen
+            .iter()
+            .filter(|s| s.1 == StatusCode::OK)
+            .map(|s| s.2)
+            .collect();
+        assert!(
+            counts.windows(2).all(|w| w[0] < w[1]),
+            "counts went backwards: {counts:?}"
+        );
+        // Recovered: the last response of every loop, well after the restart, is a success.
+        assert_eq!(seen.last().unwrap().1, StatusCode::OK, "{seen:?}");
+    }
+    assert!(errors_while_down > 0, "no error response during the outage");
+    assert!(
+        support_sql::handed_on(&store) > handed_before,
+        "no hand-on after the restart: {store:?}"
+    );
+}
+
 /// The server stops answering without closing its connections (SIGSTOP on the postmaster and
 /// every backend): requests fail with a store error within the pool's acquire timeout (the pool
 /// checks a connection before handing it out) or the store's timeout, instead of waiting as long
