@@ -24,6 +24,8 @@
 # server's CPU time per request (from /proc, user + system, over the same runs) and the bare
 # route's CPU time divided by the store's: when the load generator rather than the server limits
 # the bare route's throughput, the throughput ratio flatters the store and the CPU ratio does not.
+# The last four columns split that CPU time into user (the app's own code: the layer, the store's
+# client, hyper) and system (the kernel: sockets, and waking the load generator when it sleeps).
 # (For Redis and PostgreSQL the CPU column is the app's only, not the database server's.)
 #
 # Calibration: `spin:NS` is not a store but the bare route busy-waiting NS nanoseconds a request
@@ -88,19 +90,20 @@ start_server() {
 stop_server() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
 
 clk_tck=$(getconf CLK_TCK)
-# cpu_ticks PID : user + system CPU time of the process so far, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_ticks PID : user and system CPU time of the process so far, in clock ticks.
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 # measure URL [wrk args...] : prints requests/second and the app server's CPU time per request
-# in microseconds; fails on non-2xx responses.
+# in microseconds: user + system, user, system; fails on non-2xx responses.
 measure() {
-  local out before after
-  before=$(cpu_ticks "$server_pid")
+  local out user0 sys0 user1 sys1
+  read -r user0 sys0 < <(cpu_ticks "$server_pid")
   out=$(taskset -c "$CLIENT_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" "$@")
-  after=$(cpu_ticks "$server_pid")
+  read -r user1 sys1 < <(cpu_ticks "$server_pid")
   if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx responses during the run:" >&2; echo "$out" >&2; exit 1; fi
-  awk -v t=$((after - before)) -v hz="$clk_tck" -v d="$DURATION" \
-    '/Requests\/sec/ {printf "%s %.2f\n", $2, t / hz * 1e6 / ($2 * d)}' <<<"$out"
+  awk -v u=$((user1 - user0)) -v s=$((sys1 - sys0)) -v hz="$clk_tck" -v d="$DURATION" \
+    '/Requests\/sec/ {k = 1e6 / (hz * $2 * d); printf "%s %.2f %.2f %.2f\n", $2, (u + s) * k, u * k, s * k}' \
+    <<<"$out"
 }
 
 # prepare_store NAME: sets $store_env (the counter's environment for that store), starting what the
@@ -161,8 +164,8 @@ cpu_times() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print t
 # median FIELD : the median of that field of the lines read.
 median() { cut -d' ' -f"$1" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-printf '%-9s %-10s %10s %10s %6s   %8s %8s %6s\n' store visitor "req/s" "bare" ratio \
-  "cpu µs" "bare" ratio
+printf '%-9s %-10s %10s %10s %6s   %8s %8s %6s   %6s %6s   %6s %6s\n' store visitor "req/s" "bare" \
+  ratio "cpu µs" "bare" ratio "user" "bare" "sys" "bare"
 for s in "${stores[@]}"; do
   prepare_store "$s"
   # The bare server runs through all rounds; the store's server is started afresh each round.
@@ -192,12 +195,14 @@ for s in "${stores[@]}"; do
   server_pid=$bare_pid
   stop_server
   if [ -n "${SAMPLES:-}" ]; then sed "s/^/$s /" "$tmp/samples" >>"$SAMPLES"; fi
-  # row VISITOR : one line of the table. Samples: visitor rps cpu bare_rps bare_cpu.
+  # row VISITOR : one line of the table. Samples: visitor rps cpu user sys, then the same four
+  # for the bare route.
   row() {
     local lines; lines=$(awk -v v="$1" '$1 == v' "$tmp/samples")
     col() { awk "{print $1}" <<<"$lines" | median 1; }
-    printf '%-9s %-10s %10.0f %10.0f %6.2f   %8.2f %8.2f %6.2f\n' "$s" "$1" "$(col '$2')" \
-      "$(col '$4')" "$(col '$2 / $4')" "$(col '$3')" "$(col '$5')" "$(col '$5 / $3')"
+    printf '%-9s %-10s %10.0f %10.0f %6.2f   %8.2f %8.2f %6.2f   %6.2f %6.2f   %6.2f %6.2f\n' \
+      "$s" "$1" "$(col '$2')" "$(col '$6')" "$(col '$2 / $6')" "$(col '$3')" "$(col '$7')" \
+      "$(col '$7 / $3')" "$(col '$4')" "$(col '$8')" "$(col '$5')" "$(col '$9')"
   }
   row new
   row returning
