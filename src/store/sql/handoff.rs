@@ -135,3 +135,15 @@ pub(super) fn checkin<DB: Database>(
         }
     }
 }
+
+/// Runs `f` on a connection from [`checkout`], then [`checkin`]s it.
+pub(super) async fn with_connection<DB: Database, T>(
+    pool: &Pool<DB>,
+    handoff: Option<&Handoff<DB>>,
+    f: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    let mut held = checkout(pool, handoff).await?;
+    let result = f(&mut held.conn).await;
+    checkin(pool, handoff, held, result.is_ok());
+    result
+}

@@ -495,13 +495,10 @@ impl PostgresStore {
         op: &'static str,
         f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, StoreError> {
-        self.run(op, async {
-            let handoff = self.handoff.as_deref();
-            let mut held = handoff::checkout(&self.pool, handoff).await?;
-            let result = f(&mut held.conn).await;
-            handoff::checkin(&self.pool, handoff, held, result.is_ok());
-            result
-        })
+        self.run(
+            op,
+            handoff::with_connection(&self.pool, self.handoff.as_deref(), f),
+        )
         .await
     }
 

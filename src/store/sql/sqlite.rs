@@ -455,14 +455,9 @@ impl SqliteStore {
         op: &'static str,
         f: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, StoreError> {
-        let handoff = self.handoff.as_deref();
-        let run = async {
-            let mut held = handoff::checkout(&self.pool, handoff).await?;
-            let result = f(&mut held.conn).await;
-            handoff::checkin(&self.pool, handoff, held, result.is_ok());
-            result
-        };
-        run.await.map_err(|e| self.error(op, e))
+        handoff::with_connection(&self.pool, self.handoff.as_deref(), f)
+            .await
+            .map_err(|e| self.error(op, e))
     }
 
     async fn save_data_on(
