@@ -213,6 +213,10 @@ pub mod pg {
     /// A migrated store in a fresh schema, dropped with the store.
     pub async fn store() -> Guarded<PostgresStore> {
         let (store, cleanup) = unmigrated().await;
+        migrated(store, cleanup).await
+    }
+
+    async fn migrated(store: PostgresStore, cleanup: Cleanup) -> Guarded<PostgresStore> {
         store.migrate().await.unwrap();
         Guarded {
             store,
@@ -230,11 +234,7 @@ pub mod pg {
             .unwrap()
             .with_schema(&schema)
             .unwrap();
-        store.migrate().await.unwrap();
-        Guarded {
-            store,
-            _cleanup: cleanup,
-        }
+        migrated(store, cleanup).await
     }
 
     /// A store in a fresh schema that nobody migrated (the schema does not exist yet).
@@ -401,15 +401,9 @@ pub fn handed_on(store: &impl std::fmt::Debug) -> u64 {
 
 /// A stored session, for the load tests below.
 async fn one_session<S: SessionStore>(store: &S) -> SessionKey {
-    let now = OffsetDateTime::now_utc();
-    let key = SessionId::generate().unwrap().key();
-    let record = Record::new(
-        now,
-        now + Duration::hours(1),
-        None,
-        tower_satchel::Expiry::OnInactivity(Duration::hours(1)),
-    );
-    assert!(store.create(&key, &record, now).await.unwrap());
+    use crate::conformance::contract::{key, now, record};
+    let (key, now) = (key(), now());
+    assert!(store.create(&key, &record(now), now).await.unwrap());
     key
 }
 
@@ -422,7 +416,7 @@ where
 {
     assert_eq!(handed_on(&store), 0);
     let key = one_session(&store).await;
-    let now = OffsetDateTime::now_utc();
+    let now = crate::conformance::contract::now();
     let writes: Vec<_> = (0..200)
         .map(|i| {
             let store = store.clone();
@@ -458,7 +452,7 @@ pub async fn the_pool_still_serves_the_app_while_the_store_is_saturated<S>(
             let (store, stop) = (store.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let now = OffsetDateTime::now_utc();
+                    let now = crate::conformance::contract::now();
                     store.load(&key, now).await.unwrap().unwrap();
                 }
             })
