@@ -44,6 +44,7 @@ pub async fn reading_a_new_session_sets_vary_but_no_cookie(b: Backend, _: Side) 
     assert!(resp.cache_control().is_none());
 }
 
+/// SECURITY.md 17 (the defaults) and 19 (`no-store` with `Set-Cookie`).
 pub async fn first_write_sets_a_cookie_with_secure_defaults(b: Backend, side: Side) {
     let app = default_app(b);
     let resp = app.get("/incr/n", None).await;
