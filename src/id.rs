@@ -130,14 +130,19 @@ impl SessionKey {
     /// Appends [`SessionKey::to_hex`]'s form to `out`. Stores build a key name per request with
     /// it, so the digits go through a buffer and `out` grows once, not per character.
     pub(crate) fn write_hex(&self, out: &mut String) {
+        // Hex digits are ASCII, so this never falls back to the empty string.
+        out.push_str(std::str::from_utf8(&self.hex_digits()).unwrap_or_default());
+    }
+
+    /// [`SessionKey::to_hex`]'s digits, as ASCII bytes.
+    pub(crate) fn hex_digits(&self) -> [u8; 64] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut digits = [0u8; 64];
         for (pair, b) in digits.chunks_exact_mut(2).zip(self.0) {
             pair[0] = HEX[usize::from(b >> 4)];
             pair[1] = HEX[usize::from(b & 0x0f)];
         }
-        // Hex digits are ASCII, so this never falls back to the empty string.
-        out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+        digits
     }
 
     /// Parses the form written by [`SessionKey::to_hex`] (lowercase only).

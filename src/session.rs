@@ -303,7 +303,17 @@ impl State {
             owner: self.owner.clone(),
             ..ChangeSet::default()
         };
-        for key in std::mem::take(&mut self.dirty) {
+        let dirty = std::mem::take(&mut self.dirty);
+        if !keep
+            && dirty.len() == self.data.len()
+            && dirty.iter().all(|key| self.data.contains_key(key))
+        {
+            // Every value the handle holds was written (a counter, a login's first values): the
+            // whole map is the change set, handed over without taking it apart.
+            changes.set = std::mem::take(&mut self.data);
+            return changes;
+        }
+        for key in dirty {
             let value = if keep {
                 self.data.get(&key).cloned()
             } else {

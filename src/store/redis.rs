@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration as StdDuration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
@@ -225,10 +225,19 @@ enum Conn {
 }
 
 impl Conn {
+    /// Sends `cmd`; an error reply is an `Err`.
     async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
-        match self {
-            Conn::Single(conn) => cmd.query_async(&mut conn.clone()).await,
-            Conn::Cluster(conn) => cmd.query_async(&mut conn.clone()).await,
+        let reply = match self {
+            // The manager's own method: `cmd.query_async` would box a 1.3 KB future per command.
+            Conn::Single(conn) => conn.clone().send_packed_command(cmd).await?,
+            Conn::Cluster(conn) => conn.clone().req_packed_command(cmd).await?,
+        };
+        // Only the reply itself can be an error: no command this store sends (nor its scripts,
+        // which return numbers and strings) nests one in an array, so the whole reply is not
+        // walked for one, as `Value::extract_error` would.
+        match reply {
+            Value::ServerError(error) => Err(error.into()),
+            reply => Ok(reply),
         }
     }
 }
@@ -549,13 +558,14 @@ impl RedisStore {
         matches!(self.conn, Conn::Cluster(_))
     }
 
-    /// The Redis key of a session: `<prefix>s:{<hex>}`.
-    fn session_key(&self, key: &SessionKey) -> String {
-        let mut out = String::with_capacity(self.prefix.len() + 69);
-        out.push_str(&self.prefix);
-        out.push_str("s:{");
-        key.write_hex(&mut out);
-        out.push('}');
+    /// The Redis key of a session: `<prefix>s:{<hex>}` (bytes: Redis takes them as they are, and
+    /// building a `String` would check the digits for UTF-8 on every request).
+    fn session_key(&self, key: &SessionKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix.len() + 68);
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(b"s:{");
+        out.extend_from_slice(&key.hex_digits());
+        out.push(b'}');
         out
     }
 
@@ -845,8 +855,20 @@ fn into_bytes(value: Value) -> Option<Vec<u8>> {
     }
 }
 
+/// A decimal integer, optionally negative, as Redis and [`pack_meta`] write them; `None` for
+/// anything else or out of range. Read from the bytes directly: a session load reads four.
 fn parse_i64(bytes: &[u8]) -> Option<i64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
+    let (sign, digits) = match bytes {
+        [b'-', rest @ ..] => (-1, rest),
+        _ => (1, bytes),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0i64, |n, &digit| {
+        let digit = i64::from(digit.checked_sub(b'0').filter(|d| *d < 10)?);
+        n.checked_mul(10)?.checked_add(sign * digit)
+    })
 }
 
 /// A session's metadata, kept in one hash field (`m`) so that a load parses one reply element for
@@ -877,8 +899,7 @@ fn pack_meta(record: &Record) -> Result<String, StoreError> {
 
 /// Reads a metadata field written by [`pack_meta`] (or by the scripts).
 fn unpack_meta(bytes: &[u8]) -> Option<Meta> {
-    let number = |digits: &[u8]| std::str::from_utf8(digits).ok()?.parse().ok();
-    let time = |ms: &[u8]| number(ms).and_then(from_ms);
+    let time = |ms: &[u8]| parse_i64(ms).and_then(from_ms);
     let mut parts = bytes.splitn(5, |&b| b == b':');
     let idle = time(parts.next()?)?;
     let absolute = match parts.next()? {
@@ -886,7 +907,7 @@ fn unpack_meta(bytes: &[u8]) -> Option<Meta> {
         ms => Some(time(ms)?),
     };
     let created = time(parts.next()?)?;
-    let version = u32::try_from(number(parts.next()?)?).ok()?;
+    let version = u32::try_from(parse_i64(parts.next()?)?).ok()?;
     let expiry = serde_json::from_slice(parts.next()?).ok()?;
     Some(Meta {
         idle,
@@ -899,36 +920,22 @@ fn unpack_meta(bytes: &[u8]) -> Option<Meta> {
 
 /// Decodes a session hash (an `HGETALL` reply). `Ok(None)` when there is no such key.
 fn decode_hash(value: Value) -> Result<Option<Record>, &'static str> {
-    let pairs: Vec<(Value, Value)> = match value {
-        Value::Map(pairs) => pairs,
+    let mut fields = Fields::default();
+    match value {
+        Value::Map(pairs) => {
+            for (field, value) in pairs {
+                fields.add(field, value)?;
+            }
+        }
         other => {
             let mut items = into_list(other).into_iter();
-            let mut pairs = Vec::with_capacity(items.len() / 2);
-            while let (Some(k), Some(v)) = (items.next(), items.next()) {
-                pairs.push((k, v));
+            while let (Some(field), Some(value)) = (items.next(), items.next()) {
+                fields.add(field, value)?;
             }
-            pairs
         }
-    };
-    if pairs.is_empty() {
-        return Ok(None);
     }
-    let (mut meta, mut owner) = (None, None);
-    let mut data = Map::new();
-    for (field, value) in pairs {
-        let (Some(field), Some(value)) = (into_bytes(field), into_bytes(value)) else {
-            return Err("a field of an unexpected type");
-        };
-        match field.as_slice() {
-            b"m" => meta = Some(unpack_meta(&value).ok_or("bad metadata")?),
-            b"o" => owner = Some(String::from_utf8(value).map_err(|_| "bad owner")?),
-            [b'd', b':', name @ ..] => {
-                let name = String::from_utf8(name.to_vec()).map_err(|_| "bad value name")?;
-                let value: Json = serde_json::from_slice(&value).map_err(|_| "bad value JSON")?;
-                data.insert(name, value);
-            }
-            _ => {}
-        }
+    if !fields.any {
+        return Ok(None);
     }
     let Meta {
         idle,
@@ -936,15 +943,46 @@ fn decode_hash(value: Value) -> Result<Option<Record>, &'static str> {
         created,
         version,
         expiry,
-    } = meta.ok_or("missing metadata")?;
+    } = fields.meta.ok_or("missing metadata")?;
     if version > RECORD_VERSION {
         return Err("a record format version newer than this crate knows");
     }
     let mut record = Record::new(created, idle, absolute, expiry);
     record.version = version;
-    record.data = data;
-    record.owner = owner;
+    record.data = fields.data;
+    record.owner = fields.owner;
     Ok(Some(record))
+}
+
+/// The fields of a session hash, as [`decode_hash`] reads them.
+#[derive(Default)]
+struct Fields {
+    any: bool,
+    meta: Option<Meta>,
+    owner: Option<String>,
+    data: Map<String, Json>,
+}
+
+impl Fields {
+    fn add(&mut self, field: Value, value: Value) -> Result<(), &'static str> {
+        self.any = true;
+        let (Some(mut field), Some(value)) = (into_bytes(field), into_bytes(value)) else {
+            return Err("a field of an unexpected type");
+        };
+        match field.as_slice() {
+            b"m" => self.meta = Some(unpack_meta(&value).ok_or("bad metadata")?),
+            b"o" => self.owner = Some(String::from_utf8(value).map_err(|_| "bad owner")?),
+            [b'd', b':', ..] => {
+                // The name in place, without a copy.
+                field.drain(..2);
+                let name = String::from_utf8(field).map_err(|_| "bad value name")?;
+                let value: Json = serde_json::from_slice(&value).map_err(|_| "bad value JSON")?;
+                self.data.insert(name, value);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// Runs `futures` concurrently (they share one multiplexed connection, so this is one round trip
@@ -1472,6 +1510,41 @@ mod tests {
     #[test]
     fn a_missing_key_decodes_to_none() {
         assert_eq!(decode_hash(Value::Array(vec![])).unwrap(), None);
+        assert_eq!(decode_hash(Value::Map(vec![])).unwrap(), None);
+    }
+
+    #[test]
+    fn resp3_map_replies_decode_like_arrays() {
+        let record = sample();
+        let mut items = into_list(hash_reply(&record)).into_iter();
+        let mut pairs = Vec::new();
+        while let (Some(k), Some(v)) = (items.next(), items.next()) {
+            pairs.push((k, v));
+        }
+        assert_eq!(decode_hash(Value::Map(pairs)).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn integers_are_read_strictly_from_the_bytes() {
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-5"), Some(-5));
+        assert_eq!(parse_i64(b"1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(parse_i64(i64::MAX.to_string().as_bytes()), Some(i64::MAX));
+        assert_eq!(parse_i64(i64::MIN.to_string().as_bytes()), Some(i64::MIN));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+1",
+            b"--1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"0x10",
+            b"9223372036854775808",
+            b"-9223372036854775809",
+        ] {
+            assert_eq!(parse_i64(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
