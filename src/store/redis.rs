@@ -908,7 +908,7 @@ fn unpack_meta(bytes: &[u8]) -> Option<Meta> {
     };
     let created = time(parts.next()?)?;
     let version = u32::try_from(parse_i64(parts.next()?)?).ok()?;
-    let expiry = serde_json::from_slice(parts.next()?).ok()?;
+    let expiry = parse_expiry(parts.next()?)?;
     Some(Meta {
         idle,
         absolute,
@@ -916,6 +916,23 @@ fn unpack_meta(bytes: &[u8]) -> Option<Meta> {
         version,
         expiry,
     })
+}
+
+/// The expiry policy at the end of a metadata field: the two forms a layer writes for nearly every
+/// session (its default policies, as `serde_json` writes them) read directly, anything else
+/// through `serde_json`, which would take four times the instructions for these too.
+fn parse_expiry(json: &[u8]) -> Option<Expiry> {
+    if json == br#""OnSessionEnd""# {
+        return Some(Expiry::OnSessionEnd);
+    }
+    let seconds = json
+        .strip_prefix(br#"{"OnInactivity":"#)
+        .and_then(|rest| rest.strip_suffix(b"}"))
+        .and_then(parse_i64);
+    match seconds {
+        Some(seconds) => Some(Expiry::OnInactivity(time::Duration::seconds(seconds))),
+        None => serde_json::from_slice(json).ok(),
+    }
 }
 
 /// Decodes a session hash (an `HGETALL` reply). `Ok(None)` when there is no such key.
@@ -1522,6 +1539,28 @@ mod tests {
             pairs.push((k, v));
         }
         assert_eq!(decode_hash(Value::Map(pairs)).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn expiry_policies_read_back_through_either_path() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        for expiry in [
+            Expiry::OnSessionEnd,
+            Expiry::OnInactivity(Duration::hours(24)),
+            Expiry::OnInactivity(Duration::ZERO),
+            Expiry::AtDateTime(t),
+        ] {
+            let json = serde_json::to_vec(&expiry).unwrap();
+            assert_eq!(parse_expiry(&json), Some(expiry));
+        }
+        // Other spellings of the same JSON go through serde_json.
+        assert_eq!(
+            parse_expiry(br#"{ "OnInactivity" : 60 }"#),
+            Some(Expiry::OnInactivity(Duration::minutes(1)))
+        );
+        assert_eq!(parse_expiry(br#"{"OnInactivity":}"#), None);
+        assert_eq!(parse_expiry(br#"{"OnInactivity":1e3}"#), None);
+        assert_eq!(parse_expiry(b"OnSessionEnd"), None);
     }
 
     #[test]
