@@ -136,11 +136,14 @@ impl SessionKey {
 
     /// [`SessionKey::to_hex`]'s digits, as ASCII bytes.
     pub(crate) fn hex_digits(&self) -> [u8; 64] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // Arithmetic rather than a table lookup per nibble, so the compiler can do many at once.
+        fn digit(nibble: u8) -> u8 {
+            nibble + if nibble < 10 { b'0' } else { b'a' - 10 }
+        }
         let mut digits = [0u8; 64];
         for (pair, b) in digits.chunks_exact_mut(2).zip(self.0) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0x0f)];
+            pair[0] = digit(b >> 4);
+            pair[1] = digit(b & 0x0f);
         }
         digits
     }
@@ -302,6 +305,12 @@ mod tests {
         let mut out = String::from("prefix:");
         SessionKey::from_bytes(bytes).write_hex(&mut out);
         assert_eq!(out, format!("prefix:01ab{}f0", "0".repeat(58)));
+        // Every byte value, against the standard formatter.
+        for start in (0..=224u8).step_by(32) {
+            let bytes: [u8; 32] = std::array::from_fn(|i| start + u8::try_from(i).unwrap());
+            let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(SessionKey::from_bytes(bytes).to_hex(), expected);
+        }
     }
 
     proptest::proptest! {
