@@ -122,16 +122,10 @@ impl SessionKey {
 
     /// Lowercase hex, 64 characters: only `0-9a-f`, safe in paths, keys and SQL.
     pub fn to_hex(&self) -> String {
-        let mut out = String::with_capacity(64);
-        self.write_hex(&mut out);
-        out
-    }
-
-    /// Appends [`SessionKey::to_hex`]'s form to `out`. Stores build a key name per request with
-    /// it, so the digits go through a buffer and `out` grows once, not per character.
-    pub(crate) fn write_hex(&self, out: &mut String) {
         // Hex digits are ASCII, so this never falls back to the empty string.
-        out.push_str(std::str::from_utf8(&self.hex_digits()).unwrap_or_default());
+        std::str::from_utf8(&self.hex_digits())
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// [`SessionKey::to_hex`]'s digits, as ASCII bytes.
@@ -302,9 +296,10 @@ mod tests {
         bytes[0] = 0x01;
         bytes[1] = 0xab;
         bytes[31] = 0xf0;
-        let mut out = String::from("prefix:");
-        SessionKey::from_bytes(bytes).write_hex(&mut out);
-        assert_eq!(out, format!("prefix:01ab{}f0", "0".repeat(58)));
+        assert_eq!(
+            SessionKey::from_bytes(bytes).to_hex(),
+            format!("01ab{}f0", "0".repeat(58))
+        );
         // Every byte value, against the standard formatter.
         for start in (0..=224u8).step_by(32) {
             let bytes: [u8; 32] = std::array::from_fn(|i| start + u8::try_from(i).unwrap());

@@ -558,26 +558,15 @@ impl RedisStore {
         matches!(self.conn, Conn::Cluster(_))
     }
 
-    /// The Redis key of a session: `<prefix>s:{<hex>}` (bytes: Redis takes them as they are, and
-    /// building a `String` would check the digits for UTF-8 on every request).
+    /// The Redis key of a session: `<prefix>s:{<hex>}`.
     fn session_key(&self, key: &SessionKey) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.prefix.len() + 68);
-        out.extend_from_slice(self.prefix.as_bytes());
-        out.extend_from_slice(b"s:{");
-        out.extend_from_slice(&key.hex_digits());
-        out.push(b'}');
-        out
+        key_name(&self.prefix, b's', key)
     }
 
     /// The Redis key of an owner's index: `<prefix>o:{<hex of SHA-256(owner)>}`.
-    fn owner_key(&self, owner: &str) -> String {
+    fn owner_key(&self, owner: &str) -> Vec<u8> {
         let digest: [u8; 32] = Sha256::digest(owner.as_bytes()).into();
-        let mut out = String::with_capacity(self.prefix.len() + 69);
-        out.push_str(&self.prefix);
-        out.push_str("o:{");
-        SessionKey::from_bytes(digest).write_hex(&mut out);
-        out.push('}');
-        out
+        key_name(&self.prefix, b'o', &SessionKey::from_bytes(digest))
     }
 
     /// Runs `lua` by its SHA-1, sending it in full only if the server does not know it. `bytes`
@@ -628,7 +617,7 @@ impl RedisStore {
     }
 
     /// The sessions named by `owner`'s index, with the index key.
-    async fn index_entries(&self, owner: &str) -> Result<(String, Vec<Indexed>), StoreError> {
+    async fn index_entries(&self, owner: &str) -> Result<(Vec<u8>, Vec<Indexed>), StoreError> {
         let index = self.owner_key(owner);
         let mut cmd = ::redis::cmd("ZRANGE");
         cmd.arg(&index).arg(0).arg(-1);
@@ -665,7 +654,7 @@ impl RedisStore {
     }
 
     /// Removes the members of `sessions` from the index `index`.
-    async fn index_remove(&self, index: &str, sessions: &[&Indexed]) -> Result<(), StoreError> {
+    async fn index_remove(&self, index: &[u8], sessions: &[&Indexed]) -> Result<(), StoreError> {
         let members: Vec<&[u8]> = sessions
             .iter()
             .flat_map(|s| s.members.iter().map(Vec::as_slice))
@@ -933,6 +922,18 @@ fn parse_expiry(json: &[u8]) -> Option<Expiry> {
         Some(seconds) => Some(Expiry::OnInactivity(time::Duration::seconds(seconds))),
         None => serde_json::from_slice(json).ok(),
     }
+}
+
+/// A key of this store: `<prefix><kind>:{<hex of hash>}`, the hash in braces so that it alone picks
+/// the cluster slot. Bytes: Redis takes them as they are, and building a `String` would check the
+/// digits for UTF-8 on every request.
+fn key_name(prefix: &str, kind: u8, hash: &SessionKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 68);
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(&[kind, b':', b'{']);
+    out.extend_from_slice(&hash.hex_digits());
+    out.push(b'}');
+    out
 }
 
 /// Decodes a session hash (an `HGETALL` reply). `Ok(None)` when there is no such key.
@@ -1613,10 +1614,7 @@ mod tests {
         let store_prefix = "app:";
         let id = crate::SessionId::generate().unwrap();
         let key = id.key();
-        let mut out = String::from(store_prefix);
-        out.push_str("s:{");
-        key.write_hex(&mut out);
-        out.push('}');
+        let out = String::from_utf8(key_name(store_prefix, b's', &key)).unwrap();
         assert_eq!(out, format!("app:s:{{{}}}", key.to_hex()));
         assert!(!out.contains(&id.expose()));
     }
