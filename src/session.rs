@@ -344,6 +344,32 @@ enum Stored {
 /// Clears [`State::saving`] when dropped.
 struct Saving<'a>(&'a Session);
 
+/// A change set on its way to the store in [`Session::save`]. Should that future be dropped
+/// before the store answers (a timeout or `select!` around the call), the changes go back to
+/// pending, as after a store error, so the layer still writes them after the handler.
+struct InFlight<'a> {
+    session: &'a Session,
+    changes: ChangeSet,
+    answered: bool,
+}
+
+impl InFlight<'_> {
+    /// The store answered: the caller takes the changes back and decides.
+    fn answered(mut self) -> ChangeSet {
+        self.answered = true;
+        std::mem::take(&mut self.changes)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let changes = std::mem::take(&mut self.changes);
+            self.session.state().mark_unsaved(changes);
+        }
+    }
+}
+
 impl Drop for Saving<'_> {
     fn drop(&mut self) {
         self.0.state().saving = false;
@@ -395,7 +421,10 @@ enum Plan {
     },
     Create {
         record: Record,
-        replaces: Option<SessionId>,
+        /// With `cycle_id`: the ID the new one replaces, and what this request changed. The new
+        /// record's data is the old record's as the store holds it at commit time, with those
+        /// changes applied, not this request's copy (see [`Session::create_replacing`]).
+        replaces: Option<(SessionId, ChangeSet)>,
     },
     Seal {
         record: Record,
@@ -686,13 +715,16 @@ impl Session {
                 changes,
                 cookie,
             } => {
-                let outcome = store.save(&id.key(), &changes, now).await;
+                let in_flight = InFlight {
+                    session: self,
+                    changes,
+                    answered: false,
+                };
+                let outcome = store.save(&id.key(), &in_flight.changes, now).await;
+                let changes = in_flight.answered();
                 if matches!(outcome, Ok(Saved::Gone)) {
                     tracing::info!(scope = self.0.config.scope, session = %id.log_tag(), "session ended during the request; its changes were dropped");
-                    return Err(SessionError::new(
-                        SessionErrorKind::Ended,
-                        "the session ended in the store during the request; its changes were not written",
-                    ));
+                    return Err(ended_during_request());
                 }
                 match self.saved(&id, outcome, cookie) {
                     Ok(token) => (Stored::Merged(changes), token),
@@ -707,9 +739,33 @@ impl Session {
                 mut record,
                 replaces,
             } => {
-                let id = self
-                    .create_replacing(store.as_ref(), &record, replaces, now)
-                    .await?;
+                let (old, in_flight) = match replaces {
+                    Some((old, changes)) => (
+                        Some(old),
+                        Some(InFlight {
+                            session: self,
+                            changes,
+                            answered: false,
+                        }),
+                    ),
+                    None => (None, None),
+                };
+                let replacing = old.as_ref().zip(in_flight.as_ref().map(|f| &f.changes));
+                let created = self
+                    .create_replacing(store.as_ref(), &mut record, replacing, now)
+                    .await;
+                let changes = in_flight.map(InFlight::answered);
+                let id = match created {
+                    Ok(Some(id)) => id,
+                    Ok(None) => return Err(ended_during_request()),
+                    Err(error) => {
+                        if let Some(changes) = changes {
+                            // Still to be saved, by the next save or the layer's.
+                            self.state().mark_unsaved(changes);
+                        }
+                        return Err(error);
+                    }
+                };
                 let token = new_session_token(&id, &record, now);
                 record.data = Map::new();
                 let live = Live {
@@ -1004,6 +1060,11 @@ impl Session {
     /// the handler [`save`](Session::save)d after `cycle_id`: then the rotation is done, and the
     /// new ID goes out with any response); a request still holding the old ID afterwards finds no
     /// session. Rotation never extends the absolute lifetime (SECURITY.md 9).
+    ///
+    /// The new record is the old one as the store holds it when the rotation is written, with this
+    /// request's changes applied: what concurrent requests of the session saved meanwhile moves to
+    /// the new ID too. If the session ended meanwhile (logged out or revoked elsewhere), it is not
+    /// revived: no new ID is created, and no cookie sent.
     pub fn cycle_id(&self) {
         if let Some(mut state) = self.state_to_change("cycle_id") {
             state.cycle = true;
@@ -1033,10 +1094,29 @@ impl Session {
     }
 
     /// When the session will expire if this request is its last activity: the earlier of its idle
-    /// and absolute deadlines.
+    /// and absolute deadlines, as they stand once this request is saved.
+    ///
+    /// The idle deadline moves with activity only on the touch schedule (see
+    /// [`touch_after`](crate::SessionLayerBuilder::touch_after)), so between touches this is the
+    /// deadline the last touch set, not the request's time plus the window.
     pub fn expires_at(&self) -> OffsetDateTime {
-        let now = self.0.config.clock.now();
-        self.state().full_record(&self.0.config, now).deadline()
+        let config = &self.0.config;
+        let now = config.clock.now();
+        let state = self.state();
+        if let Some(live) = &state.live {
+            // What the commit does (see `plan_with`): the idle deadline stays put unless this
+            // request rotates, replaces or re-seals the record, changes the expiry policy, or is
+            // due for a touch.
+            let moves = state.destroyed
+                || state.cycle
+                || state.expiry.is_some()
+                || (self.0.backend.is_client() && (state.modified() || state.reseal))
+                || self.touch_due(&live.record, now);
+            if !moves {
+                return live.record.deadline();
+            }
+        }
+        state.record_with(Map::new(), config, now).deadline()
     }
 
     /// The session's ID, once the session exists in the store: not for a new session before its
@@ -1235,10 +1315,11 @@ impl Session {
             return (Plan::Nothing, read);
         };
         if state.cycle {
+            let changes = state.take_change_set(config, now, keep, false);
             return (
                 Plan::Create {
-                    record: state.take_record(config, now, keep),
-                    replaces: Some(id),
+                    record: state.record_with(Map::new(), config, now),
+                    replaces: Some((id, changes)),
                 },
                 read,
             );
@@ -1292,7 +1373,11 @@ impl Session {
         };
         // Due once `touch_fraction` of the window has passed since the deadline was last set
         // (`idle_deadline - window`), put the other way round so there is one date subtraction.
-        record.idle_deadline - now <= window - window * config.touch_fraction
+        // The part of the window that has to pass is at most the window itself: an enormous
+        // window (a configured `Duration::MAX`, say) must not overflow the multiplication.
+        let spent = Duration::checked_seconds_f64(window.as_seconds_f64() * config.touch_fraction)
+            .unwrap_or(window);
+        record.idle_deadline - now <= window - spent
     }
 
     /// Carries out what the handler did. Called by the service once the response is known.
@@ -1467,12 +1552,25 @@ impl Session {
                 let outcome = store.save(&id.key(), &changes, now).await;
                 done(session.saved(&id, outcome, cookie)?)
             }),
-            (Plan::Create { record, replaces }, Kind::Server(store)) => Box::pin(async move {
-                let id = session
-                    .create_replacing(store.as_ref(), &record, replaces, now)
-                    .await?;
-                done(new_session_token(&id, &record, now))
-            }),
+            (
+                Plan::Create {
+                    mut record,
+                    replaces,
+                },
+                Kind::Server(store),
+            ) => {
+                Box::pin(async move {
+                    let replacing = replaces.as_ref().map(|(old, changes)| (old, changes));
+                    match session
+                        .create_replacing(store.as_ref(), &mut record, replacing, now)
+                        .await?
+                    {
+                        Some(id) => done(new_session_token(&id, &record, now)),
+                        // Ended meanwhile: nothing to rotate, and no cookie (see `saved`).
+                        None => done(TokenAction::Keep),
+                    }
+                })
+            }
             (
                 Plan::Destroy {
                     old,
@@ -1493,16 +1591,38 @@ impl Session {
 
     /// Stores `record` under a new ID and, when it `replaces` one (`cycle_id`), deletes the old ID
     /// after that.
+    ///
+    /// A rotation takes its data from the old record as the store holds it now, with this
+    /// request's changes applied, so that what concurrent requests of the session saved while
+    /// this one ran is carried over to the new ID rather than lost (DESIGN.md §5: concurrent
+    /// requests writing different keys both keep their writes). The store has no atomic
+    /// "rename", so a write that lands between this load and the old ID's deletion is still
+    /// lost; a write after the deletion is refused as "session gone" (SECURITY.md 11). `None`
+    /// when the old session ended meanwhile (logged out or revoked elsewhere, expired): it is
+    /// not brought back under a new ID.
     async fn create_replacing(
         &self,
         store: &dyn crate::store::DynStore,
-        record: &Record,
-        replaces: Option<SessionId>,
+        record: &mut Record,
+        replaces: Option<(&SessionId, &ChangeSet)>,
         now: OffsetDateTime,
-    ) -> Result<SessionId, SessionError> {
+    ) -> Result<Option<SessionId>, SessionError> {
+        let scope = self.0.config.scope;
+        if let Some((old, changes)) = replaces {
+            let old_key = old.key();
+            let current = store.load(&old_key, now).await.map_err(|error| {
+                tracing::error!(scope, session = %old_key.log_tag(), %error, "session store failed on load before rotation");
+                SessionError::store(error)
+            })?;
+            let Some(mut current) = current else {
+                tracing::info!(scope, session = %old_key.log_tag(), "session ended during the request; its rotation was dropped");
+                return Ok(None);
+            };
+            changes.apply_to(&mut current);
+            record.data = current.data;
+        }
         let id = self.create(store, record, now).await?;
-        if let Some(old) = replaces {
-            let scope = self.0.config.scope;
+        if let Some((old, _)) = replaces {
             let old_key = old.key();
             if let Err(error) = store.delete(&old_key).await {
                 tracing::error!(scope, session = %old_key.log_tag(), %error, "could not delete the old ID after rotation");
@@ -1513,7 +1633,7 @@ impl Session {
             }
             tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
         }
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// Deletes the session `old` and, when values were set after `destroy`, stores them as a new
@@ -1624,6 +1744,13 @@ fn new_session_token(id: &SessionId, record: &Record, now: OffsetDateTime) -> To
         value: id.expose(),
         max_age: max_age_for(record, now),
     }
+}
+
+fn ended_during_request() -> SessionError {
+    SessionError::new(
+        SessionErrorKind::Ended,
+        "the session ended in the store during the request; its changes were not written",
+    )
 }
 
 fn collisions() -> SessionError {

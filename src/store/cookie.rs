@@ -772,14 +772,15 @@ const META_LEN: usize = 1 + 8 + 8 + 8 + 1 + 8 + 4;
 /// ```
 ///
 /// Times are whole Unix seconds and every integer is big-endian: what the JSON form (as in
-/// [`Record::encode`]) kept, in 38 bytes instead of about 90.
+/// [`Record::encode`]) kept, in 38 bytes instead of about 90. The two deadlines are rounded up
+/// to the second, the others down: the cookie's `Max-Age`, worked out from the exact deadline,
+/// must not outlast the deadline sealed in it (SECURITY.md 15), which rounding down would let it
+/// do by the fraction cut off.
 fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     out.push(u8::try_from(record.version).unwrap_or(u8::MAX));
     out.extend_from_slice(&record.created_at.unix_timestamp().to_be_bytes());
-    out.extend_from_slice(&record.idle_deadline.unix_timestamp().to_be_bytes());
-    let absolute = record
-        .absolute_deadline
-        .map_or(i64::MIN, OffsetDateTime::unix_timestamp);
+    out.extend_from_slice(&deadline_seconds(record.idle_deadline).to_be_bytes());
+    let absolute = record.absolute_deadline.map_or(i64::MIN, deadline_seconds);
     out.extend_from_slice(&absolute.to_be_bytes());
     let (tag, seconds) = match record.expiry {
         Expiry::OnSessionEnd => (0u8, 0),
@@ -798,6 +799,17 @@ fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), serde_json::E
         None => out.extend_from_slice(&0u32.to_be_bytes()),
     }
     serde_json::to_writer(out, &record.data)
+}
+
+/// A deadline in whole Unix seconds, rounded up (see [`encode_record`]), unless that would leave
+/// the range of dates a record can hold.
+fn deadline_seconds(at: OffsetDateTime) -> i64 {
+    let seconds = at.unix_timestamp();
+    if at.nanosecond() > 0 && OffsetDateTime::from_unix_timestamp(seconds + 1).is_ok() {
+        seconds + 1
+    } else {
+        seconds
+    }
 }
 
 /// Reads what [`encode_record`] wrote. Any inconsistency (short input, a time out of range, an
@@ -1387,6 +1399,30 @@ mod tests {
             open_now(&store, "id", &value),
             Unsealed::Invalid(Rejection::Undecodable)
         ));
+    }
+
+    #[test]
+    fn deadlines_are_sealed_rounded_up_within_the_range_of_dates() {
+        let mut record = record();
+        record.idle_deadline = t0() + Duration::milliseconds(3_600_300);
+        record.absolute_deadline = Some(t0() + Duration::nanoseconds(1));
+        let mut out = Vec::new();
+        encode_record(&record, &mut out).unwrap();
+        let decoded = decode_record(&out).unwrap();
+        assert_eq!(decoded.idle_deadline, t0() + Duration::seconds(3601));
+        assert_eq!(decoded.absolute_deadline, Some(t0() + Duration::seconds(1)));
+        assert_eq!(decoded.created_at, t0(), "other times are rounded down");
+        // The last representable instant cannot round up: it stays within range and decodes.
+        let last = time::PrimitiveDateTime::MAX.assume_utc();
+        record.idle_deadline = last;
+        record.absolute_deadline = Some(last);
+        let mut out = Vec::new();
+        encode_record(&record, &mut out).unwrap();
+        let decoded = decode_record(&out).unwrap();
+        assert_eq!(
+            decoded.idle_deadline.unix_timestamp(),
+            last.unix_timestamp()
+        );
     }
 
     #[test]

@@ -1,0 +1,365 @@
+//! HTTP-level tests of edge cases in the session handle: a `save()` cut short, the deadline
+//! `expires_at` reports between touches, enormous expiry windows, and `Max-Age` against a
+//! deadline kept in whole seconds.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration as StdDuration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, header};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use time::{Duration, OffsetDateTime};
+use tower::ServiceExt;
+use tower_satchel::{
+    Arrival, ChangeSet, Clock, Expiry, ManualClock, MemoryStore, Record, Saved, Session,
+    SessionInfo, SessionKey, SessionLayer, SessionStore, StoreError,
+};
+
+/// A memory store, reached through boxed futures, whose next `save` can be made to hang.
+#[derive(Clone, Default)]
+struct Hanging {
+    inner: MemoryStore,
+    hang_next_save: Arc<AtomicBool>,
+}
+
+impl SessionStore for Hanging {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<Record>, StoreError> {
+        self.inner.load(key, now).await
+    }
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.create(key, record, now).await
+    }
+    async fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        if self.hang_next_save.swap(false, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.save(key, changes, now).await
+    }
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        idle_deadline: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.inner.touch(key, idle_deadline, now).await
+    }
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
+        self.inner.delete_expired(now, limit).await
+    }
+    async fn list_owner(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        self.inner.list_owner(owner, now).await
+    }
+    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
+        self.inner.delete_owner(owner).await
+    }
+}
+
+async fn send(router: &Router, path: &str, cookie: Option<&str>) -> Response<Body> {
+    let mut request = Request::get(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+fn set_cookie(response: &Response<Body>) -> Option<cookie::Cookie<'static>> {
+    let value = response.headers().get(header::SET_COOKIE)?;
+    Some(cookie::Cookie::parse(value.to_str().unwrap().to_owned()).unwrap())
+}
+
+async fn text(response: Response<Body>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn start_route() -> axum::routing::MethodRouter {
+    get(|session: Session| async move {
+        session.insert("n", 1).unwrap();
+        "started"
+    })
+}
+
+#[tokio::test]
+async fn a_save_cut_short_leaves_its_changes_to_the_layer() {
+    let store = Hanging::default();
+    let hang = store.hang_next_save.clone();
+    let router = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/write",
+            get(move |session: Session| {
+                let hang = hang.clone();
+                async move {
+                    session.insert("x", 42).unwrap();
+                    hang.store(true, Ordering::SeqCst);
+                    let cut = tokio::time::timeout(StdDuration::from_millis(20), session.save());
+                    assert!(cut.await.is_err(), "the save was cut short");
+                    "written"
+                }
+            }),
+        )
+        .route(
+            "/x",
+            get(
+                |session: Session| async move { format!("{:?}", session.get::<i64>("x").unwrap()) },
+            ),
+        )
+        .layer(SessionLayer::new(store));
+    let response = send(&router, "/start", None).await;
+    let cookie = set_cookie(&response).unwrap();
+    let cookie = format!("id={}", cookie.value());
+    let response = send(&router, "/write", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = send(&router, "/x", Some(&cookie)).await;
+    assert_eq!(
+        text(response).await,
+        "Some(42)",
+        "the layer saves what the cut-short save did not"
+    );
+}
+
+#[tokio::test]
+async fn expires_at_between_touches_is_the_deadline_the_store_keeps() {
+    let clock = ManualClock::starting_now();
+    let layer = SessionLayer::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .expiry(Expiry::OnInactivity(Duration::hours(24)))
+        .touch_after(0.1)
+        .build()
+        .unwrap();
+    let router = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/expires",
+            get(
+                |session: Session| async move { session.expires_at().unix_timestamp().to_string() },
+            ),
+        )
+        .route(
+            "/write",
+            get(|session: Session| async move {
+                session.insert("n", 2).unwrap();
+                session.expires_at().unix_timestamp().to_string()
+            }),
+        )
+        .route(
+            "/arrival",
+            get(|session: Session| async move { format!("{:?}", session.arrival()) }),
+        )
+        .layer(layer);
+    let started = clock.now();
+    let response = send(&router, "/start", None).await;
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    let first_deadline = (started + Duration::hours(24)).unix_timestamp().to_string();
+
+    // One hour in, under the touch fraction (2.4 h): neither a read nor a write moves it.
+    clock.advance(Duration::hours(1));
+    let read = text(send(&router, "/expires", Some(&cookie)).await).await;
+    assert_eq!(read, first_deadline);
+    let written = text(send(&router, "/write", Some(&cookie)).await).await;
+    assert_eq!(written, first_deadline);
+
+    // And that is when the session really ends.
+    clock.advance(Duration::hours(23) - Duration::seconds(1));
+    let arrival = text(send(&router, "/arrival", Some(&cookie)).await).await;
+    assert_eq!(arrival, format!("{:?}", Arrival::Returning));
+
+    // Past the touch fraction (checked by a new session), the deadline moves with the request.
+    let response = send(&router, "/start", None).await;
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    let started = clock.now();
+    clock.advance(Duration::hours(3));
+    let read = text(send(&router, "/expires", Some(&cookie)).await).await;
+    assert_eq!(
+        read,
+        (started + Duration::hours(27)).unix_timestamp().to_string()
+    );
+}
+
+#[tokio::test]
+async fn enormous_idle_windows_do_not_overflow_the_touch_check() {
+    for window in [Duration::MAX, Duration::seconds(i64::MAX)] {
+        let layer = SessionLayer::builder(MemoryStore::new())
+            .expiry(Expiry::OnSessionEnd)
+            .session_end_idle_timeout(window)
+            .touch_after(1.0)
+            .build()
+            .unwrap();
+        let router = Router::new()
+            .route("/start", start_route())
+            .route(
+                "/n",
+                get(|session: Session| async move {
+                    session.get::<i64>("n").unwrap().unwrap_or(0).to_string()
+                }),
+            )
+            .layer(layer);
+        let response = send(&router, "/start", None).await;
+        let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+        let response = send(&router, "/n", Some(&cookie)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(text(response).await, "1");
+    }
+}
+
+#[cfg(feature = "cookie-store")]
+#[tokio::test]
+async fn a_cookie_store_cookie_never_outlives_its_sealed_deadline() {
+    use tower_satchel::{CookieStore, Key};
+    // A start 0.7 s into a second: the store seals deadlines in whole seconds.
+    let start =
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap() + Duration::milliseconds(700);
+    let clock = ManualClock::new(start);
+    let layer = SessionLayer::builder(CookieStore::new(Key::from_bytes(&[1; 32]).unwrap()))
+        .clock(clock.clone())
+        .expiry(Expiry::OnInactivity(Duration::hours(1)))
+        .build()
+        .unwrap();
+    let router = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/arrival",
+            get(|session: Session| async move { format!("{:?}", session.arrival()) }),
+        )
+        .layer(layer);
+    let sealed = set_cookie(&send(&router, "/start", None).await).unwrap();
+    let max_age = sealed.max_age().unwrap();
+    assert_eq!(max_age, Duration::seconds(3600));
+    // Just before Max-Age runs out the browser still sends the cookie: it must still open.
+    clock.advance(max_age - Duration::milliseconds(100));
+    let cookie = format!("id={}", sealed.value());
+    let arrival = text(send(&router, "/arrival", Some(&cookie)).await).await;
+    assert_eq!(arrival, format!("{:?}", Arrival::Returning));
+}
+
+/// A router whose `/rotate` handler loads the session, signals `loaded`, waits for `go`, then
+/// calls `cycle_id` and writes `user`; meanwhile the test sends other requests of the session.
+fn rotation_router(loaded: Arc<tokio::sync::Notify>, go: Arc<tokio::sync::Notify>) -> Router {
+    Router::new()
+        .route("/start", start_route())
+        .route(
+            "/rotate",
+            get(move |session: Session| {
+                let (loaded, go) = (loaded.clone(), go.clone());
+                async move {
+                    loaded.notify_one();
+                    go.notified().await;
+                    session.cycle_id();
+                    session.insert("user", "alice").unwrap();
+                    "rotated"
+                }
+            }),
+        )
+        .route(
+            "/cart",
+            get(|session: Session| async move {
+                session.insert("cart", "tea").unwrap();
+                "added"
+            }),
+        )
+        .route(
+            "/logout",
+            get(|session: Session| async move {
+                session.destroy();
+                "bye"
+            }),
+        )
+        .route(
+            "/dump",
+            get(|session: Session| async move {
+                let get = |key: &str| session.get::<serde_json::Value>(key).unwrap();
+                format!("{:?} {:?} {:?}", get("n"), get("cart"), get("user"))
+            }),
+        )
+        .layer(SessionLayer::new(MemoryStore::new()))
+}
+
+#[tokio::test]
+async fn a_rotation_keeps_what_a_concurrent_request_saved() {
+    let loaded = Arc::new(tokio::sync::Notify::new());
+    let go = Arc::new(tokio::sync::Notify::new());
+    let router = rotation_router(loaded.clone(), go.clone());
+    let response = send(&router, "/start", None).await;
+    let old = format!("id={}", set_cookie(&response).unwrap().value());
+    let rotation = tokio::spawn({
+        let (router, old) = (router.clone(), old.clone());
+        async move { send(&router, "/rotate", Some(&old)).await }
+    });
+    loaded.notified().await;
+    // Saved while the rotating request runs, after it loaded the session.
+    assert_eq!(
+        send(&router, "/cart", Some(&old)).await.status(),
+        StatusCode::OK
+    );
+    go.notify_one();
+    let response = rotation.await.unwrap();
+    let new = set_cookie(&response).expect("the rotated ID");
+    let new = format!("id={}", new.value());
+    assert_ne!(new, old);
+    assert_eq!(
+        text(send(&router, "/dump", Some(&new)).await).await,
+        r#"Some(Number(1)) Some(String("tea")) Some(String("alice"))"#,
+        "the new ID carries the old data, the concurrent write and the rotating request's own"
+    );
+    assert_eq!(
+        text(send(&router, "/dump", Some(&old)).await).await,
+        "None None None",
+        "the old ID is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_does_not_revive_a_session_ended_meanwhile() {
+    let loaded = Arc::new(tokio::sync::Notify::new());
+    let go = Arc::new(tokio::sync::Notify::new());
+    let router = rotation_router(loaded.clone(), go.clone());
+    let response = send(&router, "/start", None).await;
+    let old = format!("id={}", set_cookie(&response).unwrap().value());
+    let rotation = tokio::spawn({
+        let (router, old) = (router.clone(), old.clone());
+        async move { send(&router, "/rotate", Some(&old)).await }
+    });
+    loaded.notified().await;
+    // Logged out elsewhere while the rotating request runs.
+    send(&router, "/logout", Some(&old)).await;
+    go.notify_one();
+    let response = rotation.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        set_cookie(&response).is_none(),
+        "no new ID for a session that ended"
+    );
+    assert_eq!(
+        text(send(&router, "/dump", Some(&old)).await).await,
+        "None None None"
+    );
+}
