@@ -56,6 +56,7 @@ impl Config {
         let empty = crate::service::build_cookie(&self, String::new(), None).to_string();
         let prefix_len = self.cookie_name.len() + 1; // "name="
         self.cookie_attributes = empty.get(prefix_len..).unwrap_or_default().to_owned();
+        crate::service::register_carrier(&self);
         self
     }
 }
@@ -270,6 +271,9 @@ impl SessionLayerBuilder {
     }
 
     /// The `Partitioned` attribute (CHIPS), for cookies used in third-party contexts. Default: off.
+    ///
+    /// Browsers ignore a `Partitioned` cookie without `Secure`, so [`build`](Self::build) refuses
+    /// it with [`secure(false)`](Self::secure).
     #[must_use]
     pub fn partitioned(mut self, partitioned: bool) -> Self {
         self.config.partitioned = partitioned;
@@ -377,6 +381,10 @@ impl SessionLayerBuilder {
     /// [`Session`], so that several layers (each with its own cookie name) can serve one app.
     /// Default: unscoped.
     ///
+    /// Each layer commits its own session, the innermost first. When an outer layer's store fails,
+    /// its error response still carries the cookies (or token headers) the inner layers set, with
+    /// `Cache-Control: no-store`: their writes stand, and a rotated ID's old record is already gone.
+    ///
     /// # Examples
     ///
     /// ```
@@ -416,7 +424,8 @@ impl SessionLayerBuilder {
     ///
     /// A [`ConfigError`] for an invalid cookie name, path or domain; a `__Host-` name with a
     /// `Domain`, a `Path` other than `/`, or without `Secure`; a `__Secure-` name without `Secure`;
-    /// `SameSite=None` without `Secure`; a touch fraction outside 0.0–1.0; a non-positive duration.
+    /// `SameSite=None` or `Partitioned` without `Secure`; a touch fraction outside 0.0–1.0; a
+    /// non-positive duration.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
         let c = &self.config;
         if !is_token(&c.cookie_name) {
@@ -451,6 +460,11 @@ impl SessionLayerBuilder {
         if c.same_site == Some(SameSite::None) && !c.secure {
             return Err(ConfigError::new(
                 "SameSite=None requires Secure (browsers drop the cookie otherwise)",
+            ));
+        }
+        if c.partitioned && !c.secure {
+            return Err(ConfigError::new(
+                "Partitioned requires Secure (browsers drop the cookie otherwise)",
             ));
         }
         if !(0.0..=1.0).contains(&c.touch_fraction) {
@@ -611,6 +625,14 @@ mod tests {
                 .is_err()
         );
         assert!(builder().same_site(Some(SameSite::None)).build().is_ok());
+    }
+
+    #[test]
+    fn partitioned_needs_secure() {
+        let refused = builder().partitioned(true).secure(false).build();
+        assert!(refused.is_err_and(|error| error.to_string().contains("Partitioned")));
+        assert!(builder().partitioned(true).secure(true).build().is_ok());
+        assert!(builder().partitioned(false).secure(false).build().is_ok());
     }
 
     #[test]

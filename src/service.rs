@@ -3,12 +3,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use cookie::Cookie;
-use http::header::{CACHE_CONTROL, COOKIE, HeaderValue, SET_COOKIE, VARY};
+use http::header::{CACHE_CONTROL, COOKIE, HeaderName, HeaderValue, SET_COOKIE, VARY};
 use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;
 use time::{Duration, OffsetDateTime};
@@ -329,6 +329,11 @@ pub(crate) fn error_response<B: From<Bytes>>(config: &Config, error: SessionErro
 /// Completes `response` once the commit is done: the handler's response with what the commit
 /// calls for, or [`error_response`] in its place if it failed. Either carries the token of a
 /// [`Session::save`] made during the request, since that write stands.
+///
+/// With several layers on one app, inner layers have committed before this one, and their
+/// writes stand just the same (a rotated ID's old record is already deleted, say): an error
+/// response carries over the session cookies and token headers they set (see
+/// [`carry_inner_tokens`]), but no other header of the failed response.
 fn finished<B: From<Bytes>>(
     config: &Config,
     session: &Session,
@@ -338,7 +343,8 @@ fn finished<B: From<Bytes>>(
     let committed = match outcome {
         Ok(committed) => committed,
         Err(error) => {
-            *response = error_response(config, error);
+            let failed = std::mem::replace(response, error_response(config, error));
+            carry_inner_tokens(config, failed.headers(), response.headers_mut());
             Committed {
                 token: TokenAction::Keep,
                 read: false,
@@ -385,6 +391,71 @@ fn apply(config: &Config, headers: &mut HeaderMap, committed: Committed) {
     // A response that carries a session token must never be cached by a shared cache
     // (SECURITY.md 19, Flask CVE-2023-30861).
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// Where a layer sends its token: a cookie name, or a header name with header transport.
+#[derive(PartialEq)]
+enum Carrier {
+    Cookie(String),
+    Header(HeaderName),
+}
+
+/// Where the layers built in this process send their tokens. A layer whose commit fails finds
+/// inner layers' tokens in the failed response by these names; a record kept per response of
+/// what each layer set would instead cost every response that sets a token.
+static CARRIERS: Mutex<Vec<Carrier>> = Mutex::new(Vec::new());
+
+fn carriers() -> MutexGuard<'static, Vec<Carrier>> {
+    CARRIERS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn carrier(config: &Config) -> Carrier {
+    match &config.transport {
+        Transport::Cookie => Carrier::Cookie(config.cookie_name.clone()),
+        Transport::Header(name) => Carrier::Header(name.clone()),
+    }
+}
+
+/// Records where a new layer sends its token (see [`CARRIERS`]).
+pub(crate) fn register_carrier(config: &Config) {
+    let new = carrier(config);
+    let mut known = carriers();
+    if !known.contains(&new) {
+        known.push(new);
+    }
+}
+
+/// Copies into `error` (this layer's error response) the session tokens other layers set on
+/// `failed` (the response it replaces), with their `Vary` and `Cache-Control: no-store`.
+fn carry_inner_tokens(config: &Config, failed: &HeaderMap, error: &mut HeaderMap) {
+    let own = carrier(config);
+    let mut carried = false;
+    for other in carriers().iter().filter(|c| **c != own) {
+        match other {
+            Carrier::Cookie(name) => {
+                for value in failed.get_all(SET_COOKIE) {
+                    let cookie_name = value.as_bytes().split(|b| *b == b'=').next();
+                    if cookie_name.map(<[u8]>::trim_ascii) == Some(name.as_bytes()) {
+                        error.append(SET_COOKIE, value.clone());
+                        add_vary(error, HeaderValue::from_static("cookie"));
+                        carried = true;
+                    }
+                }
+            }
+            Carrier::Header(name) => {
+                if let Some(value) = failed.get(name) {
+                    error.insert(name.clone(), value.clone());
+                    if let Ok(vary) = HeaderValue::from_str(name.as_str()) {
+                        add_vary(error, vary);
+                    }
+                    carried = true;
+                }
+            }
+        }
+    }
+    if carried {
+        error.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
 }
 
 fn add_vary(headers: &mut HeaderMap, value: HeaderValue) {
