@@ -22,7 +22,7 @@ use tower_satchel::{ChangeSet, IntoBackend, MemoryStore, Saved, SessionStore, St
 #[tokio::test]
 async fn a_full_store_refuses_new_sessions_and_keeps_serving_the_others() {
     let now = now();
-    // Two shards of two sessions each.
+    // A limit counted over both shards.
     let store = MemoryStore::with_shards(2).with_max_sessions(4);
     let mut kept = Vec::new();
     let refused = loop {
@@ -55,7 +55,7 @@ async fn a_full_store_refuses_new_sessions_and_keeps_serving_the_others() {
 }
 
 #[tokio::test]
-async fn a_full_shard_makes_room_by_dropping_expired_sessions() {
+async fn a_full_store_makes_room_by_dropping_expired_sessions() {
     let now = now();
     let store = MemoryStore::with_shards(1).with_max_sessions(3);
     let mut short = record(now);

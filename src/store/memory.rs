@@ -51,10 +51,12 @@ pub(crate) const SWEEP_CHUNK: usize = 256;
 /// Sessions kept in memory, in a map split into shards with one lock each.
 ///
 /// Good for tests, development and single-process apps that accept losing sessions on restart.
-/// Every operation holds one shard's lock for the time of a hash-map operation (and the owner
-/// index's lock when the owner changes), so requests of different sessions rarely wait on each
-/// other. Change sets are merged under the shard lock, so concurrent requests of one session that
-/// write different keys both keep their writes.
+/// Every operation holds one shard's lock for the time of a hash-map operation, so requests of
+/// different sessions rarely wait on each other. Two things are shared by all shards: an operation
+/// that changes a session's owner also takes the owner index's lock, inside the shard's, and
+/// creating or deleting a session updates the count of sessions (one atomic operation). Change
+/// sets are merged under the shard lock, so concurrent requests of one session that write
+/// different keys both keep their writes.
 ///
 /// Expired records are dropped when a load finds them, and by
 /// [`delete_expired`](SessionStore::delete_expired), which finds them through a per-shard index of
@@ -84,10 +86,18 @@ pub struct MemoryStore {
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
+    /// The keys of each owner's records, expired records not yet removed included. Changed only
+    /// with the key's shard locked, in the same critical section as the record, so that two
+    /// requests of one session change the index in the order they changed the record. The lock
+    /// order is therefore a shard, then `owners`: nothing takes a shard's lock while it holds
+    /// this one.
     owners: Mutex<HashMap<String, HashSet<SessionKey>>>,
-    /// The most records a shard takes before refusing new sessions (see
-    /// [`MemoryStore::with_max_sessions`]); `usize::MAX` when unlimited.
-    shard_capacity: AtomicUsize,
+    /// How many records the shards hold. Raised with the shard locked right before a new record
+    /// goes in, and only while it is below `max_sessions`; lowered with the shard locked right
+    /// after one is removed.
+    sessions: AtomicUsize,
+    /// See [`MemoryStore::with_max_sessions`]; `usize::MAX` when unlimited.
+    max_sessions: AtomicUsize,
 }
 
 /// Hashes a [`SessionKey`] by taking 8 of its bytes: keys are SHA-256 digests, so those bytes are
@@ -137,13 +147,18 @@ struct Stored {
 
 impl Stored {
     fn from_record(record: &Record) -> Box<Self> {
+        let mut data: Vec<(Box<str>, Value)> = record
+            .data
+            .iter()
+            .map(|(name, value)| (Box::from(name.as_str()), value.clone()))
+            .collect();
+        // `position` searches by bisection. The map iterates in key order, unless serde_json's
+        // `preserve_order` feature is on (any crate of the app can turn it on), when it keeps
+        // insertion order. Names are unique, so an unstable sort is exact; on a vector already
+        // sorted it makes one pass, and it never allocates.
+        data.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         Box::new(Self {
-            // The map iterates in key order, so the vector comes out sorted.
-            data: record
-                .data
-                .iter()
-                .map(|(name, value)| (Box::from(name.as_str()), value.clone()))
-                .collect(),
+            data,
             created_at: record.created_at,
             idle_deadline: record.idle_deadline,
             absolute_deadline: record.absolute_deadline,
@@ -245,14 +260,11 @@ impl Default for MemoryStore {
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let capacity = self.inner.shard_capacity.load(Ordering::Relaxed);
+        let max = self.inner.max_sessions.load(Ordering::Relaxed);
         f.debug_struct("MemoryStore")
             .field("shards", &self.inner.shards.len())
             .field("sessions", &self.len())
-            .field(
-                "max_sessions",
-                &(capacity != usize::MAX).then(|| capacity.saturating_mul(self.inner.shards.len())),
-            )
+            .field("max_sessions", &(max != usize::MAX).then_some(max))
             .finish()
     }
 }
@@ -287,12 +299,13 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 shards,
                 owners: Mutex::new(HashMap::new()),
-                shard_capacity: AtomicUsize::new(usize::MAX),
+                sessions: AtomicUsize::new(0),
+                max_sessions: AtomicUsize::new(usize::MAX),
             }),
         }
     }
 
-    /// Refuses new sessions once the store holds about `max` (for this store and its clones).
+    /// Refuses new sessions once the store holds `max` (for this store and its clones).
     ///
     /// Without a limit, every visitor whose request writes to a new session adds one, until it
     /// expires: a flood of requests without a cookie to a route that writes grows the process by
@@ -304,10 +317,20 @@ impl MemoryStore {
     /// deletes the old one, so it fails too while the store is full, and the session stays as it
     /// was.
     ///
-    /// The limit is kept per shard, with no shared counter to update: each shard takes
-    /// `max / shards` sessions (rounded up), so a store may refuse a session a little before it
-    /// holds `max` in all. A full shard first deletes up to 256 of its expired sessions (those
-    /// whose deadline fell in an earlier minute) before it refuses one.
+    /// The store counts its sessions, expired ones not yet removed included, in one counter that
+    /// a new session takes a place in (with its shard locked, right before it goes in) only while
+    /// the count is below `max`. So the store never holds more than `max` sessions, however many
+    /// requests create sessions at once, and holds `max` when they fill it. A full store first
+    /// deletes up to 256 expired sessions (those whose deadline fell in an earlier minute), from
+    /// the new session's shard or, if that has none, from the next shard that has some, and
+    /// refuses the session only if it found none.
+    ///
+    /// # Performance impact
+    ///
+    /// The counter is kept with or without a limit: creating or deleting a session costs one
+    /// atomic operation on memory all cores share. While the store is full and holds no expired
+    /// sessions, each refused session looks at every shard's oldest deadlines, taking each
+    /// shard's lock in turn.
     ///
     /// # Examples
     ///
@@ -319,8 +342,7 @@ impl MemoryStore {
     /// # let _ = store;
     /// ```
     pub fn with_max_sessions(self, max: usize) -> Self {
-        let capacity = max.div_ceil(self.inner.shards.len());
-        self.inner.shard_capacity.store(capacity, Ordering::Relaxed);
+        self.inner.max_sessions.store(max, Ordering::Relaxed);
         self
     }
 
@@ -338,28 +360,57 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn shard(&self, key: &SessionKey) -> &Mutex<Shard> {
+    fn shard_index(&self, key: &SessionKey) -> usize {
         // Keys are SHA-256 digests: any two bytes are uniformly distributed.
         let [a, b, ..] = *key.as_bytes();
-        let index = usize::from(u16::from_le_bytes([a, b])) % self.inner.shards.len();
-        &self.inner.shards[index]
+        usize::from(u16::from_le_bytes([a, b])) % self.inner.shards.len()
     }
 
+    fn shard(&self, key: &SessionKey) -> &Mutex<Shard> {
+        &self.inner.shards[self.shard_index(key)]
+    }
+
+    /// Moves `key` from `old`'s keys to `new`'s in the owner index. Call it with the key's shard
+    /// locked, in the critical section that changed the record (see [`Inner::owners`]).
     fn index_owner(&self, key: &SessionKey, old: Option<&str>, new: Option<&str>) {
         if old == new {
             return;
         }
         let mut owners = lock(&self.inner.owners);
-        if let Some(old) = old
-            && let Some(keys) = owners.get_mut(old)
-        {
-            keys.remove(key);
-            if keys.is_empty() {
-                owners.remove(old);
-            }
+        if let Some(old) = old {
+            unindex_owner(&mut owners, key, old);
         }
         if let Some(new) = new {
             owners.entry(new.to_owned()).or_default().insert(*key);
+        }
+    }
+
+    /// Counts a new record, unless the store holds its maximum: false then. Call it with the
+    /// key's shard locked, right before inserting the record.
+    fn take_place(&self) -> bool {
+        let max = self.inner.max_sessions.load(Ordering::Relaxed);
+        self.inner
+            .sessions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Uncounts `removed` records. Call it with their shard locked, right after removing them.
+    fn free_places(&self, removed: usize) {
+        self.inner.sessions.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// Sweeps expired sessions to make room for a new one under `key`: up to [`SWEEP_CHUNK`]
+    /// from the key's shard or, if that has none, from the next shard that has some.
+    fn make_room(&self, key: &SessionKey, now: OffsetDateTime) {
+        let shards = &self.inner.shards;
+        let from_the_keys = shards.iter().cycle().skip(self.shard_index(key));
+        for shard in from_the_keys.take(shards.len()) {
+            if self.sweep_shard(shard, now, SWEEP_CHUNK) > 0 {
+                break;
+            }
         }
     }
 
@@ -383,13 +434,14 @@ impl MemoryStore {
             if keys.is_empty() {
                 bucket.remove();
             }
+            let mut removed = 0;
             let mut owners_gone = Vec::new();
             for (i, key) in chunk.iter().enumerate() {
                 let expired = shard.records.get(key).is_some_and(|r| !r.is_live(now));
                 if !expired {
                     continue; // refreshed, rotated or deleted since it was filed
                 }
-                if deleted == limit {
+                if deleted + removed == limit {
                     // Over the limit: put the rest back for the next call.
                     shard
                         .by_minute
@@ -399,18 +451,34 @@ impl MemoryStore {
                     break;
                 }
                 if let Some(record) = shard.records.remove(key) {
-                    deleted += 1;
+                    removed += 1;
                     if let Some(owner) = record.owner {
                         owners_gone.push((*key, owner));
                     }
                 }
             }
-            drop(guard);
-            for (key, owner) in owners_gone {
-                self.index_owner(&key, Some(&owner), None);
+            deleted += removed;
+            self.free_places(removed);
+            if !owners_gone.is_empty() {
+                // Still under the shard's lock; once for the chunk.
+                let mut owners = lock(&self.inner.owners);
+                for (key, owner) in &owners_gone {
+                    unindex_owner(&mut owners, key, owner);
+                }
             }
+            drop(guard);
         }
         deleted
+    }
+}
+
+/// Removes `key` from `owner`'s keys in the owner index, and `owner` once it has none.
+fn unindex_owner(owners: &mut HashMap<String, HashSet<SessionKey>>, key: &SessionKey, owner: &str) {
+    if let Some(keys) = owners.get_mut(owner) {
+        keys.remove(key);
+        if keys.is_empty() {
+            owners.remove(owner);
+        }
     }
 }
 
@@ -424,10 +492,12 @@ impl ImmediateStore for MemoryStore {
         match shard.records.get(key) {
             Some(stored) if stored.is_live(now) => Ok(Some(stored.to_record())),
             Some(_) => {
-                if let Some(dead) = shard.records.remove(key) {
-                    drop(shard);
+                let dead = shard.records.remove(key);
+                if let Some(dead) = &dead {
+                    self.free_places(1);
                     self.index_owner(key, dead.owner.as_deref(), None);
                 }
+                drop(shard); // before `dead` is freed
                 Ok(None)
             }
             None => Ok(None),
@@ -441,21 +511,21 @@ impl ImmediateStore for MemoryStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mutex = self.shard(key);
-        let mut shard = lock(mutex);
-        let capacity = self.inner.shard_capacity.load(Ordering::Relaxed);
-        let full =
-            |shard: &Shard| shard.records.len() >= capacity && !shard.records.contains_key(key);
-        if full(&shard) {
-            drop(shard);
-            self.sweep_shard(mutex, now, SWEEP_CHUNK);
-            shard = lock(mutex);
-            if full(&shard) {
+        let mut guard = lock(mutex);
+        // A new key takes a place in the count before its record goes in, under the same lock; a
+        // key that has a record, live or expired, keeps the place it has.
+        if !guard.records.contains_key(key) && !self.take_place() {
+            drop(guard);
+            self.make_room(key, now);
+            guard = lock(mutex);
+            if !guard.records.contains_key(key) && !self.take_place() {
                 return Err(StoreError::new(
                     StoreErrorKind::Backend,
                     "memory store full: the limit on sessions is reached",
                 ));
             }
         }
+        let shard = &mut *guard;
         let old = match shard.records.entry(*key) {
             Entry::Occupied(existing) if existing.get().is_live(now) => return Ok(false),
             Entry::Occupied(mut dead) => Some(dead.insert(Stored::from_record(record))),
@@ -465,12 +535,12 @@ impl ImmediateStore for MemoryStore {
             }
         };
         shard.file(*key, None, record.deadline());
-        drop(shard);
         self.index_owner(
             key,
             old.as_ref().and_then(|r| r.owner.as_deref()),
             record.owner.as_deref(),
         );
+        drop(guard); // before `old` is freed
         Ok(true)
     }
 
@@ -492,10 +562,10 @@ impl ImmediateStore for MemoryStore {
         let after = record.deadline();
         let new_owner = old_owner.is_some().then(|| record.owner.clone());
         shard.file(*key, Some(before), after);
-        drop(guard);
         if let (Some(old), Some(new)) = (old_owner, new_owner) {
             self.index_owner(key, old.as_deref(), new.as_deref());
         }
+        drop(guard);
         Ok(Saved::Applied)
     }
 
@@ -520,10 +590,13 @@ impl ImmediateStore for MemoryStore {
     }
 
     fn delete_now(&self, key: &SessionKey) -> Result<(), StoreError> {
-        let removed = lock(self.shard(key)).records.remove(key);
-        if let Some(record) = removed {
+        let mut shard = lock(self.shard(key));
+        let removed = shard.records.remove(key);
+        if let Some(record) = &removed {
+            self.free_places(1);
             self.index_owner(key, record.owner.as_deref(), None);
         }
+        drop(shard); // before `removed` is freed
         Ok(())
     }
 }
@@ -612,17 +685,25 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
+        // The index's lock is released before any shard's is taken (the lock order is a shard,
+        // then the index), so each record is checked again under its shard's lock, and the
+        // index updated there.
         let keys: Vec<SessionKey> = lock(&self.inner.owners)
-            .remove(owner)
-            .map(|keys| keys.into_iter().collect())
+            .get(owner)
+            .map(|keys| keys.iter().copied().collect())
             .unwrap_or_default();
         let mut deleted = 0;
         for key in keys {
             let mut shard = lock(self.shard(&key));
-            if shard.records.get(&key).and_then(|r| r.owner.as_deref()) == Some(owner) {
-                shard.records.remove(&key);
-                deleted += 1;
+            if shard.records.get(&key).and_then(|r| r.owner.as_deref()) != Some(owner) {
+                continue; // deleted or given another owner since
             }
+            let removed = shard.records.remove(&key);
+            self.free_places(1);
+            self.index_owner(&key, Some(owner), None);
+            drop(shard); // before `removed` is freed
+            drop(removed);
+            deleted += 1;
         }
         Ok(deleted)
     }
@@ -633,6 +714,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::{Expiry, SessionId};
+    use std::sync::TryLockError;
+    use std::thread;
+    use std::time::{Duration as StdDuration, Instant};
     use time::Duration;
 
     fn record(now: OffsetDateTime, ttl: Duration) -> Record {
@@ -718,6 +802,7 @@ mod tests {
         }
         assert_eq!(deleted, 200);
         assert_eq!(store.len(), 1800);
+        assert_counted(&store);
     }
 
     #[tokio::test]
@@ -770,5 +855,396 @@ mod tests {
         );
         assert!(store.is_empty());
         assert!(lock(shard).by_minute.is_empty(), "the index empties too");
+        assert_counted(&store);
+    }
+
+    /// Polls the key's record without ever waiting for its shard's lock, until `seen` holds for
+    /// it (`None` when there is no record) or 20 ms have passed. False if it never did: the lock
+    /// was held all along, or the operation has not run yet.
+    fn settles(
+        store: &MemoryStore,
+        key: &SessionKey,
+        seen: impl Fn(Option<&Stored>) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + StdDuration::from_millis(20);
+        while Instant::now() < deadline {
+            match store.shard(key).try_lock() {
+                Ok(shard) if seen(shard.records.get(key).map(|r| &**r)) => return true,
+                Ok(_) | Err(TryLockError::WouldBlock) => thread::yield_now(),
+                Err(TryLockError::Poisoned(_)) => return false,
+            }
+        }
+        false
+    }
+
+    /// Runs `first`, then `second`, on one key while the test holds the owner index's lock, and
+    /// then lets `second` update the index before `first`: the interleaving that put the index
+    /// out of step with the records when they changed it after releasing the shard's lock.
+    ///
+    /// Each operation is started once the one before has changed the record, if the shard's lock
+    /// lets the test see that within 20 ms. `std`'s lock wakes its waiters in the order they came,
+    /// so the test releases the lock, which wakes `first`, and takes it back before `first` runs;
+    /// `first` then waits again, behind `second`. Updating the index under the shard's lock makes
+    /// the interleaving impossible: `first` then waits for the index while holding the shard,
+    /// and `second` cannot change the record before `first` is done.
+    fn race_on_the_owner_index(
+        store: &MemoryStore,
+        key: SessionKey,
+        first: impl FnOnce(&MemoryStore) + Send + 'static,
+        first_done: impl Fn(Option<&Stored>) -> bool,
+        second: impl FnOnce(&MemoryStore) + Send + 'static,
+        second_done: impl Fn(Option<&Stored>) -> bool,
+    ) {
+        let owners = lock(&store.inner.owners);
+        let a = {
+            let store = store.clone();
+            thread::spawn(move || first(&store))
+        };
+        settles(store, &key, first_done);
+        let b = {
+            let store = store.clone();
+            thread::spawn(move || second(&store))
+        };
+        settles(store, &key, second_done);
+        // Both now wait for the index's lock (without the fix).
+        thread::sleep(StdDuration::from_millis(2));
+        drop(owners);
+        let owners = lock(&store.inner.owners);
+        thread::sleep(StdDuration::from_millis(2));
+        drop(owners);
+        a.join().unwrap();
+        b.join().unwrap();
+    }
+
+    /// Asserts that the count of sessions is the number of records.
+    fn assert_counted(store: &MemoryStore) {
+        let records: usize = store
+            .inner
+            .shards
+            .iter()
+            .map(|s| lock(s).records.len())
+            .sum();
+        assert_eq!(store.inner.sessions.load(Ordering::Relaxed), records);
+    }
+
+    /// Asserts that the owner index lists exactly the keys of the records that have an owner.
+    fn assert_index_matches_records(store: &MemoryStore) {
+        let mut owned: HashMap<String, HashSet<SessionKey>> = HashMap::new();
+        for shard in store.inner.shards.iter() {
+            for (key, record) in &lock(shard).records {
+                if let Some(owner) = &record.owner {
+                    owned.entry(owner.to_string()).or_default().insert(*key);
+                }
+            }
+        }
+        assert_eq!(*lock(&store.inner.owners), owned);
+    }
+
+    fn owner_change(owner: Option<&str>) -> ChangeSet {
+        ChangeSet {
+            owner: Some(owner.map(String::from)),
+            ..ChangeSet::default()
+        }
+    }
+
+    fn owner_is(owner: Option<&'static str>) -> impl Fn(Option<&Stored>) -> bool {
+        move |record| record.is_some_and(|r| r.owner.as_deref() == owner)
+    }
+
+    #[tokio::test]
+    async fn an_owner_set_while_another_request_clears_it_stays_revocable() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        for _ in 0..20 {
+            let store = MemoryStore::with_shards(1);
+            let key = SessionId::generate().unwrap().key();
+            let mut alices = record(now, Duration::hours(1));
+            alices.owner = Some("alice".into());
+            assert!(store.create_now(&key, &alices, now).unwrap());
+            race_on_the_owner_index(
+                &store,
+                key,
+                move |store| {
+                    let saved = store.save_now(&key, &owner_change(None), now).unwrap();
+                    assert_eq!(saved, Saved::Applied);
+                },
+                owner_is(None),
+                move |store| {
+                    let saved = store.save_now(&key, &owner_change(Some("alice")), now);
+                    assert_eq!(saved.unwrap(), Saved::Applied);
+                },
+                owner_is(Some("alice")),
+            );
+            assert_index_matches_records(&store);
+            assert_counted(&store);
+            let owned = store
+                .load_now(&key, now)
+                .unwrap()
+                .is_some_and(|r| r.owner.as_deref() == Some("alice"));
+            assert_eq!(
+                store.delete_owner("alice").await.unwrap(),
+                usize::from(owned)
+            );
+            assert!(store.load_now(&key, now).unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delete_racing_a_login_leaves_no_owner_entry_behind() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        for _ in 0..20 {
+            let store = MemoryStore::with_shards(1);
+            let key = SessionId::generate().unwrap().key();
+            assert!(
+                store
+                    .create_now(&key, &record(now, Duration::hours(1)), now)
+                    .unwrap()
+            );
+            race_on_the_owner_index(
+                &store,
+                key,
+                move |store| {
+                    store
+                        .save_now(&key, &owner_change(Some("alice")), now)
+                        .unwrap();
+                },
+                owner_is(Some("alice")),
+                move |store| store.delete_now(&key).unwrap(),
+                |record| record.is_none(),
+            );
+            assert!(store.is_empty());
+            assert!(lock(&store.inner.owners).is_empty(), "a deleted key stayed");
+            assert_counted(&store);
+        }
+    }
+
+    #[test]
+    fn stored_values_are_sorted_whatever_order_the_record_keeps() {
+        // With serde_json's `preserve_order` feature, which any crate in an app's dependency tree
+        // can turn on, a record's map iterates in insertion order. Only a build with that feature
+        // shows the failure: `cargo test --lib --features serde_json/preserve_order`.
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut record = record(now, Duration::hours(1));
+        record.data.insert("b".into(), 1.into());
+        record.data.insert("a".into(), 2.into());
+        let mut stored = Stored::from_record(&record);
+        let names = |stored: &Stored| -> Vec<String> {
+            stored
+                .data
+                .iter()
+                .map(|(name, _)| name.to_string())
+                .collect()
+        };
+        assert_eq!(names(&stored), ["a", "b"]);
+        let mut changes = ChangeSet::default();
+        changes.removed.push("b".into());
+        changes.set.insert("c".into(), 3.into());
+        stored.apply(&changes);
+        assert_eq!(names(&stored), ["a", "c"], "a removed value came back");
+        let mut expected = record.clone();
+        changes.apply_to(&mut expected);
+        assert_eq!(stored.to_record(), expected);
+    }
+
+    /// A key whose shard is not `other`'s.
+    fn key_in_another_shard(store: &MemoryStore, other: &SessionKey) -> SessionKey {
+        loop {
+            let key = SessionId::generate().unwrap().key();
+            if !std::ptr::eq(store.shard(&key), store.shard(other)) {
+                return key;
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_of_many_shards_holds_exactly_its_maximum() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let store = MemoryStore::with_shards(16).with_max_sessions(1);
+        let first = SessionId::generate().unwrap().key();
+        assert!(
+            store
+                .create_now(&first, &record(now, Duration::hours(1)), now)
+                .unwrap()
+        );
+        let second = key_in_another_shard(&store, &first);
+        assert!(
+            store
+                .create_now(&second, &record(now, Duration::hours(1)), now)
+                .is_err()
+        );
+        assert_eq!(store.len(), 1);
+
+        let store = MemoryStore::with_shards(16).with_max_sessions(1000);
+        let mut keys = Vec::new();
+        for _ in 0..1000 {
+            let key = SessionId::generate().unwrap().key();
+            assert!(
+                store
+                    .create_now(&key, &record(now, Duration::hours(1)), now)
+                    .unwrap()
+            );
+            keys.push(key);
+        }
+        let refused = store.create_now(
+            &SessionId::generate().unwrap().key(),
+            &record(now, Duration::hours(1)),
+            now,
+        );
+        assert_eq!(refused.unwrap_err().kind(), StoreErrorKind::Backend);
+        assert_eq!(store.len(), 1000);
+        assert_counted(&store);
+        // Deleting one lets exactly one more in.
+        store.delete_now(&keys[0]).unwrap();
+        assert!(
+            store
+                .create_now(
+                    &SessionId::generate().unwrap().key(),
+                    &record(now, Duration::hours(1)),
+                    now
+                )
+                .unwrap()
+        );
+        assert!(
+            store
+                .create_now(
+                    &SessionId::generate().unwrap().key(),
+                    &record(now, Duration::hours(1)),
+                    now
+                )
+                .is_err()
+        );
+        assert_eq!(store.len(), 1000);
+        assert_counted(&store);
+    }
+
+    #[test]
+    fn a_full_store_sweeps_expired_sessions_of_any_shard_to_make_room() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let later = now + Duration::minutes(5);
+        let store = MemoryStore::with_shards(16).with_max_sessions(1);
+        let short = SessionId::generate().unwrap().key();
+        assert!(
+            store
+                .create_now(&short, &record(now, Duration::minutes(1)), now)
+                .unwrap()
+        );
+        let key = key_in_another_shard(&store, &short);
+        assert!(
+            store
+                .create_now(&key, &record(later, Duration::hours(1)), later)
+                .unwrap()
+        );
+        assert_eq!(store.len(), 1, "the expired session was swept");
+
+        let store = MemoryStore::with_shards(16).with_max_sessions(1000);
+        for _ in 0..1000 {
+            let key = SessionId::generate().unwrap().key();
+            assert!(
+                store
+                    .create_now(&key, &record(now, Duration::minutes(1)), now)
+                    .unwrap()
+            );
+        }
+        for _ in 0..1000 {
+            let key = SessionId::generate().unwrap().key();
+            assert!(
+                store
+                    .create_now(&key, &record(later, Duration::hours(1)), later)
+                    .unwrap()
+            );
+        }
+        assert_eq!(store.len(), 1000);
+        assert_counted(&store);
+    }
+
+    #[test]
+    fn concurrent_creates_fill_the_store_to_its_maximum_and_no_further() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let store = MemoryStore::with_shards(16).with_max_sessions(1000);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                thread::spawn(move || {
+                    (0..400)
+                        .filter(|_| {
+                            let key = SessionId::generate().unwrap().key();
+                            store
+                                .create_now(&key, &record(now, Duration::hours(1)), now)
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let created: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(created, 1000);
+        assert_eq!(store.len(), 1000);
+        assert_counted(&store);
+    }
+
+    #[tokio::test]
+    async fn the_owner_index_drops_keys_that_are_deleted_expired_or_given_another_owner() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let later = now + Duration::minutes(5);
+        let store = MemoryStore::with_shards(4);
+        let owned = |owner: &str, ttl: Duration, at: OffsetDateTime| {
+            let mut record = record(at, ttl);
+            record.owner = Some(owner.into());
+            record
+        };
+        let sizes = |store: &MemoryStore| -> BTreeMap<String, usize> {
+            lock(&store.inner.owners)
+                .iter()
+                .map(|(owner, keys)| (owner.clone(), keys.len()))
+                .collect()
+        };
+        let keys: Vec<SessionKey> = (0..7)
+            .map(|_| SessionId::generate().unwrap().key())
+            .collect();
+        let long = Duration::hours(1);
+        let short = Duration::minutes(1);
+        for (key, (owner, ttl)) in keys.iter().zip([
+            ("alice", long),
+            ("alice", long),
+            ("bob", long),
+            ("carol", short),
+            ("dave", short),
+            ("frank", short),
+            ("gina", long),
+        ]) {
+            assert!(store.create_now(key, &owned(owner, ttl, now), now).unwrap());
+        }
+        assert_eq!(lock(&store.inner.owners).len(), 6);
+
+        store.delete_now(&keys[0]).unwrap();
+        assert_eq!(sizes(&store).get("alice"), Some(&1), "deleted");
+        assert_counted(&store);
+        store.save_now(&keys[1], &owner_change(None), now).unwrap();
+        assert_eq!(sizes(&store).get("alice"), None, "owner cleared");
+        store
+            .save_now(&keys[2], &owner_change(Some("erin")), now)
+            .unwrap();
+        assert_eq!(sizes(&store).get("bob"), None, "owner changed");
+        assert!(store.load_now(&keys[3], later).unwrap().is_none());
+        assert_eq!(sizes(&store).get("carol"), None, "expired, found by a load");
+        assert_counted(&store);
+        // The expired record of frank is replaced by a new one of harry's.
+        assert!(
+            store
+                .create_now(&keys[5], &owned("harry", long, later), later)
+                .unwrap()
+        );
+        assert_eq!(sizes(&store).get("frank"), None, "expired, replaced");
+        assert_counted(&store);
+        assert_eq!(store.delete_expired(later, usize::MAX).await.unwrap(), 1);
+        assert_eq!(sizes(&store).get("dave"), None, "expired, swept");
+        assert_counted(&store);
+        assert_eq!(store.delete_owner("gina").await.unwrap(), 1);
+        assert_eq!(sizes(&store).get("gina"), None, "revoked");
+        assert_counted(&store);
+        assert_eq!(
+            sizes(&store),
+            BTreeMap::from([("erin".to_owned(), 1), ("harry".to_owned(), 1)])
+        );
+        assert_index_matches_records(&store);
     }
 }
