@@ -1,6 +1,8 @@
-//! HTTP-level tests of edge cases in the session handle: a `save()` cut short, the deadline
-//! `expires_at` reports between touches, enormous expiry windows, and `Max-Age` against a
-//! deadline kept in whole seconds.
+//! HTTP-level tests of edge cases: a `save()` cut short, the deadline `expires_at` reports
+//! between touches, enormous expiry windows, `Max-Age` against a deadline kept in whole seconds,
+//! `cycle_id` racing other requests of the session, and several layers on one app when an outer
+//! layer's commit fails (the writes inner layers committed stand, so their session headers go out
+//! with the outer layer's error response).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -9,24 +11,39 @@ use std::time::Duration as StdDuration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, Response, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use axum::routing::get;
 use http_body_util::BodyExt;
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
 use tower_satchel::{
-    Arrival, ChangeSet, Clock, Expiry, ManualClock, MemoryStore, Record, Saved, Session,
-    SessionInfo, SessionKey, SessionLayer, SessionStore, StoreError,
+    Arrival, ChangeSet, Clock, Expiry, ManualClock, MemoryStore, Record, Saved, ScopedSession,
+    Session, SessionInfo, SessionKey, SessionLayer, SessionStore, StoreError,
 };
 
-/// A memory store, reached through boxed futures, whose next `save` can be made to hang.
+/// A memory store, reached through boxed futures, whose next `save` can be made to hang, and
+/// whose writes fail while `fail` is set (reads always work).
 #[derive(Clone, Default)]
-struct Hanging {
+struct Flaky {
     inner: MemoryStore,
     hang_next_save: Arc<AtomicBool>,
+    fail: Arc<AtomicBool>,
 }
 
-impl SessionStore for Hanging {
+impl Flaky {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(StoreError::backend(
+                "injected failure",
+                std::io::Error::other("backend down"),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl SessionStore for Flaky {
     async fn load(
         &self,
         key: &SessionKey,
@@ -40,6 +57,7 @@ impl SessionStore for Hanging {
         record: &Record,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        self.check()?;
         self.inner.create(key, record, now).await
     }
     async fn save(
@@ -51,6 +69,7 @@ impl SessionStore for Hanging {
         if self.hang_next_save.swap(false, Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
+        self.check()?;
         self.inner.save(key, changes, now).await
     }
     async fn touch(
@@ -59,9 +78,11 @@ impl SessionStore for Hanging {
         idle_deadline: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
+        self.check()?;
         self.inner.touch(key, idle_deadline, now).await
     }
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.check()?;
         self.inner.delete(key).await
     }
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
@@ -75,6 +96,7 @@ impl SessionStore for Hanging {
         self.inner.list_owner(owner, now).await
     }
     async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
+        self.check()?;
         self.inner.delete_owner(owner).await
     }
 }
@@ -110,7 +132,7 @@ fn start_route() -> axum::routing::MethodRouter {
 
 #[tokio::test]
 async fn a_save_cut_short_leaves_its_changes_to_the_layer() {
-    let store = Hanging::default();
+    let store = Flaky::default();
     let hang = store.hang_next_save.clone();
     let router = Router::new()
         .route("/start", start_route())
@@ -303,8 +325,15 @@ fn rotation_router(loaded: Arc<tokio::sync::Notify>, go: Arc<tokio::sync::Notify
         .layer(SessionLayer::new(MemoryStore::new()))
 }
 
-#[tokio::test]
-async fn a_rotation_keeps_what_a_concurrent_request_saved() {
+/// Starts a session, then a `/rotate` request of it, and returns once that request has loaded
+/// the session: the router, the session's cookie, the `Notify` that lets the rotation go on, and
+/// the rotating request.
+async fn start_rotation() -> (
+    Router,
+    String,
+    Arc<tokio::sync::Notify>,
+    tokio::task::JoinHandle<Response<Body>>,
+) {
     let loaded = Arc::new(tokio::sync::Notify::new());
     let go = Arc::new(tokio::sync::Notify::new());
     let router = rotation_router(loaded.clone(), go.clone());
@@ -315,6 +344,12 @@ async fn a_rotation_keeps_what_a_concurrent_request_saved() {
         async move { send(&router, "/rotate", Some(&old)).await }
     });
     loaded.notified().await;
+    (router, old, go, rotation)
+}
+
+#[tokio::test]
+async fn a_rotation_keeps_what_a_concurrent_request_saved() {
+    let (router, old, go, rotation) = start_rotation().await;
     // Saved while the rotating request runs, after it loaded the session.
     assert_eq!(
         send(&router, "/cart", Some(&old)).await.status(),
@@ -339,16 +374,7 @@ async fn a_rotation_keeps_what_a_concurrent_request_saved() {
 
 #[tokio::test]
 async fn a_rotation_does_not_revive_a_session_ended_meanwhile() {
-    let loaded = Arc::new(tokio::sync::Notify::new());
-    let go = Arc::new(tokio::sync::Notify::new());
-    let router = rotation_router(loaded.clone(), go.clone());
-    let response = send(&router, "/start", None).await;
-    let old = format!("id={}", set_cookie(&response).unwrap().value());
-    let rotation = tokio::spawn({
-        let (router, old) = (router.clone(), old.clone());
-        async move { send(&router, "/rotate", Some(&old)).await }
-    });
-    loaded.notified().await;
+    let (router, old, go, rotation) = start_rotation().await;
     // Logged out elsewhere while the rotating request runs.
     send(&router, "/logout", Some(&old)).await;
     go.notify_one();
@@ -362,4 +388,271 @@ async fn a_rotation_does_not_revive_a_session_ended_meanwhile() {
         text(send(&router, "/dump", Some(&old)).await).await,
         "None None None"
     );
+}
+
+/// The session shared across sub-domains (the outer layer).
+struct Shared;
+
+/// A third layer, between the app-local one and [`Shared`].
+struct Middle;
+
+const X_SESSION: HeaderName = HeaderName::from_static("x-session");
+
+/// The app-local (inner) layer: cookie `id`, or the `x-session` header.
+fn local_layer(store: &MemoryStore, header: bool) -> SessionLayer {
+    let builder = SessionLayer::builder(store.clone());
+    let builder = if header {
+        builder.header_transport(X_SESSION)
+    } else {
+        builder
+    };
+    builder.build().unwrap()
+}
+
+/// `/start` writes to both sessions; `/login` rotates the local session's ID, writes to the shared
+/// one and breaks the shared store (so the outer commit fails after the inner one took), and sets
+/// an unrelated header; `/whoami` reads the local session.
+fn two_layer_app(local: &MemoryStore, shared: &Flaky, header: bool) -> Router {
+    let fail = shared.fail.clone();
+    Router::new()
+        .route(
+            "/start",
+            get(|local: Session, shared: ScopedSession<Shared>| async move {
+                local.insert("user", "alice").unwrap();
+                shared.insert("visits", 1).unwrap();
+                "started"
+            }),
+        )
+        .route(
+            "/login",
+            get(
+                move |local: Session, shared: ScopedSession<Shared>| async move {
+                    local.cycle_id();
+                    shared.insert("visits", 2).unwrap();
+                    fail.store(true, Ordering::SeqCst);
+                    ([("x-handler", "yes")], "logged in")
+                },
+            ),
+        )
+        .route(
+            "/whoami",
+            get(|local: Session| async move {
+                local
+                    .get::<String>("user")
+                    .unwrap()
+                    .unwrap_or_else(|| "nobody".to_owned())
+            }),
+        )
+        .layer(local_layer(local, header))
+        .layer(
+            SessionLayer::builder(shared.clone())
+                .cookie_name("shared")
+                .scope::<Shared>()
+                .build()
+                .unwrap(),
+        )
+}
+
+/// The `name` cookies the response sets, by value.
+fn set_cookies(resp: &Response<Body>, name: &str) -> Vec<String> {
+    resp.headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
+        .filter(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+        .collect()
+}
+
+fn one_cookie(resp: &Response<Body>, name: &str) -> String {
+    let values = set_cookies(resp, name);
+    assert_eq!(values.len(), 1, "one {name} cookie: {:?}", resp.headers());
+    values[0].clone()
+}
+
+fn vary_has(resp: &Response<Body>, name: &str) -> bool {
+    resp.headers().get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .unwrap()
+            .split(',')
+            .any(|part| part.trim().eq_ignore_ascii_case(name))
+    })
+}
+
+async fn send_with(
+    router: &Router,
+    path: &str,
+    headers: &[(HeaderName, String)],
+) -> Response<Body> {
+    let mut request = Request::get(path);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_outer_layer_failing_keeps_the_cookie_an_inner_layer_rotated() {
+    let local = MemoryStore::new();
+    let shared = Flaky::default();
+    let router = two_layer_app(&local, &shared, false);
+
+    let resp = send_with(&router, "/start", &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let old_id = one_cookie(&resp, "id");
+    let shared_id = one_cookie(&resp, "shared");
+    let cookies = |id: &str| vec![(header::COOKIE, format!("id={id}; shared={shared_id}"))];
+
+    let resp = send_with(&router, "/login", &cookies(&old_id)).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let new_id = one_cookie(&resp, "id");
+    assert_ne!(new_id, old_id, "the rotated ID goes out");
+    assert!(
+        set_cookies(&resp, "shared").is_empty(),
+        "the failed write sets nothing"
+    );
+    assert_eq!(
+        resp.headers().get(header::CACHE_CONTROL),
+        Some(&HeaderValue::from_static("no-store"))
+    );
+    assert!(vary_has(&resp, "cookie"));
+    assert_eq!(
+        resp.headers().get("x-handler"),
+        None,
+        "the failed response's own headers are not carried over"
+    );
+
+    shared.fail.store(false, Ordering::SeqCst);
+    let resp = send_with(&router, "/whoami", &cookies(&new_id)).await;
+    assert_eq!(text(resp).await, "alice", "the login survives");
+    let resp = send_with(&router, "/whoami", &cookies(&old_id)).await;
+    assert_eq!(text(resp).await, "nobody", "the old ID is gone");
+}
+
+#[tokio::test]
+async fn an_outer_layer_failing_keeps_the_token_header_an_inner_layer_rotated() {
+    let local = MemoryStore::new();
+    let shared = Flaky::default();
+    let router = two_layer_app(&local, &shared, true);
+
+    let resp = send_with(&router, "/start", &[]).await;
+    let token = |resp: &Response<Body>| {
+        resp.headers()
+            .get(&X_SESSION)
+            .expect("a token header")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let old_token = token(&resp);
+    let shared_id = one_cookie(&resp, "shared");
+    let headers = |token: &str| {
+        vec![
+            (X_SESSION, token.to_owned()),
+            (header::COOKIE, format!("shared={shared_id}")),
+        ]
+    };
+
+    let resp = send_with(&router, "/login", &headers(&old_token)).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let new_token = token(&resp);
+    assert_ne!(new_token, old_token);
+    assert_eq!(
+        resp.headers().get(header::CACHE_CONTROL),
+        Some(&HeaderValue::from_static("no-store"))
+    );
+    assert!(vary_has(&resp, "x-session"));
+
+    shared.fail.store(false, Ordering::SeqCst);
+    let resp = send_with(&router, "/whoami", &headers(&new_token)).await;
+    assert_eq!(text(resp).await, "alice");
+}
+
+/// Three layers: the middle one fails, and so does the outer one (which persists on 5xx, so it
+/// commits after the middle one's error response). The inner layer's cookie outlives both.
+#[tokio::test]
+async fn the_inner_cookie_survives_two_failing_layers() {
+    let local = MemoryStore::new();
+    let broken = Flaky::default();
+    let fail = broken.fail.clone();
+    let router =
+        Router::new()
+            .route(
+                "/start",
+                get(
+                    |local: Session,
+                     middle: ScopedSession<Middle>,
+                     shared: ScopedSession<Shared>| async move {
+                        local.insert("user", "alice").unwrap();
+                        middle.insert("n", 1).unwrap();
+                        shared.insert("n", 1).unwrap();
+                    },
+                ),
+            )
+            .route(
+                "/login",
+                get(
+                    move |local: Session,
+                          middle: ScopedSession<Middle>,
+                          shared: ScopedSession<Shared>| async move {
+                        local.cycle_id();
+                        middle.insert("n", 2).unwrap();
+                        shared.insert("n", 2).unwrap();
+                        fail.store(true, Ordering::SeqCst);
+                    },
+                ),
+            )
+            .route(
+                "/whoami",
+                get(|local: Session| async move { local.get::<String>("user").unwrap().unwrap() }),
+            )
+            .layer(SessionLayer::new(local.clone()))
+            .layer(
+                SessionLayer::builder(broken.clone())
+                    .cookie_name("middle")
+                    .scope::<Middle>()
+                    .build()
+                    .unwrap(),
+            )
+            .layer(
+                SessionLayer::builder(broken.clone())
+                    .cookie_name("shared")
+                    .persist_on_server_error(true)
+                    .scope::<Shared>()
+                    .build()
+                    .unwrap(),
+            );
+
+    let resp = send_with(&router, "/start", &[]).await;
+    let old_id = one_cookie(&resp, "id");
+    let others = format!(
+        "middle={}; shared={}",
+        one_cookie(&resp, "middle"),
+        one_cookie(&resp, "shared")
+    );
+
+    let resp = send_with(
+        &router,
+        "/login",
+        &[(header::COOKIE, format!("id={old_id}; {others}"))],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let new_id = one_cookie(&resp, "id");
+    assert_ne!(new_id, old_id);
+    assert!(set_cookies(&resp, "middle").is_empty());
+    assert!(set_cookies(&resp, "shared").is_empty());
+
+    broken.fail.store(false, Ordering::SeqCst);
+    let resp = send_with(
+        &router,
+        "/whoami",
+        &[(header::COOKIE, format!("id={new_id}; {others}"))],
+    )
+    .await;
+    assert_eq!(text(resp).await, "alice");
 }

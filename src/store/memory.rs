@@ -1055,63 +1055,43 @@ mod tests {
         }
     }
 
+    /// Creates a session under `key` (a fresh one when `None`), live for `ttl` from `at`.
+    fn create_at(
+        store: &MemoryStore,
+        key: Option<&SessionKey>,
+        at: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let fresh = SessionId::generate().unwrap().key();
+        store.create_now(key.unwrap_or(&fresh), &record(at, ttl), at)
+    }
+
     #[test]
     fn a_store_of_many_shards_holds_exactly_its_maximum() {
         let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let hour = Duration::hours(1);
         let store = MemoryStore::with_shards(16).with_max_sessions(1);
         let first = SessionId::generate().unwrap().key();
-        assert!(
-            store
-                .create_now(&first, &record(now, Duration::hours(1)), now)
-                .unwrap()
-        );
+        assert!(create_at(&store, Some(&first), now, hour).unwrap());
         let second = key_in_another_shard(&store, &first);
-        assert!(
-            store
-                .create_now(&second, &record(now, Duration::hours(1)), now)
-                .is_err()
-        );
+        assert!(create_at(&store, Some(&second), now, hour).is_err());
         assert_eq!(store.len(), 1);
 
         let store = MemoryStore::with_shards(16).with_max_sessions(1000);
-        let mut keys = Vec::new();
-        for _ in 0..1000 {
-            let key = SessionId::generate().unwrap().key();
-            assert!(
-                store
-                    .create_now(&key, &record(now, Duration::hours(1)), now)
-                    .unwrap()
-            );
-            keys.push(key);
+        let keys: Vec<SessionKey> = (0..1000)
+            .map(|_| SessionId::generate().unwrap().key())
+            .collect();
+        for key in &keys {
+            assert!(create_at(&store, Some(key), now, hour).unwrap());
         }
-        let refused = store.create_now(
-            &SessionId::generate().unwrap().key(),
-            &record(now, Duration::hours(1)),
-            now,
-        );
+        let refused = create_at(&store, None, now, hour);
         assert_eq!(refused.unwrap_err().kind(), StoreErrorKind::Backend);
         assert_eq!(store.len(), 1000);
         assert_counted(&store);
         // Deleting one lets exactly one more in.
         store.delete_now(&keys[0]).unwrap();
-        assert!(
-            store
-                .create_now(
-                    &SessionId::generate().unwrap().key(),
-                    &record(now, Duration::hours(1)),
-                    now
-                )
-                .unwrap()
-        );
-        assert!(
-            store
-                .create_now(
-                    &SessionId::generate().unwrap().key(),
-                    &record(now, Duration::hours(1)),
-                    now
-                )
-                .is_err()
-        );
+        assert!(create_at(&store, None, now, hour).unwrap());
+        assert!(create_at(&store, None, now, hour).is_err());
         assert_eq!(store.len(), 1000);
         assert_counted(&store);
     }
@@ -1122,35 +1102,17 @@ mod tests {
         let later = now + Duration::minutes(5);
         let store = MemoryStore::with_shards(16).with_max_sessions(1);
         let short = SessionId::generate().unwrap().key();
-        assert!(
-            store
-                .create_now(&short, &record(now, Duration::minutes(1)), now)
-                .unwrap()
-        );
+        assert!(create_at(&store, Some(&short), now, Duration::minutes(1)).unwrap());
         let key = key_in_another_shard(&store, &short);
-        assert!(
-            store
-                .create_now(&key, &record(later, Duration::hours(1)), later)
-                .unwrap()
-        );
+        assert!(create_at(&store, Some(&key), later, Duration::hours(1)).unwrap());
         assert_eq!(store.len(), 1, "the expired session was swept");
 
         let store = MemoryStore::with_shards(16).with_max_sessions(1000);
         for _ in 0..1000 {
-            let key = SessionId::generate().unwrap().key();
-            assert!(
-                store
-                    .create_now(&key, &record(now, Duration::minutes(1)), now)
-                    .unwrap()
-            );
+            assert!(create_at(&store, None, now, Duration::minutes(1)).unwrap());
         }
         for _ in 0..1000 {
-            let key = SessionId::generate().unwrap().key();
-            assert!(
-                store
-                    .create_now(&key, &record(later, Duration::hours(1)), later)
-                    .unwrap()
-            );
+            assert!(create_at(&store, None, later, Duration::hours(1)).unwrap());
         }
         assert_eq!(store.len(), 1000);
         assert_counted(&store);
@@ -1165,12 +1127,7 @@ mod tests {
                 let store = store.clone();
                 thread::spawn(move || {
                     (0..400)
-                        .filter(|_| {
-                            let key = SessionId::generate().unwrap().key();
-                            store
-                                .create_now(&key, &record(now, Duration::hours(1)), now)
-                                .is_ok()
-                        })
+                        .filter(|_| create_at(&store, None, now, Duration::hours(1)).is_ok())
                         .count()
                 })
             })
