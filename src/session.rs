@@ -353,7 +353,15 @@ struct InFlight<'a> {
     answered: bool,
 }
 
-impl InFlight<'_> {
+impl<'a> InFlight<'a> {
+    fn new(session: &'a Session, changes: ChangeSet) -> Self {
+        Self {
+            session,
+            changes,
+            answered: false,
+        }
+    }
+
     /// The store answered: the caller takes the changes back and decides.
     fn answered(mut self) -> ChangeSet {
         self.answered = true;
@@ -715,11 +723,7 @@ impl Session {
                 changes,
                 cookie,
             } => {
-                let in_flight = InFlight {
-                    session: self,
-                    changes,
-                    answered: false,
-                };
+                let in_flight = InFlight::new(self, changes);
                 let outcome = store.save(&id.key(), &in_flight.changes, now).await;
                 let changes = in_flight.answered();
                 if matches!(outcome, Ok(Saved::Gone)) {
@@ -740,14 +744,7 @@ impl Session {
                 replaces,
             } => {
                 let (old, in_flight) = match replaces {
-                    Some((old, changes)) => (
-                        Some(old),
-                        Some(InFlight {
-                            session: self,
-                            changes,
-                            answered: false,
-                        }),
-                    ),
+                    Some((old, changes)) => (Some(old), Some(InFlight::new(self, changes))),
                     None => (None, None),
                 };
                 let replacing = old.as_ref().zip(in_flight.as_ref().map(|f| &f.changes));
