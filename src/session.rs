@@ -1027,7 +1027,11 @@ impl Session {
 
     /// The keys that are set, sorted. Empty before load.
     pub fn keys(&self) -> Vec<String> {
-        self.state().data.keys().cloned().collect()
+        let mut keys: Vec<String> = self.state().data.keys().cloned().collect();
+        // The map iterates sorted, unless serde_json's `preserve_order` feature is on (any crate
+        // of the app can turn it on): then in insertion order. One pass when already sorted.
+        keys.sort_unstable();
+        keys
     }
 
     /// How many keys are set. 0 before load.
