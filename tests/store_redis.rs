@@ -325,6 +325,58 @@ async fn the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_s
 }
 
 #[tokio::test]
+async fn a_login_saved_to_an_ended_session_leaves_the_owner_index_expiring() {
+    let url = single_url();
+    let (store, prefix) = store_with_prefix(&url).await;
+    let mut conn = raw(&url).await;
+    let now = now();
+    let k1 = SessionId::generate().unwrap().key();
+    let mut r1 = record(now, Duration::hours(1), Some(Duration::days(1)));
+    r1.owner = Some("alice".into());
+    assert!(store.create(&k1, &r1, now).await.unwrap());
+    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
+    assert_eq!(index.len(), 1);
+
+    // A logout wins the race against a login of the same session.
+    let k2 = SessionId::generate().unwrap().key();
+    let r2 = record(now, Duration::hours(1), Some(Duration::days(1)));
+    assert!(store.create(&k2, &r2, now).await.unwrap());
+    store.delete(&k2).await.unwrap();
+    let mut login = ChangeSet::default();
+    login.owner = Some(Some("alice".into()));
+    assert_eq!(store.save(&k2, &login, now).await.unwrap(), Saved::Gone);
+
+    let members: Vec<String> = conn.zrange(&index[0], 0, -1).await.unwrap();
+    assert!(
+        !members.iter().any(|m| m.starts_with(&k2.to_hex())),
+        "the ended session's entry is removed: {members:?}"
+    );
+    assert_ttl(conn.pttl(&index[0]).await.unwrap(), Duration::days(1));
+}
+
+#[tokio::test]
+async fn pruning_the_last_entry_without_a_deadline_lets_the_owner_index_expire() {
+    let url = single_url();
+    let (store, prefix) = store_with_prefix(&url).await;
+    let mut conn = raw(&url).await;
+    let now = now();
+    let k1 = SessionId::generate().unwrap().key();
+    let mut r1 = record(now, Duration::hours(1), Some(Duration::days(1)));
+    r1.owner = Some("carol".into());
+    assert!(store.create(&k1, &r1, now).await.unwrap());
+    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
+    // An entry with no deadline, of a session long gone (as a crashed login leaves): the index
+    // cannot expire while it is there.
+    let long_gone = format!("{}:0", SessionId::generate().unwrap().key().to_hex());
+    let _: () = conn.zadd(&index[0], &long_gone, "+inf").await.unwrap();
+    let _: () = conn.persist(&index[0]).await.unwrap();
+    assert_eq!(store.list_owner("carol", now).await.unwrap().len(), 1);
+    let left: usize = conn.zcard(&index[0]).await.unwrap();
+    assert_eq!(left, 1, "the long-gone entry is pruned");
+    assert_ttl(conn.pttl(&index[0]).await.unwrap(), Duration::days(1));
+}
+
+#[tokio::test]
 async fn prefixes_that_would_change_the_cluster_slot_are_refused() {
     let store = single_store().await;
     let error = store.with_prefix("app{1}:").unwrap_err();

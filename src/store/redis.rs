@@ -163,11 +163,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return -1
 ";
 
-/// KEYS[1] owner index; ARGV[1] now, ARGV[2] score (absolute deadline or +inf), ARGV[3] member.
-/// Drops the entries past their absolute deadline and sets the index's TTL to the last of them.
-const LUA_INDEX_ADD: &str = r"
-local now = tonumber(ARGV[1])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+/// The end of the owner-index scripts, with `now` set to ARGV[1]: drops the entries past their
+/// absolute deadline and gives the index the TTL of the last of them (none while an entry has
+/// no absolute deadline: score +inf).
+macro_rules! lua_index_expiry {
+    () => {
+        r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCOUNT', KEYS[1], '+inf', '+inf') > 0 then
   redis.call('PERSIST', KEYS[1])
@@ -176,7 +177,28 @@ else
   if top[2] then redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(top[2]) - now)) end
 end
 return 1
-";
+"
+    };
+}
+
+/// KEYS[1] owner index; ARGV[1] now, ARGV[2] score (absolute deadline or +inf), ARGV[3] member.
+const LUA_INDEX_ADD: &str = concat!(
+    r"
+local now = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+",
+    lua_index_expiry!()
+);
+
+/// KEYS[1] owner index; ARGV[1] now, ARGV[2..] members to remove. The index's TTL is worked out
+/// again: removing the last entry without an absolute deadline lets the index expire.
+const LUA_INDEX_REMOVE: &str = concat!(
+    r"
+local now = tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+",
+    lua_index_expiry!()
+);
 
 /// One server-side script: its source (sent after `NOSCRIPT`) and its SHA-1 (computed once).
 struct Lua {
@@ -202,6 +224,7 @@ struct Scripts {
     delete_if_dead: Lua,
     delete_if_owner: Lua,
     index_add: Lua,
+    index_remove: Lua,
 }
 
 impl Scripts {
@@ -213,6 +236,7 @@ impl Scripts {
             delete_if_dead: Lua::new(LUA_DELETE_IF_DEAD),
             delete_if_owner: Lua::new(LUA_DELETE_IF_OWNER),
             index_add: Lua::new(LUA_INDEX_ADD),
+            index_remove: Lua::new(LUA_INDEX_REMOVE),
         }
     }
 }
@@ -659,16 +683,27 @@ impl RedisStore {
             .iter()
             .flat_map(|s| s.members.iter().map(Vec::as_slice))
             .collect();
+        self.index_remove_members(index, &members).await
+    }
+
+    /// Removes `members` from the index `index`, and sets the index's TTL again (see
+    /// [`LUA_INDEX_REMOVE`]).
+    async fn index_remove_members(
+        &self,
+        index: &[u8],
+        members: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        let now = wall_ms();
         for chunk in members.chunks(1000) {
-            let mut cmd = ::redis::cmd("ZREM");
-            cmd.arg(index);
-            for member in chunk {
-                cmd.arg(*member);
-            }
-            self.conn
-                .query(&cmd)
-                .await
-                .map_err(backend("Redis owner index prune failed"))?;
+            let bytes = index.len() + chunk.iter().map(|m| m.len()).sum::<usize>();
+            self.eval(&self.scripts.index_remove, bytes, |cmd| {
+                cmd.arg(1).arg(index).arg(now);
+                for member in chunk {
+                    cmd.arg(*member);
+                }
+            })
+            .await
+            .map_err(backend("Redis owner index prune failed"))?;
         }
         Ok(())
     }
@@ -1192,7 +1227,18 @@ impl SessionStore for RedisStore {
             .await
             .map_err(backend("Redis session save failed"))?;
         match reply {
-            Value::Int(0) => Ok(Saved::Gone),
+            Value::Int(0) => {
+                // Gone: the entry indexed above names no session, and at +inf it would keep the
+                // index from ever expiring. Best effort: a failure leaves it to the next listing.
+                if let (Some(owner), Some(member)) = (new_owner, &member)
+                    && let Err(error) = self
+                        .index_remove_members(&self.owner_key(owner), &[member.as_bytes()])
+                        .await
+                {
+                    tracing::debug!(session = %key.log_tag(), %error, "owner index entry of an ended session not removed");
+                }
+                Ok(Saved::Gone)
+            }
             Value::Int(_) => Ok(Saved::Applied),
             other => {
                 // The owner was set and the session has an absolute deadline: give the index
