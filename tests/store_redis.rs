@@ -324,18 +324,31 @@ async fn the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_s
     assert_eq!(members, 1, "revoke-all leaves only the entry on its way");
 }
 
+/// Creates a session of `owner` whose absolute deadline is a day away, and returns the key of the
+/// owner's index (the only one under `prefix`).
+async fn owned_session_index(
+    store: &RedisStore,
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    owner: &str,
+    now: OffsetDateTime,
+) -> String {
+    let mut owned = record(now, Duration::hours(1), Some(Duration::days(1)));
+    owned.owner = Some(owner.into());
+    let key = SessionId::generate().unwrap().key();
+    assert!(store.create(&key, &owned, now).await.unwrap());
+    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
+    assert_eq!(index.len(), 1);
+    index.into_iter().next().unwrap()
+}
+
 #[tokio::test]
 async fn a_login_saved_to_an_ended_session_leaves_the_owner_index_expiring() {
     let url = single_url();
     let (store, prefix) = store_with_prefix(&url).await;
     let mut conn = raw(&url).await;
     let now = now();
-    let k1 = SessionId::generate().unwrap().key();
-    let mut r1 = record(now, Duration::hours(1), Some(Duration::days(1)));
-    r1.owner = Some("alice".into());
-    assert!(store.create(&k1, &r1, now).await.unwrap());
-    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
-    assert_eq!(index.len(), 1);
+    let index = owned_session_index(&store, &mut conn, &prefix, "alice", now).await;
 
     // A logout wins the race against a login of the same session.
     let k2 = SessionId::generate().unwrap().key();
@@ -346,12 +359,12 @@ async fn a_login_saved_to_an_ended_session_leaves_the_owner_index_expiring() {
     login.owner = Some(Some("alice".into()));
     assert_eq!(store.save(&k2, &login, now).await.unwrap(), Saved::Gone);
 
-    let members: Vec<String> = conn.zrange(&index[0], 0, -1).await.unwrap();
+    let members: Vec<String> = conn.zrange(&index, 0, -1).await.unwrap();
     assert!(
         !members.iter().any(|m| m.starts_with(&k2.to_hex())),
         "the ended session's entry is removed: {members:?}"
     );
-    assert_ttl(conn.pttl(&index[0]).await.unwrap(), Duration::days(1));
+    assert_ttl(conn.pttl(&index).await.unwrap(), Duration::days(1));
 }
 
 #[tokio::test]
@@ -360,20 +373,16 @@ async fn pruning_the_last_entry_without_a_deadline_lets_the_owner_index_expire()
     let (store, prefix) = store_with_prefix(&url).await;
     let mut conn = raw(&url).await;
     let now = now();
-    let k1 = SessionId::generate().unwrap().key();
-    let mut r1 = record(now, Duration::hours(1), Some(Duration::days(1)));
-    r1.owner = Some("carol".into());
-    assert!(store.create(&k1, &r1, now).await.unwrap());
-    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
+    let index = owned_session_index(&store, &mut conn, &prefix, "carol", now).await;
     // An entry with no deadline, of a session long gone (as a crashed login leaves): the index
     // cannot expire while it is there.
     let long_gone = format!("{}:0", SessionId::generate().unwrap().key().to_hex());
-    let _: () = conn.zadd(&index[0], &long_gone, "+inf").await.unwrap();
-    let _: () = conn.persist(&index[0]).await.unwrap();
+    let _: () = conn.zadd(&index, &long_gone, "+inf").await.unwrap();
+    let _: () = conn.persist(&index).await.unwrap();
     assert_eq!(store.list_owner("carol", now).await.unwrap().len(), 1);
-    let left: usize = conn.zcard(&index[0]).await.unwrap();
+    let left: usize = conn.zcard(&index).await.unwrap();
     assert_eq!(left, 1, "the long-gone entry is pruned");
-    assert_ttl(conn.pttl(&index[0]).await.unwrap(), Duration::days(1));
+    assert_ttl(conn.pttl(&index).await.unwrap(), Duration::days(1));
 }
 
 #[tokio::test]
