@@ -141,8 +141,8 @@ pub use store::sql::PostgresStore;
 #[cfg(feature = "sqlite-store")]
 pub use store::sql::SqliteStore;
 pub use store::{
-    CleanupConfig, CleanupTask, ImmediateStore, Saved, SessionInfo, SessionStore, StoreError,
-    StoreErrorKind, spawn_cleanup, spawn_cleanup_with_clock,
+    CleanupConfig, CleanupTask, ImmediateStore, Renamed, Saved, SessionInfo, SessionStore,
+    StoreError, StoreErrorKind, spawn_cleanup, spawn_cleanup_with_clock,
 };
 
 /// Re-exported so that apps and stores use the same `time` types as this crate.

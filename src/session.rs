@@ -39,7 +39,7 @@ use crate::expiry::{Expiry, MAX_COOKIE_AGE};
 use crate::id::SessionId;
 use crate::layer::Config;
 use crate::record::{ChangeSet, Record};
-use crate::store::{BoxFuture, Saved, StoreError, StoreErrorKind};
+use crate::store::{BoxFuture, Renamed, Saved, StoreError, StoreErrorKind};
 
 /// How the request arrived, as far as its session is concerned. Known once the session is loaded.
 ///
@@ -429,9 +429,9 @@ enum Plan {
     },
     Create {
         record: Record,
-        /// With `cycle_id`: the ID the new one replaces, and what this request changed. The new
-        /// record's data is the old record's as the store holds it at commit time, with those
-        /// changes applied, not this request's copy (see [`Session::create_replacing`]).
+        /// With `cycle_id`: the ID the new one replaces, and what this request changed. The store
+        /// moves the old record as it holds it at commit time, with those changes applied, not
+        /// this request's copy (see [`Session::create_replacing`]).
         replaces: Option<(SessionId, ChangeSet)>,
     },
     Seal {
@@ -749,7 +749,7 @@ impl Session {
                 };
                 let replacing = old.as_ref().zip(in_flight.as_ref().map(|f| &f.changes));
                 let created = self
-                    .create_replacing(store.as_ref(), &mut record, replacing, now)
+                    .create_replacing(store.as_ref(), &record, replacing, now)
                     .await;
                 let changes = in_flight.map(InFlight::answered);
                 let id = match created {
@@ -1553,17 +1553,11 @@ impl Session {
                 let outcome = store.save(&id.key(), &changes, now).await;
                 done(session.saved(&id, outcome, cookie)?)
             }),
-            (
-                Plan::Create {
-                    mut record,
-                    replaces,
-                },
-                Kind::Server(store),
-            ) => {
+            (Plan::Create { record, replaces }, Kind::Server(store)) => {
                 Box::pin(async move {
                     let replacing = replaces.as_ref().map(|(old, changes)| (old, changes));
                     match session
-                        .create_replacing(store.as_ref(), &mut record, replacing, now)
+                        .create_replacing(store.as_ref(), &record, replacing, now)
                         .await?
                     {
                         Some(id) => done(new_session_token(&id, &record, now)),
@@ -1590,51 +1584,53 @@ impl Session {
         }
     }
 
-    /// Stores `record` under a new ID and, when it `replaces` one (`cycle_id`), deletes the old ID
-    /// after that.
+    /// Stores `record` under a new ID or, when it `replaces` one (`cycle_id`), moves the old
+    /// ID's record to a new ID with this request's changes applied.
     ///
-    /// A rotation takes its data from the old record as the store holds it now, with this
-    /// request's changes applied, so that what concurrent requests of the session saved while
-    /// this one ran is carried over to the new ID rather than lost (DESIGN.md §5: concurrent
-    /// requests writing different keys both keep their writes). The store has no atomic
-    /// "rename", so a write that lands between this load and the old ID's deletion is still
-    /// lost; a write after the deletion is refused as "session gone" (SECURITY.md 11). `None`
-    /// when the old session ended meanwhile (logged out or revoked elsewhere, expired): it is
-    /// not brought back under a new ID.
+    /// A rotation is the store's [`rename`](crate::SessionStore::rename): one step that applies
+    /// the change set to the record as the store holds it then, so that what concurrent requests
+    /// of the session saved while this one ran is carried over to the new ID (DESIGN.md §5:
+    /// concurrent requests writing different keys both keep their writes), and a save that comes
+    /// after it finds the old ID gone (SECURITY.md 11). `None` when the old session ended
+    /// meanwhile (logged out or revoked elsewhere, expired): it is not brought back under a new
+    /// ID. The new record takes this request's idle deadline, expiry policy and owner from
+    /// `record`; its creation time and absolute deadline stay as stored.
     async fn create_replacing(
         &self,
         store: &dyn crate::store::DynStore,
-        record: &mut Record,
+        record: &Record,
         replaces: Option<(&SessionId, &ChangeSet)>,
         now: OffsetDateTime,
     ) -> Result<Option<SessionId>, SessionError> {
+        let Some((old, changes)) = replaces else {
+            return self.create(store, record, now).await.map(Some);
+        };
         let scope = self.0.config.scope;
-        if let Some((old, changes)) = replaces {
-            let old_key = old.key();
-            let current = store.load(&old_key, now).await.map_err(|error| {
-                tracing::error!(scope, session = %old_key.log_tag(), %error, "session store failed on load before rotation");
-                SessionError::store(error)
-            })?;
-            let Some(mut current) = current else {
-                tracing::info!(scope, session = %old_key.log_tag(), "session ended during the request; its rotation was dropped");
-                return Ok(None);
-            };
-            changes.apply_to(&mut current);
-            record.data = current.data;
-        }
-        let id = self.create(store, record, now).await?;
-        if let Some((old, _)) = replaces {
-            let old_key = old.key();
-            if let Err(error) = store.delete(&old_key).await {
-                tracing::error!(scope, session = %old_key.log_tag(), %error, "could not delete the old ID after rotation");
-                // The old ID still works: report failure so the client keeps using it rather than
-                // holding two live IDs. The new record expires unused.
-                let _ = store.delete(&id.key()).await;
-                return Err(SessionError::store(error));
+        let old_key = old.key();
+        let mut changes = changes.clone();
+        changes.idle_deadline = Some(record.idle_deadline);
+        changes.expiry = Some(record.expiry);
+        changes.owner = Some(record.owner.clone());
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = new_id()?;
+            let outcome = store.rename(&old_key, &id.key(), &changes, now).await;
+            match outcome {
+                Ok(Renamed::Applied) => {
+                    tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
+                    return Ok(Some(id));
+                }
+                Ok(Renamed::Gone) => {
+                    tracing::info!(scope, session = %old_key.log_tag(), "session ended during the request; its rotation was dropped");
+                    return Ok(None);
+                }
+                Ok(Renamed::Taken) => {}
+                Err(error) => {
+                    tracing::error!(scope, session = %old_key.log_tag(), %error, "session store failed on rotation");
+                    return Err(SessionError::store(error));
+                }
             }
-            tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
         }
-        Ok(Some(id))
+        Err(collisions())
     }
 
     /// Deletes the session `old` and, when values were set after `destroy`, stores them as a new

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_satchel::{
     Arrival, ChangeSet, CleanupConfig, Expiry, ImmediateStore, ManualClock, MemoryStore, Record,
-    Saved, ScopedSession, Session, SessionError, SessionErrorKind, SessionId, SessionInfo,
+    Renamed, Saved, ScopedSession, Session, SessionError, SessionErrorKind, SessionId, SessionInfo,
     SessionKey, SessionLayer, SessionStore, StoreError, StoreErrorKind, spawn_cleanup_with_clock,
 };
 
@@ -33,6 +33,7 @@ struct Faulty {
     immediate: bool,
     fail: Arc<AtomicBool>,
     fail_deletes: Arc<AtomicUsize>,
+    fail_renames: Arc<AtomicUsize>,
     fail_touches: Arc<AtomicBool>,
     /// Creates to answer "ID taken" before accepting one.
     collisions: Arc<AtomicUsize>,
@@ -134,6 +135,34 @@ impl ImmediateStore for Faulty {
         }
         self.inner.delete_now(key)
     }
+    fn rename_now(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        if self
+            .fail_renames
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Backend,
+                "injected rename failure",
+            ));
+        }
+        if self
+            .collisions
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(Renamed::Taken);
+        }
+        self.inner.rename_now(from, to, changes, now)
+    }
 }
 
 impl SessionStore for Faulty {
@@ -180,6 +209,19 @@ impl SessionStore for Faulty {
     }
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.delete_now(key)
+    }
+    async fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        if let Some(gate) = &self.create_gate {
+            gate.0.notify_one();
+            gate.1.notified().await;
+        }
+        self.rename_now(from, to, changes, now)
     }
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         self.sweeps.fetch_add(1, Ordering::SeqCst);
@@ -536,16 +578,38 @@ async fn an_immediate_store_failing_on_touch_still_answers_and_touches_next_time
 }
 
 #[tokio::test]
-async fn a_failed_old_id_delete_after_rotation_keeps_the_old_session() {
+async fn a_failed_rotation_keeps_the_old_session() {
     let store = Faulty::default();
     let app = app(&store);
     let token = app.start().await;
-    store.fail_deletes.store(1, Ordering::SeqCst);
+    store.fail_renames.store(1, Ordering::SeqCst);
     let resp = app.get("/cycle", Some(&token)).await;
     assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(resp.set_cookie().is_none());
     assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
-    assert_eq!(store.inner.len(), 1, "the half-made new record was removed");
+    assert_eq!(store.inner.len(), 1, "no second record");
+}
+
+#[tokio::test]
+async fn a_rotation_draws_another_id_when_the_new_one_is_taken() {
+    let store = Faulty::default();
+    let app = app(&store);
+    let token = app.start().await;
+    store.collisions.store(2, Ordering::SeqCst);
+    let resp = app.get("/cycle", Some(&token)).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let new = resp.expect_token();
+    assert_ne!(new, token);
+    assert_eq!(app.get("/get/n", Some(&new)).await.body, "1");
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "null");
+    store.collisions.store(3, Ordering::SeqCst);
+    let resp = app.get("/cycle", Some(&new)).await;
+    assert_eq!(
+        resp.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "three taken IDs"
+    );
+    assert_eq!(app.get("/get/n", Some(&new)).await.body, "1");
 }
 
 #[tokio::test]

@@ -17,8 +17,8 @@ use http_body_util::BodyExt;
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
 use tower_satchel::{
-    Arrival, ChangeSet, Clock, Expiry, ManualClock, MemoryStore, Record, Saved, ScopedSession,
-    Session, SessionInfo, SessionKey, SessionLayer, SessionStore, StoreError,
+    Arrival, ChangeSet, Clock, Expiry, ManualClock, MemoryStore, Record, Renamed, Saved,
+    ScopedSession, Session, SessionInfo, SessionKey, SessionLayer, SessionStore, StoreError,
 };
 
 /// A memory store, reached through boxed futures, whose next `save` can be made to hang, and
@@ -84,6 +84,16 @@ impl SessionStore for Flaky {
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.check()?;
         self.inner.delete(key).await
+    }
+    async fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        self.check()?;
+        self.inner.rename(from, to, changes, now).await
     }
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         self.inner.delete_expired(now, limit).await

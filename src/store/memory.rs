@@ -23,7 +23,9 @@ use time::OffsetDateTime;
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::record::{ChangeSet, Record, earlier_deadline};
-use crate::store::{ImmediateStore, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
+use crate::store::{
+    ImmediateStore, Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind,
+};
 
 /// Shards per core for [`MemoryStore::new`], and the bounds of the default.
 const SHARDS_PER_CORE: usize = 4;
@@ -312,10 +314,8 @@ impl MemoryStore {
     /// about 450 bytes per request (see [`MemoryStore`]). With one, a new session that does not
     /// fit fails like a write to a full disk or a full Redis: a [`StoreError`] of kind
     /// [`Backend`](StoreErrorKind::Backend), so the request gets an error response and no cookie,
-    /// while existing sessions load, save and are deleted as before. A rotation
-    /// ([`cycle_id`](crate::Session::cycle_id)) stores the session under its new ID before it
-    /// deletes the old one, so it fails too while the store is full, and the session stays as it
-    /// was.
+    /// while existing sessions load, save, rotate ([`cycle_id`](crate::Session::cycle_id) moves
+    /// the record, taking no second place) and are deleted as before.
     ///
     /// The store counts its sessions, expired ones not yet removed included, in one counter that
     /// a new session takes a place in (with its shard locked, right before it goes in) only while
@@ -599,6 +599,73 @@ impl ImmediateStore for MemoryStore {
         drop(shard); // before `removed` is freed
         Ok(())
     }
+
+    fn rename_now(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        // Both shards locked for the whole move, the lower index first (no other code holds two
+        // shard locks at once), so every other operation on either key sees the move whole.
+        let shards = &self.inner.shards;
+        let (from_at, to_at) = (self.shard_index(from), self.shard_index(to));
+        let mut first = lock(&shards[from_at.min(to_at)]);
+        let mut second = (from_at != to_at).then(|| lock(&shards[from_at.max(to_at)]));
+        let (from_second, to_second) = (from_at > to_at, to_at > from_at);
+        let mut stored = {
+            let shard = pick(&mut first, second.as_deref_mut(), from_second);
+            if !shard.records.get(from).is_some_and(|r| r.is_live(now)) {
+                return Ok(Renamed::Gone);
+            }
+            let to_shard = pick(&mut first, second.as_deref_mut(), to_second);
+            if to_shard.records.get(to).is_some_and(|r| r.is_live(now)) {
+                return Ok(Renamed::Taken);
+            }
+            let shard = pick(&mut first, second.as_deref_mut(), from_second);
+            let Some(stored) = shard.records.remove(from) else {
+                return Ok(Renamed::Gone);
+            };
+            stored
+        };
+        let old_owner = stored.owner.clone();
+        stored.apply(changes);
+        let deadline = stored.deadline();
+        let new_owner = stored.owner.clone();
+        let shard = pick(&mut first, second.as_deref_mut(), to_second);
+        // An expired record under `to` is replaced; the moved one keeps `from`'s place.
+        let replaced = shard.records.insert(*to, stored);
+        shard.file(*to, None, deadline);
+        if replaced.is_some() {
+            self.free_places(1);
+        }
+        let replaced_owner = replaced.as_ref().and_then(|r| r.owner.as_deref());
+        if old_owner.is_some() || new_owner.is_some() || replaced_owner.is_some() {
+            let mut owners = lock(&self.inner.owners);
+            if let Some(old) = old_owner.as_deref() {
+                unindex_owner(&mut owners, from, old);
+            }
+            if let Some(dead) = replaced_owner {
+                unindex_owner(&mut owners, to, dead);
+            }
+            if let Some(new) = new_owner {
+                owners.entry(String::from(new)).or_default().insert(*to);
+            }
+        }
+        drop(second);
+        drop(first); // before `replaced` is freed
+        Ok(Renamed::Applied)
+    }
+}
+
+/// The shard of a key in [`MemoryStore::rename_now`]: `second` when the key is in the second
+/// shard locked, else `first` (which is also the only one when both keys share a shard).
+fn pick<'a>(first: &'a mut Shard, second: Option<&'a mut Shard>, in_second: bool) -> &'a mut Shard {
+    match second {
+        Some(shard) if in_second => shard,
+        _ => first,
+    }
 }
 
 // The async operations are the immediate ones: a shard lock is held only for a map operation.
@@ -646,6 +713,16 @@ impl SessionStore for MemoryStore {
         self.delete_now(key)
     }
 
+    async fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        self.rename_now(from, to, changes, now)
+    }
+
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         let mut deleted = 0;
         for shard in self.inner.shards.iter() {
@@ -687,25 +764,33 @@ impl SessionStore for MemoryStore {
     async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
         // The index's lock is released before any shard's is taken (the lock order is a shard,
         // then the index), so each record is checked again under its shard's lock, and the
-        // index updated there.
-        let keys: Vec<SessionKey> = lock(&self.inner.owners)
-            .get(owner)
-            .map(|keys| keys.iter().copied().collect())
-            .unwrap_or_default();
+        // index updated there. A session renamed meanwhile (`cycle_id`) has moved to a key the
+        // first read did not list, so the index is read again until it lists no key not tried
+        // yet: each further round needs a session of this owner created or renamed since.
+        let mut tried = HashSet::new();
         let mut deleted = 0;
-        for key in keys {
-            let mut shard = lock(self.shard(&key));
-            if shard.records.get(&key).and_then(|r| r.owner.as_deref()) != Some(owner) {
-                continue; // deleted or given another owner since
+        loop {
+            let keys: Vec<SessionKey> = lock(&self.inner.owners)
+                .get(owner)
+                .map(|keys| keys.difference(&tried).copied().collect())
+                .unwrap_or_default();
+            if keys.is_empty() {
+                return Ok(deleted);
             }
-            let removed = shard.records.remove(&key);
-            self.free_places(1);
-            self.index_owner(&key, Some(owner), None);
-            drop(shard); // before `removed` is freed
-            drop(removed);
-            deleted += 1;
+            for key in keys {
+                tried.insert(key);
+                let mut shard = lock(self.shard(&key));
+                if shard.records.get(&key).and_then(|r| r.owner.as_deref()) != Some(owner) {
+                    continue; // deleted, renamed or given another owner since
+                }
+                let removed = shard.records.remove(&key);
+                self.free_places(1);
+                self.index_owner(&key, Some(owner), None);
+                drop(shard); // before `removed` is freed
+                drop(removed);
+                deleted += 1;
+            }
         }
-        Ok(deleted)
     }
 }
 

@@ -12,6 +12,7 @@
 //! | [`create`](SessionStore::create) | insert only if absent; `Ok(false)` on collision (the layer mints a new ID and retries) |
 //! | [`save`](SessionStore::save) | apply **only** the [`ChangeSet`] atomically to the stored record; [`Saved::Gone`] if the record is gone or expired, never resurrect it |
 //! | [`touch`](SessionStore::touch) | move the idle deadline only; no data rewrite; [`Saved::Gone`] as for save |
+//! | [`rename`](SessionStore::rename) | apply the [`ChangeSet`] and move the live record to a new key, as one step; [`Renamed::Gone`] if it is gone or expired, [`Renamed::Taken`] if the new key holds a live record |
 //! | [`delete`](SessionStore::delete) | idempotent |
 //! | [`delete_expired`](SessionStore::delete_expired) | removes at most `limit` expired records, returns how many |
 //! | [`list_owner`](SessionStore::list_owner), [`delete_owner`](SessionStore::delete_owner) | the owner index |
@@ -59,6 +60,20 @@ pub enum Saved {
     Applied,
     /// The record no longer exists (deleted, rotated away or expired meanwhile); nothing was written.
     Gone,
+}
+
+/// The outcome of [`SessionStore::rename`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Renamed {
+    /// The record moved to the new key, with the changes applied; the old key holds nothing.
+    Applied,
+    /// No live record under the old key (deleted, rotated away or expired meanwhile); nothing
+    /// was written.
+    Gone,
+    /// A live record is stored under the new key; nothing was written (the layer draws another
+    /// ID).
+    Taken,
 }
 
 /// One entry of the owner index, as listed by [`SessionStore::list_owner`].
@@ -123,6 +138,49 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Deletes the record under `key`, if any.
     fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Applies `changes` to the live record under `from` and moves it to `to`, as one step;
+    /// [`Renamed::Gone`] if there is no live record under `from`, [`Renamed::Taken`] if there is
+    /// one under `to`.
+    ///
+    /// This is [`Session::cycle_id`](crate::Session::cycle_id). The layer passes the request's
+    /// changes with the new idle deadline, expiry policy and owner set; the creation time and
+    /// the absolute deadline stay as stored (SECURITY.md 9). "As one step" means that a save,
+    /// touch, delete or [`delete_owner`](SessionStore::delete_owner) of the same session at the
+    /// same time takes effect either before the rename (its write is carried to `to`, or the
+    /// rename finds the session gone) or after it (it finds nothing under `from`, and a
+    /// `delete_owner` finds the record under `to`). So a rotation neither loses a concurrent
+    /// request's write without telling it, nor brings back under a new ID a session that was
+    /// logged out or revoked meanwhile (SECURITY.md 11 and 12).
+    ///
+    /// The default implementation is **not** one step: it loads `from`, creates `to` and deletes
+    /// `from` (and deletes `to` again if that fails). A save that lands between the load and the
+    /// delete is lost although it was answered [`Saved::Applied`], and a delete in that window
+    /// is undone under the new ID. Every store of this crate overrides it; a store of your own
+    /// should, and the conformance suite in `tests/conformance` checks it under concurrency.
+    fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Renamed, StoreError>> + Send {
+        async move {
+            let Some(mut record) = self.load(from, now).await? else {
+                return Ok(Renamed::Gone);
+            };
+            changes.apply_to(&mut record);
+            if !self.create(to, &record, now).await? {
+                return Ok(Renamed::Taken);
+            }
+            if let Err(error) = self.delete(from).await {
+                // `from` still works: leave one live record, not two.
+                let _ = self.delete(to).await;
+                return Err(error);
+            }
+            Ok(Renamed::Applied)
+        }
+    }
 
     /// Deletes up to `limit` records expired at `now`; returns how many it deleted.
     fn delete_expired(
@@ -189,6 +247,31 @@ pub trait ImmediateStore: Send + Sync {
 
     /// [`SessionStore::delete`], answered at once.
     fn delete_now(&self, key: &SessionKey) -> Result<(), StoreError>;
+
+    /// [`SessionStore::rename`], answered at once.
+    ///
+    /// The default implementation, like [`SessionStore::rename`]'s, is not one step: a store
+    /// should override both.
+    fn rename_now(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        let Some(mut record) = self.load_now(from, now)? else {
+            return Ok(Renamed::Gone);
+        };
+        changes.apply_to(&mut record);
+        if !self.create_now(to, &record, now)? {
+            return Ok(Renamed::Taken);
+        }
+        if let Err(error) = self.delete_now(from) {
+            let _ = self.delete_now(to);
+            return Err(error);
+        }
+        Ok(Renamed::Applied)
+    }
 }
 
 impl<S: SessionStore> SessionStore for Arc<S> {
@@ -225,6 +308,15 @@ impl<S: SessionStore> SessionStore for Arc<S> {
     }
     fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).delete(key)
+    }
+    fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Renamed, StoreError>> + Send {
+        (**self).rename(from, to, changes, now)
     }
     fn delete_expired(
         &self,
@@ -379,6 +471,13 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> StoreFuture<'a, Result<Saved, StoreError>>;
     fn delete<'a>(&'a self, key: &'a SessionKey) -> StoreFuture<'a, Result<(), StoreError>>;
+    fn rename<'a>(
+        &'a self,
+        from: &'a SessionKey,
+        to: &'a SessionKey,
+        changes: &'a ChangeSet,
+        now: OffsetDateTime,
+    ) -> StoreFuture<'a, Result<Renamed, StoreError>>;
     fn delete_owner<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<usize, StoreError>>;
     fn immediate(&self) -> Option<&dyn ImmediateStore>;
 }
@@ -436,6 +535,20 @@ impl<S: SessionStore> DynStore for S {
         match self.immediate() {
             Some(store) => StoreFuture::Ready(Some(store.delete_now(key))),
             None => StoreFuture::Pending(Box::pin(SessionStore::delete(self, key))),
+        }
+    }
+    fn rename<'a>(
+        &'a self,
+        from: &'a SessionKey,
+        to: &'a SessionKey,
+        changes: &'a ChangeSet,
+        now: OffsetDateTime,
+    ) -> StoreFuture<'a, Result<Renamed, StoreError>> {
+        match self.immediate() {
+            Some(store) => StoreFuture::Ready(Some(store.rename_now(from, to, changes, now))),
+            None => {
+                StoreFuture::Pending(Box::pin(SessionStore::rename(self, from, to, changes, now)))
+            }
         }
     }
     fn delete_owner<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<usize, StoreError>> {
@@ -569,5 +682,121 @@ pub fn spawn_cleanup_with_clock<S: SessionStore>(
     CleanupTask {
         stop: Some(stop_tx),
         handle,
+    }
+}
+
+#[cfg(all(test, feature = "memory-store"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    // Not `super::*`: `DynStore`, which every store implements too, would make calls ambiguous.
+    use super::{
+        ChangeSet, Record, Renamed, Saved, SessionInfo, SessionKey, SessionStore, StoreError,
+        StoreErrorKind,
+    };
+    use crate::{Expiry, MemoryStore, SessionId};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use time::Duration;
+    use time::OffsetDateTime;
+
+    /// A memory store seen only through the required methods, so `rename` is the default one;
+    /// its deletes fail while `fail_deletes` is set.
+    #[derive(Default)]
+    struct Plain {
+        inner: MemoryStore,
+        fail_deletes: AtomicBool,
+    }
+
+    impl SessionStore for Plain {
+        async fn load(
+            &self,
+            k: &SessionKey,
+            n: OffsetDateTime,
+        ) -> Result<Option<Record>, StoreError> {
+            self.inner.load(k, n).await
+        }
+        async fn create(
+            &self,
+            k: &SessionKey,
+            r: &Record,
+            n: OffsetDateTime,
+        ) -> Result<bool, StoreError> {
+            self.inner.create(k, r, n).await
+        }
+        async fn save(
+            &self,
+            k: &SessionKey,
+            c: &ChangeSet,
+            n: OffsetDateTime,
+        ) -> Result<Saved, StoreError> {
+            self.inner.save(k, c, n).await
+        }
+        async fn touch(
+            &self,
+            k: &SessionKey,
+            d: OffsetDateTime,
+            n: OffsetDateTime,
+        ) -> Result<Saved, StoreError> {
+            self.inner.touch(k, d, n).await
+        }
+        async fn delete(&self, k: &SessionKey) -> Result<(), StoreError> {
+            if self.fail_deletes.load(Ordering::SeqCst) {
+                return Err(StoreError::new(StoreErrorKind::Backend, "injected"));
+            }
+            self.inner.delete(k).await
+        }
+        async fn delete_expired(&self, n: OffsetDateTime, l: usize) -> Result<usize, StoreError> {
+            self.inner.delete_expired(n, l).await
+        }
+        async fn list_owner(
+            &self,
+            o: &str,
+            n: OffsetDateTime,
+        ) -> Result<Vec<SessionInfo>, StoreError> {
+            self.inner.list_owner(o, n).await
+        }
+        async fn delete_owner(&self, o: &str) -> Result<usize, StoreError> {
+            self.inner.delete_owner(o).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_rename_moves_refuses_and_cleans_up_after_a_failed_delete() {
+        let store = Plain::default();
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let key = || SessionId::generate().unwrap().key();
+        let mut record = Record::new(now, now + Duration::hours(1), None, Expiry::OnSessionEnd);
+        record.data.insert("a".into(), 1.into());
+        let (from, to, taken) = (key(), key(), key());
+        assert!(store.create(&from, &record, now).await.unwrap());
+        assert!(store.create(&taken, &record, now).await.unwrap());
+        let mut changes = ChangeSet::default();
+        changes.set.insert("b".into(), 2.into());
+
+        assert_eq!(
+            store.rename(&key(), &to, &changes, now).await.unwrap(),
+            Renamed::Gone
+        );
+        assert_eq!(
+            store.rename(&from, &taken, &changes, now).await.unwrap(),
+            Renamed::Taken
+        );
+
+        store.fail_deletes.store(true, Ordering::SeqCst);
+        assert!(store.rename(&from, &to, &changes, now).await.is_err());
+        assert_eq!(
+            store.inner.load(&from, now).await.unwrap(),
+            Some(record.clone())
+        );
+        // The cleanup's delete failed too: the new key may hold a copy, never the only one.
+        store.fail_deletes.store(false, Ordering::SeqCst);
+
+        let to = key();
+        assert_eq!(
+            store.rename(&from, &to, &changes, now).await.unwrap(),
+            Renamed::Applied
+        );
+        assert_eq!(store.inner.load(&from, now).await.unwrap(), None);
+        changes.apply_to(&mut record);
+        assert_eq!(store.inner.load(&to, now).await.unwrap(), Some(record));
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
-use tower_satchel::{ChangeSet, Expiry, Record, Saved, SessionId, SessionKey, SessionStore};
+use tower_satchel::{
+    ChangeSet, Expiry, Record, Renamed, Saved, SessionId, SessionKey, SessionStore,
+};
 
 /// Now, truncated to whole seconds.
 pub fn now() -> OffsetDateTime {
@@ -370,4 +372,206 @@ pub async fn keys_are_isolated_between_sessions<S: SessionStore>(store: S) {
     );
     let other = store.load(&k2, now).await.unwrap().unwrap();
     assert!(!other.data.contains_key("only-k1"));
+}
+
+/// The change set `cycle_id` hands to `rename`: the request's writes plus the new idle deadline,
+/// expiry policy and owner.
+fn rotation(now: OffsetDateTime, owner: Option<&str>) -> ChangeSet {
+    let mut changes = set(&[("c", json!("new"))]);
+    changes.removed.push("a".into());
+    changes.idle_deadline = Some(now + Duration::hours(2));
+    changes.expiry = Some(Expiry::OnInactivity(Duration::hours(2)));
+    changes.owner = Some(owner.map(str::to_owned));
+    changes
+}
+
+pub async fn rename_moves_the_record_with_the_changes<S: SessionStore>(store: S) {
+    let now = now();
+    let (from, to) = (key(), key());
+    let before = owned(now, "alice");
+    assert!(store.create(&from, &before, now).await.unwrap());
+    let later = now + Duration::seconds(5);
+    let changes = rotation(later, Some("bob"));
+    assert_eq!(
+        store.rename(&from, &to, &changes, later).await.unwrap(),
+        Renamed::Applied
+    );
+    assert_eq!(store.load(&from, later).await.unwrap(), None);
+    let mut expected = before;
+    changes.apply_to(&mut expected);
+    let moved = store
+        .load(&to, later)
+        .await
+        .unwrap()
+        .expect("the moved record");
+    assert_eq!(moved, expected);
+    assert_eq!(moved.created_at, now, "SECURITY.md 9: creation time kept");
+    assert_eq!(moved.absolute_deadline, Some(now + Duration::days(1)));
+    assert!(store.list_owner("alice", later).await.unwrap().is_empty());
+    let bobs: Vec<SessionKey> = store
+        .list_owner("bob", later)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(bobs, vec![to]);
+    // The old key is gone for every operation.
+    assert_eq!(
+        store
+            .save(&from, &set(&[("x", json!(1))]), later)
+            .await
+            .unwrap(),
+        Saved::Gone
+    );
+    assert_eq!(store.load(&from, later).await.unwrap(), None);
+}
+
+pub async fn rename_of_a_missing_or_expired_record_is_gone<S: SessionStore>(store: S) {
+    let now = now();
+    let (missing, expired, to) = (key(), key(), key());
+    assert_eq!(
+        store
+            .rename(&missing, &to, &rotation(now, None), now)
+            .await
+            .unwrap(),
+        Renamed::Gone
+    );
+    let mut short = owned(now, "alice");
+    short.idle_deadline = now + Duration::seconds(30);
+    assert!(store.create(&expired, &short, now).await.unwrap());
+    let later = now + Duration::seconds(31);
+    assert_eq!(
+        store
+            .rename(&expired, &to, &rotation(later, Some("alice")), later)
+            .await
+            .unwrap(),
+        Renamed::Gone
+    );
+    assert_eq!(
+        store.load(&to, later).await.unwrap(),
+        None,
+        "nothing written"
+    );
+    assert!(store.list_owner("alice", later).await.unwrap().is_empty());
+}
+
+pub async fn rename_onto_a_live_record_is_taken_and_changes_nothing<S: SessionStore>(store: S) {
+    let now = now();
+    let (from, to) = (key(), key());
+    let (mine, theirs) = (owned(now, "alice"), owned(now, "bob"));
+    assert!(store.create(&from, &mine, now).await.unwrap());
+    assert!(store.create(&to, &theirs, now).await.unwrap());
+    assert_eq!(
+        store
+            .rename(&from, &to, &rotation(now, Some("alice")), now)
+            .await
+            .unwrap(),
+        Renamed::Taken
+    );
+    assert_eq!(store.load(&from, now).await.unwrap(), Some(mine));
+    assert_eq!(store.load(&to, now).await.unwrap(), Some(theirs));
+    assert_eq!(store.list_owner("alice", now).await.unwrap().len(), 1);
+}
+
+pub async fn rename_onto_an_expired_record_replaces_it<S: SessionStore>(store: S) {
+    let now = now();
+    let (from, to) = (key(), key());
+    let mut dead = owned(now, "bob");
+    dead.idle_deadline = now + Duration::seconds(30);
+    dead.data.insert("stale".into(), json!(true));
+    assert!(store.create(&to, &dead, now).await.unwrap());
+    let later = now + Duration::seconds(31);
+    assert!(store.create(&from, &record(now), later).await.unwrap());
+    assert_eq!(
+        store
+            .rename(&from, &to, &rotation(later, None), later)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+    let moved = store.load(&to, later).await.unwrap().unwrap();
+    assert!(!moved.data.contains_key("stale"));
+    assert_eq!(moved.data.get("c"), Some(&json!("new")));
+    assert_eq!(moved.owner, None);
+    assert!(store.list_owner("bob", later).await.unwrap().is_empty());
+}
+
+/// Rounds of the races below: enough for two tasks on two threads to overlap in some of them
+/// on every store, few enough for a networked store to finish in about a second.
+const RACES: usize = 100;
+
+pub async fn rename_is_one_step_for_a_concurrent_save<S: SessionStore>(store: S) {
+    let store = Arc::new(store);
+    let now = now();
+    let (mut carried, mut refused) = (0, 0);
+    for _ in 0..RACES {
+        let (from, to) = (key(), key());
+        assert!(store.create(&from, &record(now), now).await.unwrap());
+        let saving = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let changes = set(&[("x", json!("concurrent"))]);
+                store.save(&from, &changes, now).await.unwrap()
+            })
+        };
+        let renamed = store
+            .rename(&from, &to, &rotation(now, None), now)
+            .await
+            .unwrap();
+        assert_eq!(renamed, Renamed::Applied);
+        let moved = store.load(&to, now).await.unwrap().unwrap();
+        match saving.await.unwrap() {
+            // Before the rename: carried to the new key.
+            Saved::Applied => {
+                assert_eq!(
+                    moved.data.get("x"),
+                    Some(&json!("concurrent")),
+                    "a save answered Applied was lost by the rename"
+                );
+                carried += 1;
+            }
+            // After it: refused, and not written anywhere.
+            Saved::Gone => {
+                assert!(!moved.data.contains_key("x"));
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(store.load(&from, now).await.unwrap(), None);
+    }
+    assert_eq!(carried + refused, RACES);
+}
+
+pub async fn rename_is_one_step_for_a_concurrent_revocation<S: SessionStore>(store: S) {
+    let store = Arc::new(store);
+    let now = now();
+    for round in 0..RACES {
+        let owner = format!("revoked-{round}-{}", key().log_tag());
+        let (from, to) = (key(), key());
+        assert!(store.create(&from, &owned(now, &owner), now).await.unwrap());
+        let revoking = {
+            let (store, owner) = (store.clone(), owner.clone());
+            tokio::spawn(async move { store.delete_owner(&owner).await.unwrap() })
+        };
+        let renamed = store
+            .rename(&from, &to, &rotation(now, Some(&owner)), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            revoking.await.unwrap(),
+            1,
+            "one session revoked, under either key"
+        );
+        // Either the revocation came first and the rename found nothing, or the rename came
+        // first and the revocation found the moved session: no session of the owner is left.
+        assert!(matches!(renamed, Renamed::Applied | Renamed::Gone));
+        assert_eq!(
+            store.load(&to, now).await.unwrap(),
+            None,
+            "SECURITY.md 11, 12: a revoked session came back under its new key ({renamed:?})"
+        );
+        assert_eq!(store.load(&from, now).await.unwrap(), None);
+        assert!(store.list_owner(&owner, now).await.unwrap().is_empty());
+    }
 }

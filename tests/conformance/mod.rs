@@ -56,6 +56,12 @@ macro_rules! server_store_conformance {
             owner_index_follows_owner_changes_and_deletes,
             concurrent_saves_of_different_keys_all_persist,
             keys_are_isolated_between_sessions,
+            rename_moves_the_record_with_the_changes,
+            rename_of_a_missing_or_expired_record_is_gone,
+            rename_onto_a_live_record_is_taken_and_changes_nothing,
+            rename_onto_an_expired_record_replaces_it,
+            rename_is_one_step_for_a_concurrent_save,
+            rename_is_one_step_for_a_concurrent_revocation,
         );
         server_store_conformance!(@http $make, $crate::conformance::Side::Server);
     };
