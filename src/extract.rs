@@ -4,7 +4,6 @@ use std::fmt;
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
-use bytes::Bytes;
 use http::request::Parts;
 
 use crate::layer::ErrorHandler;
@@ -60,9 +59,18 @@ impl IntoResponse for SessionRejection {
 }
 
 impl IntoResponse for SessionError {
-    /// The error's [`status`](SessionError::status) with a short message that names no backend
-    /// detail; the error itself goes into the response's extensions.
+    /// A store failure returned by a [`Session`] method (`load`, `save`, `revoke_owner`) renders
+    /// through its layer's [`error_handler`](crate::SessionLayerBuilder::error_handler) when one
+    /// is set, like a failure on load or in the layer's own save. Otherwise: the error's
+    /// [`status`](SessionError::status) with a short plain-text message (`text/plain`, so a
+    /// browser shows it rather than offering a download) that names no backend detail. The error
+    /// itself goes into the response's extensions either way.
     fn into_response(self) -> Response {
+        if let Some(handler) = self.hook() {
+            let mut response = handler(&self).map(axum_core::body::Body::from);
+            response.extensions_mut().insert(self);
+            return response;
+        }
         let message: &'static str = match self.kind() {
             SessionErrorKind::Store => "session store unavailable",
             SessionErrorKind::MissingLayer => "session layer missing",
@@ -70,7 +78,7 @@ impl IntoResponse for SessionError {
             SessionErrorKind::Ended => "session ended elsewhere",
             _ => "session error",
         };
-        let mut response = (self.status(), Bytes::from_static(message.as_bytes())).into_response();
+        let mut response = (self.status(), message).into_response();
         response.extensions_mut().insert(self);
         response
     }

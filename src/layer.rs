@@ -348,9 +348,13 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// Renders the response when the store fails (on load, through the extractor's rejection, or on
-    /// save). Default: an empty `500 Internal Server Error`. The [`SessionError`] is also put in the
-    /// response's extensions for outer layers.
+    /// Renders the response when the store fails: on load (through the extractor's rejection), in
+    /// the layer's save after the handler, and in a store failure a handler returns from
+    /// [`Session::load`](crate::Session::load), [`save`](crate::Session::save) or
+    /// [`revoke_owner`](crate::Session::revoke_owner) with `?`. Default: `500 Internal Server
+    /// Error`, empty from the layer's save, with a short plain-text message from the extractor
+    /// or a handler's `?`. The [`SessionError`] is also put in the response's extensions for
+    /// outer layers.
     ///
     /// # Examples
     ///

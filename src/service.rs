@@ -22,6 +22,12 @@ use crate::store::BoxFuture;
 
 /// The service [`SessionLayer`](crate::SessionLayer) wraps around yours. Its error type is the inner
 /// service's: a store failure becomes an error response, never an `Err`.
+///
+/// The inner service's response body must implement `From<Bytes>`, which the layer uses to build
+/// the error response for a store failure. axum's `Body`, `String`, `Vec<u8>`, `Bytes` itself
+/// and `http_body_util::Full<Bytes>` do. A body type that does not (`http_body_util`'s `BoxBody`,
+/// tower-http's wrapped bodies, tonic's body) can be mapped to one that does inside the layer,
+/// with `tower_http::map_response_body::MapResponseBodyLayer` or `tower::util::MapResponse`.
 #[derive(Clone)]
 pub struct SessionService<S> {
     inner: S,
@@ -43,7 +49,11 @@ impl<S> SessionService<S> {
     fn incoming(&self, headers: &HeaderMap) -> Incoming {
         let name = match &self.config.transport {
             Transport::Cookie => &self.config.cookie_name,
-            Transport::Header(name) => return self.parse(headers.get(name).map(|v| v.as_bytes())),
+            // An empty header is what `destroy` answers: a client that echoes it has no token.
+            Transport::Header(name) => {
+                let value = headers.get(name).map(HeaderValue::as_bytes);
+                return self.parse(value.filter(|v| !v.is_empty()));
+            }
         };
         let (found, n) = cookies_named(headers, name);
         let values = &found[..n];

@@ -514,6 +514,11 @@ impl Session {
         if self.state().loaded {
             return Ok(());
         }
+        self.load_from_store().await.map_err(|e| self.hooked(e))
+    }
+
+    /// [`Session::load`] once the session is known not to be loaded yet.
+    async fn load_from_store(&self) -> Result<(), SessionError> {
         // Only a second extractor loading at the same time ever waits here.
         let _guard = match self.0.load_lock.try_lock() {
             Ok(guard) => guard,
@@ -684,6 +689,11 @@ impl Session {
     ///   not written: an ended session is never brought back (SECURITY.md 11).
     /// - [`SessionErrorKind::Closed`] once the response is known (see "After the response").
     pub async fn save(&self) -> Result<(), SessionError> {
+        self.save_to_store().await.map_err(|e| self.hooked(e))
+    }
+
+    /// [`Session::save`], its errors without the layer's error handler.
+    async fn save_to_store(&self) -> Result<(), SessionError> {
         self.load().await?;
         let store = match &self.0.backend.0 {
             Kind::Server(store) => store.clone(),
@@ -1170,7 +1180,7 @@ impl Session {
             Kind::Server(store) => store.delete_owner(&owner).await,
             Kind::Client(store) => store.revoke_owner(&owner, now).await,
         }
-        .map_err(SessionError::store)?;
+        .map_err(|e| self.hooked(SessionError::store(e)))?;
         tracing::info!(
             scope = self.0.config.scope,
             revoked,
@@ -1216,6 +1226,16 @@ impl Session {
     }
 
     #[cfg(feature = "axum")]
+    /// `error` as it leaves a public method: a store failure carries this layer's error handler,
+    /// so that a handler returning it with `?` gets the app's response for a store failure
+    /// (DESIGN.md §7), as a failure on load or in the layer's own save does.
+    fn hooked(&self, mut error: SessionError) -> SessionError {
+        if error.kind == SessionErrorKind::Store && error.hook.is_none() {
+            error.hook.clone_from(&self.0.config.error_handler);
+        }
+        error
+    }
+
     pub(crate) fn error_handler(&self) -> Option<crate::layer::ErrorHandler> {
         self.0.config.error_handler.clone()
     }
@@ -1843,6 +1863,8 @@ pub struct SessionError {
     kind: SessionErrorKind,
     message: Arc<str>,
     source: Option<Arc<dyn StdError + Send + Sync>>,
+    /// The layer's error handler, for a store failure a handler returns (see `Session::hooked`).
+    hook: Option<crate::layer::ErrorHandler>,
 }
 
 impl SessionError {
@@ -1851,6 +1873,7 @@ impl SessionError {
             kind,
             message: message.into(),
             source: None,
+            hook: None,
         }
     }
 
@@ -1859,7 +1882,14 @@ impl SessionError {
             kind: SessionErrorKind::Store,
             message: Arc::from("session store failed"),
             source: Some(Arc::new(error)),
+            hook: None,
         }
+    }
+
+    /// The error handler of the layer whose store failed, when the error left a [`Session`]
+    /// method and the layer has one.
+    pub(crate) fn hook(&self) -> Option<&crate::layer::ErrorHandler> {
+        self.hook.as_ref()
     }
 
     pub(crate) fn closed() -> Self {

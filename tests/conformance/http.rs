@@ -497,6 +497,19 @@ pub async fn header_transport_ignores_cookies(b: Backend, _: Side) {
     // The same token in a cookie is not read (SECURITY.md 7).
     let resp = app.get("/get/n", Some(&token)).await;
     assert_eq!(resp.body, "null");
+    // `destroy` answers an empty header. A client that sends it back is a new visitor, not one
+    // with an invalid token.
+    let request = Request::get("/destroy")
+        .header("x-session", &token)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.send(request).await;
+    assert_eq!(resp.headers.get("x-session").unwrap(), "");
+    let request = Request::get("/arrival")
+        .header("x-session", "")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.send(request).await.body, "New");
 }
 
 pub async fn destroy_then_insert_starts_a_new_session(b: Backend, side: Side) {
