@@ -51,6 +51,15 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// The name the token travels under: the cookie's, or the header's with the header transport.
+    /// The cookie store binds what it seals to it, so a token is refused under any other name.
+    pub(crate) fn token_name(&self) -> &str {
+        match &self.transport {
+            Transport::Cookie => &self.cookie_name,
+            Transport::Header(name) => name.as_str(),
+        }
+    }
+
     /// Fills in what is derived from the settings.
     fn finish(mut self) -> Self {
         let empty = crate::service::build_cookie(&self, String::new(), None).to_string();

@@ -617,7 +617,7 @@ impl Session {
                 }
             }
             (Incoming::Token(token), Kind::Client(store)) => {
-                match store.open(&self.0.config.cookie_name, token, now).await {
+                match store.open(self.0.config.token_name(), token, now).await {
                     Ok(Opened::Live { record, reseal }) => {
                         self.state().reseal = reseal;
                         self.adopt(Live { id: None, record })
@@ -1547,7 +1547,7 @@ impl Session {
             (Plan::Seal { record }, Kind::Client(store)) => Box::pin(async move {
                 let max_age = max_age_for(&record, now);
                 let value = store
-                    .seal(&session.0.config.cookie_name, &record, now)
+                    .seal(session.0.config.token_name(), &record, now)
                     .map_err(SessionError::store)?;
                 done(TokenAction::Set { value, max_age })
             }),
@@ -1690,7 +1690,7 @@ impl Session {
             (Some(record), Kind::Client(store)) => (
                 TokenAction::Set {
                     value: store
-                        .seal(&config.cookie_name, &record, now)
+                        .seal(config.token_name(), &record, now)
                         .map_err(SessionError::store)?,
                     max_age: max_age_for(&record, now),
                 },

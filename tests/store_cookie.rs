@@ -1025,3 +1025,37 @@ proptest::proptest! {
         proptest::prop_assert!(matches!(opened, Unsealed::Invalid(_)), "{:?}", opened);
     }
 }
+
+/// With the header transport, a sealed token is bound to the header's name, as a cookie's is to
+/// the cookie's: two layers of one app sharing a key (and the default cookie name, which the
+/// header transport does not use) refuse each other's tokens.
+#[tokio::test]
+async fn a_header_token_is_bound_to_its_header_name() {
+    let with_header = |name: &'static str| {
+        app(CookieStore::new(key(1)).into_backend(), move |l| {
+            l.header_transport(axum::http::HeaderName::from_static(name))
+        })
+    };
+    let (a, b) = (with_header("x-a"), with_header("x-b"));
+    let request = |name: &str, value: &str, path: &str| {
+        Request::get(path)
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let resp = a
+        .send(Request::get("/incr/n").body(Body::empty()).unwrap())
+        .await;
+    let token = resp
+        .headers
+        .get("x-a")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(a.send(request("x-a", &token, "/get/n")).await.body, "1");
+    assert_eq!(
+        b.send(request("x-b", &token, "/arrival")).await.body,
+        "Invalid"
+    );
+}

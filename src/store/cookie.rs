@@ -456,9 +456,10 @@ impl Revocation for MemoryRevocations {
 ///
 /// The [`Record`] carries created-at, the idle and absolute deadlines, the expiry policy, the owner
 /// and the data, so every open checks both deadlines from the sealed record, whatever `Max-Age`
-/// the browser was given (SECURITY.md 14). The associated data binds the value to the cookie name,
-/// the store's [`purpose`](CookieStore::purpose) and the format version (the header is in it), so
-/// a value moved to another cookie or another app is rejected (SECURITY.md 22).
+/// the browser was given (SECURITY.md 14). The associated data binds the value to the cookie name
+/// (the header's name with the layer's header transport), the store's
+/// [`purpose`](CookieStore::purpose) and the format version (the header is in it), so a value
+/// moved to another cookie, header or app is rejected (SECURITY.md 22).
 ///
 /// # Checks on input
 ///
