@@ -248,6 +248,108 @@ async fn with_its_own_pool_a_timed_out_write_is_never_applied() {
     assert_eq!(set, "4500ms", "nine tenths of the default 5 s");
 }
 
+/// A write that had to wait for a pooled connection first: the store must not give up on it
+/// while the server (`statement_timeout`, set by `connect`) may still apply it. The session row
+/// is locked elsewhere; the app holds every connection of the store's pool for 600 ms of the
+/// store's 1 s timeout, then the lock is released 600 ms after the statement was sent, before
+/// the server's 900 ms limit ends it. Whatever the save answers must be what the row holds: an
+/// error with the write applied anyway is what `with_timeout` promises never happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_after_waiting_for_a_connection_is_not_applied_behind_an_error() {
+    let schema = unique("satchel_test");
+    let _cleanup = pg::drop_schema_later(schema.clone());
+    let store = PostgresStore::connect(&pg::url())
+        .await
+        .unwrap()
+        .with_schema(&schema)
+        .unwrap()
+        .with_timeout(StdDuration::from_millis(1000));
+    store.migrate().await.unwrap();
+    let now = now();
+    let key = conformance::contract::key();
+    assert!(
+        store
+            .create(&key, &conformance::contract::record(now), now)
+            .await
+            .unwrap()
+    );
+    let admin_pool = pg::pool(1).await;
+    let mut admin = admin_pool.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM {} FOR UPDATE",
+        table_of(&store)
+    )))
+    .fetch_all(&mut *admin)
+    .await
+    .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..store.pool().options().get_max_connections() {
+        held.push(store.pool().acquire().await.unwrap());
+    }
+
+    let started = std::time::Instant::now();
+    let save = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut changes = ChangeSet::default();
+            changes.set.insert("late".into(), json!(true));
+            store.save(&key, &changes, now).await
+        }
+    });
+    tokio::time::sleep(StdDuration::from_millis(600)).await;
+    drop(held);
+    tokio::time::sleep(StdDuration::from_millis(1200).saturating_sub(started.elapsed())).await;
+    admin.rollback().await.unwrap();
+    let saved = save.await.unwrap();
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    let applied = store
+        .load(&key, now)
+        .await
+        .unwrap()
+        .unwrap()
+        .data
+        .contains_key("late");
+    assert_eq!(
+        saved.is_ok(),
+        applied,
+        "the save answered {saved:?}, and the write was {}applied",
+        if applied { "" } else { "not " }
+    );
+}
+
+/// A store timeout beyond what PostgreSQL accepts for `statement_timeout` (an `int` of
+/// milliseconds, about 24.8 days), such as `Duration::MAX` for "wait as long as it takes", still
+/// gives a working store: the server-side limit is capped, not refused by the server on every
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_beyond_the_servers_range_still_connects() {
+    for timeout in [StdDuration::from_secs(30 * 86_400), StdDuration::MAX] {
+        let schema = unique("satchel_test");
+        let _cleanup = pg::drop_schema_later(schema.clone());
+        let store = PostgresStore::connect(&pg::url())
+            .await
+            .unwrap()
+            .with_schema(&schema)
+            .unwrap()
+            .with_timeout(timeout);
+        store.migrate().await.unwrap();
+        let now = now();
+        let key = conformance::contract::key();
+        assert!(
+            store
+                .create(&key, &conformance::contract::record(now), now)
+                .await
+                .unwrap()
+        );
+        assert!(store.load(&key, now).await.unwrap().is_some());
+        let set: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(set, "2147483647ms");
+    }
+}
+
 /// A pool made by `connect` does not ping a connection before every use, as sqlx does by default
 /// (one more round trip per store operation), but only one idle for a second or more: connections
 /// the server closed while the app was quiet are replaced, with no error response.

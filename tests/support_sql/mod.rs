@@ -21,9 +21,9 @@ use http_body_util::BodyExt;
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
 use tower_satchel::{
-    ChangeSet, CleanupConfig, IntoBackend, ManualClock, Record, Saved, Session, SessionError,
-    SessionErrorKind, SessionId, SessionInfo, SessionKey, SessionLayer, SessionStore, StoreError,
-    StoreErrorKind, spawn_cleanup_with_clock,
+    ChangeSet, CleanupConfig, IntoBackend, ManualClock, Record, Renamed, Saved, Session,
+    SessionError, SessionErrorKind, SessionId, SessionInfo, SessionKey, SessionLayer, SessionStore,
+    StoreError, StoreErrorKind, spawn_cleanup_with_clock,
 };
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -99,6 +99,15 @@ impl<S: SessionStore> SessionStore for Guarded<S> {
     }
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.store.delete(key).await
+    }
+    async fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        self.store.rename(from, to, changes, now).await
     }
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         self.store.delete_expired(now, limit).await

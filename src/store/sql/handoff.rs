@@ -70,6 +70,30 @@ impl<DB: Database> Handoff<DB> {
     fn waiting(&self) -> MutexGuard<'_, VecDeque<oneshot::Sender<Held<DB>>>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Queues an operation waiting for a connection.
+    ///
+    /// First drops the places of operations that stopped waiting (they got a connection from the
+    /// pool, timed out, or were cancelled with their request): otherwise, while the database does
+    /// not answer and no operation hands a connection on, every operation in that time would
+    /// leave its place behind. Those at the head go at once; the rest whenever the queue is full,
+    /// so that each push looks at a bounded number of places on average.
+    fn enqueue(&self, waiter: oneshot::Sender<Held<DB>>) {
+        let mut waiting = self.waiting();
+        while waiting.front().is_some_and(oneshot::Sender::is_closed) {
+            waiting.pop_front();
+        }
+        if waiting.len() == waiting.capacity() {
+            waiting.retain(|w| !w.is_closed());
+            // Unless that freed half the room, grow now, so that the next pass comes no sooner
+            // than after as many pushes as this one looked at places.
+            let live = waiting.len();
+            if live > waiting.capacity() / 2 {
+                waiting.reserve(live);
+            }
+        }
+        waiting.push_back(waiter);
+    }
 }
 
 /// A connection for one operation: the pool's, or, when the pool is exhausted and `handoff` is
@@ -91,7 +115,7 @@ pub(super) async fn checkout<DB: Database>(
         return acquire.await;
     }
     let (tx, rx) = oneshot::channel();
-    handoff.waiting().push_back(tx);
+    handoff.enqueue(tx);
     // A connection handed on wins a tie. Should the pool win, a connection handed on later is
     // dropped with `rx` and so goes back to the pool.
     let mut rx = Some(rx);
@@ -146,4 +170,54 @@ pub(super) async fn with_connection<DB: Database, T>(
     let result = f(&mut held.conn).await;
     checkin(pool, handoff, held, result.is_ok());
     result
+}
+
+#[cfg(all(test, feature = "sqlite-store"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    /// Operations that stop waiting for a connection (their timeout fired, their request was
+    /// dropped) while the pool is exhausted, as they all do while the database does not answer,
+    /// must not leave their place in the queue behind: the queue would grow for as long as the
+    /// outage lasts.
+    #[tokio::test]
+    async fn waiters_that_gave_up_do_not_pile_up() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let handoff = Handoff::new(&pool);
+        let held = checkout(&pool, Some(&handoff)).await.unwrap();
+        assert_eq!(pool.num_idle(), 0);
+        // One operation that keeps waiting, at the head of the queue.
+        let mut patient = Box::pin(checkout(&pool, Some(&handoff)));
+        assert!(futures_poll_once(patient.as_mut()).await.is_none());
+        for _ in 0..200 {
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(1), checkout(&pool, Some(&handoff)))
+                    .await;
+            assert!(gave_up.is_err());
+        }
+        let queued = handoff.waiting().len();
+        assert!(queued < 16, "{queued} waiters queued, 1 still waiting");
+        checkin(&pool, Some(&handoff), held, true);
+        assert!(
+            patient.await.is_ok(),
+            "the patient waiter got the connection"
+        );
+    }
+
+    /// Polls `future` once.
+    async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut future).poll(cx) {
+                Poll::Ready(output) => Some(output),
+                Poll::Pending => None,
+            })
+        })
+        .await
+    }
 }

@@ -18,7 +18,7 @@ use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
 use crate::record::{ChangeSet, RECORD_VERSION, Record};
-use crate::store::{Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
+use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
 
 /// Key of the transaction-scoped advisory lock that serialises concurrent [`PostgresStore::migrate`]
 /// calls (`CREATE TABLE IF NOT EXISTS` alone races between app servers starting together).
@@ -39,6 +39,10 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 ///   concurrent requests that write different keys both keep their writes, and a session deleted
 ///   or expired meanwhile is reported as [`Saved::Gone`], never revived;
 /// - `touch` updates the idle deadline only;
+/// - `rename` (a rotated session ID) is the `save` statement that also changes the row's key, so
+///   a concurrent save, touch or revocation of the session comes before it (and is carried over
+///   or revoked) or after it (and finds nothing under the old key); only when the new key is
+///   taken by an expired row does it take a second statement to delete that row first;
 /// - `delete_expired` deletes at most `limit` rows per statement (`FOR UPDATE SKIP LOCKED`, so
 ///   several servers can run [`spawn_cleanup`](crate::spawn_cleanup) at once).
 ///
@@ -169,6 +173,8 @@ struct Statements {
     create: Arc<str>,
     save: Arc<str>,
     touch: Arc<str>,
+    rename: Arc<str>,
+    clear_expired: Arc<str>,
     delete: Arc<str>,
     delete_expired: Arc<str>,
     list_owner: Arc<str>,
@@ -220,6 +226,21 @@ impl Statements {
             .into(),
             touch: format!("UPDATE {t} SET idle_deadline = $2 WHERE id = $1 AND expires_at > $3")
                 .into(),
+            // `save` that also moves the row to the key $2 (the parameters after $1 shift by
+            // one). Changing the primary key in place keeps it one row to every concurrent
+            // statement: one that waited for its lock re-evaluates on the moved row, so a save
+            // or touch by the old key finds nothing, and a `delete_owner` deletes it under its new
+            // key. A live row under $2 makes it fail with a unique violation.
+            rename: format!(
+                "UPDATE {t} SET id = $2, \
+                 data = CASE WHEN $3 THEN $5 ELSE (data - $4::text[]) || $5 END, \
+                 idle_deadline = COALESCE($6, idle_deadline), \
+                 expiry = COALESCE($7, expiry), \
+                 owner = CASE WHEN $8 THEN $9 ELSE owner END \
+                 WHERE id = $1 AND expires_at > $10"
+            )
+            .into(),
+            clear_expired: format!("DELETE FROM {t} WHERE id = $1 AND expires_at <= $2").into(),
             delete: format!("DELETE FROM {t} WHERE id = $1").into(),
             delete_expired: format!(
                 "DELETE FROM {t} WHERE expires_at <= $1 AND id IN \
@@ -264,8 +285,13 @@ CREATE INDEX IF NOT EXISTS \"{name}_owner_idx\" ON {t} (owner) WHERE owner IS NO
     }
 }
 
-/// `options` with `statement_timeout` at nine tenths of `timeout`, so that the server gives up
-/// (and says so) before the store does; unchanged if they set `statement_timeout` already.
+/// The longest `statement_timeout` PostgreSQL accepts, in milliseconds (the setting is an `int`):
+/// about 24.8 days. A longer one makes the server refuse every connection.
+const MAX_STATEMENT_TIMEOUT_MS: u128 = 2_147_483_647;
+
+/// `options` with `statement_timeout` at nine tenths of `timeout` (at most
+/// [`MAX_STATEMENT_TIMEOUT_MS`]), so that the server gives up (and says so) before the store
+/// does; unchanged if they set `statement_timeout` already.
 fn server_timeout(options: &PgConnectOptions, timeout: StdDuration) -> PgConnectOptions {
     if options
         .get_options()
@@ -273,7 +299,7 @@ fn server_timeout(options: &PgConnectOptions, timeout: StdDuration) -> PgConnect
     {
         return options.clone();
     }
-    let millis = (timeout.as_millis() * 9 / 10).max(1);
+    let millis = (timeout.as_millis() * 9 / 10).clamp(1, MAX_STATEMENT_TIMEOUT_MS);
     options
         .clone()
         .options([("statement_timeout", format!("{millis}ms"))])
@@ -381,8 +407,10 @@ impl PostgresStore {
 
     /// Gives up on an operation the server has not answered within `timeout` (default
     /// [`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT), 5 seconds), with a
-    /// [`Backend`](StoreErrorKind::Backend) error, so the request gets an error response. The
-    /// limit covers waiting for a pooled connection too.
+    /// [`Backend`](StoreErrorKind::Backend) error, so the request gets an error response.
+    /// Waiting for a pooled connection gets the same limit, counted apart: an operation takes at
+    /// most about twice `timeout` (see below for why the statement's time does not start with
+    /// the wait).
     ///
     /// Without it, a statement already sent when the server stops answering (stopped,
     /// overloaded, or behind a network that drops packets) would wait as long as TCP does, and a
@@ -394,9 +422,13 @@ impl PostgresStore {
     /// by [`connect`](Self::connect), the server is told to give up first: its connections set
     /// `statement_timeout` to nine tenths of `timeout` (connections opened after this call; the
     /// pool opens them lazily), so the statement is cancelled and the store reports the server's
-    /// error. Clones of a store share its pool: set the timeout once, before cloning. With your own
-    /// pool ([`new`](Self::new)), set `statement_timeout` in its connect
-    /// options the same way; without it, a timed-out write may still be applied.
+    /// error. That holds only because the store's limit for the statement starts when the
+    /// statement is sent, as the server's does, and not with the wait for a connection. The
+    /// server's limit is capped at its maximum, 2,147,483,647 ms (about 24.8 days), so
+    /// `Duration::MAX` waits as long as the server allows. Clones of a store share its pool: set
+    /// the timeout once, before cloning. With your own pool ([`new`](Self::new)), set
+    /// `statement_timeout` in its connect options the same way; without it, a timed-out write may
+    /// still be applied.
     pub fn with_timeout(self, timeout: StdDuration) -> Self {
         if let Some(options) = &self.own_options {
             self.pool
@@ -489,17 +521,24 @@ impl PostgresStore {
     }
 
     /// Runs `f` on a connection (from the pool, or handed on by another operation, see
-    /// `handoff`), within the store's timeout.
+    /// `handoff`).
+    ///
+    /// Waiting for the connection and running the statement each get the store's timeout. Were
+    /// they to share it, a statement sent after a long wait for a connection would be given up
+    /// on by the store while the server, whose `statement_timeout` counts from when the statement
+    /// arrives, could still run it: the request would fail and its write be applied anyway.
     async fn on_conn<T>(
         &self,
         op: &'static str,
         f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, StoreError> {
-        self.run(
-            op,
-            handoff::with_connection(&self.pool, self.handoff.as_deref(), f),
-        )
-        .await
+        let handoff = self.handoff.as_deref();
+        let mut held = self.run(op, handoff::checkout(&self.pool, handoff)).await?;
+        // After a failed statement, or one given up on, `checkin` lets the connection go back to
+        // the pool, which tests it before reuse.
+        let result = self.run(op, f(&mut held.conn)).await;
+        handoff::checkin(&self.pool, handoff, held, result.is_ok());
+        result
     }
 
     fn error(&self, op: &str, error: sqlx::Error) -> StoreError {
@@ -531,6 +570,19 @@ fn check_nul<'a>(
         ));
     }
     Ok(())
+}
+
+/// [`check_nul`] for what a change set writes.
+fn check_changes(changes: &ChangeSet) -> Result<(), StoreError> {
+    check_nul(
+        changes.set.values(),
+        changes
+            .set
+            .keys()
+            .chain(&changes.removed)
+            .map(String::as_str)
+            .chain(changes.owner.as_ref().and_then(|o| o.as_deref())),
+    )
 }
 
 /// Decodes a `load` row. The inner `Err` is a row whose content is unusable (the caller logs it and
@@ -656,15 +708,7 @@ impl SessionStore for PostgresStore {
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         let owner = changes.owner.as_ref();
-        check_nul(
-            changes.set.values(),
-            changes
-                .set
-                .keys()
-                .chain(&changes.removed)
-                .map(String::as_str)
-                .chain(owner.and_then(|o| o.as_deref())),
-        )?;
+        check_changes(changes)?;
         let result = self
             .on_conn("save", async |conn| {
                 sqlx::query(stmt(&self.sql.save))
@@ -709,6 +753,62 @@ impl SessionStore for PostgresStore {
         } else {
             Saved::Applied
         })
+    }
+
+    async fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        check_changes(changes)?;
+        let owner = changes.owner.as_ref();
+        let rename = async |conn: &mut PgConnection| {
+            sqlx::query(stmt(&self.sql.rename))
+                .bind(from.as_bytes().as_slice())
+                .bind(to.as_bytes().as_slice())
+                .bind(changes.cleared)
+                .bind(changes.removed.as_slice())
+                .bind(Json(&changes.set))
+                .bind(changes.idle_deadline)
+                .bind(changes.expiry.map(Json))
+                .bind(owner.is_some())
+                .bind(owner.and_then(|o| o.as_deref()))
+                .bind(now)
+                .execute(conn)
+                .await
+        };
+        // A row under `to` that is expired gives way (as to `create`), once; a live one, or one
+        // that a concurrent operation put there meanwhile, makes the key taken.
+        for attempt in 0..2 {
+            let moved = self
+                .on_conn("rename", async |conn| match rename(conn).await {
+                    Ok(done) => Ok(Some(done.rows_affected() > 0)),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .await?;
+            match moved {
+                Some(true) => return Ok(Renamed::Applied),
+                Some(false) => return Ok(Renamed::Gone),
+                None if attempt > 0 => break,
+                None => {}
+            }
+            let cleared = self
+                .on_conn("rename", async |conn| {
+                    sqlx::query(stmt(&self.sql.clear_expired))
+                        .bind(to.as_bytes().as_slice())
+                        .bind(now)
+                        .execute(conn)
+                        .await
+                })
+                .await?;
+            if cleared.rows_affected() == 0 {
+                break;
+            }
+        }
+        Ok(Renamed::Taken)
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {

@@ -20,7 +20,7 @@ use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
 use crate::record::{ChangeSet, RECORD_VERSION, Record};
-use crate::store::{Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
+use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
 
 /// Sessions in one table of an SQLite database file.
 ///
@@ -40,6 +40,9 @@ use crate::store::{Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind}
 ///   two concurrent requests that write different keys both keep their writes and a session
 ///   deleted or expired meanwhile is reported as [`Saved::Gone`], never revived. A save that only
 ///   moves deadlines, expiry or owner is a single `UPDATE`;
+/// - `rename` (a rotated session ID) is that same transaction, which then writes the row under
+///   its new key: a concurrent save, touch or revocation of the session comes before it (and is
+///   carried over or revoked) or after it (and finds nothing under the old key);
 /// - `touch` updates the idle deadline only; `delete_expired` deletes at most `limit` rows.
 ///
 /// Deadlines are judged by the `now` the layer passes in (its [`Clock`](crate::Clock)).
@@ -125,6 +128,8 @@ struct Statements {
     write_back: Arc<str>,
     save_metadata: Arc<str>,
     touch: Arc<str>,
+    clear_expired: Arc<str>,
+    move_to: Arc<str>,
     delete: Arc<str>,
     delete_expired: Arc<str>,
     list_owner: Arc<str>,
@@ -168,6 +173,13 @@ impl Statements {
             .into(),
             touch: format!("UPDATE {t} SET idle_deadline = ?2 WHERE id = ?1 AND expires_at > ?3")
                 .into(),
+            clear_expired: format!("DELETE FROM {t} WHERE id = ?1 AND expires_at <= ?2").into(),
+            // `write_back` that also moves the row to the key ?6, unless a row is stored there.
+            move_to: format!(
+                "UPDATE {t} SET data = ?2, idle_deadline = ?3, expiry = ?4, owner = ?5, id = ?6 \
+                 WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM {t} WHERE id = ?6)"
+            )
+            .into(),
             delete: format!("DELETE FROM {t} WHERE id = ?1").into(),
             delete_expired: format!(
                 "DELETE FROM {t} WHERE id IN \
@@ -431,16 +443,20 @@ async fn discard_on_error<T>(
 }
 
 impl SqliteStore {
-    /// A save that changes data: read, apply, write back, under the write lock.
+    /// A save that changes data, or a rename: read, apply, write back (under the new key, for a
+    /// rename), in one transaction that holds the write lock from its start.
     async fn save_data(
         &self,
         key: &SessionKey,
         changes: &ChangeSet,
+        move_to: Option<&SessionKey>,
         now: OffsetDateTime,
-    ) -> Result<Saved, sqlx::Error> {
+    ) -> Result<Renamed, sqlx::Error> {
         let handoff = self.handoff.as_deref();
         let mut held = handoff::checkout(&self.pool, handoff).await?;
-        let saved = self.save_data_on(&mut held.conn, key, changes, now).await;
+        let saved = self
+            .save_data_on(&mut held.conn, key, changes, move_to, now)
+            .await;
         if saved.is_ok() {
             handoff::checkin(&self.pool, handoff, held, true);
             return saved;
@@ -465,8 +481,9 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         key: &SessionKey,
         changes: &ChangeSet,
+        move_to: Option<&SessionKey>,
         now: OffsetDateTime,
-    ) -> Result<Saved, sqlx::Error> {
+    ) -> Result<Renamed, sqlx::Error> {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(stmt(&self.sql.read_for_save))
             .bind(key.as_bytes().as_slice())
@@ -475,7 +492,7 @@ impl SqliteStore {
             .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Ok(Saved::Gone);
+            return Ok(Renamed::Gone);
         };
         let mut record = match record_from_row(&row)? {
             Ok(record) => record,
@@ -483,7 +500,7 @@ impl SqliteStore {
                 // `load` reads such a row as "no session", so the save has nothing to apply to.
                 tracing::warn!(session = %key.log_tag(), problem, "unreadable session row; save dropped");
                 tx.rollback().await?;
-                return Ok(Saved::Gone);
+                return Ok(Renamed::Gone);
             }
         };
         changes.apply_to(&mut record);
@@ -491,16 +508,35 @@ impl SqliteStore {
             serde_json::to_string(&record.data).map_err(|e| sqlx::Error::Encode(e.into()))?;
         let expiry =
             serde_json::to_string(&record.expiry).map_err(|e| sqlx::Error::Encode(e.into()))?;
-        sqlx::query(stmt(&self.sql.write_back))
+        let write = match move_to {
+            None => sqlx::query(stmt(&self.sql.write_back)),
+            Some(to) => {
+                // An expired row under the new key gives way, as to `create`.
+                sqlx::query(stmt(&self.sql.clear_expired))
+                    .bind(to.as_bytes().as_slice())
+                    .bind(micros(now))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(stmt(&self.sql.move_to))
+            }
+        };
+        let mut write = write
             .bind(key.as_bytes().as_slice())
             .bind(data)
             .bind(micros(record.idle_deadline))
             .bind(expiry)
-            .bind(record.owner)
-            .execute(&mut *tx)
-            .await?;
+            .bind(record.owner);
+        if let Some(to) = move_to {
+            write = write.bind(to.as_bytes().as_slice());
+        }
+        let written = write.execute(&mut *tx).await?;
+        if written.rows_affected() == 0 {
+            // Only `move_to` can match nothing here: a live row holds the new key.
+            tx.rollback().await?;
+            return Ok(Renamed::Taken);
+        }
         tx.commit().await?;
-        Ok(Saved::Applied)
+        Ok(Renamed::Applied)
     }
 }
 
@@ -565,10 +601,11 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         if changes.changes_data() {
-            return self
-                .save_data(key, changes, now)
-                .await
-                .map_err(|e| self.error("save", e));
+            return match self.save_data(key, changes, None, now).await {
+                Ok(Renamed::Gone) => Ok(Saved::Gone),
+                Ok(_) => Ok(Saved::Applied), // never `Taken`: it moves nothing
+                Err(e) => Err(self.error("save", e)),
+            };
         }
         let expiry = changes
             .expiry
@@ -617,6 +654,18 @@ impl SessionStore for SqliteStore {
         } else {
             Saved::Applied
         })
+    }
+
+    async fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        self.save_data(from, changes, Some(to), now)
+            .await
+            .map_err(|e| self.error("rename", e))
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
