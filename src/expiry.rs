@@ -11,12 +11,11 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use time::{Duration, OffsetDateTime};
+use time::{Duration, OffsetDateTime, UtcOffset};
 
 /// The longest `Max-Age` a cookie may carry (RFC 6265bis caps it at 400 days).
 pub const MAX_COOKIE_AGE: Duration = Duration::days(400);
@@ -136,6 +135,8 @@ impl Clock for SystemClock {
 
 /// A clock that only moves when told to. Cheap to clone; clones share the time.
 ///
+/// It holds any date [`OffsetDateTime`] can, and moving it saturates at the ends of that range.
+///
 /// # Examples
 ///
 /// ```
@@ -149,15 +150,16 @@ impl Clock for SystemClock {
 /// ```
 #[derive(Clone)]
 pub struct ManualClock {
-    nanos: Arc<AtomicI64>,
+    now: Arc<Mutex<OffsetDateTime>>,
 }
 
 impl ManualClock {
-    /// A clock stopped at `start` (second precision below the nanosecond range is kept).
+    /// A clock stopped at `start`, which it tells in UTC like [`SystemClock`].
     pub fn new(start: OffsetDateTime) -> Self {
-        let nanos = i64::try_from(start.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        // Only a date at the very end of the range cannot be told in UTC: kept as it is.
+        let start = start.checked_to_offset(UtcOffset::UTC).unwrap_or(start);
         Self {
-            nanos: Arc::new(AtomicI64::new(nanos)),
+            now: Arc::new(Mutex::new(start)),
         }
     }
 
@@ -166,17 +168,22 @@ impl ManualClock {
         Self::new(OffsetDateTime::now_utc())
     }
 
-    /// Moves the clock forward (or back, for a negative duration).
+    /// Moves the clock forward (or back, for a negative duration), stopping at the first or last
+    /// date [`OffsetDateTime`] can hold.
     pub fn advance(&self, by: Duration) {
-        let step = i64::try_from(by.whole_nanoseconds()).unwrap_or(i64::MAX);
-        self.nanos.fetch_add(step, Ordering::SeqCst);
+        let mut now = self.lock();
+        *now = now.saturating_add(by);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OffsetDateTime> {
+        // Nothing can panic while the lock is held, and the time is always valid.
+        self.now.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.nanos.load(Ordering::SeqCst)))
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        *self.lock()
     }
 }
 
@@ -244,6 +251,42 @@ mod tests {
             let back: Expiry = serde_json::from_str(&json).unwrap_or(Expiry::OnSessionEnd);
             assert_eq!(back, expiry, "{json}");
         }
+    }
+
+    #[test]
+    fn a_manual_clock_moved_past_the_nanosecond_range_does_not_wrap_around() {
+        let start = OffsetDateTime::from_unix_timestamp(1_800_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        for step in [Duration::days(365 * 1000), Duration::MAX] {
+            let clock = ManualClock::new(start);
+            clock.advance(step);
+            assert!(
+                clock.now() > start + Duration::days(365 * 200),
+                "{step} went to {}",
+                clock.now()
+            );
+        }
+        let clock = ManualClock::new(start);
+        clock.advance(Duration::MIN);
+        assert!(
+            clock.now() < start,
+            "back by Duration::MIN went to {}",
+            clock.now()
+        );
+    }
+
+    #[test]
+    fn a_manual_clock_starts_where_it_is_told_to() {
+        for seconds in [-11_000_000_000_i64, 10_413_792_000, 1_800_000_000] {
+            let start =
+                OffsetDateTime::from_unix_timestamp(seconds).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            assert_eq!(ManualClock::new(start).now(), start);
+        }
+        let east = OffsetDateTime::UNIX_EPOCH
+            .checked_to_offset(UtcOffset::from_hms(5, 0, 0).unwrap_or(UtcOffset::UTC))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let now = ManualClock::new(east).now();
+        assert_eq!((now, now.offset()), (east, UtcOffset::UTC));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! change set to whatever is stored *now* ([`ChangeSet::apply_to`]), not to what the request loaded,
 //! which is why two concurrent requests that write different keys both keep their writes.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -15,11 +17,30 @@ use crate::Expiry;
 /// The current record format version, written into every encoded record.
 pub const RECORD_VERSION: u32 = 1;
 
+/// How deep a session value may nest arrays and objects in an encoded record. `serde_json` reads
+/// at most 127 nested levels, and the record and its data map take two of them; a record holding
+/// a deeper value would encode, then fail to decode, and its session be lost on the next load.
+pub(crate) const MAX_VALUE_DEPTH: usize = 125;
+
+/// Whether `value` nests arrays and objects more than `levels` deep. Looks no deeper than that,
+/// so the recursion is bounded whatever the value.
+pub(crate) fn nests_deeper_than(value: &Value, levels: usize) -> bool {
+    match value {
+        Value::Array(items) => {
+            levels == 0 || items.iter().any(|v| nests_deeper_than(v, levels - 1))
+        }
+        Value::Object(map) => levels == 0 || map.values().any(|v| nests_deeper_than(v, levels - 1)),
+        _ => false,
+    }
+}
+
 /// One session as a store keeps it.
 ///
 /// Stores that keep the record as one blob use [`Record::encode`] and [`Record::decode`]; stores with
 /// columns read and write the fields.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` shows the metadata and how many values there are, never the values or the owner.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Record {
     /// Format version ([`RECORD_VERSION`] when written by this crate).
@@ -78,9 +99,20 @@ impl Record {
     ///
     /// # Errors
     ///
-    /// Only if a value cannot be serialized, which cannot happen for values that came through the
-    /// [`Session`](crate::Session) API (they are already JSON values).
+    /// When a value nests arrays and objects more than 125 levels deep: [`Record::decode`] could
+    /// not read the result back (`serde_json` refuses deeper input), so the session would be lost
+    /// on its next load. Otherwise only if a value cannot be serialized, which cannot happen for
+    /// values that came through the [`Session`](crate::Session) API (they are already JSON values).
     pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        if self
+            .data
+            .values()
+            .any(|value| nests_deeper_than(value, MAX_VALUE_DEPTH))
+        {
+            return Err(serde::ser::Error::custom(format_args!(
+                "a session value nests arrays and objects more than {MAX_VALUE_DEPTH} levels deep"
+            )));
+        }
         serde_json::to_vec(self)
     }
 
@@ -102,6 +134,29 @@ impl Record {
     }
 }
 
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("version", &self.version)
+            .field("values", &self.data.len())
+            .field("created_at", &self.created_at)
+            .field("idle_deadline", &self.idle_deadline)
+            .field("absolute_deadline", &self.absolute_deadline)
+            .field("expiry", &self.expiry)
+            .field("owner", &self.owner.as_ref().map(|_| Redacted))
+            .finish()
+    }
+}
+
+/// Shown in `Debug` output in place of a session's values and owner.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("REDACTED")
+    }
+}
+
 /// The earlier of an idle and an optional absolute deadline.
 pub(crate) fn earlier_deadline(
     idle: OffsetDateTime,
@@ -118,7 +173,9 @@ pub(crate) fn earlier_deadline(
 /// Order of application: if `cleared`, the stored data is emptied first; then `removed` keys are
 /// deleted; then `set` keys are written. Deadlines, expiry and owner are replaced. Same-key writes
 /// from concurrent requests are last-writer-wins.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// `Debug` shows how many keys are set and removed, never the values or the owner.
+#[derive(Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ChangeSet {
     /// Start from an empty map (the handler called [`Session::clear`](crate::Session::clear)).
@@ -167,6 +224,25 @@ impl ChangeSet {
         if let Some(owner) = &self.owner {
             record.owner.clone_from(owner);
         }
+    }
+}
+
+impl fmt::Debug for ChangeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeSet")
+            .field("cleared", &self.cleared)
+            .field("set", &self.set.len())
+            .field("removed", &self.removed.len())
+            .field("idle_deadline", &self.idle_deadline)
+            .field("expiry", &self.expiry)
+            .field(
+                "owner",
+                &self
+                    .owner
+                    .as_ref()
+                    .map(|owner| owner.as_ref().map(|_| Redacted)),
+            )
+            .finish()
     }
 }
 
@@ -241,6 +317,58 @@ mod tests {
         change.apply_to(&mut stored);
         assert_eq!(stored.data.len(), 1);
         assert_eq!(stored.data.get("fresh"), Some(&json!(true)));
+    }
+
+    #[test]
+    fn debug_output_shows_no_session_values() {
+        let mut record = sample();
+        record
+            .data
+            .insert("token".into(), json!("secret-value-123"));
+        let mut change = ChangeSet::default();
+        change.set.insert("token".into(), json!("secret-value-456"));
+        change.owner = Some(Some("bob@example.com".into()));
+        let shown = format!("{record:?} {record:#?} {change:?} {change:#?}");
+        for secret in ["secret-value", "alice", "bob@example.com"] {
+            assert!(!shown.contains(secret), "{secret:?} in {shown}");
+        }
+    }
+
+    /// A value nested `levels` deep in arrays.
+    fn nested(levels: usize) -> Value {
+        let mut value = json!(1);
+        for _ in 0..levels {
+            value = Value::Array(vec![value]);
+        }
+        value
+    }
+
+    #[test]
+    fn a_record_that_encodes_also_decodes_however_deep_its_values() {
+        for levels in [100, 126, 127, 128, 200, 1000] {
+            let mut record = sample();
+            record.data.insert("tree".into(), nested(levels));
+            // Refusing to encode is fine (the store reports an error and keeps what it had);
+            // encoding what cannot be read back loses the session on its next load.
+            if let Ok(bytes) = record.encode() {
+                let back = Record::decode(&bytes);
+                assert!(back.is_ok(), "{levels} levels: encoded, but {back:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_nested_up_to_the_limit_round_trip() {
+        let mut record = sample();
+        record.data.insert("tree".into(), nested(MAX_VALUE_DEPTH));
+        record
+            .data
+            .insert("wide".into(), json!({"a": [{"b": nested(10)}]}));
+        assert_eq!(Record::decode(&record.encode().unwrap()).unwrap(), record);
+        record
+            .data
+            .insert("tree".into(), nested(MAX_VALUE_DEPTH + 1));
+        assert!(record.encode().is_err());
     }
 
     proptest! {

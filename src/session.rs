@@ -905,13 +905,9 @@ impl Session {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let state = self.loaded_state()?;
         match state.data.get(key) {
-            Some(value) => T::deserialize(value).map(Some).map_err(|e| {
-                SessionError::new(
-                    SessionErrorKind::Deserialize,
-                    format!("session value {key:?} has an unexpected type"),
-                )
-                .with_source(e)
-            }),
+            Some(value) => T::deserialize(value)
+                .map(Some)
+                .map_err(|e| unexpected_type(key, &e)),
             None => Ok(None),
         }
     }
@@ -930,7 +926,8 @@ impl Session {
     /// # Errors
     ///
     /// If the session is not loaded or is closed (see [`Session`]'s "After the response"), or
-    /// `value` cannot be represented as JSON (e.g. a map with non-string keys).
+    /// `value` cannot be represented as JSON (e.g. a map with non-string keys) or nests arrays and
+    /// objects more than 125 levels deep (see [`insert_value`](Session::insert_value)).
     pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         let value = serde_json::to_value(value).map_err(|e| {
             SessionError::new(
@@ -946,8 +943,20 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// If the session is not loaded, or is closed.
+    /// If the session is not loaded, or is closed; [`SessionErrorKind::Serialize`] if `value`
+    /// nests arrays and objects more than 125 levels deep. JSON parsers, `serde_json`'s
+    /// included, refuse deeper input, so a store could write such a session and then not read it
+    /// back: the session would be lost on its next request. Every store gets the same limit.
     pub fn insert_value(&self, key: &str, value: Value) -> Result<(), SessionError> {
+        if crate::record::nests_deeper_than(&value, crate::record::MAX_VALUE_DEPTH) {
+            return Err(SessionError::new(
+                SessionErrorKind::Serialize,
+                format!(
+                    "session value {key:?} nests arrays and objects more than {} levels deep",
+                    crate::record::MAX_VALUE_DEPTH
+                ),
+            ));
+        }
         let mut state = self.writable_state()?;
         let state = &mut *state;
         match state.data.get_mut(key) {
@@ -973,13 +982,7 @@ impl Session {
         let Some(value) = state.data.get(key) else {
             return Ok(None);
         };
-        let old = T::deserialize(value).map_err(|e| {
-            SessionError::new(
-                SessionErrorKind::Deserialize,
-                format!("session value {key:?} has an unexpected type"),
-            )
-            .with_source(e)
-        })?;
+        let old = T::deserialize(value).map_err(|e| unexpected_type(key, &e))?;
         state.data.remove(key);
         state.mark_dirty(key);
         Ok(Some(old))
@@ -1066,16 +1069,18 @@ impl Session {
     }
 
     /// Gives the session a new ID at the end of the request, keeping its data: call it on login and
-    /// on any change of privilege (SECURITY.md 8). The record is created under the new ID before the
-    /// old one is deleted, so a failure or a 5xx response leaves the old session working (unless
-    /// the handler [`save`](Session::save)d after `cycle_id`: then the rotation is done, and the
-    /// new ID goes out with any response); a request still holding the old ID afterwards finds no
-    /// session. Rotation never extends the absolute lifetime (SECURITY.md 9).
+    /// on any change of privilege (SECURITY.md 8). The store moves the record to the new ID in one
+    /// step ([`SessionStore::rename`](crate::SessionStore::rename)) when the request commits, so a
+    /// failure or a 5xx response leaves the old session working (unless the handler
+    /// [`save`](Session::save)d after `cycle_id`: then the rotation is done, and the new ID goes
+    /// out with any response); a request still holding the old ID afterwards finds no session.
+    /// Rotation never extends the absolute lifetime (SECURITY.md 9).
     ///
-    /// The new record is the old one as the store holds it when the rotation is written, with this
-    /// request's changes applied: what concurrent requests of the session saved meanwhile moves to
-    /// the new ID too. If the session ended meanwhile (logged out or revoked elsewhere), it is not
-    /// revived: no new ID is created, and no cookie sent.
+    /// The new record is the old one as the store holds it at that moment, with this request's
+    /// changes applied: what concurrent requests of the session saved before moves to the new ID
+    /// too, and a save that comes after finds the old ID gone. If the session ended meanwhile
+    /// (logged out or revoked elsewhere), it is not revived: no new ID is created, and no cookie
+    /// sent.
     pub fn cycle_id(&self) {
         if let Some(mut state) = self.state_to_change("cycle_id") {
             state.cycle = true;
@@ -1761,6 +1766,20 @@ fn new_session_token(id: &SessionId, record: &Record, now: OffsetDateTime) -> To
         value: id.expose(),
         max_age: max_age_for(record, now),
     }
+}
+
+/// A stored value that is not the type asked for. The message names the key and the kind of
+/// mismatch, never the value: `serde_json`'s own message quotes it (`invalid type: string
+/// "..."`), and an app that logs the error would log the session's content.
+fn unexpected_type(key: &str, error: &serde_json::Error) -> SessionError {
+    let what = match error.classify() {
+        serde_json::error::Category::Data => "has an unexpected type or shape",
+        _ => "cannot be read",
+    };
+    SessionError::new(
+        SessionErrorKind::Deserialize,
+        format!("session value {key:?} {what}"),
+    )
 }
 
 fn ended_during_request() -> SessionError {
