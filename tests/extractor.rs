@@ -3,8 +3,9 @@
 //! router, and the session cookie among others in the forms browsers and proxies send.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+mod support_faulty;
+
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
@@ -13,106 +14,9 @@ use axum::middleware::{self, Next};
 use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use time::OffsetDateTime;
+use support_faulty::Faulty;
 use tower::ServiceExt;
-use tower_satchel::{
-    ChangeSet, MemoryStore, Record, Saved, Session, SessionError, SessionId, SessionInfo,
-    SessionKey, SessionLayer, SessionStore, StoreError,
-};
-
-/// A memory store that fails on demand: every call while `fail` is set, writes only while
-/// `fail_writes` is.
-#[derive(Clone, Default)]
-struct Failing {
-    inner: MemoryStore,
-    fail: Arc<AtomicBool>,
-    fail_writes: Arc<AtomicBool>,
-}
-
-impl Failing {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            Err(StoreError::backend(
-                "injected failure",
-                std::io::Error::other("backend down"),
-            ))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn check_write(&self) -> Result<(), StoreError> {
-        if self.fail_writes.load(Ordering::SeqCst) {
-            Err(StoreError::backend(
-                "injected failure",
-                std::io::Error::other("backend down"),
-            ))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl SessionStore for Failing {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: OffsetDateTime,
-    ) -> Result<Option<Record>, StoreError> {
-        self.check()?;
-        self.inner.load(key, now).await
-    }
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.check()?;
-        self.check_write()?;
-        self.inner.create(key, record, now).await
-    }
-    async fn save(
-        &self,
-        key: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.check()?;
-        self.check_write()?;
-        self.inner.save(key, changes, now).await
-    }
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        idle_deadline: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.check()?;
-        self.check_write()?;
-        self.inner.touch(key, idle_deadline, now).await
-    }
-    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.check()?;
-        self.check_write()?;
-        self.inner.delete(key).await
-    }
-    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
-        self.inner.delete_expired(now, limit).await
-    }
-    async fn list_owner(
-        &self,
-        owner: &str,
-        now: OffsetDateTime,
-    ) -> Result<Vec<SessionInfo>, StoreError> {
-        self.inner.list_owner(owner, now).await
-    }
-    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
-        self.check()?;
-        self.check_write()?;
-        self.inner.delete_owner(owner).await
-    }
-}
+use tower_satchel::{MemoryStore, Session, SessionError, SessionId, SessionLayer};
 
 async fn send(router: &Router, request: Request<Body>) -> Response<Body> {
     router.clone().oneshot(request).await.unwrap()
@@ -138,7 +42,7 @@ fn set_cookie_value(response: &Response<Body>) -> Option<String> {
 }
 
 /// The layer's error hook renders store failures as `503` JSON.
-fn layer_with_json_error_hook(store: &Failing) -> SessionLayer {
+fn layer_with_json_error_hook(store: &Faulty) -> SessionLayer {
     SessionLayer::builder(store.clone())
         .error_handler(|_| {
             let mut response = http::Response::new(Bytes::from_static(br#"{"error":"store"}"#));
@@ -154,7 +58,7 @@ fn layer_with_json_error_hook(store: &Failing) -> SessionLayer {
 /// returns with `?` from `Session::save` (the usage `save`'s own docs show).
 #[tokio::test]
 async fn a_store_failure_a_handler_returns_renders_through_the_error_hook() {
-    let store = Failing::default();
+    let store = Faulty::default();
     let router = Router::new()
         .route(
             "/save",
@@ -197,7 +101,7 @@ async fn a_store_failure_a_handler_returns_renders_through_the_error_hook() {
 /// page offers the error message as a file download instead of showing it.
 #[tokio::test]
 async fn default_session_error_responses_are_plain_text() {
-    let store = Failing::default();
+    let store = Faulty::default();
     let layered = Router::new()
         .route(
             "/read",

@@ -3,10 +3,11 @@
 
 #[macro_use]
 mod conformance;
+mod support_faulty;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration as StdDuration;
 
 use axum::Router;
@@ -16,231 +17,15 @@ use axum::routing::{MethodRouter, get};
 use bytes::Bytes;
 use conformance::harness;
 use http_body_util::BodyExt;
+use support_faulty::Faulty;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Notify;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_satchel::{
     Arrival, ChangeSet, CleanupConfig, Expiry, ImmediateStore, ManualClock, MemoryStore, Record,
-    Renamed, Saved, ScopedSession, Session, SessionError, SessionErrorKind, SessionId, SessionInfo,
+    Saved, ScopedSession, Session, SessionError, SessionErrorKind, SessionId, SessionInfo,
     SessionKey, SessionLayer, SessionStore, StoreError, StoreErrorKind, spawn_cleanup_with_clock,
 };
-
-/// A memory store that counts calls and fails on demand. The layer reaches it through boxed
-/// futures, or, when `immediate` is set, as an [`ImmediateStore`]; both run the same code.
-#[derive(Clone, Default)]
-struct Faulty {
-    inner: MemoryStore,
-    immediate: bool,
-    fail: Arc<AtomicBool>,
-    fail_deletes: Arc<AtomicUsize>,
-    fail_renames: Arc<AtomicUsize>,
-    fail_touches: Arc<AtomicBool>,
-    /// Creates to answer "ID taken" before accepting one.
-    collisions: Arc<AtomicUsize>,
-    /// Async loads yield to the scheduler once before answering.
-    slow_loads: bool,
-    /// Async creates announce themselves on the first `Notify` and wait for the second.
-    create_gate: Option<Arc<(Notify, Notify)>>,
-    loads: Arc<AtomicUsize>,
-    writes: Arc<AtomicUsize>,
-    touches: Arc<AtomicUsize>,
-    sweeps: Arc<AtomicUsize>,
-}
-
-impl Faulty {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            Err(StoreError::backend(
-                "injected failure",
-                std::io::Error::other("backend down"),
-            ))
-        } else {
-            Ok(())
-        }
-    }
-    fn calls(&self) -> (usize, usize, usize) {
-        (
-            self.loads.load(Ordering::SeqCst),
-            self.writes.load(Ordering::SeqCst),
-            self.touches.load(Ordering::SeqCst),
-        )
-    }
-}
-
-impl ImmediateStore for Faulty {
-    fn load_now(
-        &self,
-        key: &SessionKey,
-        now: OffsetDateTime,
-    ) -> Result<Option<Record>, StoreError> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
-        self.inner.load_now(key, now)
-    }
-    fn create_now(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
-        if self
-            .collisions
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Ok(false);
-        }
-        self.inner.create_now(key, record, now)
-    }
-    fn save_now(
-        &self,
-        key: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
-        self.inner.save_now(key, changes, now)
-    }
-    fn touch_now(
-        &self,
-        key: &SessionKey,
-        deadline: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.touches.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
-        if self.fail_touches.load(Ordering::SeqCst) {
-            return Err(StoreError::new(
-                StoreErrorKind::Backend,
-                "injected touch failure",
-            ));
-        }
-        self.inner.touch_now(key, deadline, now)
-    }
-    fn delete_now(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
-        if self
-            .fail_deletes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(StoreError::new(
-                StoreErrorKind::Backend,
-                "injected delete failure",
-            ));
-        }
-        self.inner.delete_now(key)
-    }
-    fn rename_now(
-        &self,
-        from: &SessionKey,
-        to: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Renamed, StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
-        if self
-            .fail_renames
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(StoreError::new(
-                StoreErrorKind::Backend,
-                "injected rename failure",
-            ));
-        }
-        if self
-            .collisions
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Ok(Renamed::Taken);
-        }
-        self.inner.rename_now(from, to, changes, now)
-    }
-}
-
-impl SessionStore for Faulty {
-    fn immediate(&self) -> Option<&dyn ImmediateStore> {
-        self.immediate.then_some(self as &dyn ImmediateStore)
-    }
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: OffsetDateTime,
-    ) -> Result<Option<Record>, StoreError> {
-        if self.slow_loads {
-            tokio::task::yield_now().await;
-        }
-        self.load_now(key, now)
-    }
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        if let Some(gate) = &self.create_gate {
-            gate.0.notify_one();
-            gate.1.notified().await;
-        }
-        self.create_now(key, record, now)
-    }
-    async fn save(
-        &self,
-        key: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.save_now(key, changes, now)
-    }
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        deadline: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.touch_now(key, deadline, now)
-    }
-    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.delete_now(key)
-    }
-    async fn rename(
-        &self,
-        from: &SessionKey,
-        to: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Renamed, StoreError> {
-        if let Some(gate) = &self.create_gate {
-            gate.0.notify_one();
-            gate.1.notified().await;
-        }
-        self.rename_now(from, to, changes, now)
-    }
-    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
-        self.sweeps.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
-        self.inner.delete_expired(now, limit).await
-    }
-    async fn list_owner(
-        &self,
-        owner: &str,
-        now: OffsetDateTime,
-    ) -> Result<Vec<SessionInfo>, StoreError> {
-        self.check()?;
-        self.inner.list_owner(owner, now).await
-    }
-    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
-        self.check()?;
-        self.inner.delete_owner(owner).await
-    }
-}
 
 mod faulty_store_conformance {
     // The wrapper itself must meet the contract, or the tests below prove nothing.

@@ -5,8 +5,10 @@
 //! with the outer layer's error response).
 #![allow(clippy::unwrap_used)]
 
+mod support_faulty;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration as StdDuration;
 
 use axum::Router;
@@ -14,102 +16,12 @@ use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use axum::routing::get;
 use http_body_util::BodyExt;
-use time::{Duration, OffsetDateTime};
+use support_faulty::Faulty;
+use time::Duration;
 use tower::ServiceExt;
 use tower_satchel::{
-    Arrival, ChangeSet, Clock, Expiry, ManualClock, MemoryStore, Record, Renamed, Saved,
-    ScopedSession, Session, SessionInfo, SessionKey, SessionLayer, SessionStore, StoreError,
+    Arrival, Clock, Expiry, ManualClock, MemoryStore, ScopedSession, Session, SessionLayer,
 };
-
-/// A memory store, reached through boxed futures, whose next `save` can be made to hang, and
-/// whose writes fail while `fail` is set (reads always work).
-#[derive(Clone, Default)]
-struct Flaky {
-    inner: MemoryStore,
-    hang_next_save: Arc<AtomicBool>,
-    fail: Arc<AtomicBool>,
-}
-
-impl Flaky {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            Err(StoreError::backend(
-                "injected failure",
-                std::io::Error::other("backend down"),
-            ))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl SessionStore for Flaky {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: OffsetDateTime,
-    ) -> Result<Option<Record>, StoreError> {
-        self.inner.load(key, now).await
-    }
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner.create(key, record, now).await
-    }
-    async fn save(
-        &self,
-        key: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        if self.hang_next_save.swap(false, Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        self.check()?;
-        self.inner.save(key, changes, now).await
-    }
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        idle_deadline: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.check()?;
-        self.inner.touch(key, idle_deadline, now).await
-    }
-    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.delete(key).await
-    }
-    async fn rename(
-        &self,
-        from: &SessionKey,
-        to: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Renamed, StoreError> {
-        self.check()?;
-        self.inner.rename(from, to, changes, now).await
-    }
-    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
-        self.inner.delete_expired(now, limit).await
-    }
-    async fn list_owner(
-        &self,
-        owner: &str,
-        now: OffsetDateTime,
-    ) -> Result<Vec<SessionInfo>, StoreError> {
-        self.inner.list_owner(owner, now).await
-    }
-    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
-        self.check()?;
-        self.inner.delete_owner(owner).await
-    }
-}
 
 async fn send(router: &Router, path: &str, cookie: Option<&str>) -> Response<Body> {
     let mut request = Request::get(path);
@@ -142,7 +54,7 @@ fn start_route() -> axum::routing::MethodRouter {
 
 #[tokio::test]
 async fn a_save_cut_short_leaves_its_changes_to_the_layer() {
-    let store = Flaky::default();
+    let store = Faulty::default();
     let hang = store.hang_next_save.clone();
     let router = Router::new()
         .route("/start", start_route())
@@ -266,6 +178,7 @@ async fn enormous_idle_windows_do_not_overflow_the_touch_check() {
 #[cfg(feature = "cookie-store")]
 #[tokio::test]
 async fn a_cookie_store_cookie_never_outlives_its_sealed_deadline() {
+    use time::OffsetDateTime;
     use tower_satchel::{CookieStore, Key};
     // A start 0.7 s into a second: the store seals deadlines in whole seconds.
     let start =
@@ -422,8 +335,8 @@ fn local_layer(store: &MemoryStore, header: bool) -> SessionLayer {
 /// `/start` writes to both sessions; `/login` rotates the local session's ID, writes to the shared
 /// one and breaks the shared store (so the outer commit fails after the inner one took), and sets
 /// an unrelated header; `/whoami` reads the local session.
-fn two_layer_app(local: &MemoryStore, shared: &Flaky, header: bool) -> Router {
-    let fail = shared.fail.clone();
+fn two_layer_app(local: &MemoryStore, shared: &Faulty, header: bool) -> Router {
+    let fail = shared.fail_writes.clone();
     Router::new()
         .route(
             "/start",
@@ -508,7 +421,7 @@ async fn send_with(
 #[tokio::test]
 async fn an_outer_layer_failing_keeps_the_cookie_an_inner_layer_rotated() {
     let local = MemoryStore::new();
-    let shared = Flaky::default();
+    let shared = Faulty::default();
     let router = two_layer_app(&local, &shared, false);
 
     let resp = send_with(&router, "/start", &[]).await;
@@ -536,7 +449,7 @@ async fn an_outer_layer_failing_keeps_the_cookie_an_inner_layer_rotated() {
         "the failed response's own headers are not carried over"
     );
 
-    shared.fail.store(false, Ordering::SeqCst);
+    shared.fail_writes.store(false, Ordering::SeqCst);
     let resp = send_with(&router, "/whoami", &cookies(&new_id)).await;
     assert_eq!(text(resp).await, "alice", "the login survives");
     let resp = send_with(&router, "/whoami", &cookies(&old_id)).await;
@@ -546,7 +459,7 @@ async fn an_outer_layer_failing_keeps_the_cookie_an_inner_layer_rotated() {
 #[tokio::test]
 async fn an_outer_layer_failing_keeps_the_token_header_an_inner_layer_rotated() {
     let local = MemoryStore::new();
-    let shared = Flaky::default();
+    let shared = Faulty::default();
     let router = two_layer_app(&local, &shared, true);
 
     let resp = send_with(&router, "/start", &[]).await;
@@ -577,7 +490,7 @@ async fn an_outer_layer_failing_keeps_the_token_header_an_inner_layer_rotated() 
     );
     assert!(vary_has(&resp, "x-session"));
 
-    shared.fail.store(false, Ordering::SeqCst);
+    shared.fail_writes.store(false, Ordering::SeqCst);
     let resp = send_with(&router, "/whoami", &headers(&new_token)).await;
     assert_eq!(text(resp).await, "alice");
 }
@@ -587,8 +500,8 @@ async fn an_outer_layer_failing_keeps_the_token_header_an_inner_layer_rotated() 
 #[tokio::test]
 async fn the_inner_cookie_survives_two_failing_layers() {
     let local = MemoryStore::new();
-    let broken = Flaky::default();
-    let fail = broken.fail.clone();
+    let broken = Faulty::default();
+    let fail = broken.fail_writes.clone();
     let router =
         Router::new()
             .route(
@@ -657,7 +570,7 @@ async fn the_inner_cookie_survives_two_failing_layers() {
     assert!(set_cookies(&resp, "middle").is_empty());
     assert!(set_cookies(&resp, "shared").is_empty());
 
-    broken.fail.store(false, Ordering::SeqCst);
+    broken.fail_writes.store(false, Ordering::SeqCst);
     let resp = send_with(
         &router,
         "/whoami",
