@@ -1,6 +1,6 @@
 //! The file store against the conformance suite, and what only a file store can get wrong:
-//! several processes on one folder, paths built from client input, damaged and leftover files, a
-//! read-only folder, a full disk, restarts.
+//! several processes on one folder (saving, renaming and revoking at once), paths built from
+//! client input, damaged and leftover files, a read-only folder, a full disk, restarts.
 //!
 //! Folders are created under Cargo's `CARGO_TARGET_TMPDIR` (inside the target folder, on the
 //! same disk as the build, so `fsync` is real).
@@ -26,8 +26,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::Duration;
 use tower_satchel::{
-    ChangeSet, CleanupConfig, FileStore, IntoBackend, ManualClock, Saved, SessionId, SessionKey,
-    SessionStore, StoreErrorKind, spawn_cleanup_with_clock,
+    ChangeSet, CleanupConfig, FileStore, IntoBackend, ManualClock, Renamed, Saved, SessionId,
+    SessionKey, SessionStore, StoreErrorKind, spawn_cleanup_with_clock,
 };
 
 /// A new, not yet existing folder for one store.
@@ -257,6 +257,544 @@ async fn owner_names_never_reach_a_path() {
     assert_eq!(SessionKey::from_hex(&owners[0]).map(|_| ()), Some(()));
     assert!(!dir.parent().unwrap().join("escape").exists());
     assert_eq!(store.delete_owner(hostile).await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rename (`cycle_id`) across stores and processes, and when it cannot finish
+// ---------------------------------------------------------------------------------------------
+
+/// Rounds of the two-store rename races: each a few milliseconds of `fsync`s.
+const RENAME_ROUNDS: usize = 100;
+
+/// A rotation's change set, as `cycle_id` hands it to `rename`, giving the session to `owner`.
+fn rotation(now: time::OffsetDateTime, owner: Option<&str>) -> ChangeSet {
+    let mut changes = set("rotated", json!(true));
+    changes.idle_deadline = Some(now + Duration::hours(2));
+    changes.owner = Some(owner.map(str::to_owned));
+    changes
+}
+
+/// The owner index folder of `owner` in the store folder `dir`.
+fn owner_dir(dir: &Path, owner: &str) -> PathBuf {
+    dir.join(".owners")
+        .join(SessionKey::from_bytes(Sha256::digest(owner.as_bytes()).into()).to_hex())
+}
+
+/// The keys `owner`'s index folder holds markers for, sorted.
+fn markers(dir: &Path, owner: &str) -> Vec<String> {
+    let mut names: Vec<String> = match fs::read_dir(owner_dir(dir, owner)) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{e}"),
+    };
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_folder_see_a_rename_as_one_step() {
+    let dir = fresh_dir("two-stores-rename");
+    let a = Arc::new(FileStore::new(&dir).unwrap());
+    let b = Arc::new(FileStore::new(&dir).unwrap());
+    let now = now();
+    let (mut carried, mut refused) = (0, 0);
+    for _ in 0..RENAME_ROUNDS {
+        let (from, to) = (key(), key());
+        assert!(a.create(&from, &owned(now, "alice"), now).await.unwrap());
+        // Saves through the other store, racing a rename through this one.
+        let saves: Vec<_> = (0..3)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    b.save(&from, &set(&format!("x{i}"), json!(i)), now)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let renamed = a
+            .rename(&from, &to, &rotation(now, Some("alice")), now)
+            .await
+            .unwrap();
+        assert_eq!(renamed, Renamed::Applied);
+        let moved = b.load(&to, now).await.unwrap().unwrap();
+        assert_eq!(moved.data.get("rotated"), Some(&json!(true)));
+        for (i, save) in saves.into_iter().enumerate() {
+            match save.await.unwrap() {
+                Saved::Applied => {
+                    assert_eq!(
+                        moved.data.get(&format!("x{i}")),
+                        Some(&json!(i)),
+                        "a save answered Applied was lost by the rename"
+                    );
+                    carried += 1;
+                }
+                Saved::Gone => {
+                    assert!(!moved.data.contains_key(&format!("x{i}")));
+                    refused += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(b.load(&from, now).await.unwrap(), None);
+        assert!(!a.path_of(&from).exists());
+    }
+    assert_eq!(carried + refused, 3 * RENAME_ROUNDS);
+    // One marker per session, each under its new key.
+    assert_eq!(markers(&dir, "alice").len(), RENAME_ROUNDS);
+    assert_eq!(
+        a.list_owner("alice", now).await.unwrap().len(),
+        RENAME_ROUNDS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_folder_never_let_a_rename_escape_a_revocation() {
+    let dir = fresh_dir("two-stores-revoke");
+    let a = Arc::new(FileStore::new(&dir).unwrap());
+    let b = Arc::new(FileStore::new(&dir).unwrap());
+    let now = now();
+    for round in 0..RENAME_ROUNDS {
+        let owner = format!("user-{round}");
+        let (from, to) = (key(), key());
+        assert!(a.create(&from, &owned(now, &owner), now).await.unwrap());
+        let revoking = {
+            let (b, owner) = (b.clone(), owner.clone());
+            tokio::spawn(async move { b.delete_owner(&owner).await.unwrap() })
+        };
+        let renamed = a
+            .rename(&from, &to, &rotation(now, Some(&owner)), now)
+            .await
+            .unwrap();
+        assert!(matches!(renamed, Renamed::Applied | Renamed::Gone));
+        assert_eq!(revoking.await.unwrap(), 1, "one session, under either key");
+        assert_eq!(a.load(&to, now).await.unwrap(), None, "{renamed:?}");
+        assert_eq!(a.load(&from, now).await.unwrap(), None);
+        assert!(
+            markers(&dir, &owner).is_empty(),
+            "markers left: {renamed:?}"
+        );
+        assert!(!owner_dir(&dir, &owner).exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_renaming_one_session_at_once_move_it_once() {
+    let dir = fresh_dir("two-renames");
+    let a = Arc::new(FileStore::new(&dir).unwrap());
+    let b = Arc::new(FileStore::new(&dir).unwrap());
+    let now = now();
+    for _ in 0..RENAME_ROUNDS {
+        let (from, to_a, to_b) = (key(), key(), key());
+        assert!(a.create(&from, &owned(now, "alice"), now).await.unwrap());
+        let other = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.rename(&from, &to_b, &rotation(now, Some("bob")), now)
+                    .await
+                    .unwrap()
+            })
+        };
+        let mine = a
+            .rename(&from, &to_a, &rotation(now, Some("bob")), now)
+            .await
+            .unwrap();
+        let theirs = other.await.unwrap();
+        let mut outcomes = [mine, theirs];
+        outcomes.sort_by_key(|r| *r == Renamed::Applied);
+        assert_eq!(outcomes, [Renamed::Gone, Renamed::Applied]);
+        let (winner, loser) = if mine == Renamed::Applied {
+            (to_a, to_b)
+        } else {
+            (to_b, to_a)
+        };
+        assert!(a.load(&winner, now).await.unwrap().is_some());
+        assert!(!a.path_of(&loser).exists());
+        assert!(!a.path_of(&from).exists());
+    }
+    assert!(markers(&dir, "alice").is_empty());
+    assert_eq!(markers(&dir, "bob").len(), RENAME_ROUNDS);
+}
+
+/// A key whose lock file is `stripe` (its first three hex digits), the rest random.
+fn key_in_stripe(stripe: u16) -> SessionKey {
+    let mut bytes = *key().as_bytes();
+    let [high, low] = (stripe << 4).to_be_bytes();
+    bytes[0] = high;
+    bytes[1] = (bytes[1] & 0x0f) | low;
+    SessionKey::from_bytes(bytes)
+}
+
+#[test]
+fn crossing_renames_on_two_stores_do_not_deadlock() {
+    let dir = fresh_dir("crossing");
+    let a = Arc::new(FileStore::new(&dir).unwrap());
+    let b = Arc::new(FileStore::new(&dir).unwrap());
+    let now = now();
+    let rounds = async {
+        for _ in 0..RENAME_ROUNDS {
+            // One rename from the low lock file to the high one, the other the other way: locked
+            // in the order of the keys, they would each hold one lock and wait for the other.
+            let (low_a, high_a) = (key_in_stripe(0x001), key_in_stripe(0xffe));
+            let (low_b, high_b) = (key_in_stripe(0x001), key_in_stripe(0xffe));
+            assert!(low_a.to_hex().starts_with("001") && high_b.to_hex().starts_with("ffe"));
+            assert!(a.create(&low_a, &record(now), now).await.unwrap());
+            assert!(b.create(&high_b, &record(now), now).await.unwrap());
+            let up = {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    a.rename(&low_a, &high_a, &rotation(now, None), now)
+                        .await
+                        .unwrap()
+                })
+            };
+            let down = b
+                .rename(&high_b, &low_b, &rotation(now, None), now)
+                .await
+                .unwrap();
+            assert_eq!(
+                (up.await.unwrap(), down),
+                (Renamed::Applied, Renamed::Applied)
+            );
+        }
+    };
+    // A runtime of its own, shut down without waiting, so that a deadlock (threads stuck in
+    // `flock` for good) fails the test rather than hanging it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let finished =
+        runtime.block_on(async { tokio::time::timeout(StdDuration::from_secs(30), rounds).await });
+    runtime.shutdown_timeout(StdDuration::from_millis(100));
+    assert!(finished.is_ok(), "crossing renames deadlocked");
+}
+
+#[tokio::test]
+async fn a_rename_moves_the_owner_markers_and_drops_a_replaced_records() {
+    let dir = fresh_dir("rename-markers");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let (from, to) = (key(), key());
+    let mut dead = owned(now, "carol");
+    dead.idle_deadline = now + Duration::seconds(30);
+    assert!(store.create(&to, &dead, now).await.unwrap());
+    let later = now + Duration::seconds(31);
+    assert!(
+        store
+            .create(&from, &owned(now, "alice"), later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(markers(&dir, "carol"), vec![to.to_hex()]);
+    assert_eq!(markers(&dir, "alice"), vec![from.to_hex()]);
+
+    assert_eq!(
+        store
+            .rename(&from, &to, &rotation(later, Some("bob")), later)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+    assert_eq!(markers(&dir, "bob"), vec![to.to_hex()]);
+    assert!(
+        !owner_dir(&dir, "alice").exists(),
+        "the old owner's marker kept"
+    );
+    assert!(
+        !owner_dir(&dir, "carol").exists(),
+        "the replaced record's marker kept"
+    );
+    assert!(!store.path_of(&from).exists());
+    let moved = store.load(&to, later).await.unwrap().unwrap();
+    assert_eq!(moved.owner.as_deref(), Some("bob"));
+    assert_eq!(moved.deadline(), later + Duration::hours(2));
+    let mtime = fs::metadata(store.path_of(&to))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(
+        mtime,
+        moved.deadline().unix_timestamp().unsigned_abs(),
+        "the moved file's modification time is its new deadline"
+    );
+    assert!(
+        fs::read_dir(&dir).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".tmp-")),
+        "temporary files left"
+    );
+    // Owned by the same user before and after: one marker, moved.
+    let next = key();
+    assert_eq!(
+        store
+            .rename(&to, &next, &rotation(later, Some("bob")), later)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+    assert_eq!(markers(&dir, "bob"), vec![next.to_hex()]);
+}
+
+#[tokio::test]
+async fn a_rename_on_a_full_disk_is_an_error_and_leaves_the_session_as_it_was() {
+    let dir = fresh_dir("rename-full-disk");
+    let Some(disk) = support_disk::SmallDisk::mount(&dir, "256k") else {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let (from, to) = (key(), key());
+    let before = owned(now, "alice");
+    assert!(store.create(&from, &before, now).await.unwrap());
+    let filler = disk.fill();
+
+    let err = store
+        .rename(&from, &to, &rotation(now, Some("bob")), now)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Backend);
+    let io = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .expect("the io::Error is kept");
+    assert_eq!(io.kind(), std::io::ErrorKind::StorageFull, "{io:?}");
+    assert_eq!(store.load(&from, now).await.unwrap(), Some(before.clone()));
+    assert_eq!(store.load(&to, now).await.unwrap(), None);
+    assert!(!store.path_of(&to).exists());
+    assert_eq!(markers(&dir, "alice"), vec![from.to_hex()]);
+    assert!(markers(&dir, "bob").is_empty(), "a marker for nothing left");
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".tmp-")),
+        "temporary files left: {names:?}"
+    );
+
+    // Space again: the same rename goes through.
+    fs::remove_file(filler).unwrap();
+    assert_eq!(
+        store
+            .rename(&from, &to, &rotation(now, Some("bob")), now)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+    assert_eq!(store.load(&from, now).await.unwrap(), None);
+    let moved = store.load(&to, now).await.unwrap().unwrap();
+    assert_eq!(moved.data.get("a"), Some(&json!(1)));
+    assert_eq!(markers(&dir, "bob"), vec![to.to_hex()]);
+    drop(disk);
+}
+
+#[tokio::test]
+async fn a_rename_in_a_read_only_folder_is_an_error_and_leaves_the_session_as_it_was() {
+    let dir = fresh_dir("rename-read-only");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let (from, to) = (key(), key());
+    let before = record(now);
+    assert!(store.create(&from, &before, now).await.unwrap());
+    {
+        let _read_only = ReadOnly::new(&dir);
+        let err = store
+            .rename(&from, &to, &rotation(now, None), now)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Backend);
+        assert_eq!(store.load(&from, now).await.unwrap(), Some(before.clone()));
+        assert_eq!(store.load(&to, now).await.unwrap(), None);
+    }
+    assert_eq!(
+        store
+            .rename(&from, &to, &rotation(now, None), now)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+}
+
+#[tokio::test]
+async fn a_rename_that_cannot_delete_the_old_file_takes_back_the_new_one() {
+    let dir = fresh_dir("rename-undo");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let (from, to) = (key(), key());
+    let before = owned(now, "alice");
+    assert!(store.create(&from, &before, now).await.unwrap());
+    // An immutable file cannot be deleted, while the folder stays writable.
+    let old = store.path_of(&from);
+    let immutable = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&old)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !immutable {
+        eprintln!("skipped: `chattr +i` needs root (CI runs as root)");
+        return;
+    }
+    let renamed = store
+        .rename(&from, &to, &rotation(now, Some("bob")), now)
+        .await;
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&old)
+        .status();
+    let err = renamed.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Backend);
+    assert_eq!(store.load(&from, now).await.unwrap(), Some(before));
+    assert!(
+        !store.path_of(&to).exists(),
+        "the session kept under two keys"
+    );
+    assert_eq!(markers(&dir, "alice"), vec![from.to_hex()]);
+    assert!(markers(&dir, "bob").is_empty(), "a marker for nothing left");
+    assert_eq!(
+        store
+            .rename(&from, &to, &rotation(now, Some("bob")), now)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+}
+
+const RENAME_CHILD_ENV: &str = "TOWER_SATCHEL_FILE_STORE_RENAME_CHILD";
+/// More saves than the child can make before the parent renames the session away.
+const RENAME_CHILD_SAVES: usize = 100_000;
+
+/// The saving half of `a_rename_in_another_process_carries_or_refuses_each_save`, run by it as
+/// a child process (`--ignored --exact`): saves one key after another until the session is gone,
+/// then writes how many were applied to the result file.
+#[test]
+#[ignore = "run as a child process by a_rename_in_another_process_carries_or_refuses_each_save"]
+fn child_process_saver() {
+    let spec = std::env::var(RENAME_CHILD_ENV)
+        .unwrap_or_else(|_| panic!("run only by a_rename_in_another_process_..."));
+    let mut parts = spec.split('|');
+    let (dir, hex, now, result) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let key = SessionKey::from_hex(hex).unwrap();
+    let now = time::OffsetDateTime::from_unix_timestamp(now.parse().unwrap()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let applied = runtime.block_on(async {
+        let store = FileStore::new(dir).unwrap();
+        for i in 0..RENAME_CHILD_SAVES {
+            match store
+                .save(&key, &set(&format!("s{i}"), json!(i)), now)
+                .await
+            {
+                Ok(Saved::Applied) => {}
+                Ok(Saved::Gone) => {
+                    // Gone for good: the old key never comes back.
+                    let again = store.save(&key, &set("late", json!(0)), now).await;
+                    assert_eq!(again.unwrap(), Saved::Gone);
+                    return i;
+                }
+                other => panic!("save {i}: {other:?}"),
+            }
+        }
+        RENAME_CHILD_SAVES
+    });
+    fs::write(result, applied.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_in_another_process_carries_or_refuses_each_save() {
+    let dir = fresh_dir("rename-process");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let (from, to) = (key(), key());
+    assert!(
+        store
+            .create(&from, &owned(now, "alice"), now)
+            .await
+            .unwrap()
+    );
+    let result = dir.join("child-result");
+    let exe = std::env::current_exe().unwrap();
+    let child = std::process::Command::new(&exe)
+        .args([
+            "--exact",
+            "child_process_saver",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(
+            RENAME_CHILD_ENV,
+            format!(
+                "{}|{}|{}|{}",
+                dir.display(),
+                from.to_hex(),
+                now.unix_timestamp(),
+                result.display()
+            ),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Rename once the child is saving, so that the rename lands between two of its saves.
+    let mut started = false;
+    for _ in 0..1000 {
+        let loaded = store.load(&from, now).await.unwrap().unwrap();
+        if loaded.data.contains_key("s20") {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    assert!(started, "the child process did not start saving");
+    assert_eq!(
+        store
+            .rename(&from, &to, &rotation(now, Some("alice")), now)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "child saver failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let applied: usize = fs::read_to_string(&result).unwrap().parse().unwrap();
+    assert!(
+        (21..RENAME_CHILD_SAVES).contains(&applied),
+        "{applied} saves applied"
+    );
+    let moved = store.load(&to, now).await.unwrap().unwrap();
+    for i in 0..applied {
+        assert_eq!(
+            moved.data.get(&format!("s{i}")),
+            Some(&json!(i)),
+            "save {i}, answered Applied, lost by the rename"
+        );
+    }
+    assert!(
+        !moved.data.contains_key(&format!("s{applied}")),
+        "a save answered Gone was written"
+    );
+    assert!(!moved.data.contains_key("late"));
+    assert_eq!(store.load(&from, now).await.unwrap(), None);
+    assert_eq!(markers(&dir, "alice"), vec![to.to_hex()]);
 }
 
 // ---------------------------------------------------------------------------------------------

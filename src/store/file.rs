@@ -3,6 +3,7 @@
 //! The public documentation (layout, locking, durability, limits) is on the type; see
 //! [`FileStore`].
 
+use std::collections::HashSet;
 use std::error::Error as StdError;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -18,7 +19,7 @@ use time::OffsetDateTime;
 
 use crate::id::SessionKey;
 use crate::record::{ChangeSet, RECORD_VERSION, Record};
-use crate::store::{Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
+use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
 
 /// Folder (inside the store's folder) of the lock files.
 const LOCK_DIR: &str = ".locks";
@@ -82,14 +83,27 @@ const MAX_AFFIX: usize = 32;
 ///   renamed over the session file. A crash at any point leaves the old record or the new one,
 ///   never a torn one. With [`FileStoreBuilder::sync_folder`] the folder is flushed too, so the
 ///   rename (and a deletion) also survives a power failure.
-/// - Every read-modify-write (create, save, touch, delete, cleanup, owner index) holds an advisory
-///   lock (`flock`) on the session's lock file for its duration. Lock files are shared by the
-///   sessions whose keys start with the same three hex digits; they live in their own folder and
-///   are never renamed or deleted, so a lock always guards the current file. Together with a lock
-///   per lock file inside the process, this makes a change-set save safe when several processes
-///   (or several `FileStore` values) share the folder: concurrent saves of different keys of one
-///   session all persist, and a save never recreates a session deleted meanwhile (SECURITY.md 11).
-/// - Loads take no lock: a rename is atomic, so a load sees the old record or the new one.
+/// - Every read-modify-write (create, save, touch, rename, delete, cleanup, owner index) holds an
+///   advisory lock (`flock`) on the session's lock file for its duration. Lock files are shared by
+///   the sessions whose keys start with the same three hex digits; they live in their own folder
+///   and are never renamed or deleted, so a lock always guards the current file. Together with a
+///   lock per lock file inside the process, this makes a change-set save safe when several
+///   processes (or several `FileStore` values) share the folder: concurrent saves of different
+///   keys of one session all persist, and a save never recreates a session deleted meanwhile
+///   (SECURITY.md 11).
+/// - A [`rename`](SessionStore::rename) (what [`Session::cycle_id`](crate::Session::cycle_id)
+///   does) holds the locks of both keys, the lower-numbered lock file first; nothing else holds
+///   two, so no two operations in any processes wait for each other in a circle. It is one step
+///   for every other read-modify-write of either key: a concurrent save is carried to the new key
+///   or finds the session gone, and a concurrent delete or revocation finds the session under one
+///   key or the other. It writes the record under the new key (as any write: temporary file,
+///   `fsync`, rename) before it deletes the old file. A crash in between (or, with `sync_folder`,
+///   a power failure) leaves the old record as it was, under the ID the client still holds, and a
+///   copy under the new key that no client was told of (it expires, and is revoked with its
+///   owner's sessions); never neither. A failure before the old file is deleted (disk full,
+///   read-only folder) is a [`StoreError`], and the new file is deleted again: the session stays
+///   under its old key, unchanged.
+/// - Loads take no lock: a file rename is atomic, so a load sees the old record or the new one.
 /// - A file that cannot be decoded (truncated, random bytes) reads as "no session", is logged at
 ///   `warn` and removed. A record written by a newer version of this crate is logged and left
 ///   alone. A failure to read or write (permission denied, disk full, read-only folder) is a
@@ -115,8 +129,12 @@ const MAX_AFFIX: usize = 32;
 /// session's key. The marker is written *before* the record that names the owner and removed
 /// *after* it, under the session's lock, so a crash can leave a stale marker but never a session
 /// missing from its owner's list: [`delete_owner`](SessionStore::delete_owner) ("log out
-/// everywhere") cannot miss one (SECURITY.md 12). [`list_owner`](SessionStore::list_owner) checks
-/// each marker against the record and drops stale ones under the lock.
+/// everywhere") cannot miss one (SECURITY.md 12). A rename likewise writes the new key's marker
+/// before the new file and removes the old key's after deleting the old file. `delete_owner` lists
+/// the index again after its pass, until a listing shows no key it has not tried, so a session
+/// renamed while it runs is deleted under its new key. [`list_owner`](SessionStore::list_owner)
+/// checks each marker against the record and drops stale ones under the lock; it takes one
+/// listing, so a session renamed at that very moment may show under either key, both or neither.
 ///
 /// # Limitations
 ///
@@ -129,7 +147,8 @@ const MAX_AFFIX: usize = 32;
 ///   modification time needs its owner).
 /// - Each save costs a file write and an `fsync` (two with `sync_folder`); on a typical SSD that
 ///   is a fraction of a millisecond to a few milliseconds, done on Tokio's blocking thread pool,
-///   never on the async workers.
+///   never on the async workers. A rename costs the same plus a deletion (and a third `fsync`
+///   with `sync_folder`).
 /// - The cleanup lists the whole folder on each sweep and reads the metadata of every session
 ///   file (not its contents): a few microseconds per session, about half a second for 100,000
 ///   sessions, on a blocking thread and without holding any lock except while deleting. Run it
@@ -200,7 +219,7 @@ impl FileStoreBuilder {
     ///
     /// # Performance impact
     ///
-    /// One more `fsync` per save, create and delete.
+    /// One more `fsync` per save, create and delete, two more per rename.
     pub fn sync_folder(mut self, sync: bool) -> Self {
         self.sync_folder = sync;
         self
@@ -354,6 +373,12 @@ struct Locked<'a> {
     _stripe: MutexGuard<'a, ()>,
 }
 
+/// The lock file guarding `key`: the number its first [`STRIPE_HEX`] hex digits spell.
+fn stripe_of(key: &SessionKey) -> usize {
+    let [a, b, ..] = *key.as_bytes();
+    (usize::from(a) << 4) | usize::from(b >> 4)
+}
+
 fn io_error(context: &str, error: io::Error) -> StoreError {
     StoreError::backend(format!("file store: {context}"), error)
 }
@@ -390,8 +415,28 @@ impl Inner {
     }
 
     fn lock(&self, key: &SessionKey) -> Result<Locked<'_>, StoreError> {
-        let [a, b, ..] = *key.as_bytes();
-        let stripe = (usize::from(a) << 4) | usize::from(b >> 4);
+        self.lock_stripe(stripe_of(key))
+    }
+
+    /// Locks the sessions under `a` and `b` together, for a rename: the lock with the lower
+    /// number first, and only once when both keys share a lock file. Nothing else holds two
+    /// locks at once, so this order (the same in every process) cannot deadlock.
+    fn lock_two(
+        &self,
+        a: &SessionKey,
+        b: &SessionKey,
+    ) -> Result<(Locked<'_>, Option<Locked<'_>>), StoreError> {
+        let (a, b) = (stripe_of(a), stripe_of(b));
+        let first = self.lock_stripe(a.min(b))?;
+        let second = if a == b {
+            None
+        } else {
+            Some(self.lock_stripe(a.max(b))?)
+        };
+        Ok((first, second))
+    }
+
+    fn lock_stripe(&self, stripe: usize) -> Result<Locked<'_>, StoreError> {
         let guard = self
             .stripes
             .get(stripe)
@@ -475,8 +520,15 @@ impl Inner {
         })
     }
 
-    /// Writes `record` to `path` atomically: temporary file, flush, modification time, rename.
+    /// Writes `record` to `path` atomically: temporary file, flush, modification time, rename,
+    /// then flushes the folder (with `sync_folder`).
     fn write(&self, path: &Path, record: &Record) -> Result<(), StoreError> {
+        self.put(path, record)?;
+        self.sync_dir(&self.dir)
+    }
+
+    /// [`write`](Self::write) without flushing the folder. On error, `path` is as it was.
+    fn put(&self, path: &Path, record: &Record) -> Result<(), StoreError> {
         let bytes = record.encode().map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Encoding,
@@ -503,7 +555,7 @@ impl Inner {
             let _ = fs::remove_file(&temp);
             return Err(io_error("cannot write a session file", error));
         }
-        self.sync_dir(&self.dir)
+        Ok(())
     }
 
     fn temp_file(&self) -> Result<(PathBuf, File), StoreError> {
@@ -727,6 +779,114 @@ impl Inner {
         Ok(())
     }
 
+    /// Moves the live record under `from` to `to` with `changes` applied, under both keys'
+    /// locks, so that every other read-modify-write of either key (in any process) comes
+    /// wholly before or wholly after it.
+    ///
+    /// The steps, each of which a crash may follow:
+    ///
+    /// 1. the new owner's marker for `to` (flushed: before the record that names it);
+    /// 2. the moved record written to a temporary file and renamed to `to`, then the folder
+    ///    flushed (with `sync_folder`), so that `to` is durable before `from` goes;
+    /// 3. `from` deleted, and the folder flushed again;
+    /// 4. the old owner's marker for `from` (and a replaced record's for `to`) removed.
+    ///
+    /// A crash between 2 and 3 leaves two records: `from` as it was, which the client still
+    /// holds, and `to` with a marker, which no client was told of and which expires or is
+    /// revoked with its owner. A crash at 4 leaves stale markers. A failure up to and including
+    /// the deletion of `from` is an error and undoes step 2 (deletes `to` again), so `from` is
+    /// left as it was; past it, the session has moved and the rename is `Applied`, with a
+    /// warning if the last folder flush or a marker removal failed.
+    fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        let (from_path, to_path) = (self.record_path(from), self.record_path(to));
+        let locked = self.lock_two(from, to)?;
+        let mut record = match self.read(&from_path)? {
+            Found::Record { record, .. } if record.is_live(now) => record,
+            Found::Corrupt(error) => {
+                drop(locked);
+                self.discard_corrupt(from, error.as_ref());
+                return Ok(Renamed::Gone);
+            }
+            _ => return Ok(Renamed::Gone),
+        };
+        // (When `to` is `from`, this finds the live record just read: `Taken`.)
+        let replaced_owner = match self.read(&to_path)? {
+            Found::Record { record: old, .. } if old.is_live(now) => return Ok(Renamed::Taken),
+            Found::Newer(_) => return Ok(Renamed::Taken),
+            // An expired record is replaced, a corrupt file overwritten.
+            Found::Record { record: old, .. } => old.owner,
+            Found::Missing | Found::Corrupt(_) => None,
+        };
+        let old_owner = record.owner.clone();
+        changes.apply_to(&mut record);
+        let new_owner = record.owner.as_deref();
+
+        if let Some(owner) = new_owner {
+            self.add_marker(owner, to)?;
+        }
+        if let Err(error) = self.put(&to_path, &record) {
+            // `to` is as it was: the marker just added is stale unless `to` still names that
+            // owner. Left behind if this fails too, which readers tolerate.
+            if let Some(owner) = new_owner
+                && replaced_owner.as_deref() != Some(owner)
+            {
+                let _ = self.remove_marker(owner, to);
+            }
+            return Err(error);
+        }
+        let moved = self.sync_dir(&self.dir).and_then(|()| {
+            ignore_missing(fs::remove_file(&from_path))
+                .map_err(|e| io_error("cannot delete a session file", e))
+        });
+        if let Err(error) = moved {
+            self.undo_put(to, &to_path, [new_owner, replaced_owner.as_deref()]);
+            return Err(error);
+        }
+        // The session has moved: what is left to do only makes it durable or tidies the index.
+        let tidied = self.sync_dir(&self.dir).and_then(|()| {
+            if let Some(old) = old_owner.as_deref() {
+                self.remove_marker(old, from)?;
+            }
+            match replaced_owner.as_deref() {
+                Some(dead) if Some(dead) != new_owner => self.remove_marker(dead, to),
+                _ => Ok(()),
+            }
+        });
+        if let Err(error) = tidied {
+            tracing::warn!(
+                from = %from.log_tag(),
+                to = %to.log_tag(),
+                %error,
+                "session renamed, but the folder could not be flushed or the owner index tidied"
+            );
+        }
+        Ok(Renamed::Applied)
+    }
+
+    /// Undoes the write of `to` by a rename that cannot delete its old key: deletes `to` again,
+    /// then the markers that named it. If `to` cannot be deleted either, the session is left
+    /// under both keys, each with its marker, and this is logged.
+    fn undo_put(&self, to: &SessionKey, to_path: &Path, owners: [Option<&str>; 2]) {
+        if let Err(error) = ignore_missing(fs::remove_file(to_path)) {
+            tracing::error!(
+                session = %to.log_tag(),
+                %error,
+                "a failed rename could not delete its new session file; the session is stored \
+                 under both its old and its new key"
+            );
+            return;
+        }
+        for owner in owners.into_iter().flatten() {
+            let _ = self.remove_marker(owner, to);
+        }
+    }
+
     fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         let mut deleted = 0;
         if limit == 0 {
@@ -844,20 +1004,36 @@ impl Inner {
     }
 
     fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
+        // A session renamed while this runs (`cycle_id`) has moved to a key the first listing
+        // may not show. A rename writes the new key's marker before it lets go of the old key's
+        // lock, so once the old key is found empty under its lock, a new listing shows the new
+        // key: list again until a listing shows no key not tried yet. Each further round needs
+        // a session of this owner created or renamed since the last listing.
+        let mut tried = HashSet::new();
         let mut deleted = 0;
-        for key in self.marked(owner)? {
-            let path = self.record_path(&key);
-            let _locked = self.lock(&key)?;
-            let found = self.read(&path)?;
-            if Self::owned_by(&found, owner) {
-                self.remove(&path)?;
-                deleted += 1;
+        loop {
+            let keys: Vec<SessionKey> = self
+                .marked(owner)?
+                .into_iter()
+                .filter(|key| !tried.contains(key))
+                .collect();
+            if keys.is_empty() {
+                return Ok(deleted);
             }
-            if !matches!(found, Found::Newer(_)) {
-                self.remove_marker(owner, &key)?;
+            for key in keys {
+                tried.insert(key);
+                let path = self.record_path(&key);
+                let _locked = self.lock(&key)?;
+                let found = self.read(&path)?;
+                if Self::owned_by(&found, owner) {
+                    self.remove(&path)?;
+                    deleted += 1;
+                }
+                if !matches!(found, Found::Newer(_)) {
+                    self.remove_marker(owner, &key)?;
+                }
             }
         }
-        Ok(deleted)
     }
 }
 
@@ -924,6 +1100,17 @@ impl SessionStore for FileStore {
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         let (inner, key) = (self.inner.clone(), *key);
         blocking(move || inner.delete(&key)).await
+    }
+
+    async fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        let (inner, from, to, changes) = (self.inner.clone(), *from, *to, changes.clone());
+        blocking(move || inner.rename(&from, &to, &changes, now)).await
     }
 
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
