@@ -548,7 +548,7 @@ async fn a_rename_moves_the_owner_markers_and_drops_a_replaced_records() {
 async fn a_rename_on_a_full_disk_is_an_error_and_leaves_the_session_as_it_was() {
     let dir = fresh_dir("rename-full-disk");
     let Some(disk) = support_disk::SmallDisk::mount(&dir, "256k") else {
-        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        support_disk::skip_without_root("mounting a small tmpfs");
         return;
     };
     let store = FileStore::new(&dir).unwrap();
@@ -640,7 +640,7 @@ async fn a_rename_that_cannot_delete_the_old_file_takes_back_the_new_one() {
         .status()
         .is_ok_and(|s| s.success());
     if !immutable {
-        eprintln!("skipped: `chattr +i` needs root (CI runs as root)");
+        support_disk::skip_without_root("`chattr +i`");
         return;
     }
     let renamed = store
@@ -1127,7 +1127,7 @@ async fn a_read_only_folder_gives_error_responses_and_loses_nothing() {
 async fn a_full_disk_gives_error_responses_and_loses_nothing() {
     let dir = fresh_dir("full-disk");
     let Some(disk) = support_disk::SmallDisk::mount(&dir, "256k") else {
-        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        support_disk::skip_without_root("mounting a small tmpfs");
         return;
     };
     let store = FileStore::new(&dir).unwrap();

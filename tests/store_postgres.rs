@@ -1090,7 +1090,7 @@ async fn a_full_disk_gives_error_responses_and_loses_nothing() {
     use sqlx::postgres::PgConnectOptions;
     let dir = std::env::temp_dir().join(unique("satchel-pg-space"));
     let Some(disk) = support_disk::SmallDisk::mount(&dir, "1m") else {
-        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        support_disk::skip_without_root("mounting a small tmpfs");
         return;
     };
     let space = dir.join("tablespace");

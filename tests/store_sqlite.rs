@@ -216,7 +216,7 @@ async fn connect_takes_paths_and_sqlite_urls_only() {
 async fn a_full_disk_gives_error_responses_and_loses_nothing() {
     let (dir, _cleanup) = lite::temp_dir();
     let Some(disk) = support_disk::SmallDisk::mount(&dir, "512k") else {
-        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        support_disk::skip_without_root("mounting a small tmpfs");
         return;
     };
     let store = SqliteStore::connect(dir.join("sessions.sqlite3").to_str().unwrap())

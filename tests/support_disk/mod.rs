@@ -53,3 +53,14 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
+
+/// Reports a test that cannot run without root (mounting a tmpfs, `chattr`). CI runs as root and
+/// sets `TOWER_SATCHEL_CI` (`.ci/run`): there a test that cannot run fails instead of passing
+/// without having checked anything.
+pub fn skip_without_root(what: &str) {
+    assert!(
+        std::env::var_os("TOWER_SATCHEL_CI").is_none(),
+        "{what} needs root, and CI (TOWER_SATCHEL_CI) must run this test"
+    );
+    eprintln!("skipped: {what} needs root (CI runs as root)");
+}
