@@ -27,7 +27,7 @@ use serde_json::json;
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
 use tower_satchel::{
-    ChangeSet, Expiry, Record, RedisStore, Saved, Session, SessionError, SessionErrorKind,
+    ChangeSet, Expiry, Record, RedisStore, Renamed, Saved, Session, SessionError, SessionErrorKind,
     SessionId, SessionKey, SessionLayer, SessionStore, StoreErrorKind,
 };
 
@@ -890,4 +890,354 @@ async fn sessions_with_thousands_of_values_are_written_whole() {
     let loaded = store.load(&key, now).await.unwrap().unwrap();
     assert_eq!(loaded.data, cleared.set);
     assert_eq!(loaded.idle_deadline, now + Duration::hours(2), "unchanged");
+}
+
+/// A key no session has.
+fn fresh_key() -> SessionKey {
+    SessionId::generate().unwrap().key()
+}
+
+/// A change set writing one value.
+fn setting(name: &str, value: serde_json::Value) -> ChangeSet {
+    let mut changes = ChangeSet::default();
+    changes.set.insert(name.into(), value);
+    changes
+}
+
+/// The fence a rename to `to` sets on the session it moves (the field `f`), running out at
+/// `until`.
+fn rename_fence(until: OffsetDateTime, to: &SessionKey) -> String {
+    let ms = until.unix_timestamp() * 1000 + i64::from(until.millisecond());
+    format!("{ms}:{}", to.to_hex())
+}
+
+/// A session whose rename has not completed (its fence on the old key and its copy under the new
+/// key, written here as the rename writes them): writes are refused, reads work, the owner's
+/// listing shows it once, and a revocation deletes both and counts one session.
+#[tokio::test]
+async fn writes_during_a_rename_are_gone_while_reads_work_and_a_revocation_counts_it_once() {
+    let url = single_url();
+    let (store, prefix) = store_with_prefix(&url).await;
+    let mut conn = raw(&url).await;
+    let now = now();
+    let (from, to) = (fresh_key(), fresh_key());
+    let mut stored = record(now, Duration::hours(1), Some(Duration::days(1)));
+    stored.owner = Some("dora".into());
+    assert!(store.create(&from, &stored, now).await.unwrap());
+    let _: () = conn
+        .hset(
+            session_key_name(&prefix, &from),
+            "f",
+            rename_fence(now + Duration::seconds(5), &to),
+        )
+        .await
+        .unwrap();
+    let mut copy = stored.clone();
+    copy.data.insert("copied".into(), json!(true));
+    assert!(store.create(&to, &copy, now).await.unwrap());
+
+    // Writers find the session gone, as they will once it has moved; nothing is written.
+    assert_eq!(
+        store
+            .save(&from, &setting("x", json!(1)), now)
+            .await
+            .unwrap(),
+        Saved::Gone
+    );
+    assert_eq!(
+        store
+            .touch(&from, now + Duration::hours(2), now)
+            .await
+            .unwrap(),
+        Saved::Gone
+    );
+    assert_eq!(
+        store
+            .rename(&from, &fresh_key(), &setting("y", json!(1)), now)
+            .await
+            .unwrap(),
+        Renamed::Gone,
+        "a second rename of a session being renamed"
+    );
+    // Readers still see it, unchanged.
+    assert_eq!(store.load(&from, now).await.unwrap(), Some(stored.clone()));
+    // Listed once, under the key it is at until the rename completes.
+    let listed: Vec<SessionKey> = store
+        .list_owner("dora", now)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(listed, vec![from]);
+    // Revoked: the session and the rename's copy both go, counted as the one session they are.
+    assert_eq!(store.delete_owner("dora").await.unwrap(), 1);
+    assert_eq!(store.load(&from, now).await.unwrap(), None);
+    assert_eq!(store.load(&to, now).await.unwrap(), None);
+}
+
+/// A rename that died after setting its fence (the process crashed) blocks the session's
+/// writes only until the fence runs out; then the next write removes it, or a new rename
+/// replaces it.
+#[tokio::test]
+async fn an_abandoned_rename_fence_runs_out() {
+    let url = single_url();
+    let (store, prefix) = store_with_prefix(&url).await;
+    let mut conn = raw(&url).await;
+    let now = now();
+    let later = now + Duration::seconds(6);
+    let (written, renamed) = (fresh_key(), fresh_key());
+    for key in [&written, &renamed] {
+        let stored = record(now, Duration::hours(1), None);
+        assert!(store.create(key, &stored, now).await.unwrap());
+        let _: () = conn
+            .hset(
+                session_key_name(&prefix, key),
+                "f",
+                rename_fence(now + Duration::seconds(5), &fresh_key()),
+            )
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(
+        store
+            .save(&written, &setting("x", json!(1)), now)
+            .await
+            .unwrap(),
+        Saved::Gone
+    );
+    assert_eq!(
+        store
+            .save(&written, &setting("x", json!(2)), later)
+            .await
+            .unwrap(),
+        Saved::Applied
+    );
+    let fenced: bool = conn
+        .hexists(session_key_name(&prefix, &written), "f")
+        .await
+        .unwrap();
+    assert!(!fenced, "the write removed the stale fence");
+    let loaded = store.load(&written, later).await.unwrap().unwrap();
+    assert_eq!(loaded.data.get("x"), Some(&json!(2)));
+    assert_eq!(
+        store
+            .touch(&written, later + Duration::hours(1), later)
+            .await
+            .unwrap(),
+        Saved::Applied
+    );
+
+    let to = fresh_key();
+    assert_eq!(
+        store
+            .rename(&renamed, &to, &setting("y", json!(1)), later)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+    assert_eq!(store.load(&renamed, later).await.unwrap(), None);
+    let moved = store.load(&to, later).await.unwrap().unwrap();
+    assert_eq!(moved.data.get("y"), Some(&json!(1)));
+    let fenced: bool = conn
+        .hexists(session_key_name(&prefix, &to), "f")
+        .await
+        .unwrap();
+    assert!(!fenced, "the moved record carries no fence");
+}
+
+/// A rename that fails after fencing the session (the new key cannot be written, or the owner
+/// index cannot) releases the fence and leaves the session under its old key, unchanged and
+/// writable at once.
+#[tokio::test]
+async fn a_rename_that_fails_midway_leaves_the_session_under_its_old_key() {
+    let url = single_url();
+    let (store, prefix) = store_with_prefix(&url).await;
+    let mut conn = raw(&url).await;
+    let now = now();
+    let from = fresh_key();
+    let mut stored = record(now, Duration::hours(1), Some(Duration::days(1)));
+    stored.owner = Some("erin".into());
+    assert!(store.create(&from, &stored, now).await.unwrap());
+    let from_name = session_key_name(&prefix, &from);
+
+    // The new key holds a value of another type: writing the copy fails.
+    let to = fresh_key();
+    let _: () = conn
+        .set(session_key_name(&prefix, &to), "not a session")
+        .await
+        .unwrap();
+    let error = store
+        .rename(&from, &to, &setting("lost", json!(1)), now)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Backend);
+    assert_eq!(store.load(&from, now).await.unwrap(), Some(stored.clone()));
+    let fenced: bool = conn.hexists(&from_name, "f").await.unwrap();
+    assert!(!fenced, "the fence is released");
+    assert_eq!(
+        store
+            .save(&from, &setting("kept", json!(1)), now)
+            .await
+            .unwrap(),
+        Saved::Applied
+    );
+
+    // The owner index cannot be written: the rename fails the same way.
+    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
+    assert_eq!(index.len(), 1);
+    let _: () = conn.del(&index[0]).await.unwrap();
+    let _: () = conn.set(&index[0], "not an index").await.unwrap();
+    let mut login = setting("lost", json!(2));
+    login.owner = Some(Some("erin".into()));
+    assert!(
+        store
+            .rename(&from, &fresh_key(), &login, now)
+            .await
+            .is_err()
+    );
+    let kept = store.load(&from, now).await.unwrap().unwrap();
+    assert_eq!(kept.data.get("kept"), Some(&json!(1)));
+    assert!(!kept.data.contains_key("lost"));
+    let fenced: bool = conn.hexists(&from_name, "f").await.unwrap();
+    assert!(!fenced, "the fence is released");
+    assert_eq!(
+        store
+            .save(&from, &setting("again", json!(1)), now)
+            .await
+            .unwrap(),
+        Saved::Applied
+    );
+}
+
+/// The port of the cluster master that holds `key_name`'s slot, as `node` sees it.
+fn master_port_of(node: &RedisServer, key_name: &str) -> u16 {
+    let slot: u16 = node
+        .cli(&["cluster", "keyslot", key_name])
+        .trim()
+        .parse()
+        .unwrap();
+    let holds_slot = |range: &&str| {
+        let (low, high) = range.split_once('-').unwrap_or((range, range));
+        matches!(
+            (low.parse::<u16>(), high.parse::<u16>()),
+            (Ok(low), Ok(high)) if (low..=high).contains(&slot)
+        )
+    };
+    node.cli(&["cluster", "nodes"])
+        .lines()
+        .find_map(|line| {
+            // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slots>...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                return None;
+            }
+            fields[8..].iter().any(holds_slot).then(|| {
+                let address = fields[1].split('@').next().unwrap();
+                address.rsplit(':').next().unwrap().parse().unwrap()
+            })
+        })
+        .expect("a master holds every slot")
+}
+
+/// A store on `cluster` under `prefix` that gives up on a node after `timeout`, with no retry.
+async fn cluster_store_with_timeout(
+    cluster: &RedisCluster,
+    prefix: &str,
+    timeout: StdDuration,
+) -> RedisStore {
+    let client = redis::cluster::ClusterClient::builder(cluster.urls())
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(0)
+        .build()
+        .unwrap();
+    RedisStore::from_cluster_client(client)
+        .await
+        .unwrap()
+        .with_prefix(prefix)
+        .unwrap()
+}
+
+/// A rename in a cluster whose new key is on a master that stops answering: while the rename
+/// waits, the session's writes are refused and its reads work; when the rename fails, the session
+/// is still under its old key, and writable again at once. A rename that resumes after its fence
+/// ran out and a write came fails too, and the write stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_rename_stalled_on_the_new_keys_master_fails_cleanly() {
+    // Its own cluster: this test freezes one of its masters.
+    let cluster = RedisCluster::start();
+    let prefix = unique_prefix();
+    let (frozen, asked) = (&cluster.nodes[0], &cluster.nodes[1]);
+    // Picked before the freeze, by asking another node.
+    let on_frozen = |on: bool| loop {
+        let key = fresh_key();
+        if (master_port_of(asked, &session_key_name(&prefix, &key)) == frozen.port) == on {
+            return key;
+        }
+    };
+    let (from, first_to, second_to) = (on_frozen(false), on_frozen(true), on_frozen(true));
+    let now = now();
+    let stored = record(now, Duration::hours(1), None);
+    let mut rotation = setting("moved", json!(true));
+    rotation.idle_deadline = Some(now + Duration::hours(2));
+    rotation.owner = Some(None);
+
+    // Frozen past the response timeout: the rename fails.
+    let quick = cluster_store_with_timeout(&cluster, &prefix, StdDuration::from_millis(500)).await;
+    assert!(quick.create(&from, &stored, now).await.unwrap());
+    frozen.freeze();
+    let renaming = {
+        let (store, rotation) = (quick.clone(), rotation.clone());
+        tokio::spawn(async move { store.rename(&from, &first_to, &rotation, now).await })
+    };
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    assert_eq!(
+        quick
+            .save(&from, &setting("during", json!(1)), now)
+            .await
+            .unwrap(),
+        Saved::Gone,
+        "a write while the rename holds the session"
+    );
+    assert_eq!(quick.load(&from, now).await.unwrap(), Some(stored.clone()));
+    let error = renaming.await.unwrap().unwrap_err();
+    frozen.thaw();
+    assert_eq!(error.kind(), StoreErrorKind::Backend);
+    assert_eq!(quick.load(&from, now).await.unwrap(), Some(stored.clone()));
+    assert_eq!(
+        quick
+            .save(&from, &setting("after", json!(1)), now)
+            .await
+            .unwrap(),
+        Saved::Applied,
+        "the fence was released"
+    );
+
+    // Frozen for a moment only, while a write comes after the fence ran out: the rename fails
+    // when it resumes, and the write stands.
+    let patient = cluster_store_with_timeout(&cluster, &prefix, StdDuration::from_secs(5)).await;
+    frozen.freeze();
+    let renaming = {
+        let (store, rotation) = (patient.clone(), rotation.clone());
+        tokio::spawn(async move { store.rename(&from, &second_to, &rotation, now).await })
+    };
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    let later = now + Duration::seconds(6);
+    assert_eq!(
+        patient
+            .save(&from, &setting("late", json!(1)), later)
+            .await
+            .unwrap(),
+        Saved::Applied,
+        "a write once the fence ran out"
+    );
+    frozen.thaw();
+    let error = renaming.await.unwrap().unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Backend);
+    let kept = patient.load(&from, later).await.unwrap().unwrap();
+    assert_eq!(kept.data.get("late"), Some(&json!(1)));
+    assert!(!kept.data.contains_key("moved"));
+    assert_eq!(patient.load(&second_to, later).await.unwrap(), None);
 }

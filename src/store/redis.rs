@@ -2,6 +2,7 @@
 //!
 //! The public documentation is on the type; see [`RedisStore`].
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +22,7 @@ use time::OffsetDateTime;
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::record::{ChangeSet, RECORD_VERSION, Record};
-use crate::store::{Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
+use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
 
 /// How many commands [`delete_expired`](SessionStore::delete_expired) and the owner index keep in
 /// flight at once.
@@ -71,6 +72,16 @@ local function expire_at(key, d, now)
   local ttl = d - now
   if ttl <= 0 then redis.call('DEL', key) else redis.call('PEXPIRE', key, ttl) end
 end
+-- The rename fence of the session at key (the field 'f', '<until>:<new key>', see
+-- LUA_RENAME_FENCE): 'held' while a rename holds the session, 'stale' once its time has passed
+-- (the rename died, or is too slow and will fail), nil when there is none.
+local function fence(key, now)
+  local f = redis.call('HGET', key, 'f')
+  if not f then return nil end
+  local t = tonumber(string.match(f, '^(%-?%d+):'))
+  if t and now < t then return 'held' end
+  return 'stale'
+end
 ";
 
 /// KEYS[1] session; ARGV[1] now, ARGV[2] deadline, ARGV[3..] field/value pairs.
@@ -98,13 +109,17 @@ return 1
 
 /// KEYS[1] session; ARGV[1] now, ARGV[2] cleared (0/1), ARGV[3] new idle deadline or '', ARGV[4]
 /// owner set (0/1), ARGV[5] new expiry policy (JSON) or '', ARGV[6] n, ARGV[7..6+n] fields to
-/// delete, then field/value pairs to set. Returns 0 when gone; 1 when applied; the absolute
-/// deadline (a string) when applied and the owner was set and the session has one.
+/// delete, then field/value pairs to set. Returns 0 when gone (or held by a rename); 1 when
+/// applied; the absolute deadline (a string) when applied and the owner was set and the session
+/// has one.
 const LUA_SAVE: &str = r"
 local now = tonumber(ARGV[1])
 local key = KEYS[1]
 local i, a, i_text, a_text, cv, e = meta(key)
 if not i or now >= deadline(i, a) then return 0 end
+-- A rename is moving the session: gone for writers, as it will be once moved.
+local fenced = fence(key, now)
+if fenced == 'held' then return 0 end
 local n = tonumber(ARGV[6])
 local pairs_from = 7 + n
 -- Writes first (see LUA_CREATE), then deletes: the same result, as the fields set and the
@@ -123,6 +138,9 @@ else
 end
 if ARGV[2] == '1' then delete_others(key, ARGV, pairs_from, #ARGV, true) end
 each_chunk('HDEL', key, ARGV, 7, pairs_from - 1)
+-- A stale fence is broken (after the writes, see LUA_CREATE): the rename that set it must not
+-- complete now, as its copy lacks this write.
+if fenced then redis.call('HDEL', key, 'f') end
 if ARGV[3] ~= '' then
   -- The deadline moved: so does the TTL. Otherwise the TTL already matches it.
   i = tonumber(ARGV[3])
@@ -132,12 +150,15 @@ if ARGV[4] == '1' and a then return tostring(a) end
 return 1
 ";
 
-/// KEYS[1] session; ARGV[1] now, ARGV[2] new idle deadline.
+/// KEYS[1] session; ARGV[1] now, ARGV[2] new idle deadline. 0 when gone (or held by a rename).
 const LUA_TOUCH: &str = r"
 local now = tonumber(ARGV[1])
 local i, a, _, a_text, cv, e = meta(KEYS[1])
 if not i or now >= deadline(i, a) then return 0 end
+local fenced = fence(KEYS[1], now)
+if fenced == 'held' then return 0 end
 redis.call('HSET', KEYS[1], 'm', ARGV[2] .. ':' .. a_text .. ':' .. cv .. e)
+if fenced then redis.call('HDEL', KEYS[1], 'f') end
 expire_at(KEYS[1], deadline(tonumber(ARGV[2]), a), now)
 return 1
 ";
@@ -152,15 +173,50 @@ end
 return 0
 ";
 
-/// KEYS[1] session; ARGV[1] owner. 1 deleted, 0 missing, -1 owned by someone else (or nobody).
+/// KEYS[1] session; ARGV[1] owner. 1 deleted, 0 missing, -1 owned by someone else (or nobody);
+/// the rename fence (a string) when the session was deleted while it carried one.
 const LUA_DELETE_IF_OWNER: &str = r"
-local o = redis.call('HGET', KEYS[1], 'o')
+local o, f = unpack(redis.call('HMGET', KEYS[1], 'o', 'f'))
 if o == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if f then return f end
+  return 1
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return -1
+";
+
+/// Step 1 of a rename, on the old key. KEYS[1] session; ARGV[1] now, ARGV[2] the fence
+/// (`<until>:<new key hex>`, see [`rename_fence`]). 0 when the session is gone or expired, or
+/// held by another rename; otherwise the fence is set and the reply is the session's fields (as
+/// `HGETALL`). A stale fence (of a rename that died) is replaced.
+const LUA_RENAME_FENCE: &str = r"
+local now = tonumber(ARGV[1])
+local i, a = meta(KEYS[1])
+if not i or now >= deadline(i, a) then return 0 end
+if fence(KEYS[1], now) == 'held' then return 0 end
+redis.call('HSET', KEYS[1], 'f', ARGV[2])
+return redis.call('HGETALL', KEYS[1])
+";
+
+/// Step 3 of a rename, on the old key, once the new record is written. KEYS[1] session; ARGV[1]
+/// the fence. 1 when the session still carried this fence and is deleted (the rename is done);
+/// 0 when it is gone (deleted or revoked meanwhile); -1 when it is there without this fence (a
+/// write broke the fence once its time had passed, or another rename replaced it).
+const LUA_RENAME_COMMIT: &str = r"
+local f = redis.call('HGET', KEYS[1], 'f')
+if f == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return 1
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return -1
+";
+
+/// A rename that gives up: KEYS[1] session; ARGV[1] the fence, removed if it is still there.
+const LUA_RENAME_RELEASE: &str = r"
+if redis.call('HGET', KEYS[1], 'f') == ARGV[1] then redis.call('HDEL', KEYS[1], 'f') end
+return 1
 ";
 
 /// The end of the owner-index scripts, with `now` set to ARGV[1]: drops the entries past their
@@ -223,6 +279,9 @@ struct Scripts {
     touch: Lua,
     delete_if_dead: Lua,
     delete_if_owner: Lua,
+    rename_fence: Lua,
+    rename_commit: Lua,
+    rename_release: Lua,
     index_add: Lua,
     index_remove: Lua,
 }
@@ -235,6 +294,9 @@ impl Scripts {
             touch: Lua::new(LUA_TOUCH),
             delete_if_dead: Lua::new(LUA_DELETE_IF_DEAD),
             delete_if_owner: Lua::new(LUA_DELETE_IF_OWNER),
+            rename_fence: Lua::new(LUA_RENAME_FENCE),
+            rename_commit: Lua::new(LUA_RENAME_COMMIT),
+            rename_release: Lua::new(LUA_RENAME_RELEASE),
             index_add: Lua::new(LUA_INDEX_ADD),
             index_remove: Lua::new(LUA_INDEX_REMOVE),
         }
@@ -295,7 +357,8 @@ impl Conn {
 /// usable cookie, SECURITY.md 6). Its fields are `m`, the metadata in one field
 /// (`<idle deadline>:<absolute deadline>:<created-at>:<format version>:<expiry policy>`, the times
 /// in Unix milliseconds, the absolute deadline empty when there is none, the policy as JSON), `o`,
-/// the owner, if any, and one field `d:<name>` per session value, holding that value's JSON. Since
+/// the owner, if any, one field `d:<name>` per session value, holding that value's JSON, and, only
+/// while a rename moves the session, `f`, its fence (see [Renaming](#renaming)). Since
 /// every value is its own field, the server-side scripts never parse JSON: they only add, replace
 /// and delete fields, and rewrite the numbers at the start of `m`. The metadata is one field, not
 /// five, because the client parses a reply element by element, at about 3,000 instructions each:
@@ -309,7 +372,9 @@ impl Conn {
 /// | save | 1 (+2 when it sets an owner) | script: refuse if gone or expired, else apply the change set |
 /// | touch | 1 | script: move the idle deadline and the TTL, nothing else |
 /// | delete | 1 | `DEL` |
-/// | list / revoke an owner's sessions | 3 | index read, one parallel batch, index prune |
+/// | rename (a new ID, [`cycle_id`](crate::Session::cycle_id)) | 3 | see [Renaming](#renaming) |
+/// | list an owner's sessions | 3 | index read, one parallel batch, index prune |
+/// | revoke an owner's sessions | 3 (+2) | index read, one parallel batch, index read again (with the prune); see [Owner index](#owner-index) |
 ///
 /// Scripts are called with `EVALSHA` and sent in full (`EVAL`) only when the server does not have
 /// them cached yet (after a restart or `SCRIPT FLUSH`).
@@ -335,15 +400,65 @@ impl Conn {
 /// that is still being created, which a concurrent revoke must not forget). Without an absolute lifetime
 /// ([`absolute_lifetime(None)`](crate::SessionLayerBuilder::absolute_lifetime)) entries have no
 /// deadline and the index key does not expire: they are dropped only when the index is listed or
-/// revoked. Revoking all sessions of an owner takes three round trips whatever their number.
+/// revoked.
+///
+/// Revoking all sessions of an owner ([`delete_owner`](SessionStore::delete_owner)) takes three
+/// round trips whatever their number: it reads the index, deletes what it names in one parallel
+/// batch, and reads the index again (while pruning it) to catch a session that a concurrent
+/// [rename](#renaming) moved to a key the first read did not list; each further read that finds
+/// such a key costs two more. An entry written in the last ten minutes whose session is missing
+/// may belong to a session still being written (a login, a rename), so it is tried once more
+/// after the next read: two more round trips in the ten minutes after a session of the owner
+/// was created, renamed or deleted. A session it deletes while a rename holds it (see below) is
+/// counted once, and the copy that rename may have written is deleted too.
+///
+/// # Renaming
+///
+/// [`rename`](SessionStore::rename) (the layer's [`cycle_id`](crate::Session::cycle_id), at a
+/// login) moves a session to a new key, whose hash tag puts it in another cluster slot, so no
+/// script can do it in one step. It takes three round trips:
+///
+/// 1. A script on the old key checks that the session is live, sets a **fence** on it (the field
+///    `f`: `<until>:<new key>`, `until` five seconds ahead by the layer's clock) and returns its
+///    fields. The owner index entry of the new key is written at the same time, on its own key.
+/// 2. The change set is applied to that copy, and the result is written under the new key by the
+///    create script (an expired record there is replaced; a live one answers
+///    [`Renamed::Taken`], after the fence is released).
+/// 3. A script on the old key deletes it if it still carries this rename's fence: the rename is
+///    done ([`Renamed::Applied`]). If the session was deleted meanwhile (a logout, a revocation),
+///    the new record is deleted again and the answer is [`Renamed::Gone`]: a session that ended
+///    is never brought back under a new ID (SECURITY.md 11, 12).
+///
+/// While the fence holds, the session is gone for writers: a save or touch of it (a concurrent
+/// request) answers [`Saved::Gone`] and writes nothing, as it would once the session has moved,
+/// and another rename answers [`Renamed::Gone`]. Loads still return it, so concurrent requests
+/// that only read work as usual. So every save either lands before step 1 and is carried to the
+/// new key, or is refused: none answered [`Saved::Applied`] is lost. A save or touch that finds a
+/// fence past its time writes as usual and removes the fence, and the rename that set it then
+/// fails at step 3 with an error rather than drop that write (after five seconds: a Redis that
+/// slow fails requests anyway). [`list_owner`](SessionStore::list_owner) lists the session under
+/// its old key until the rename is done, not the copy under the new key as well.
+///
+/// If a step fails (Redis unreachable, a timeout), the rename removes what it wrote, best effort
+/// (the fence, the new record and its index entry), and answers the error; the session stays
+/// under its old key, and the layer keeps the old cookie. One case loses the session: when the
+/// reply to step 3 is lost after Redis ran it, the old key is gone, and the new one is deleted
+/// as its ID was never given out; the user signs in again. If the app process dies between
+/// steps 1 and 3, the fence runs out after five seconds (until then the session's writes are
+/// refused, its reads work), and a record may be left under the new key: no client has its ID,
+/// so it is never used, and it expires at the session's deadline (while the old key still
+/// carries the fence, the owner's listing leaves it out and a revocation deletes it with the
+/// session).
 ///
 /// # Redis Cluster
 ///
 /// Construct the store with [`RedisStore::open_cluster`] or [`RedisStore::from_cluster_client`].
 /// Every key carries a hash tag (the `{...}` part), so all data of one session is in one slot and
 /// each script touches one key only: the scripts are valid in a cluster. The owner index of one
-/// owner is one key too; it is written in its own round trip, before the session. A prefix must not
-/// contain `{` or `}`, so it cannot change the slot of a key.
+/// owner is one key too; it is written in its own round trip, before the session. A rename, whose
+/// two keys are in different slots, is three scripts of one key each (see [Renaming](#renaming)),
+/// and works the same way on a single Redis. A prefix must not contain `{` or `}`, so it cannot
+/// change the slot of a key.
 ///
 /// # Outages
 ///
@@ -399,6 +514,9 @@ impl Conn {
 ///
 /// - Same-key writes of concurrent requests are last-writer-wins (as in every store).
 /// - Times are kept with millisecond precision.
+/// - Requests that write to a session while its ID is being renamed (for a few milliseconds
+///   at a login) find it gone and their changes are dropped (see [Renaming](#renaming)); if the
+///   rename then fails, those changes are lost although the session goes on under its old ID.
 /// - Setting an owner costs one or two more round trips (the owner index, written first); only
 ///   the requests that set it (a login) pay for them.
 ///
@@ -794,11 +912,250 @@ impl RedisStore {
             .collect();
         Ok((next, keys))
     }
+
+    /// Writes a new session under `key` with [`LUA_CREATE`]: `false` if a live one is there.
+    async fn write_new(
+        &self,
+        key: &SessionKey,
+        encoded: &Encoded<'_>,
+        now_ms: i64,
+    ) -> Result<bool, RedisError> {
+        let redis_key = self.session_key(key);
+        let bytes = redis_key.len()
+            + encoded.meta.len()
+            + encoded.owner.map_or(0, str::len)
+            + encoded
+                .values
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 2)
+                .sum::<usize>();
+        let reply = self
+            .eval(&self.scripts.create, bytes, |cmd| {
+                let mut field = Vec::with_capacity(32);
+                cmd.arg(1).arg(&redis_key).arg(now_ms).arg(encoded.deadline);
+                cmd.arg("m").arg(&encoded.meta);
+                if let Some(owner) = encoded.owner {
+                    cmd.arg("o").arg(owner);
+                }
+                for (name, value) in &encoded.values {
+                    field.clear();
+                    field.extend_from_slice(b"d:");
+                    field.extend_from_slice(name.as_bytes());
+                    cmd.arg(&field[..]).arg(&value[..]);
+                }
+            })
+            .await?;
+        Ok(int_reply(&reply) == Some(1))
+    }
+
+    /// The steps of [`rename`](SessionStore::rename) (see "Renaming" on [`RedisStore`]), noting
+    /// in `done` what a rename that does not complete must take back.
+    async fn rename_steps(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+        done: &mut Undo,
+    ) -> Result<Renamed, StoreError> {
+        let now_ms = to_ms(now)?;
+        let fence = rename_fence(now_ms, to);
+        let from_key = self.session_key(from);
+        let member = index_member(to);
+        // The owner the change set names (the layer's always names one) is indexed under the
+        // new key alongside the fence, before the new record as always; at +inf until the
+        // absolute deadline is known.
+        let named_owner = match &changes.owner {
+            Some(Some(owner)) => Some(owner.as_str()),
+            _ => None,
+        };
+        // Noted before the calls: a reply lost on the way still means the call may have run.
+        done.fence = Some((from_key.clone(), fence.clone()));
+        done.entry = named_owner.map(|owner| (owner.to_owned(), member.clone()));
+        let (fenced, indexed) = join2(
+            self.eval(
+                &self.scripts.rename_fence,
+                from_key.len() + fence.len(),
+                |cmd| {
+                    cmd.arg(1).arg(&from_key).arg(now_ms).arg(&fence);
+                },
+            ),
+            async {
+                match named_owner {
+                    Some(owner) => self.index_add(owner, &member, None, now_ms).await,
+                    None => Ok(()),
+                }
+            },
+        )
+        .await;
+        let fenced = fenced.map_err(backend("Redis session rename failed"))?;
+        indexed?;
+        let mut record = match fenced {
+            // Gone, expired or held by another rename: nothing fenced.
+            Value::Int(_) => {
+                done.fence = None;
+                return Ok(Renamed::Gone);
+            }
+            reply => match decode_hash(reply) {
+                Ok(Some(record)) => record,
+                Ok(None) => return Ok(Renamed::Gone),
+                Err(why) => {
+                    tracing::warn!(
+                        session = %from.log_tag(),
+                        reason = why,
+                        "unreadable session record in Redis; treated as no session"
+                    );
+                    return Ok(Renamed::Gone);
+                }
+            },
+        };
+        changes.apply_to(&mut record);
+        let absolute = record.absolute_deadline.map(to_ms).transpose()?;
+        let encoded = Encoded::new(&record)?;
+        if named_owner.is_none()
+            && let Some(owner) = &record.owner
+        {
+            // The stored owner, kept: indexed now, with its deadline.
+            done.entry = Some((owner.clone(), member.clone()));
+            self.index_add(owner, &member, absolute, now_ms).await?;
+        }
+        done.created = true;
+        let created = self
+            .write_new(to, &encoded, now_ms)
+            .await
+            .map_err(backend("Redis session rename failed"))?;
+        if !created {
+            // Someone else's session: not ours to delete.
+            done.created = false;
+            return Ok(Renamed::Taken);
+        }
+        // The old key goes if it still carries the fence; meanwhile, the index entry gets its
+        // real score, so the index can expire (best effort, as in `save`).
+        let refine = named_owner.zip(absolute);
+        let (committed, ()) = join2(
+            self.eval(
+                &self.scripts.rename_commit,
+                from_key.len() + fence.len(),
+                |cmd| {
+                    cmd.arg(1).arg(&from_key).arg(&fence);
+                },
+            ),
+            async {
+                if let Some((owner, absolute)) = refine
+                    && let Err(error) = self.index_add(owner, &member, Some(absolute), now_ms).await
+                {
+                    tracing::debug!(session = %to.log_tag(), %error, "owner index score not refined");
+                }
+            },
+        )
+        .await;
+        let committed = committed.map_err(backend("Redis session rename failed"))?;
+        // Answered: the fence is gone with the session, or is not this rename's any more.
+        done.fence = None;
+        match int_reply(&committed) {
+            Some(1) => Ok(Renamed::Applied),
+            Some(0) => Ok(Renamed::Gone),
+            _ => Err(StoreError::new(
+                StoreErrorKind::Backend,
+                "Redis session rename outlasted its fence and a write to the session came first; \
+                 the session stays under its old ID",
+            )),
+        }
+    }
+
+    /// Takes back what a rename that does not complete did (see [`Undo`]), best effort: a
+    /// failure is logged, and the fence runs out by itself.
+    async fn undo_rename(&self, to: &SessionKey, done: Undo) {
+        let release = async {
+            if let Some((from_key, fence)) = &done.fence
+                && let Err(error) = self
+                    .eval(
+                        &self.scripts.rename_release,
+                        from_key.len() + fence.len(),
+                        |cmd| {
+                            cmd.arg(1).arg(from_key).arg(fence);
+                        },
+                    )
+                    .await
+            {
+                tracing::warn!(session = %to.log_tag(), %error, "rename fence not released; it runs out by itself");
+            }
+        };
+        let remove = async {
+            if done.created
+                && let Err(error) = self.delete(to).await
+            {
+                tracing::warn!(session = %to.log_tag(), %error, "record of an incomplete rename not deleted; no client has its ID");
+            }
+            // After the record: the index never misses a live session.
+            if let Some((owner, member)) = &done.entry
+                && let Err(error) = self
+                    .index_remove_members(&self.owner_key(owner), &[member.as_bytes()])
+                    .await
+            {
+                tracing::debug!(session = %to.log_tag(), %error, "owner index entry of an incomplete rename not removed");
+            }
+        };
+        join2(release, remove).await;
+    }
 }
 
 /// How long an index entry of a session that does not exist is kept: the entry is written just
 /// before the session, so a session that is missing this soon after may still be on its way.
 const INDEX_GRACE_MS: i64 = 10 * 60 * 1000;
+
+/// How long a rename holds the session it moves (see "Renaming" on [`RedisStore`]): ample for
+/// its three round trips, short enough that a rename that died blocks the session's writes only
+/// briefly.
+const FENCE_MS: i64 = 5_000;
+
+/// The fence a rename to `to` sets on the old key at `now_ms`: `<until>:<new key hex>`. The new
+/// key makes it this rename's own, and tells a revocation where a copy may be.
+fn rename_fence(now_ms: i64, to: &SessionKey) -> String {
+    format!("{}:{}", now_ms.saturating_add(FENCE_MS), to.to_hex())
+}
+
+/// The new key a fence names.
+fn fence_target(fence: &[u8]) -> Option<SessionKey> {
+    let fence = std::str::from_utf8(fence).ok()?;
+    let (_, hex) = fence.split_once(':')?;
+    SessionKey::from_hex(hex)
+}
+
+/// What a rename that does not complete takes back: its fence on the old key (old key, fence),
+/// the record it wrote under the new key, and that record's owner-index entry (owner, member).
+#[derive(Default)]
+struct Undo {
+    fence: Option<(Vec<u8>, String)>,
+    created: bool,
+    entry: Option<(String, String)>,
+}
+
+/// A record encoded for [`LUA_CREATE`]: every value first, so the script call cannot fail
+/// halfway.
+struct Encoded<'r> {
+    meta: String,
+    deadline: i64,
+    owner: Option<&'r str>,
+    values: Vec<(&'r str, Vec<u8>)>,
+}
+
+impl<'r> Encoded<'r> {
+    fn new(record: &'r Record) -> Result<Self, StoreError> {
+        let deadline = to_ms(record.deadline())?;
+        let meta = pack_meta(record)?;
+        let mut values = Vec::with_capacity(record.data.len());
+        for (name, value) in &record.data {
+            values.push((name.as_str(), serde_json::to_vec(value).map_err(encoding)?));
+        }
+        Ok(Self {
+            meta,
+            deadline,
+            owner: record.owner.as_deref(),
+            values,
+        })
+    }
+}
 
 /// One session named by an owner index.
 struct Indexed {
@@ -1063,6 +1420,32 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     outputs.into_iter().flatten().collect()
 }
 
+/// Runs two futures concurrently (see [`join_all`]).
+async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut out_a, mut out_b) = (None, None);
+    std::future::poll_fn(|cx| {
+        if out_a.is_none()
+            && let Poll::Ready(value) = a.as_mut().poll(cx)
+        {
+            out_a = Some(value);
+        }
+        if out_b.is_none()
+            && let Poll::Ready(value) = b.as_mut().poll(cx)
+        {
+            out_b = Some(value);
+        }
+        match (out_a.take(), out_b.take()) {
+            (Some(a), Some(b)) => Poll::Ready((a, b)),
+            (a, b) => {
+                (out_a, out_b) = (a, b);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
 fn int_reply(value: &Value) -> Option<i64> {
     match value {
         Value::Int(n) => Some(*n),
@@ -1106,44 +1489,15 @@ impl SessionStore for RedisStore {
     ) -> Result<bool, StoreError> {
         let now_ms = to_ms(now)?;
         let absolute = record.absolute_deadline.map(to_ms).transpose()?;
-        let deadline = to_ms(record.deadline())?;
-        let meta = pack_meta(record)?;
-        // Encode every value first, so the script call below cannot fail halfway.
-        let mut values = Vec::with_capacity(record.data.len());
-        for (name, value) in &record.data {
-            values.push((name, serde_json::to_vec(value).map_err(encoding)?));
-        }
+        let encoded = Encoded::new(record)?;
         if let Some(owner) = &record.owner {
             // Index first: the index may name a session that is gone, never miss a live one.
             self.index_add(owner, &index_member(key), absolute, now_ms)
                 .await?;
         }
-        let redis_key = self.session_key(key);
-        let bytes = redis_key.len()
-            + meta.len()
-            + record.owner.as_ref().map_or(0, String::len)
-            + values
-                .iter()
-                .map(|(name, value)| name.len() + value.len() + 2)
-                .sum::<usize>();
-        let reply = self
-            .eval(&self.scripts.create, bytes, |cmd| {
-                let mut field = Vec::with_capacity(32);
-                cmd.arg(1).arg(&redis_key).arg(now_ms).arg(deadline);
-                cmd.arg("m").arg(&meta);
-                if let Some(owner) = &record.owner {
-                    cmd.arg("o").arg(owner);
-                }
-                for (name, value) in &values {
-                    field.clear();
-                    field.extend_from_slice(b"d:");
-                    field.extend_from_slice(name.as_bytes());
-                    cmd.arg(&field[..]).arg(&value[..]);
-                }
-            })
+        self.write_new(key, &encoded, now_ms)
             .await
-            .map_err(backend("Redis session create failed"))?;
-        Ok(int_reply(&reply) == Some(1))
+            .map_err(backend("Redis session create failed"))
     }
 
     async fn save(
@@ -1288,6 +1642,21 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
+    async fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        let mut done = Undo::default();
+        let outcome = self.rename_steps(from, to, changes, now, &mut done).await;
+        if !matches!(outcome, Ok(Renamed::Applied)) {
+            self.undo_rename(to, done).await;
+        }
+        outcome
+    }
+
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         let now_ms = to_ms(now)?;
         let pattern = format!("{}s:{{*", escape_glob(&self.prefix));
@@ -1341,13 +1710,19 @@ impl SessionStore for RedisStore {
         let wall = wall_ms();
         let mut listed = Vec::new();
         let mut gone = Vec::new();
+        // The keys renames of these sessions are moving them to: until a rename completes, its
+        // session is the one under the old key, and the copy under the new key is not listed.
+        let mut copies = HashSet::new();
         for chunk in sessions.chunks(BATCH) {
             let replies = join_all(
                 chunk
                     .iter()
                     .map(|indexed| {
                         let mut cmd = ::redis::cmd("HMGET");
-                        cmd.arg(self.session_key(&indexed.key)).arg("m").arg("o");
+                        cmd.arg(self.session_key(&indexed.key))
+                            .arg("m")
+                            .arg("o")
+                            .arg("f");
                         async move { self.conn.query(&cmd).await }
                     })
                     .collect(),
@@ -1358,6 +1733,9 @@ impl SessionStore for RedisStore {
                 let mut fields = into_list(reply).into_iter().map(into_bytes);
                 let meta = fields.next().flatten();
                 let session_owner = fields.next().flatten();
+                if let Some(to) = fields.next().flatten().as_deref().and_then(fence_target) {
+                    copies.insert(to);
+                }
                 let Some(Meta {
                     created: created_at,
                     idle,
@@ -1391,51 +1769,112 @@ impl SessionStore for RedisStore {
         if !gone.is_empty() {
             self.index_remove(&index, &gone).await?;
         }
+        listed.retain(|s| !copies.contains(&s.key));
         listed.sort_by_key(|s| s.created_at);
         Ok(listed)
     }
 
     async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
-        let (index, sessions) = self.index_entries(owner).await?;
+        // A session renamed meanwhile (`cycle_id`) moves to a key the first read did not list,
+        // so the index is read again after each batch until it lists no key not tried yet. The
+        // new key is indexed before the record is written, so a batch may try it too early and
+        // find nothing: a young entry found missing is tried once more after the next read. A
+        // session deleted while a rename held it is counted once, whether or not the copy the
+        // rename wrote is deleted too (its fence names it), and that copy is tried as well.
         let wall = wall_ms();
-        let mut deleted = 0;
-        let mut drop_from_index = Vec::with_capacity(sessions.len());
-        for chunk in sessions.chunks(BATCH) {
-            let replies = join_all(
-                chunk
-                    .iter()
-                    .map(|indexed| {
-                        let redis_key = self.session_key(&indexed.key);
-                        async move {
-                            self.eval(
-                                &self.scripts.delete_if_owner,
-                                redis_key.len() + owner.len(),
-                                |cmd| {
-                                    cmd.arg(1).arg(&redis_key).arg(owner);
-                                },
-                            )
-                            .await
-                        }
-                    })
-                    .collect(),
-            )
+        let mut named: HashMap<SessionKey, Indexed> = HashMap::new();
+        let mut tried: HashSet<SessionKey> = HashSet::new();
+        let mut retried: HashSet<SessionKey> = HashSet::new();
+        let mut deleted: HashSet<SessionKey> = HashSet::new();
+        // (a session deleted while a rename held it, the key it was moving to)
+        let mut moving: Vec<(SessionKey, SessionKey)> = Vec::new();
+        let mut again: Vec<SessionKey> = Vec::new();
+        let mut prune: Vec<Vec<u8>> = Vec::new();
+        loop {
+            // The entries of the last batch are pruned while the index is read again.
+            let members: Vec<&[u8]> = prune.iter().map(Vec::as_slice).collect();
+            let (read, pruned) = join2(self.index_entries(owner), async {
+                if members.is_empty() {
+                    return Ok(());
+                }
+                self.index_remove_members(&self.owner_key(owner), &members)
+                    .await
+            })
             .await;
-            for (indexed, reply) in chunk.iter().zip(replies) {
-                let reply = reply.map_err(backend("Redis owner revocation failed"))?;
-                match int_reply(&reply) {
-                    Some(1) => {
-                        deleted += 1;
-                        drop_from_index.push(indexed);
+            pruned?;
+            prune.clear();
+            let (_, sessions) = read?;
+            let mut batch = std::mem::take(&mut again);
+            for indexed in sessions {
+                if tried.insert(indexed.key) {
+                    batch.push(indexed.key);
+                }
+                named.insert(indexed.key, indexed);
+            }
+            if batch.is_empty() {
+                return Ok(
+                    deleted.len() - moving.iter().filter(|(_, to)| deleted.contains(to)).count()
+                );
+            }
+            for chunk in batch.chunks(BATCH) {
+                let replies = join_all(
+                    chunk
+                        .iter()
+                        .map(|key| {
+                            let redis_key = self.session_key(key);
+                            async move {
+                                self.eval(
+                                    &self.scripts.delete_if_owner,
+                                    redis_key.len() + owner.len(),
+                                    |cmd| {
+                                        cmd.arg(1).arg(&redis_key).arg(owner);
+                                    },
+                                )
+                                .await
+                            }
+                        })
+                        .collect(),
+                )
+                .await;
+                for (key, reply) in chunk.iter().zip(replies) {
+                    let reply = reply.map_err(backend("Redis owner revocation failed"))?;
+                    let indexed = named.get(key);
+                    match reply {
+                        Value::Int(0) => match indexed {
+                            // Missing, and maybe on its way: tried once more.
+                            Some(indexed) if indexed.settled(wall) => {
+                                prune.extend(indexed.members.iter().cloned());
+                            }
+                            _ => {
+                                if retried.insert(*key) {
+                                    again.push(*key);
+                                }
+                            }
+                        },
+                        // Owned by someone else (it may move back): its entries stay.
+                        Value::Int(n) if n != 1 => {}
+                        reply => {
+                            deleted.insert(*key);
+                            if let Some(indexed) = indexed {
+                                prune.extend(indexed.members.iter().cloned());
+                            }
+                            // Deleted while a rename held it: the copy is tried too.
+                            let fence = match reply {
+                                Value::Int(_) => None,
+                                fence => into_bytes(fence),
+                            };
+                            if let Some(to) = fence.as_deref().and_then(fence_target) {
+                                moving.push((*key, to));
+                                tried.insert(to);
+                                if !deleted.contains(&to) {
+                                    again.push(to);
+                                }
+                            }
+                        }
                     }
-                    // Missing: dropped once it cannot be a session still being created.
-                    Some(0) if indexed.settled(wall) => drop_from_index.push(indexed),
-                    _ => {}
                 }
             }
         }
-        // Only the entries read above: a session indexed meanwhile (a concurrent login) stays.
-        self.index_remove(&index, &drop_from_index).await?;
-        Ok(deleted)
     }
 }
 
@@ -1685,6 +2124,17 @@ mod tests {
             ..old
         };
         assert!(!fresh.settled(wall_ms()));
+    }
+
+    #[test]
+    fn rename_fences_carry_their_time_and_name_their_new_key() {
+        let to = crate::SessionId::generate().unwrap().key();
+        let fence = rename_fence(1_700_000_000_000, &to);
+        assert_eq!(fence, format!("1700000005000:{}", to.to_hex()));
+        assert_eq!(fence_target(fence.as_bytes()), Some(to));
+        for bad in [&b""[..], b"1", b"1:", b"1:xyz", to.to_hex().as_bytes()] {
+            assert_eq!(fence_target(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
