@@ -1230,7 +1230,6 @@ impl Session {
         }
     }
 
-    #[cfg(feature = "axum")]
     /// `error` as it leaves a public method: a store failure carries this layer's error handler,
     /// so that a handler returning it with `?` gets the app's response for a store failure
     /// (DESIGN.md §7), as a failure on load or in the layer's own save does.
@@ -1241,6 +1240,7 @@ impl Session {
         error
     }
 
+    #[cfg(feature = "axum")]
     pub(crate) fn error_handler(&self) -> Option<crate::layer::ErrorHandler> {
         self.0.config.error_handler.clone()
     }
@@ -1907,6 +1907,7 @@ impl SessionError {
 
     /// The error handler of the layer whose store failed, when the error left a [`Session`]
     /// method and the layer has one.
+    #[cfg(feature = "axum")]
     pub(crate) fn hook(&self) -> Option<&crate::layer::ErrorHandler> {
         self.hook.as_ref()
     }

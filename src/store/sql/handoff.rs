@@ -160,7 +160,9 @@ pub(super) fn checkin<DB: Database>(
     }
 }
 
-/// Runs `f` on a connection from [`checkout`], then [`checkin`]s it.
+/// Runs `f` on a connection from [`checkout`], then [`checkin`]s it. (PostgreSQL times the
+/// checkout and the statement apart, so it calls the two itself.)
+#[cfg(feature = "sqlite-store")]
 pub(super) async fn with_connection<DB: Database, T>(
     pool: &Pool<DB>,
     handoff: Option<&Handoff<DB>>,
