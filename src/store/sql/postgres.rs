@@ -7,7 +7,8 @@ use std::time::Duration as StdDuration;
 
 use serde_json::{Map, Value};
 use sqlx::Postgres;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
@@ -572,6 +573,25 @@ fn check_nul<'a>(
     Ok(())
 }
 
+/// Binds the parameters `save` and `rename` share, in their order: the change set (cleared,
+/// removed, set, idle deadline, expiry, owner set, owner), then `now`.
+fn bind_changes<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    changes: &'q ChangeSet,
+    now: OffsetDateTime,
+) -> Query<'q, Postgres, PgArguments> {
+    let owner = changes.owner.as_ref();
+    query
+        .bind(changes.cleared)
+        .bind(changes.removed.as_slice())
+        .bind(Json(&changes.set))
+        .bind(changes.idle_deadline)
+        .bind(changes.expiry.map(Json))
+        .bind(owner.is_some())
+        .bind(owner.and_then(|o| o.as_deref()))
+        .bind(now)
+}
+
 /// [`check_nul`] for what a change set writes.
 fn check_changes(changes: &ChangeSet) -> Result<(), StoreError> {
     check_nul(
@@ -707,22 +727,16 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
-        let owner = changes.owner.as_ref();
         check_changes(changes)?;
         let result = self
             .on_conn("save", async |conn| {
-                sqlx::query(stmt(&self.sql.save))
-                    .bind(key.as_bytes().as_slice())
-                    .bind(changes.cleared)
-                    .bind(changes.removed.as_slice())
-                    .bind(Json(&changes.set))
-                    .bind(changes.idle_deadline)
-                    .bind(changes.expiry.map(Json))
-                    .bind(owner.is_some())
-                    .bind(owner.and_then(|o| o.as_deref()))
-                    .bind(now)
-                    .execute(conn)
-                    .await
+                bind_changes(
+                    sqlx::query(stmt(&self.sql.save)).bind(key.as_bytes().as_slice()),
+                    changes,
+                    now,
+                )
+                .execute(conn)
+                .await
             })
             .await?;
         Ok(if result.rows_affected() == 0 {
@@ -763,21 +777,11 @@ impl SessionStore for PostgresStore {
         now: OffsetDateTime,
     ) -> Result<Renamed, StoreError> {
         check_changes(changes)?;
-        let owner = changes.owner.as_ref();
         let rename = async |conn: &mut PgConnection| {
-            sqlx::query(stmt(&self.sql.rename))
+            let query = sqlx::query(stmt(&self.sql.rename))
                 .bind(from.as_bytes().as_slice())
-                .bind(to.as_bytes().as_slice())
-                .bind(changes.cleared)
-                .bind(changes.removed.as_slice())
-                .bind(Json(&changes.set))
-                .bind(changes.idle_deadline)
-                .bind(changes.expiry.map(Json))
-                .bind(owner.is_some())
-                .bind(owner.and_then(|o| o.as_deref()))
-                .bind(now)
-                .execute(conn)
-                .await
+                .bind(to.as_bytes().as_slice());
+            bind_changes(query, changes, now).execute(conn).await
         };
         // A row under `to` that is expired gives way (as to `create`), once; a live one, or one
         // that a concurrent operation put there meanwhile, makes the key taken.
