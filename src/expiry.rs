@@ -42,14 +42,25 @@ pub enum Expiry {
     /// inactivity, since browsers that restore tabs keep such cookies for weeks.
     OnSessionEnd,
     /// A sliding window: the session lives this long after its last activity.
+    ///
+    /// With the cookie transport, a window longer than [`MAX_COOKIE_AGE`] acts as
+    /// `MAX_COOKIE_AGE`: browsers drop a cookie that long after it was last sent, whatever its
+    /// `Max-Age` asked for, so the server ends the session then too.
     OnInactivity(#[serde(with = "duration_secs")] Duration),
     /// A fixed point in time; activity does not extend it.
+    ///
+    /// With the cookie transport, a date further away than [`MAX_COOKIE_AGE`] is reached by
+    /// activity: the session's idle deadline is `MAX_COOKIE_AGE` after the cookie was last
+    /// sent, and it is sent again on the touch schedule (like an
+    /// [`OnInactivity`](Expiry::OnInactivity) window of that length) until the date is nearer
+    /// than that. A session left idle that long ends with its cookie.
     AtDateTime(#[serde(with = "time::serde::timestamp")] OffsetDateTime),
 }
 
 impl Expiry {
     /// The idle deadline this policy gives for activity at `now`; `session_end_idle` is the
-    /// server-side window of [`Expiry::OnSessionEnd`].
+    /// server-side window of [`Expiry::OnSessionEnd`]. The layer holds a persistent cookie's
+    /// deadline to [`MAX_COOKIE_AGE`] from `now` besides (see the variants).
     pub fn idle_deadline(&self, now: OffsetDateTime, session_end_idle: Duration) -> OffsetDateTime {
         match self {
             Expiry::OnSessionEnd => now.saturating_add(session_end_idle),

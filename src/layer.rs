@@ -7,11 +7,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cookie::SameSite;
 use http::{Extensions, HeaderName, Response};
-use time::Duration;
+use time::{Duration, OffsetDateTime};
 use tower_layer::Layer;
 
 use crate::backend::{Backend, IntoBackend};
-use crate::expiry::{Clock, Expiry, SystemClock};
+use crate::expiry::{Clock, Expiry, MAX_COOKIE_AGE, SystemClock};
 use crate::service::SessionService;
 use crate::session::{Session, SessionError};
 
@@ -57,6 +57,30 @@ impl Config {
         match &self.transport {
             Transport::Cookie => &self.cookie_name,
             Transport::Header(name) => name.as_str(),
+        }
+    }
+
+    /// How long a session under `expiry` can stay idle and still come back, if it has such a
+    /// window: the policy's own, held to [`MAX_COOKIE_AGE`] for a persistent cookie, which the
+    /// browser drops after that long whatever its `Max-Age` asked for (a token in a header has
+    /// no such limit). An [`Expiry::AtDateTime`] further away than that becomes a window of
+    /// `MAX_COOKIE_AGE` that activity slides up to the date, so that the cookie is sent again
+    /// before the browser drops it.
+    pub(crate) fn idle_window(&self, expiry: Expiry) -> Option<Duration> {
+        let cap = (expiry.is_persistent() && matches!(self.transport, Transport::Cookie))
+            .then_some(MAX_COOKIE_AGE);
+        match (expiry.window(self.session_end_idle), cap) {
+            (Some(window), Some(cap)) => Some(window.min(cap)),
+            (window, cap) => window.or(cap),
+        }
+    }
+
+    /// The idle deadline for activity at `now` under `expiry`, within [`Config::idle_window`].
+    pub(crate) fn idle_deadline(&self, expiry: Expiry, now: OffsetDateTime) -> OffsetDateTime {
+        let deadline = expiry.idle_deadline(now, self.session_end_idle);
+        match self.idle_window(expiry) {
+            Some(window) => deadline.min(now.saturating_add(window)),
+            None => deadline,
         }
     }
 

@@ -149,6 +149,9 @@ struct Shared {
 #[derive(Default)]
 struct State {
     loaded: bool,
+    /// A load was tried and failed: the response (made without the session) still depended on
+    /// the token the request carried, so it gets `Vary` like a read.
+    load_failed: bool,
     arrival: Arrival,
     /// The stored session this request started from (its data moved into `data`).
     live: Option<Live>,
@@ -226,7 +229,7 @@ impl State {
         now: OffsetDateTime,
     ) -> Record {
         let expiry = self.current_expiry(config);
-        let idle = expiry.idle_deadline(now, config.session_end_idle);
+        let idle = config.idle_deadline(expiry, now);
         let owner = self.current_owner();
         match &self.live {
             Some(live) => Record {
@@ -298,7 +301,7 @@ impl State {
         let mut changes = ChangeSet {
             cleared: self.cleared,
             idle_deadline: (touch_due || self.expiry.is_some())
-                .then(|| expiry.idle_deadline(now, config.session_end_idle)),
+                .then(|| config.idle_deadline(expiry, now)),
             expiry: self.expiry,
             owner: self.owner.clone(),
             ..ChangeSet::default()
@@ -514,7 +517,10 @@ impl Session {
         if self.state().loaded {
             return Ok(());
         }
-        self.load_from_store().await.map_err(|e| self.hooked(e))
+        self.load_from_store().await.map_err(|e| {
+            self.state().load_failed = true;
+            self.hooked(e)
+        })
     }
 
     /// [`Session::load`] once the session is known not to be loaded yet.
@@ -1251,7 +1257,7 @@ impl Session {
     pub(crate) fn close(&self) -> bool {
         let mut state = self.state();
         state.closed = true;
-        state.loaded || state.modified()
+        state.loaded || state.load_failed || state.modified()
     }
 
     fn plan(&self, now: OffsetDateTime, server_error: bool) -> (Plan, bool) {
@@ -1271,7 +1277,7 @@ impl Session {
         keep: bool,
     ) -> (Plan, bool) {
         let config = &self.0.config;
-        let read = state.loaded;
+        let read = state.loaded || state.load_failed;
         if server_error && !config.persist_on_5xx {
             return (Plan::Nothing, read);
         }
@@ -1379,7 +1385,7 @@ impl Session {
         }
         if self.touch_due(&live.record, now) {
             let expiry = live.record.expiry;
-            let idle_deadline = expiry.idle_deadline(now, config.session_end_idle);
+            let idle_deadline = config.idle_deadline(expiry, now);
             return (
                 Plan::Touch {
                     id,
@@ -1394,7 +1400,7 @@ impl Session {
 
     fn touch_due(&self, record: &Record, now: OffsetDateTime) -> bool {
         let config = &self.0.config;
-        let Some(window) = record.expiry.window(config.session_end_idle) else {
+        let Some(window) = config.idle_window(record.expiry) else {
             return false;
         };
         // Due once `touch_fraction` of the window has passed since the deadline was last set
@@ -1403,7 +1409,13 @@ impl Session {
         // window (a configured `Duration::MAX`, say) must not overflow the multiplication.
         let spent = Duration::checked_seconds_f64(window.as_seconds_f64() * config.touch_fraction)
             .unwrap_or(window);
-        record.idle_deadline - now <= window - spent
+        let slides = record.idle_deadline - now <= window - spent;
+        match record.expiry {
+            // A date further away than a cookie lives (see `Config::idle_window`): the deadline
+            // slides until it reaches the date, and never past it.
+            Expiry::AtDateTime(at) => slides && at - record.idle_deadline >= spent,
+            _ => slides,
+        }
     }
 
     /// Carries out what the handler did. Called by the service once the response is known.

@@ -427,6 +427,12 @@ async fn option_session_never_rejects() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers().get(header::VARY),
+        Some(&HeaderValue::from_static("cookie")),
+        "the answer made without the session still depended on the cookie"
+    );
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
     assert_eq!(body_text(resp).await, "none");
 }
 

@@ -230,6 +230,18 @@ fn routes() -> Router {
             }),
         )
         .route(
+            "/expire-at/{unix}",
+            get(|s: Session, Path(unix): Path<i64>| async move {
+                let at = time::OffsetDateTime::from_unix_timestamp(unix).unwrap();
+                s.set_expiry(Expiry::AtDateTime(at));
+                let n = s.update("n", |n: &mut u64| {
+                    *n += 1;
+                    *n
+                })?;
+                Ok::<_, SessionError>(n.to_string())
+            }),
+        )
+        .route(
             "/save/{key}",
             get(|s: Session, Path(key): Path<String>| async move {
                 // Saved now, then one more change left to the layer; answers whether the session

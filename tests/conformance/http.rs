@@ -456,6 +456,68 @@ pub async fn max_age_is_capped_at_400_days(b: Backend, _: Side) {
     );
 }
 
+/// An expiry date further away than a cookie lives (400 days): the cookie is sent again on the
+/// touch schedule, so an active session reaches the date, and an idle one ends with its cookie.
+pub async fn a_far_expiry_date_is_reached_by_refreshing_the_cookie(b: Backend, _: Side) {
+    use tower_satchel::Clock as _;
+    let header = axum::http::HeaderName::from_static("x-session");
+    let api = app(b.clone(), |l| {
+        l.absolute_lifetime(None).header_transport(header.clone())
+    });
+    let app = app(b, |l| l.absolute_lifetime(None));
+    let start = app.clock.now();
+    let at = start + Duration::days(1000);
+    let set_at = format!("/expire-at/{}", at.unix_timestamp());
+    let days = |d: Duration| (d + Duration::minutes(1)).whole_days();
+    let resp = app.get(&set_at, None).await;
+    assert_eq!(days(resp.set_cookie().unwrap().max_age().unwrap()), 400);
+    let mut token = resp.expect_token();
+    let idle = app.get(&set_at, None).await.expect_token();
+    // Within the first tenth of the 400 days, reads send nothing.
+    app.clock.advance(Duration::days(30));
+    let resp = app.get("/get/n", Some(&token)).await;
+    assert_eq!(resp.body, "1");
+    assert!(resp.set_cookie().is_none());
+    // Past it, the cookie comes again with its full 400 days, until the date is nearer than that.
+    let mut ages = Vec::new();
+    while app.clock.now() < at - Duration::days(1) {
+        app.clock
+            .advance(Duration::days(100).min(at - app.clock.now() - Duration::days(1)));
+        let resp = app.get("/get/n", Some(&token)).await;
+        let elapsed = app.clock.now() - start;
+        assert_eq!(resp.body, "1", "alive after {elapsed}");
+        if let Some(cookie) = resp.set_cookie() {
+            ages.push(days(cookie.max_age().unwrap()));
+            assert!(app.clock.now() + cookie.max_age().unwrap() <= at);
+        }
+        token = follow(&resp, &token);
+        if days(elapsed) == 430 {
+            // The session left idle ended with its cookie, 400 days after it was sent.
+            assert_eq!(app.get("/get/n", Some(&idle)).await.body, "null");
+        }
+    }
+    assert_eq!(ages, [400, 400, 400, 400, 400, 370]);
+    app.clock.advance(Duration::days(2));
+    assert_eq!(
+        app.get("/get/n", Some(&token)).await.body,
+        "null",
+        "past the date"
+    );
+
+    // A token in a header has no such limit: idle for 500 days, it lives to the date.
+    let request = axum::http::Request::get(&set_at);
+    let resp = api
+        .send(request.body(axum::body::Body::empty()).unwrap())
+        .await;
+    let token = resp.headers.get(&header).unwrap().to_str().unwrap();
+    api.clock.advance(Duration::days(500));
+    let request = axum::http::Request::get("/get/n").header(&header, token);
+    let resp = api
+        .send(request.body(axum::body::Body::empty()).unwrap())
+        .await;
+    assert_eq!(resp.body, "1");
+}
+
 pub async fn max_age_never_exceeds_the_server_deadline(b: Backend, _: Side) {
     let app = app(b, |l| {
         l.expiry(Expiry::OnInactivity(Duration::days(7)))

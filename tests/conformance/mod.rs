@@ -100,6 +100,7 @@ macro_rules! server_store_conformance {
             browser_session_cookies_have_no_max_age,
             max_age_is_capped_at_400_days,
             max_age_never_exceeds_the_server_deadline,
+            a_far_expiry_date_is_reached_by_refreshing_the_cookie,
             header_transport_ignores_cookies,
             destroy_then_insert_starts_a_new_session,
             save_writes_a_new_session_before_the_response,
