@@ -209,6 +209,18 @@ async fn connect_takes_paths_and_sqlite_urls_only() {
         .await
         .unwrap_err();
     assert_eq!(error.kind(), StoreErrorKind::Config);
+    for memory in [
+        ":memory:",
+        "sqlite::memory:",
+        "sqlite://:memory:",
+        "sqlite://?mode=memory",
+        "file::memory:?cache=shared",
+        "file:sessions?mode=memory&cache=shared",
+    ] {
+        let error = SqliteStore::connect(memory).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Config, "{memory}");
+        assert!(error.to_string().contains("in-memory"), "{error}");
+    }
     assert!(custom.clone().with_table("x; DROP TABLE y").is_err());
 }
 

@@ -60,7 +60,8 @@ use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreE
 /// # Deployment notes
 ///
 /// - Use a file, not `:memory:`: every pooled connection to `:memory:` would see its own empty
-///   database.
+///   database, and a shared in-memory one vanishes when the pool closes its idle connections.
+///   [`SqliteStore::connect`] refuses both.
 /// - Run [`spawn_cleanup`](crate::spawn_cleanup): expired rows are invisible but stay until
 ///   deleted.
 /// - A pool of your own should use WAL journal mode and a busy timeout (as
@@ -243,6 +244,20 @@ fn encoding(what: &str, error: serde_json::Error) -> StoreError {
     .with_source(error)
 }
 
+/// Whether `target` (a path or a `sqlite:` URL) names an in-memory database: `:memory:`,
+/// `sqlite::memory:`, or a URL or `file:` URI with `mode=memory` (SQLite opens every file name
+/// as a URI).
+fn in_memory(target: &str) -> bool {
+    let uri = ["sqlite:", "file:"]
+        .into_iter()
+        .find_map(|scheme| target.strip_prefix(scheme));
+    let Some(rest) = uri else {
+        return target == ":memory:";
+    };
+    let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
+    name.trim_start_matches('/') == ":memory:" || query.split('&').any(|pair| pair == "mode=memory")
+}
+
 impl SqliteStore {
     /// A store over `pool`, using the table `tower_satchel_sessions`. Call
     /// [`migrate`](Self::migrate) before first use.
@@ -273,7 +288,9 @@ impl SqliteStore {
     ///
     /// # Errors
     ///
-    /// [`StoreErrorKind::Config`] for a URL of another database or a malformed one;
+    /// [`StoreErrorKind::Config`] for a URL of another database or a malformed one, and for an
+    /// in-memory database (`:memory:`, `sqlite::memory:`, `mode=memory`), which would vanish
+    /// with the pool's connections (use `MemoryStore` instead);
     /// [`StoreErrorKind::Backend`] when the file cannot be opened or created.
     pub async fn connect(target: &str) -> Result<Self, StoreError> {
         let options = if target.starts_with("sqlite:") {
@@ -288,6 +305,13 @@ impl SqliteStore {
         } else {
             SqliteConnectOptions::new().filename(target)
         };
+        if in_memory(target) {
+            return Err(StoreError::new(
+                StoreErrorKind::Config,
+                "an in-memory SQLite database is lost when the pool closes its connections; \
+                 use a file, or MemoryStore",
+            ));
+        }
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
