@@ -387,8 +387,7 @@ impl Drop for Saving<'_> {
     }
 }
 
-/// What the service must do with the token after the handler.
-#[derive(Debug)]
+/// What the service must do with the token after the handler. No `Debug`: it holds the token.
 pub(crate) enum TokenAction {
     /// Nothing to send.
     Keep,
@@ -402,7 +401,6 @@ pub(crate) enum TokenAction {
 }
 
 /// What the service learns from [`Session::finish`].
-#[derive(Debug)]
 pub(crate) struct Committed {
     pub(crate) token: TokenAction,
     pub(crate) read: bool,
