@@ -72,6 +72,66 @@ async fn a_missing_table_is_a_config_error_that_names_migrate() {
     .await;
 }
 
+/// An app role that may not create tables, or not use them, learns which privilege it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_privileges_gets_a_config_error_that_names_them() {
+    let role = unique("satchel_role");
+    let schema = unique("satchel_test");
+    let admin = PostgresStore::new(pg::pool(2).await)
+        .with_schema(&schema)
+        .unwrap();
+    let exec = |sql: String| {
+        let pool = admin.pool().clone();
+        async move {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    exec(format!("CREATE ROLE \"{role}\" NOLOGIN")).await;
+    let _drop_role = pg::execute_later(format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""));
+    let _drop_schema = pg::drop_schema_later(schema.clone());
+    // The app's connections act as that role.
+    let set_role = format!("SET ROLE \"{role}\"");
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .after_connect(move |conn, _| {
+            let sql = set_role.clone();
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(&pg::url())
+        .await
+        .unwrap();
+    let app_store = PostgresStore::new(pool).with_schema(&schema).unwrap();
+
+    let error = app_store.migrate().await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config, "{error}");
+    assert!(error.to_string().contains("may not create"), "{error}");
+    assert!(error.to_string().contains("schema_sql()"), "{error}");
+
+    admin.migrate().await.unwrap();
+    exec(format!("GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\"")).await;
+    let key = conformance::contract::key();
+    let error = app_store.load(&key, now()).await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config, "{error}");
+    assert!(error.to_string().contains("may not use"), "{error}");
+    assert!(!error.to_string().contains("migrate()"), "{error}");
+
+    exec(format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON \"{schema}\".tower_satchel_sessions TO \"{role}\""
+    ))
+    .await;
+    assert!(app_store.load(&key, now()).await.unwrap().is_none());
+    // Having the table, migrate() needs nothing more.
+    app_store.migrate().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_of_another_shape_is_a_config_error() {
     let (store, _cleanup) = pg::unmigrated().await;

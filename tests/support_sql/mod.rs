@@ -190,8 +190,13 @@ pub mod pg {
         pool_at(&url(), max).await
     }
 
-    /// Drops `schema` when run, on a thread of its own (drop glue cannot await).
+    /// Drops `schema` when run.
     pub fn drop_schema_later(schema: String) -> Cleanup {
+        execute_later(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+    }
+
+    /// Runs `sql` (as the test user) when run, on a thread of its own (drop glue cannot await).
+    pub fn execute_later(sql: String) -> Cleanup {
         Cleanup::new(move || {
             let url = url();
             let _ = std::thread::spawn(move || {
@@ -204,12 +209,11 @@ pub mod pg {
                 runtime.block_on(async move {
                     use sqlx::Connection;
                     if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-                        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
                             .execute(&mut conn)
                             .await
                         {
-                            eprintln!("could not drop test schema {schema}: {e}");
+                            eprintln!("test clean-up `{sql}` failed: {e}");
                         }
                         let _ = conn.close().await;
                     }

@@ -56,6 +56,9 @@ enum Failure {
     MissingTable,
     /// The table exists but lacks a column this version uses, or has another type.
     WrongColumns,
+    /// The database role lacks a privilege the operation needs (SQLite has no roles).
+    #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
+    Denied,
     /// Anything else the database or the connection reported.
     Other,
 }
@@ -83,6 +86,23 @@ fn store_error(
             format!(
                 "the session table {table} does not have the columns {store} expects: was it \
                  created by {store}::migrate()?"
+            ),
+        )
+        .with_source(error),
+        Failure::Denied if op == "migrate" => StoreError::new(
+            StoreErrorKind::Config,
+            format!(
+                "the database role may not create the session table {table}: it needs CREATE on \
+                 its schema (and on the database for a new schema), or an administrator applies \
+                 {store}::schema_sql() and the app skips migrate()"
+            ),
+        )
+        .with_source(error),
+        Failure::Denied => StoreError::new(
+            StoreErrorKind::Config,
+            format!(
+                "the database role may not use the session table {table} ({store} {op}): grant \
+                 it USAGE on the schema and SELECT, INSERT, UPDATE, DELETE on the table"
             ),
         )
         .with_source(error),

@@ -284,6 +284,20 @@ CREATE INDEX IF NOT EXISTS \"{name}_owner_idx\" ON {t} (owner) WHERE owner IS NO
         ));
         sql
     }
+
+    /// The table and its indexes, as `to_regclass` takes them.
+    fn schema_objects(&self) -> [String; 3] {
+        let schema = match &self.schema {
+            Some(schema) => format!("\"{schema}\"."),
+            None => String::new(),
+        };
+        let name = &self.table_name;
+        [
+            self.table.clone(),
+            format!("{schema}\"{name}_expires_at_idx\""),
+            format!("{schema}\"{name}_owner_idx\""),
+        ]
+    }
 }
 
 /// The longest `statement_timeout` PostgreSQL accepts, in milliseconds (the setting is an `int`):
@@ -475,14 +489,32 @@ impl PostgresStore {
 
     /// Creates the schema (if one was set), the table and its indexes, where missing, in one
     /// transaction. Safe to call on every start-up and from several servers at once (they take
-    /// turns on an advisory lock).
+    /// turns on an advisory lock). When the table and its indexes exist already, it only looks:
+    /// an app whose role may not create tables can call it once an administrator has applied
+    /// [`schema_sql`](Self::schema_sql).
     ///
     /// # Errors
     ///
-    /// [`StoreErrorKind::Backend`] when the server cannot be reached or refuses (e.g. the role may
-    /// not create tables).
+    /// [`StoreErrorKind::Config`] when the database role may not create the schema or the table
+    /// (it needs `CREATE` on the database for a new schema, on the schema for the table; or an
+    /// administrator applies [`schema_sql`](Self::schema_sql) and the app skips `migrate`);
+    /// [`StoreErrorKind::Backend`] when the server cannot be reached or fails otherwise.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let fail = |e| self.error("migrate", e);
+        let [table, expires_at, owner] = self.sql.schema_objects();
+        let present: bool = sqlx::query_scalar(
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL \
+             AND to_regclass($3) IS NOT NULL",
+        )
+        .bind(table)
+        .bind(expires_at)
+        .bind(owner)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(fail)?;
+        if present {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await.map_err(fail)?;
         // Quiet the "already exists, skipping" notices of every start-up after the first.
         sqlx::query("SET LOCAL client_min_messages = warning")
@@ -545,8 +577,10 @@ impl PostgresStore {
     fn error(&self, op: &str, error: sqlx::Error) -> StoreError {
         let failure = match &error {
             sqlx::Error::Database(db) => match db.code().as_deref() {
-                // undefined_table, invalid_schema_name
-                Some("42P01" | "3F000") => Failure::MissingTable,
+                // undefined_table, invalid_schema_name: unless migrate() itself failed on them
+                Some("42P01" | "3F000") if op != "migrate" => Failure::MissingTable,
+                // insufficient_privilege
+                Some("42501") => Failure::Denied,
                 // undefined_column, datatype_mismatch, undefined_function (operator on a wrong type)
                 Some("42703" | "42804" | "42883") => Failure::WrongColumns,
                 _ => Failure::Other,
