@@ -18,9 +18,12 @@ mod sql;
 /// The error type of the examples' set-up.
 pub(crate) type BoxError = Box<dyn Error + Send + Sync>;
 
-/// The store named by `$SESSION_STORE` (default `memory`).
+/// The store named by `$SESSION_STORE` (`memory` when unset or empty).
 pub(crate) async fn backend_from_env() -> Result<Backend, BoxError> {
-    let kind = std::env::var("SESSION_STORE").unwrap_or_else(|_| "memory".to_owned());
+    let kind = std::env::var("SESSION_STORE")
+        .ok()
+        .filter(|kind| !kind.is_empty())
+        .unwrap_or_else(|| "memory".to_owned());
     match kind.as_str() {
         "memory" => Ok(MemoryStore::new().into_backend()),
         #[cfg(feature = "file-store")]
