@@ -106,24 +106,47 @@ async fn two_stores_on_one_folder_keep_every_concurrent_change() {
     }
 }
 
+/// Carries the parent test's arguments to a child process, `|`-separated.
 const CHILD_ENV: &str = "TOWER_SATCHEL_FILE_STORE_CHILD";
 const CHILD_SAVES: usize = 40;
+
+/// Runs this binary's ignored test `name` as a child process, handing it `args`.
+fn spawn_child(name: &str, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--test-threads=1"])
+        .env(CHILD_ENV, args.join("|"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// In a child test, the arguments its parent handed it: refuses to run on its own.
+fn child_args<const N: usize>() -> [String; N] {
+    let spec = std::env::var(CHILD_ENV)
+        .unwrap_or_else(|_| panic!("run only as a child process by another test of this file"));
+    let args: Vec<String> = spec.split('|').map(str::to_owned).collect();
+    args.try_into().unwrap()
+}
+
+/// Waits for `child` and fails the test unless its one test passed.
+fn expect_child_passed(child: std::process::Child, what: &str) {
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
 
 /// The writer half of `two_processes_on_one_folder_keep_every_concurrent_change`, run by it as a
 /// child process (`--ignored --exact`); it refuses to run on its own.
 #[test]
 #[ignore = "run as a child process by two_processes_on_one_folder_keep_every_concurrent_change"]
 fn child_process_writer() {
-    let spec = std::env::var(CHILD_ENV)
-        .unwrap_or_else(|_| panic!("run only by two_processes_on_one_folder_..."));
-    let mut parts = spec.split('|');
-    let (dir, hex, tag, now) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
-    let key = SessionKey::from_hex(hex).unwrap();
+    let [dir, hex, tag, now] = child_args();
+    let key = SessionKey::from_hex(&hex).unwrap();
     let now = time::OffsetDateTime::from_unix_timestamp(now.parse().unwrap()).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -131,7 +154,7 @@ fn child_process_writer() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let store = Arc::new(FileStore::new(dir).unwrap());
+        let store = Arc::new(FileStore::new(&dir).unwrap());
         let mut tasks = Vec::new();
         for i in 0..CHILD_SAVES {
             let store = store.clone();
@@ -153,31 +176,14 @@ async fn two_processes_on_one_folder_keep_every_concurrent_change() {
     let now = now();
     let k = key();
     assert!(store.create(&k, &record(now), now).await.unwrap());
-    let exe = std::env::current_exe().unwrap();
+    let (dir_arg, hex, at) = (
+        dir.display().to_string(),
+        k.to_hex(),
+        now.unix_timestamp().to_string(),
+    );
     let children: Vec<_> = ["p1", "p2"]
         .into_iter()
-        .map(|tag| {
-            std::process::Command::new(&exe)
-                .args([
-                    "--exact",
-                    "child_process_writer",
-                    "--ignored",
-                    "--test-threads=1",
-                ])
-                .env(
-                    CHILD_ENV,
-                    format!(
-                        "{}|{}|{tag}|{}",
-                        dir.display(),
-                        k.to_hex(),
-                        now.unix_timestamp()
-                    ),
-                )
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|tag| spawn_child("child_process_writer", &[&dir_arg, &hex, tag, &at]))
         .collect();
     // This process writes too, meanwhile.
     for i in 0..CHILD_SAVES {
@@ -190,13 +196,7 @@ async fn two_processes_on_one_folder_keep_every_concurrent_change() {
         );
     }
     for child in children {
-        let output = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains("1 passed"),
-            "child writer failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        expect_child_passed(child, "child writer");
     }
     let loaded = store.load(&k, now).await.unwrap().unwrap();
     for tag in ["p0", "p1", "p2"] {
@@ -668,7 +668,6 @@ async fn a_rename_that_cannot_delete_the_old_file_takes_back_the_new_one() {
     );
 }
 
-const RENAME_CHILD_ENV: &str = "TOWER_SATCHEL_FILE_STORE_RENAME_CHILD";
 /// More saves than the child can make before the parent renames the session away.
 const RENAME_CHILD_SAVES: usize = 100_000;
 
@@ -678,23 +677,15 @@ const RENAME_CHILD_SAVES: usize = 100_000;
 #[test]
 #[ignore = "run as a child process by a_rename_in_another_process_carries_or_refuses_each_save"]
 fn child_process_saver() {
-    let spec = std::env::var(RENAME_CHILD_ENV)
-        .unwrap_or_else(|_| panic!("run only by a_rename_in_another_process_..."));
-    let mut parts = spec.split('|');
-    let (dir, hex, now, result) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
-    let key = SessionKey::from_hex(hex).unwrap();
+    let [dir, hex, now, result] = child_args();
+    let key = SessionKey::from_hex(&hex).unwrap();
     let now = time::OffsetDateTime::from_unix_timestamp(now.parse().unwrap()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let applied = runtime.block_on(async {
-        let store = FileStore::new(dir).unwrap();
+        let store = FileStore::new(&dir).unwrap();
         for i in 0..RENAME_CHILD_SAVES {
             match store
                 .save(&key, &set(&format!("s{i}"), json!(i)), now)
@@ -728,28 +719,15 @@ async fn a_rename_in_another_process_carries_or_refuses_each_save() {
             .unwrap()
     );
     let result = dir.join("child-result");
-    let exe = std::env::current_exe().unwrap();
-    let child = std::process::Command::new(&exe)
-        .args([
-            "--exact",
-            "child_process_saver",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env(
-            RENAME_CHILD_ENV,
-            format!(
-                "{}|{}|{}|{}",
-                dir.display(),
-                from.to_hex(),
-                now.unix_timestamp(),
-                result.display()
-            ),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_child(
+        "child_process_saver",
+        &[
+            &dir.display().to_string(),
+            &from.to_hex(),
+            &now.unix_timestamp().to_string(),
+            &result.display().to_string(),
+        ],
+    );
     // Rename once the child is saving, so that the rename lands between two of its saves.
     let mut started = false;
     for _ in 0..1000 {
@@ -768,13 +746,7 @@ async fn a_rename_in_another_process_carries_or_refuses_each_save() {
             .unwrap(),
         Renamed::Applied
     );
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "child saver failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    expect_child_passed(child, "child saver");
     let applied: usize = fs::read_to_string(&result).unwrap().parse().unwrap();
     assert!(
         (21..RENAME_CHILD_SAVES).contains(&applied),
