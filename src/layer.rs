@@ -348,7 +348,8 @@ impl SessionLayerBuilder {
     }
 
     /// The part of the idle window that must pass before a request refreshes the idle deadline,
-    /// from 0.0 (every request) to 1.0. Default: 0.1.
+    /// from 0.0 (every request) up to, not including, 1.0 (refused when the layer is built: the
+    /// deadline would never be due to move). Default: 0.1.
     ///
     /// A read-only request then touches the session (a store write of the deadline alone); a
     /// request that changes the session saves the new deadline with its changes. Before that, the
@@ -504,8 +505,11 @@ impl SessionLayerBuilder {
                 "Partitioned requires Secure (browsers drop the cookie otherwise)",
             ));
         }
-        if !(0.0..=1.0).contains(&c.touch_fraction) {
-            return Err(ConfigError::new("touch_after must be between 0.0 and 1.0"));
+        if !(0.0..1.0).contains(&c.touch_fraction) {
+            return Err(ConfigError::new(
+                "touch_after must be at least 0.0 and below 1.0 (at 1.0 the idle deadline \
+                 would only be due to move once it had passed, that is never)",
+            ));
         }
         let positive = |d: Duration| d.is_positive();
         if !positive(c.session_end_idle)
@@ -675,6 +679,9 @@ mod tests {
     #[test]
     fn nonsense_durations_are_refused() {
         assert!(builder().touch_after(1.5).build().is_err());
+        assert!(builder().touch_after(1.0).build().is_err());
+        assert!(builder().touch_after(f64::NAN).build().is_err());
+        assert!(builder().touch_after(0.99).build().is_ok());
         assert!(
             builder()
                 .expiry(Expiry::OnInactivity(Duration::ZERO))

@@ -174,6 +174,9 @@ struct State {
     pending: Option<Box<TokenAction>>,
     /// Counts changes, so that a save can tell whether the handle changed while it waited.
     generation: u32,
+    /// Counts the changes that are not to a value (`clear`, `cycle_id`, `destroy`, the expiry
+    /// and the owner), so that a save can tell whether one came while it waited.
+    reshaped: u32,
     transient: HashMap<String, Box<dyn Any + Send + Sync>>,
 }
 
@@ -340,8 +343,8 @@ enum Stored {
     /// These changes were merged into the stored session.
     Merged(ChangeSet),
     /// The stored session is now this one (created, rotated, or destroyed and perhaps created
-    /// anew), or none.
-    Replaced(Option<Live>),
+    /// anew), or none; with the change set a rotation carried.
+    Replaced(Option<Live>, Option<ChangeSet>),
 }
 
 /// Clears [`State::saving`] when dropped.
@@ -705,15 +708,16 @@ impl Session {
         };
         let _one_at_a_time = self.0.load_lock.lock().await;
         let now = self.0.config.clock.now();
-        let (plan, generation) = {
+        let (plan, generation, reshaped) = {
             let mut state = self.state();
             if state.closed {
                 return Err(SessionError::closed());
             }
             state.saving = true;
-            let generation = state.generation;
+            let (generation, reshaped) = (state.generation, state.reshaped);
             // Copy, not move: the handle goes on reading its data.
-            (self.plan_with(&mut state, now, false, true).0, generation)
+            let plan = self.plan_with(&mut state, now, false, true).0;
+            (plan, generation, reshaped)
         };
         // Clears `saving` however this ends, dropped halfway included.
         let _saving = Saving(self);
@@ -783,7 +787,7 @@ impl Session {
                     id: Some(id),
                     record,
                 };
-                (Stored::Replaced(Some(live)), token)
+                (Stored::Replaced(Some(live), changes), token)
             }
             Plan::Destroy {
                 old,
@@ -793,7 +797,7 @@ impl Session {
                 let (token, live) = self
                     .destroy_then(&self.0.backend.0, old, then, remove_token, now)
                     .await?;
-                (Stored::Replaced(live), token)
+                (Stored::Replaced(live, None), token)
             }
         };
         let mut state = self.state();
@@ -825,11 +829,19 @@ impl Session {
                     state.mark_unsaved(changes);
                 }
             }
-            Stored::Replaced(live) => {
+            Stored::Replaced(live, changes) => {
                 state.live = live;
                 if settled {
                     state.settle();
                     state.dirty.clear();
+                } else if state.reshaped == reshaped {
+                    // Only values changed meanwhile: the rotation or destruction is done, and
+                    // the keys changed since (still marked) go to the new session.
+                    state.settle();
+                } else if let Some(changes) = changes {
+                    // A `clear`, a new owner or the like came meanwhile, and the rotation's
+                    // flags stay set: its keys must go again with them.
+                    state.mark_unsaved(changes);
                 }
             }
         }
@@ -892,6 +904,7 @@ impl Session {
             return None;
         }
         state.generation = state.generation.wrapping_add(1);
+        state.reshaped = state.reshaped.wrapping_add(1);
         Some(state)
     }
 
@@ -1199,6 +1212,7 @@ impl Session {
         let mut state = self.state();
         if !state.closed {
             state.generation = state.generation.wrapping_add(1);
+            state.reshaped = state.reshaped.wrapping_add(1);
             state.destroy();
         }
         Ok(revoked)
@@ -1410,8 +1424,8 @@ impl Session {
         let slides = record.idle_deadline - now <= window - spent;
         match record.expiry {
             // A date further away than a cookie lives (see `Config::idle_window`): the deadline
-            // slides until it reaches the date, and never past it.
-            Expiry::AtDateTime(at) => slides && at - record.idle_deadline >= spent,
+            // slides until it reaches the date (the last touch sets it to the date), never past.
+            Expiry::AtDateTime(at) => slides && at > record.idle_deadline,
             _ => slides,
         }
     }
@@ -1642,10 +1656,11 @@ impl Session {
         };
         let scope = self.0.config.scope;
         let old_key = old.key();
+        // The rotation sets the idle deadline afresh; the expiry policy and the owner go with
+        // it only if this request changed them (in `changes`), so that a concurrent request's
+        // stand.
         let mut changes = changes.clone();
         changes.idle_deadline = Some(record.idle_deadline);
-        changes.expiry = Some(record.expiry);
-        changes.owner = Some(record.owner.clone());
         for _ in 0..CREATE_ATTEMPTS {
             let id = new_id()?;
             let outcome = store.rename(&old_key, &id.key(), &changes, now).await;

@@ -155,7 +155,7 @@ async fn enormous_idle_windows_do_not_overflow_the_touch_check() {
         let layer = SessionLayer::builder(MemoryStore::new())
             .expiry(Expiry::OnSessionEnd)
             .session_end_idle_timeout(window)
-            .touch_after(1.0)
+            .touch_after(0.999)
             .build()
             .unwrap();
         let router = Router::new()
@@ -204,6 +204,74 @@ async fn a_cookie_store_cookie_never_outlives_its_sealed_deadline() {
     let cookie = format!("id={}", sealed.value());
     let arrival = text(send(&router, "/arrival", Some(&cookie)).await).await;
     assert_eq!(arrival, format!("{:?}", Arrival::Returning));
+}
+
+/// `save()` of a rotation while the handler writes another key: the rotation is done once, and
+/// the key written meanwhile joins what it carried, the cleared session's new values included.
+#[tokio::test]
+async fn a_key_written_during_a_rotating_save_joins_the_rotated_session() {
+    let plain = Faulty::default();
+    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let gated = Faulty {
+        inner: plain.inner.clone(),
+        create_gate: Some(gate.clone()),
+        ..Faulty::default()
+    };
+    let dump = get(|session: Session| async move {
+        let get = |key: &str| session.get::<serde_json::Value>(key).unwrap();
+        format!("{:?} {:?} {:?}", get("n"), get("user"), get("x"))
+    });
+    let router = Router::new()
+        .route("/start", start_route())
+        .route("/dump", dump)
+        .layer(SessionLayer::new(plain.clone()));
+    let rotating = Router::new()
+        .route(
+            "/login",
+            get(move |session: Session| {
+                let gate = gate.clone();
+                async move {
+                    session.clear();
+                    session.insert("user", "alice").unwrap();
+                    session.cycle_id();
+                    let during = async {
+                        gate.0.notified().await;
+                        session.insert("x", 1).unwrap();
+                        gate.1.notify_one();
+                    };
+                    let (saved, ()) = tokio::join!(session.save(), during);
+                    saved.unwrap();
+                    "in"
+                }
+            }),
+        )
+        .layer(SessionLayer::new(gated.clone()));
+    let response = send(&router, "/start", None).await;
+    let old = format!("id={}", set_cookie(&response).unwrap().value());
+    let writes = gated.writes.load(Ordering::SeqCst);
+    // A second rotation would wait at the gate for good.
+    let response = tokio::time::timeout(
+        StdDuration::from_secs(10),
+        send(&rotating, "/login", Some(&old)),
+    )
+    .await
+    .expect("the ID rotated a second time");
+    assert_eq!(response.status(), StatusCode::OK);
+    let new = format!(
+        "id={}",
+        set_cookie(&response).expect("the rotated ID").value()
+    );
+    assert_ne!(new, old);
+    assert_eq!(
+        text(send(&router, "/dump", Some(&new)).await).await,
+        r#"None Some(String("alice")) Some(Number(1))"#,
+        "cleared, then both keys of the request"
+    );
+    assert_eq!(
+        gated.writes.load(Ordering::SeqCst) - writes,
+        2,
+        "one rotation, then one save of the key written meanwhile"
+    );
 }
 
 /// A router whose `/rotate` handler loads the session, signals `loaded`, waits for `go`, then

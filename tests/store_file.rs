@@ -976,6 +976,13 @@ async fn a_record_from_a_newer_version_reads_as_no_session_and_is_kept() {
         "not overwritten"
     );
     assert!(path.exists(), "another version's record was removed");
+    // Marked as alice's by the version that wrote it, it goes when alice's sessions are revoked
+    // (SECURITY.md 12): that version's process would let the cookie in.
+    fs::create_dir_all(owner_dir(&dir, "alice")).unwrap();
+    fs::write(owner_dir(&dir, "alice").join(k.to_hex()), b"").unwrap();
+    assert_eq!(store.delete_owner("alice").await.unwrap(), 1);
+    assert!(!path.exists(), "a revoked session kept");
+    assert!(markers(&dir, "alice").is_empty());
 }
 
 #[tokio::test]

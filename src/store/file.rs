@@ -1025,13 +1025,14 @@ impl Inner {
                 let path = self.record_path(&key);
                 let _locked = self.lock(&key)?;
                 let found = self.read(&path)?;
-                if Self::owned_by(&found, owner) {
+                // A record in a newer format (written by a newer version sharing the folder)
+                // cannot be read here; its marker says it is, or was, this owner's, and
+                // revocation must not miss it (SECURITY.md 12).
+                if Self::owned_by(&found, owner) || matches!(found, Found::Newer(_)) {
                     self.remove(&path)?;
                     deleted += 1;
                 }
-                if !matches!(found, Found::Newer(_)) {
-                    self.remove_marker(owner, &key)?;
-                }
+                self.remove_marker(owner, &key)?;
             }
         }
     }

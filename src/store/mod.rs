@@ -654,11 +654,13 @@ pub fn spawn_cleanup_with_clock<S: SessionStore>(
                 break;
             }
             let mut total = 0usize;
+            // The fields are public: hold them to what the setters allow.
+            let batch = config.batch.max(1);
             for _ in 0..config.max_batches.max(1) {
-                match store.delete_expired(clock.now(), config.batch.max(1)).await {
+                match store.delete_expired(clock.now(), batch).await {
                     Ok(n) => {
                         total += n;
-                        if n < config.batch {
+                        if n < batch {
                             break;
                         }
                     }

@@ -385,6 +385,37 @@ fn rotation(now: OffsetDateTime, owner: Option<&str>) -> ChangeSet {
     changes
 }
 
+pub async fn rename_keeps_what_the_changes_leave_alone<S: SessionStore>(store: S) {
+    let now = now();
+    let (from, to) = (key(), key());
+    let before = owned(now, "alice");
+    assert!(store.create(&from, &before, now).await.unwrap());
+    let mut changes = set(&[("c", json!("new"))]);
+    changes.idle_deadline = Some(now + Duration::hours(2));
+    assert_eq!(
+        store.rename(&from, &to, &changes, now).await.unwrap(),
+        Renamed::Applied
+    );
+    let moved = store
+        .load(&to, now)
+        .await
+        .unwrap()
+        .expect("the moved record");
+    assert_eq!(moved.owner.as_deref(), Some("alice"));
+    assert_eq!(moved.expiry, before.expiry);
+    assert_eq!(moved.idle_deadline, now + Duration::hours(2));
+    let alices: Vec<SessionKey> = store
+        .list_owner("alice", now)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(alices, vec![to], "the owner index follows the record");
+    assert_eq!(store.delete_owner("alice").await.unwrap(), 1);
+    assert_eq!(store.load(&to, now).await.unwrap(), None);
+}
+
 pub async fn rename_moves_the_record_with_the_changes<S: SessionStore>(store: S) {
     let now = now();
     let (from, to) = (key(), key());

@@ -206,6 +206,10 @@ fn routes() -> Router {
             }),
         )
         .route(
+            "/whose",
+            get(|s: Session| async move { s.owner().unwrap_or_default() }),
+        )
+        .route(
             "/revoke",
             get(|s: Session| async move {
                 let n = s.revoke_owner().await?;
@@ -310,6 +314,17 @@ fn routes() -> Router {
                     sig.barrier.wait().await;
                     s.insert(&key, true)?;
                     Ok::<_, SessionError>("ok".to_owned())
+                },
+            ),
+        )
+        .route(
+            "/wait-cycle",
+            get(
+                |s: Session, Extension(sig): Extension<Arc<Signals>>| async move {
+                    sig.loaded.notify_one();
+                    sig.go.notified().await;
+                    s.cycle_id();
+                    "cycled"
                 },
             ),
         )

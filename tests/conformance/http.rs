@@ -365,6 +365,38 @@ pub async fn a_save_after_a_concurrent_destroy_does_not_resurrect(b: Backend, si
     }
 }
 
+/// A rotation keeps the owner a concurrent request gave the session while it ran: revoking
+/// that owner's sessions reaches the rotated one.
+pub async fn cycle_id_keeps_an_owner_set_concurrently(b: Backend, side: Side) {
+    let app = default_app(b);
+    let token = app.get("/owner/alice", None).await.expect_token();
+    let other = app.get("/owner/bob", None).await.expect_token();
+    let rotating = {
+        let app: App = app.clone();
+        let token = token.clone();
+        tokio::spawn(async move { app.get("/wait-cycle", Some(&token)).await })
+    };
+    app.signals.loaded.notified().await;
+    let handed = app.get("/owner/bob", Some(&token)).await;
+    assert_eq!(handed.body, "ok");
+    app.signals.go.notify_one();
+    let rotated = rotating.await.unwrap().expect_token();
+    assert_ne!(rotated, token);
+    match side {
+        Side::Server => {
+            assert_eq!(app.get("/whose", Some(&rotated)).await.body, "bob");
+            assert_eq!(app.get("/revoke", Some(&rotated)).await.body, "2");
+            assert_eq!(app.get("/get/logged-in", Some(&rotated)).await.body, "null");
+            assert_eq!(app.get("/get/logged-in", Some(&other)).await.body, "null");
+        }
+        Side::Client => {
+            // Documented exception: each response seals its own copy, so the rotated cookie
+            // carries what the rotating request loaded, not the other response's change.
+            assert_eq!(app.get("/whose", Some(&rotated)).await.body, "alice");
+        }
+    }
+}
+
 pub async fn owner_sessions_can_be_revoked(b: Backend, side: Side) {
     let app = default_app(b);
     let alice_1 = app.get("/owner/alice", None).await.expect_token();
@@ -502,6 +534,19 @@ pub async fn a_far_expiry_date_is_reached_by_refreshing_the_cookie(b: Backend, _
         app.get("/get/n", Some(&token)).await.body,
         "null",
         "past the date"
+    );
+
+    // A date a little over 400 days away: one touch brings the deadline to the date.
+    let near_at = app.clock.now() + Duration::days(439);
+    let near_at = format!("/expire-at/{}", near_at.unix_timestamp());
+    let token = app.get(&near_at, None).await.expect_token();
+    app.clock.advance(Duration::days(45));
+    let token = follow(&app.get("/get/n", Some(&token)).await, &token);
+    app.clock.advance(Duration::days(390));
+    assert_eq!(
+        app.get("/get/n", Some(&token)).await.body,
+        "1",
+        "ended before its date"
     );
 
     // A token in a header has no such limit: idle for 500 days, it lives to the date.
