@@ -13,7 +13,7 @@
 //! | only read it | `touch`, only when due | `Vary: Cookie` (+ refreshed cookie after a touch) |
 //! | changed it | `save(change set)` | `Set-Cookie`, `Cache-Control: no-store` |
 //! | changed a session that did not exist | `create` | `Set-Cookie` with a new ID |
-//! | called [`cycle_id`](Session::cycle_id) | `create` new, then `delete` old | `Set-Cookie` with the new ID |
+//! | called [`cycle_id`](Session::cycle_id) | `rename` to a new ID, with the change set | `Set-Cookie` with the new ID |
 //! | called [`destroy`](Session::destroy) | `delete` | removal cookie |
 //! | returned a 5xx | none (unless configured) | unchanged |
 //!
@@ -940,6 +940,11 @@ impl Session {
 
     /// Sets `key` to `value`.
     ///
+    /// Setting a key to the value it already has (in this request's copy) is not a change:
+    /// a handler that sets the same value on every request costs no store write. So should a
+    /// concurrent request of the session have changed that key after this one loaded it, its
+    /// value stands.
+    ///
     /// # Errors
     ///
     /// If the session is not loaded or is closed (see [`Session`]'s "After the response"), or
@@ -1498,9 +1503,15 @@ impl Session {
                             replaces: None,
                         },
                         Some(store),
-                    ) => Finish::Ready(self.create_now(store, &record, now).map(|id| Committed {
-                        token: new_session_token(&id, &record, now),
-                        read,
+                    ) => Finish::Ready(self.create_now(store, &record, now).map(|id| {
+                        // Another handle (kept past the response) may ask for the ID.
+                        if Arc::strong_count(&self.0) > 1 {
+                            self.stored_as(&id, &record);
+                        }
+                        Committed {
+                            token: new_session_token(&id, &record, now),
+                            read,
+                        }
                     })),
                     (plan, _) => Finish::Pending(self.execute(plan, read, now)),
                 }
@@ -1609,7 +1620,10 @@ impl Session {
                         .create_replacing(store.as_ref(), &record, replacing, now)
                         .await?
                     {
-                        Some(id) => done(new_session_token(&id, &record, now)),
+                        Some(id) => {
+                            session.stored_as(&id, &record);
+                            done(new_session_token(&id, &record, now))
+                        }
                         // Ended meanwhile: nothing to rotate, and no cookie (see `saved`).
                         None => done(TokenAction::Keep),
                     }
@@ -1633,6 +1647,20 @@ impl Session {
         }
     }
 
+    /// Notes that the commit stored the session as `id` (new, or rotated), for [`Session::id`]
+    /// on a handle kept past the response.
+    fn stored_as(&self, id: &SessionId, record: &Record) {
+        let record = Record {
+            data: Map::new(),
+            owner: record.owner.clone(),
+            ..*record
+        };
+        self.state().live = Some(Live {
+            id: Some(id.clone()),
+            record,
+        });
+    }
+
     /// Stores `record` under a new ID or, when it `replaces` one (`cycle_id`), moves the old
     /// ID's record to a new ID with this request's changes applied.
     ///
@@ -1642,8 +1670,9 @@ impl Session {
     /// concurrent requests writing different keys both keep their writes), and a save that comes
     /// after it finds the old ID gone (SECURITY.md 11). `None` when the old session ended
     /// meanwhile (logged out or revoked elsewhere, expired): it is not brought back under a new
-    /// ID. The new record takes this request's idle deadline, expiry policy and owner from
-    /// `record`; its creation time and absolute deadline stay as stored.
+    /// ID. The new record takes this request's idle deadline from `record`, and its expiry
+    /// policy and owner only where this request changed them (in the change set); the rest
+    /// stays as stored.
     async fn create_replacing(
         &self,
         store: &dyn crate::store::DynStore,

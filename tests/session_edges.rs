@@ -274,6 +274,50 @@ async fn a_key_written_during_a_rotating_save_joins_the_rotated_session() {
     );
 }
 
+/// A handle kept past the response (a spawned task, a WebSocket) finds the ID the response's
+/// cookie carries: a new session's, and a rotated one's.
+#[tokio::test]
+async fn a_handle_kept_past_the_response_knows_the_id_the_cookie_carries() {
+    type Kept = Arc<std::sync::Mutex<Option<Session>>>;
+    for immediate in [false, true] {
+        let store = Faulty {
+            immediate,
+            ..Faulty::default()
+        };
+        let kept: Kept = Arc::default();
+        let keep = |change: fn(&Session)| {
+            let kept = kept.clone();
+            get(move |session: Session| {
+                let kept = kept.clone();
+                async move {
+                    change(&session);
+                    *kept.lock().unwrap() = Some(session);
+                    "kept"
+                }
+            })
+        };
+        let router = Router::new()
+            .route("/start", keep(|s| s.insert("n", 1).unwrap()))
+            .route("/rotate", keep(Session::cycle_id))
+            .layer(SessionLayer::new(store));
+        let kept_id = || {
+            let session = kept.lock().unwrap().take().unwrap();
+            session.id().map(|id| id.expose())
+        };
+        let response = send(&router, "/start", None).await;
+        let first = set_cookie(&response).unwrap().value().to_owned();
+        assert_eq!(kept_id().as_deref(), Some(first.as_str()), "a new session");
+        let response = send(&router, "/rotate", Some(&format!("id={first}"))).await;
+        let rotated = set_cookie(&response).unwrap().value().to_owned();
+        assert_ne!(rotated, first);
+        assert_eq!(
+            kept_id().as_deref(),
+            Some(rotated.as_str()),
+            "a rotated one"
+        );
+    }
+}
+
 /// A router whose `/rotate` handler loads the session, signals `loaded`, waits for `go`, then
 /// calls `cycle_id` and writes `user`; meanwhile the test sends other requests of the session.
 fn rotation_router(loaded: Arc<tokio::sync::Notify>, go: Arc<tokio::sync::Notify>) -> Router {

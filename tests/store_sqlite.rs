@@ -216,10 +216,18 @@ async fn connect_takes_paths_and_sqlite_urls_only() {
         "sqlite://?mode=memory",
         "file::memory:?cache=shared",
         "file:sessions?mode=memory&cache=shared",
+        "sqlite:file::memory:",
+        "sqlite:file::memory:?cache=shared",
+        "sqlite:",
+        "sqlite://",
+        "",
     ] {
         let error = SqliteStore::connect(memory).await.unwrap_err();
         assert_eq!(error.kind(), StoreErrorKind::Config, "{memory}");
-        assert!(error.to_string().contains("in-memory"), "{error}");
+        assert!(
+            error.to_string().contains("in-memory or temporary"),
+            "{error}"
+        );
     }
     assert!(custom.clone().with_table("x; DROP TABLE y").is_err());
 }

@@ -244,18 +244,22 @@ fn encoding(what: &str, error: serde_json::Error) -> StoreError {
     .with_source(error)
 }
 
-/// Whether `target` (a path or a `sqlite:` URL) names an in-memory database: `:memory:`,
-/// `sqlite::memory:`, or a URL or `file:` URI with `mode=memory` (SQLite opens every file name
-/// as a URI).
+/// Whether `target` (a path or a `sqlite:` URL) names a database that lives only as long as a
+/// connection: `:memory:`, `sqlite::memory:`, a URL or `file:` URI with `mode=memory` (SQLite
+/// opens every file name as a URI), or no file name at all (a private temporary database).
 fn in_memory(target: &str) -> bool {
-    let uri = ["sqlite:", "file:"]
-        .into_iter()
-        .find_map(|scheme| target.strip_prefix(scheme));
-    let Some(rest) = uri else {
-        return target == ":memory:";
+    let rest = target.strip_prefix("sqlite:").unwrap_or(target);
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (uri, rest) = match rest.strip_prefix("file:") {
+        Some(rest) => (true, rest),
+        None => (target.starts_with("sqlite:"), rest),
     };
-    let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
-    name.trim_start_matches('/') == ":memory:" || query.split('&').any(|pair| pair == "mode=memory")
+    let (name, query) = match rest.split_once('?') {
+        Some((name, query)) if uri => (name, query),
+        _ => (rest, ""),
+    };
+    let name = name.trim_start_matches('/');
+    name.is_empty() || name == ":memory:" || query.split('&').any(|pair| pair == "mode=memory")
 }
 
 impl SqliteStore {
@@ -289,8 +293,8 @@ impl SqliteStore {
     /// # Errors
     ///
     /// [`StoreErrorKind::Config`] for a URL of another database or a malformed one, and for an
-    /// in-memory database (`:memory:`, `sqlite::memory:`, `mode=memory`), which would vanish
-    /// with the pool's connections (use `MemoryStore` instead);
+    /// in-memory or temporary database (`:memory:`, `sqlite::memory:`, `mode=memory`, no file
+    /// name), which would vanish with the pool's connections (use `MemoryStore` instead);
     /// [`StoreErrorKind::Backend`] when the file cannot be opened or created.
     pub async fn connect(target: &str) -> Result<Self, StoreError> {
         let options = if target.starts_with("sqlite:") {
@@ -308,8 +312,8 @@ impl SqliteStore {
         if in_memory(target) {
             return Err(StoreError::new(
                 StoreErrorKind::Config,
-                "an in-memory SQLite database is lost when the pool closes its connections; \
-                 use a file, or MemoryStore",
+                "an in-memory or temporary SQLite database is lost when the pool closes its \
+                 connections; use a file, or MemoryStore",
             ));
         }
         let options = options
