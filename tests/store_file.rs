@@ -1067,6 +1067,36 @@ impl Drop for ReadOnly {
     }
 }
 
+/// A write that is in place stands as made when what follows it fails: here, dropping the
+/// previous owner's marker from an owner folder that cannot be changed.
+#[tokio::test]
+async fn a_change_in_place_is_reported_made_when_the_owner_index_cannot_be_tidied() {
+    let dir = fresh_dir("untidy");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let k = key();
+    assert!(store.create(&k, &owned(now, "alice"), now).await.unwrap());
+    let mut changes = set("x", json!(1));
+    changes.owner = Some(Some("bob".to_owned()));
+    {
+        let _frozen = ReadOnly::new(&owner_dir(&dir, "alice"));
+        assert_eq!(store.save(&k, &changes, now).await.unwrap(), Saved::Applied);
+    }
+    let saved = store.load(&k, now).await.unwrap().unwrap();
+    assert_eq!(saved.owner.as_deref(), Some("bob"));
+    assert_eq!(saved.data.get("x"), Some(&json!(1)));
+    {
+        let _frozen = ReadOnly::new(&owner_dir(&dir, "bob"));
+        store.delete(&k).await.unwrap();
+    }
+    assert_eq!(store.load(&k, now).await.unwrap(), None);
+    // The markers left behind name nothing, and go at the next listing.
+    assert!(store.list_owner("alice", now).await.unwrap().is_empty());
+    assert!(store.list_owner("bob", now).await.unwrap().is_empty());
+    assert!(markers(&dir, "alice").is_empty());
+    assert!(markers(&dir, "bob").is_empty());
+}
+
 #[tokio::test]
 async fn a_read_only_folder_gives_error_responses_and_loses_nothing() {
     let dir = fresh_dir("read-only");

@@ -520,14 +520,8 @@ impl Inner {
         })
     }
 
-    /// Writes `record` to `path` atomically: temporary file, flush, modification time, rename,
-    /// then flushes the folder (with `sync_folder`).
-    fn write(&self, path: &Path, record: &Record) -> Result<(), StoreError> {
-        self.put(path, record)?;
-        self.sync_dir(&self.dir)
-    }
-
-    /// [`write`](Self::write) without flushing the folder. On error, `path` is as it was.
+    /// Writes `record` to `path` atomically: temporary file, flush, modification time, rename.
+    /// On error, `path` is as it was. The folder is flushed after (see [`tidy`](Self::tidy)).
     fn put(&self, path: &Path, record: &Record) -> Result<(), StoreError> {
         let bytes = record.encode().map_err(|e| {
             StoreError::new(
@@ -587,6 +581,21 @@ impl Inner {
             sync_dir(dir).map_err(|e| io_error("cannot flush the folder", e))?;
         }
         Ok(())
+    }
+
+    /// What follows a change once it is in place: flushing the folder (with `sync_folder`),
+    /// then `tidy_index` (dropping an owner marker that no longer applies). A failure there is
+    /// logged, not returned: the change stands and other requests see it, so reporting it as
+    /// failed would make the layer answer with an error for a write that was made. A marker
+    /// left behind is dropped by the next `list_owner` or `delete_owner` of its owner.
+    fn tidy(&self, key: &SessionKey, tidy_index: impl FnOnce() -> Result<(), StoreError>) {
+        if let Err(error) = self.sync_dir(&self.dir).and_then(|()| tidy_index()) {
+            tracing::warn!(
+                session = %key.log_tag(),
+                %error,
+                "session written, but the folder could not be flushed or the owner index tidied"
+            );
+        }
     }
 
     fn remove(&self, path: &Path) -> Result<(), StoreError> {
@@ -691,12 +700,11 @@ impl Inner {
         {
             self.add_marker(owner, key)?;
         }
-        self.write(&path, record)?;
-        if let Some(old) = old_owner.as_deref()
-            && Some(old) != new_owner
-        {
-            self.remove_marker(old, key)?;
-        }
+        self.put(&path, record)?;
+        self.tidy(key, || match old_owner.as_deref() {
+            Some(old) if Some(old) != new_owner => self.remove_marker(old, key),
+            _ => Ok(()),
+        });
         Ok(true)
     }
 
@@ -723,10 +731,11 @@ impl Inner {
         if owner_changed && let Some(new) = record.owner.as_deref() {
             self.add_marker(new, key)?;
         }
-        self.write(&path, &record)?;
-        if owner_changed && let Some(old) = old_owner.as_deref() {
-            self.remove_marker(old, key)?;
-        }
+        self.put(&path, &record)?;
+        self.tidy(key, || match old_owner.as_deref() {
+            Some(old) if owner_changed => self.remove_marker(old, key),
+            _ => Ok(()),
+        });
         Ok(Saved::Applied)
     }
 
@@ -772,10 +781,12 @@ impl Inner {
             // Delete what cannot be read too: deleting is what was asked.
             _ => None,
         };
-        self.remove(&path)?;
-        if let Some(owner) = owner {
-            self.remove_marker(&owner, key)?;
-        }
+        ignore_missing(fs::remove_file(&path))
+            .map_err(|e| io_error("cannot delete a session file", e))?;
+        self.tidy(key, || match owner.as_deref() {
+            Some(owner) => self.remove_marker(owner, key),
+            None => Ok(()),
+        });
         Ok(())
     }
 
