@@ -215,7 +215,9 @@ impl FileStoreBuilder {
     /// Session files are always flushed before they are renamed into place, so a crash never
     /// leaves a torn record. Flushing the folder as well makes the rename itself durable: without
     /// it, a power failure (not a process crash) can undo the renames and deletions of the last
-    /// few seconds, e.g. bring back a session logged out just before.
+    /// few seconds, e.g. bring back a session logged out just before. Should that flush fail
+    /// once the rename or deletion is made, the change is still reported as made (other
+    /// requests already see it) and the failure is logged as a warning.
     ///
     /// # Performance impact
     ///
