@@ -129,17 +129,17 @@ fn install_scoped<M: Send + Sync + 'static>(extensions: &mut Extensions, session
 /// [`SessionLayer::new`] gives the secure defaults; [`SessionLayer::builder`] changes them. The
 /// defaults, and why:
 ///
-/// | setting | default | why |
-/// |---|---|---|
-/// | cookie name | `id` | says nothing about the framework (OWASP: neutral names) |
-/// | `Secure` | on | the ID is a bearer token; never send it in clear |
-/// | `HttpOnly` | on | scripts have no business reading it |
-/// | `SameSite` | `Lax` | blocks cross-site POSTs carrying the session, keeps top-level links working |
-/// | `Path`, `Domain` | `/`, none | host-only cookie: sub-domains cannot read or set it |
-/// | expiry | 24 h of inactivity | long enough for a working day, short enough that a forgotten login lapses |
-/// | absolute lifetime | 30 days | bounds the life of a stolen cookie however active it is |
-/// | touch | after 10 % of the idle window | the idle deadline moves once per window tenth, not per request: read-heavy traffic does not write |
-/// | persist on 5xx | off | a failed request should not half-apply its changes |
+/// | setting | setter | default | why |
+/// |---|---|---|---|
+/// | cookie name | [`cookie_name`](SessionLayerBuilder::cookie_name) | `id` | says nothing about the framework (OWASP: neutral names) |
+/// | `Secure` | [`secure`](SessionLayerBuilder::secure) | on | the ID is a bearer token; never send it in clear |
+/// | `HttpOnly` | [`http_only`](SessionLayerBuilder::http_only) | on | scripts have no business reading it |
+/// | `SameSite` | [`same_site`](SessionLayerBuilder::same_site) | `Lax` | blocks cross-site POSTs carrying the session, keeps top-level links working |
+/// | `Path`, `Domain` | [`path`](SessionLayerBuilder::path), [`domain`](SessionLayerBuilder::domain) | `/`, none | host-only cookie: sub-domains cannot read or set it |
+/// | expiry | [`expiry`](SessionLayerBuilder::expiry) | 24 h of inactivity | long enough for a working day, short enough that a forgotten login lapses |
+/// | absolute lifetime | [`absolute_lifetime`](SessionLayerBuilder::absolute_lifetime) | 30 days | bounds the life of a stolen cookie however active it is |
+/// | touch | [`touch_after`](SessionLayerBuilder::touch_after) | after 10 % of the idle window | the idle deadline moves once per window tenth, not per request: read-heavy traffic does not write |
+/// | persist on 5xx | [`persist_on_server_error`](SessionLayerBuilder::persist_on_server_error) | off | a failed request should not half-apply its changes |
 ///
 /// # Examples
 ///
@@ -315,8 +315,9 @@ impl SessionLayerBuilder {
 
     /// Carry the session token in this request/response header instead of a cookie, for API clients
     /// (like axum_session's REST mode). When set, it is the only place the token is read from
-    /// (SECURITY.md 7): cookies are ignored. A response that creates or rotates the session carries
-    /// the token in the same header; one that destroys it carries the header with an empty value.
+    /// (SECURITY.md 7): cookies are ignored. A response that creates, rotates or (with a
+    /// persistent expiry) refreshes the session carries the token in the same header; one that
+    /// destroys it carries the header with an empty value.
     /// Default: cookies.
     #[must_use]
     pub fn header_transport(mut self, header: HeaderName) -> Self {
@@ -325,7 +326,8 @@ impl SessionLayerBuilder {
     }
 
     /// The expiry of new sessions. Default: `Expiry::OnInactivity(24 hours)`. A handler can change
-    /// it per session with [`Session::set_expiry`].
+    /// it per session with [`Session::set_expiry`]. A fixed date ([`Expiry::AtDateTime`]) can
+    /// only be set per session: [`build`](Self::build) refuses it here.
     #[must_use]
     pub fn expiry(mut self, expiry: Expiry) -> Self {
         self.config.default_expiry = expiry;
@@ -462,8 +464,8 @@ impl SessionLayerBuilder {
     ///
     /// A [`ConfigError`] for an invalid cookie name, path or domain; a `__Host-` name with a
     /// `Domain`, a `Path` other than `/`, or without `Secure`; a `__Secure-` name without `Secure`;
-    /// `SameSite=None` or `Partitioned` without `Secure`; a touch fraction outside 0.0–1.0; a
-    /// non-positive duration.
+    /// `SameSite=None` or `Partitioned` without `Secure`; a touch fraction below 0.0 or not below
+    /// 1.0; an [`Expiry::AtDateTime`] default expiry; a non-positive duration.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
         let c = &self.config;
         if !is_token(&c.cookie_name) {

@@ -100,8 +100,8 @@
 //! - A store failure is an error response (or an extractor rejection), never an empty session that
 //!   could overwrite the real one.
 //!
-//! The numbered requirements these notes refer to (SECURITY.md *n*) are in the project's
-//! security document, and each has a test.
+//! The numbered requirements these notes refer to (SECURITY.md *n*) are in `SECURITY.md` at the
+//! root of the repository, and each has a test.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

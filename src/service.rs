@@ -24,7 +24,7 @@ use crate::store::BoxFuture;
 /// service's: a store failure becomes an error response, never an `Err`.
 ///
 /// The inner service's response body must implement `From<Bytes>`, which the layer uses to build
-/// the error response for a store failure. axum's `Body`, `String`, `Vec<u8>`, `Bytes` itself
+/// the error response for a store failure. axum's `Body`, `Vec<u8>`, `Bytes` itself
 /// and `http_body_util::Full<Bytes>` do. A body type that does not (`http_body_util`'s `BoxBody`,
 /// tower-http's wrapped bodies, tonic's body) can be mapped to one that does inside the layer,
 /// with `tower_http::map_response_body::MapResponseBodyLayer` or `tower::util::MapResponse`.

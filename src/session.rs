@@ -11,11 +11,11 @@
 //! |---|---|---|
 //! | did not extract the session | none | unchanged |
 //! | only read it | `touch`, only when due | `Vary: Cookie` (+ refreshed cookie after a touch) |
-//! | changed it | `save(change set)` | `Set-Cookie`, `Cache-Control: no-store` |
+//! | changed it | `save(change set)` | `Vary: Cookie`; `Set-Cookie` and `Cache-Control: no-store` only when the cookie changes (a new expiry, or a persistent cookie's refresh when due) |
 //! | changed a session that did not exist | `create` | `Set-Cookie` with a new ID |
 //! | called [`cycle_id`](Session::cycle_id) | `rename` to a new ID, with the change set | `Set-Cookie` with the new ID |
 //! | called [`destroy`](Session::destroy) | `delete` | removal cookie |
-//! | returned a 5xx | none (unless configured) | unchanged |
+//! | returned a 5xx | none (unless configured) | `Vary: Cookie` if it read the session, and the token a [`save`](Session::save) during the request gave |
 //!
 //! A session that nobody wrote to never gets a record or a cookie, so anonymous traffic cannot fill
 //! the store.
@@ -1255,7 +1255,8 @@ impl Session {
 
     /// `error` as it leaves a public method: a store failure carries this layer's error handler,
     /// so that a handler returning it with `?` gets the app's response for a store failure
-    /// (DESIGN.md §7), as a failure on load or in the layer's own save does.
+    /// (see `SessionLayerBuilder::error_handler`), as a failure on load or in the layer's own
+    /// save does.
     fn hooked(&self, mut error: SessionError) -> SessionError {
         if error.kind == SessionErrorKind::Store && error.hook.is_none() {
             error.hook.clone_from(&self.0.config.error_handler);
@@ -1666,8 +1667,8 @@ impl Session {
     ///
     /// A rotation is the store's [`rename`](crate::SessionStore::rename): one step that applies
     /// the change set to the record as the store holds it then, so that what concurrent requests
-    /// of the session saved while this one ran is carried over to the new ID (DESIGN.md §5:
-    /// concurrent requests writing different keys both keep their writes), and a save that comes
+    /// of the session saved while this one ran is carried over to the new ID (concurrent
+    /// requests writing different keys both keep their writes), and a save that comes
     /// after it finds the old ID gone (SECURITY.md 11). `None` when the old session ended
     /// meanwhile (logged out or revoked elsewhere, expired): it is not brought back under a new
     /// ID. The new record takes this request's idle deadline from `record`, and its expiry
