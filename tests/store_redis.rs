@@ -1047,6 +1047,65 @@ async fn an_abandoned_rename_fence_runs_out() {
     assert!(!fenced, "the moved record carries no fence");
 }
 
+/// The first step of a rename sent twice (the cluster client sends a script again when the
+/// connection dropped before its reply): the fence the first run set is this rename's own, and
+/// the rename goes on.
+#[tokio::test]
+async fn a_rename_finding_its_own_fence_goes_on() {
+    let url = single_url();
+    let (store, prefix) = store_with_prefix(&url).await;
+    let mut conn = raw(&url).await;
+    let now = now();
+    let (from, to) = (fresh_key(), fresh_key());
+    assert!(
+        store
+            .create(&from, &record(now, Duration::hours(1), None), now)
+            .await
+            .unwrap()
+    );
+    let _: () = conn
+        .hset(
+            session_key_name(&prefix, &from),
+            "f",
+            rename_fence(now + Duration::seconds(5), &to),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rename(&from, &to, &setting("y", json!(1)), now)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+    assert_eq!(store.load(&from, now).await.unwrap(), None);
+    let moved = store.load(&to, now).await.unwrap().unwrap();
+    assert_eq!(moved.data.get("y"), Some(&json!(1)));
+    // Another rename's fence still holds it off.
+    let (from, other) = (fresh_key(), fresh_key());
+    assert!(
+        store
+            .create(&from, &record(now, Duration::hours(1), None), now)
+            .await
+            .unwrap()
+    );
+    let _: () = conn
+        .hset(
+            session_key_name(&prefix, &from),
+            "f",
+            rename_fence(now + Duration::seconds(5), &other),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rename(&from, &fresh_key(), &setting("y", json!(1)), now)
+            .await
+            .unwrap(),
+        Renamed::Gone
+    );
+}
+
 /// A rename that fails after fencing the session (the new key cannot be written, or the owner
 /// index cannot) releases the fence and leaves the session under its old key, unchanged and
 /// writable at once.

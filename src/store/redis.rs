@@ -189,11 +189,14 @@ return -1
 /// Step 1 of a rename, on the old key. KEYS[1] session; ARGV[1] now, ARGV[2] the fence
 /// (`<until>:<new key hex>`, see [`rename_fence`]). 0 when the session is gone or expired, or
 /// held by another rename; otherwise the fence is set and the reply is the session's fields (as
-/// `HGETALL`). A stale fence (of a rename that died) is replaced.
+/// `HGETALL`). A stale fence (of a rename that died) is replaced. The same fence already there
+/// is this rename's own: the cluster client sends a script again when the connection dropped
+/// before its reply came, and the second run goes on like the first.
 const LUA_RENAME_FENCE: &str = r"
 local now = tonumber(ARGV[1])
 local i, a = meta(KEYS[1])
 if not i or now >= deadline(i, a) then return 0 end
+if redis.call('HGET', KEYS[1], 'f') == ARGV[2] then return redis.call('HGETALL', KEYS[1]) end
 if fence(KEYS[1], now) == 'held' then return 0 end
 redis.call('HSET', KEYS[1], 'f', ARGV[2])
 return redis.call('HGETALL', KEYS[1])
@@ -373,8 +376,8 @@ impl Conn {
 /// | touch | 1 | script: move the idle deadline and the TTL, nothing else |
 /// | delete | 1 | `DEL` |
 /// | rename (a new ID, [`cycle_id`](crate::Session::cycle_id)) | 3 | see [Renaming](#renaming) |
-/// | list an owner's sessions | 3 | index read, one parallel batch, index prune |
-/// | revoke an owner's sessions | 3 (+2) | index read, one parallel batch, index read again (with the prune); see [Owner index](#owner-index) |
+/// | list an owner's sessions | 3 (+1 per 128 sessions beyond the first 128) | index read, parallel batches of 128, index prune |
+/// | revoke an owner's sessions | 3 (+2, +1 per 128 sessions beyond the first 128) | index read, parallel batches of 128, index read again (with the prune); see [Owner index](#owner-index) |
 ///
 /// Scripts are called with `EVALSHA` and sent in full (`EVAL`) only when the server does not have
 /// them cached yet (after a restart or `SCRIPT FLUSH`).
@@ -403,8 +406,8 @@ impl Conn {
 /// revoked.
 ///
 /// Revoking all sessions of an owner ([`delete_owner`](SessionStore::delete_owner)) takes three
-/// round trips whatever their number: it reads the index, deletes what it names in one parallel
-/// batch, and reads the index again (while pruning it) to catch a session that a concurrent
+/// round trips for up to 128 sessions (one more per further 128): it reads the index, deletes
+/// what it names in parallel batches of 128, and reads the index again (while pruning it) to catch a session that a concurrent
 /// [rename](#renaming) moved to a key the first read did not list; each further read that finds
 /// such a key costs two more. An entry written in the last ten minutes whose session is missing
 /// may belong to a session still being written (a login, a rename), so it is tried once more

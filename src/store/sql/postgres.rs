@@ -83,8 +83,9 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 ///   ([`with_timeout`](PostgresStore::with_timeout) changes the limit), and
 ///   [`PostgresStore::connect`] waits at most 5 seconds for a connection; pass your own pool to
 ///   choose other limits for it. A pool made by `connect` also has the server give up first
-///   (`statement_timeout`), so a write that failed this way is never applied later; with your
-///   own pool, set `statement_timeout` in its options.
+///   (`statement_timeout`), so a write that failed this way is not applied later (unless its
+///   commit was already waiting on the disk or a synchronous standby, which `statement_timeout`
+///   does not cover); with your own pool, set `statement_timeout` in its options.
 /// - **TLS** (a database across a network, a managed service): put `sslmode=require` (or
 ///   `verify-full`, with `sslrootcert`) in the URL and enable a TLS feature of sqlx in your app,
 ///   e.g. `sqlx = { version = "0.9", default-features = false, features = ["tls-rustls"] }`; this
@@ -425,7 +426,8 @@ impl PostgresStore {
     /// [`Backend`](StoreErrorKind::Backend) error, so the request gets an error response.
     /// Waiting for a pooled connection gets the same limit, counted apart: an operation takes at
     /// most about twice `timeout` (see below for why the statement's time does not start with
-    /// the wait).
+    /// the wait). A pool made by [`connect`](Self::connect) gives up that wait after 5 seconds
+    /// whatever `timeout` is; pass your own pool for a longer one.
     ///
     /// Without it, a statement already sent when the server stops answering (stopped,
     /// overloaded, or behind a network that drops packets) would wait as long as TCP does, and a
@@ -438,7 +440,10 @@ impl PostgresStore {
     /// `statement_timeout` to nine tenths of `timeout` (connections opened after this call; the
     /// pool opens them lazily), so the statement is cancelled and the store reports the server's
     /// error. That holds only because the store's limit for the statement starts when the
-    /// statement is sent, as the server's does, and not with the wait for a connection. The
+    /// statement is sent, as the server's does, and not with the wait for a connection. It does
+    /// not cover a commit: one already waiting when the time runs out (on a stalled disk, or a
+    /// synchronous standby that does not answer) completes when the wait ends, and the write
+    /// stands although the request got an error. The
     /// server's limit is capped at its maximum, 2,147,483,647 ms (about 24.8 days), so
     /// `Duration::MAX` waits as long as the server allows. Clones of a store share its pool: set
     /// the timeout once, before cloning. With your own pool ([`new`](Self::new)), set
