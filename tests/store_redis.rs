@@ -1047,6 +1047,37 @@ async fn an_abandoned_rename_fence_runs_out() {
     assert!(!fenced, "the moved record carries no fence");
 }
 
+/// A create sent twice (see `a_rename_finding_its_own_fence_goes_on`) reports what its first run
+/// did; a different record under the key is still refused.
+#[tokio::test]
+async fn a_create_finding_its_own_record_reports_it_made() {
+    let url = single_url();
+    let (store, _prefix) = store_with_prefix(&url).await;
+    let now = now();
+    let key = fresh_key();
+    let mut stored = record(now, Duration::hours(1), None);
+    stored.data.insert("a".into(), json!(1));
+    assert!(store.create(&key, &stored, now).await.unwrap());
+    assert!(
+        store.create(&key, &stored, now).await.unwrap(),
+        "the same record"
+    );
+    let mut other = stored.clone();
+    other.data.insert("b".into(), json!(2));
+    assert!(
+        !store.create(&key, &other, now).await.unwrap(),
+        "more fields"
+    );
+    other.data.remove("a");
+    other.data.remove("b");
+    other.data.insert("a".into(), json!(2));
+    assert!(
+        !store.create(&key, &other, now).await.unwrap(),
+        "another value"
+    );
+    assert_eq!(store.load(&key, now).await.unwrap(), Some(stored));
+}
+
 /// The first step of a rename sent twice (the cluster client sends a script again when the
 /// connection dropped before its reply): the fence the first run set is this rename's own, and
 /// the rename goes on.

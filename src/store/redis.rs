@@ -84,7 +84,10 @@ local function fence(key, now)
 end
 ";
 
-/// KEYS[1] session; ARGV[1] now, ARGV[2] deadline, ARGV[3..] field/value pairs.
+/// KEYS[1] session; ARGV[1] now, ARGV[2] deadline, ARGV[3..] field/value pairs. 0 when a live
+/// session is there, unless it is exactly the one this call writes: the cluster client sends a
+/// script again when the connection dropped before its reply, and the second run must report
+/// what the first did (IDs are 256-bit random, so no other create writes the same key).
 ///
 /// The scripts write with `HSET` before they delete anything: Redis refuses a script's `HSET` when
 /// it is out of memory (`maxmemory` with `noeviction`) only while the script has not written yet,
@@ -92,7 +95,13 @@ end
 const LUA_CREATE: &str = r"
 local now = tonumber(ARGV[1])
 local i, a = meta(KEYS[1])
-if i and now < deadline(i, a) then return 0 end
+if i and now < deadline(i, a) then
+  if redis.call('HLEN', KEYS[1]) * 2 ~= #ARGV - 2 then return 0 end
+  for n = 3, #ARGV, 2 do
+    if redis.call('HGET', KEYS[1], ARGV[n]) ~= ARGV[n + 1] then return 0 end
+  end
+  return 1
+end
 local ttl = tonumber(ARGV[2]) - now
 if ttl <= 0 then
   redis.call('DEL', KEYS[1])
