@@ -160,10 +160,14 @@ impl SessionKey {
         Some(Self(out))
     }
 
-    /// A short keyed hash for log lines (see [`LogTag`]).
+    /// A short keyed hash for log lines (see [`LogTag`]). All zeros while the OS gives no
+    /// randomness for the key (then no ID can be made either).
     pub fn log_tag(&self) -> LogTag {
+        let Some(secret) = log_secret() else {
+            return LogTag([0; 6]);
+        };
         let mut hasher = Sha256::new();
-        hasher.update(log_secret());
+        hasher.update(secret);
         hasher.update(self.0);
         let digest = hasher.finalize();
         let mut tag = [0u8; 6];
@@ -200,15 +204,17 @@ impl fmt::Debug for LogTag {
     }
 }
 
-fn log_secret() -> &'static [u8; 32] {
+/// The process's key for [`LogTag`]s, drawn from the OS on first use; `None` while the OS gives
+/// no randomness (tried again next time). A fixed fallback key would let anyone holding a store
+/// dump compute the tags and match log lines to records.
+fn log_secret() -> Option<&'static [u8; 32]> {
     static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
-    SECRET.get_or_init(|| {
-        let mut secret = [0u8; 32];
-        // Without OS randomness the tag is still a one-way hash of the store key, which itself is a
-        // one-way hash of the ID: correlation across processes is the only thing lost.
-        let _ = getrandom::fill(&mut secret);
-        secret
-    })
+    if let Some(secret) = SECRET.get() {
+        return Some(secret);
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).ok()?;
+    Some(SECRET.get_or_init(|| secret))
 }
 
 #[cfg(test)]

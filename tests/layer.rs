@@ -175,11 +175,15 @@ async fn a_failing_store_on_save_turns_the_response_into_an_error() {
     let store = Faulty::default();
     let app = app(&store);
     let token = app.start().await;
-    store.fail.store(true, Ordering::SeqCst);
-    // The load fails first: rejection.
+    // The load works; the save of the incremented value fails.
+    store.fail_writes.store(true, Ordering::SeqCst);
+    let (loads, writes, _) = store.calls();
     let resp = app.get("/incr/n", Some(&token)).await;
     assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
-    store.fail.store(false, Ordering::SeqCst);
+    assert_eq!(store.calls().0, loads + 1, "loaded");
+    assert_eq!(store.calls().1, writes + 1, "the save was tried");
+    assert!(resp.set_cookie().is_none());
+    store.fail_writes.store(false, Ordering::SeqCst);
     assert_eq!(
         app.get("/get/n", Some(&token)).await.body,
         "1",
@@ -805,7 +809,9 @@ async fn debug_output_is_redacted() {
     assert!(!shown.contains("hunter2"), "values are not printed");
 }
 
-#[tokio::test]
+/// Tokio's clock is paused: it jumps to the next timer whenever every task waits, so the
+/// periods below pass in order however loaded the machine is.
+#[tokio::test(start_paused = true)]
 async fn cleanup_removes_expired_records_survives_errors_and_stops() {
     let store = Faulty::default();
     let clock = ManualClock::starting_now();

@@ -390,12 +390,15 @@ impl RedisCluster {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// A key prefix no other store of this run uses.
+/// A key prefix no other store uses, of this run or another on the same server (a process ID
+/// alone repeats across containers).
 pub fn unique_prefix() -> String {
+    let random = tower_satchel::SessionId::generate().unwrap().key().to_hex();
     format!(
-        "satchel-test:{}-{}:",
+        "satchel-test:{}-{}-{}:",
         std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        &random[..8]
     )
 }
 
