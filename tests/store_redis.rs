@@ -1274,15 +1274,31 @@ async fn a_cluster_rename_stalled_on_the_new_keys_master_fails_cleanly() {
     rotation.idle_deadline = Some(now + Duration::hours(2));
     rotation.owner = Some(None);
 
+    // The old key's master (not frozen), to see when a rename has fenced the session.
+    let from_name = session_key_name(&prefix, &from);
+    let from_url = format!("redis://127.0.0.1:{}/", master_port_of(asked, &from_name));
+    let fenced = || async {
+        let mut conn = raw(&from_url).await;
+        let mut tries = 0;
+        while !conn.hexists::<_, _, bool>(&from_name, "f").await.unwrap() {
+            tries += 1;
+            assert!(
+                tries < 1000,
+                "the rename did not fence the session within 5 s"
+            );
+            tokio::time::sleep(StdDuration::from_millis(5)).await;
+        }
+    };
+
     // Frozen past the response timeout: the rename fails.
-    let quick = cluster_store_with_timeout(&cluster, &prefix, StdDuration::from_millis(500)).await;
+    let quick = cluster_store_with_timeout(&cluster, &prefix, StdDuration::from_secs(1)).await;
     assert!(quick.create(&from, &stored, now).await.unwrap());
     frozen.freeze();
     let renaming = {
         let (store, rotation) = (quick.clone(), rotation.clone());
         tokio::spawn(async move { store.rename(&from, &first_to, &rotation, now).await })
     };
-    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    fenced().await;
     assert_eq!(
         quick
             .save(&from, &setting("during", json!(1)), now)
@@ -1313,7 +1329,7 @@ async fn a_cluster_rename_stalled_on_the_new_keys_master_fails_cleanly() {
         let (store, rotation) = (patient.clone(), rotation.clone());
         tokio::spawn(async move { store.rename(&from, &second_to, &rotation, now).await })
     };
-    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    fenced().await;
     let later = now + Duration::seconds(6);
     assert_eq!(
         patient
