@@ -1087,54 +1087,33 @@ async fn a_rename_finding_its_own_fence_goes_on() {
     let (store, prefix) = store_with_prefix(&url).await;
     let mut conn = raw(&url).await;
     let now = now();
-    let (from, to) = (fresh_key(), fresh_key());
-    assert!(
-        store
-            .create(&from, &record(now, Duration::hours(1), None), now)
+    // A new session, fenced as if a rename to `to` had made its first step.
+    let mut fenced_for = async |to: &SessionKey| {
+        let from = fresh_key();
+        let stored = record(now, Duration::hours(1), None);
+        assert!(store.create(&from, &stored, now).await.unwrap());
+        let fence = rename_fence(now + Duration::seconds(5), to);
+        let _: () = conn
+            .hset(session_key_name(&prefix, &from), "f", fence)
             .await
-            .unwrap()
-    );
-    let _: () = conn
-        .hset(
-            session_key_name(&prefix, &from),
-            "f",
-            rename_fence(now + Duration::seconds(5), &to),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .rename(&from, &to, &setting("y", json!(1)), now)
-            .await
-            .unwrap(),
-        Renamed::Applied
-    );
+            .unwrap();
+        from
+    };
+    let to = fresh_key();
+    let from = fenced_for(&to).await;
+    let moving = setting("y", json!(1));
+    let renamed = store.rename(&from, &to, &moving, now).await.unwrap();
+    assert_eq!(renamed, Renamed::Applied);
     assert_eq!(store.load(&from, now).await.unwrap(), None);
     let moved = store.load(&to, now).await.unwrap().unwrap();
     assert_eq!(moved.data.get("y"), Some(&json!(1)));
     // Another rename's fence still holds it off.
-    let (from, other) = (fresh_key(), fresh_key());
-    assert!(
-        store
-            .create(&from, &record(now, Duration::hours(1), None), now)
-            .await
-            .unwrap()
-    );
-    let _: () = conn
-        .hset(
-            session_key_name(&prefix, &from),
-            "f",
-            rename_fence(now + Duration::seconds(5), &other),
-        )
+    let from = fenced_for(&fresh_key()).await;
+    let renamed = store
+        .rename(&from, &fresh_key(), &moving, now)
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .rename(&from, &fresh_key(), &setting("y", json!(1)), now)
-            .await
-            .unwrap(),
-        Renamed::Gone
-    );
+    assert_eq!(renamed, Renamed::Gone);
 }
 
 /// A rename that fails after fencing the session (the new key cannot be written, or the owner
