@@ -1626,7 +1626,10 @@ impl Session {
                             done(new_session_token(&id, &record, now))
                         }
                         // Ended meanwhile: nothing to rotate, and no cookie (see `saved`).
-                        None => done(TokenAction::Keep),
+                        None => {
+                            session.state().live = None;
+                            done(TokenAction::Keep)
+                        }
                     }
                 })
             }
@@ -1638,9 +1641,15 @@ impl Session {
                 },
                 backend,
             ) => Box::pin(async move {
-                let (token, _) = session
+                let (token, live) = session
                     .destroy_then(&backend, old, then, remove_token, now)
                     .await?;
+                // For a handle kept past the response: the session now is the one values set
+                // after `destroy` started, if any.
+                let mut state = session.state();
+                state.live = live;
+                state.destroyed = false;
+                drop(state);
                 done(token)
             }),
             // Plans are made for the backend at hand; the other pairs do not occur.
@@ -1671,9 +1680,9 @@ impl Session {
     /// requests writing different keys both keep their writes), and a save that comes
     /// after it finds the old ID gone (SECURITY.md 11). `None` when the old session ended
     /// meanwhile (logged out or revoked elsewhere, expired): it is not brought back under a new
-    /// ID. The new record takes this request's idle deadline from `record`, and its expiry
-    /// policy and owner only where this request changed them (in the change set); the rest
-    /// stays as stored.
+    /// ID. The new record takes this request's idle deadline and expiry policy from `record`
+    /// (they go together, like the cookie's `Max-Age`), and its owner only where this request
+    /// changed it (in the change set); the rest stays as stored.
     async fn create_replacing(
         &self,
         store: &dyn crate::store::DynStore,
@@ -1686,11 +1695,12 @@ impl Session {
         };
         let scope = self.0.config.scope;
         let old_key = old.key();
-        // The rotation sets the idle deadline afresh; the expiry policy and the owner go with
-        // it only if this request changed them (in `changes`), so that a concurrent request's
-        // stand.
+        // The rotation sets the idle deadline afresh, and with it the expiry policy it follows
+        // (the new cookie's `Max-Age` is worked out from both). The owner goes with it only if
+        // this request changed it (in `changes`): one a concurrent request set stands.
         let mut changes = changes.clone();
         changes.idle_deadline = Some(record.idle_deadline);
+        changes.expiry = Some(record.expiry);
         for _ in 0..CREATE_ATTEMPTS {
             let id = new_id()?;
             let outcome = store.rename(&old_key, &id.key(), &changes, now).await;

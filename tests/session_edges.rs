@@ -275,7 +275,7 @@ async fn a_key_written_during_a_rotating_save_joins_the_rotated_session() {
 }
 
 /// A handle kept past the response (a spawned task, a WebSocket) finds the ID the response's
-/// cookie carries: a new session's, and a rotated one's.
+/// cookie carries: a new session's, a rotated one's, and one started after `destroy`.
 #[tokio::test]
 async fn a_handle_kept_past_the_response_knows_the_id_the_cookie_carries() {
     type Kept = Arc<std::sync::Mutex<Option<Session>>>;
@@ -299,6 +299,13 @@ async fn a_handle_kept_past_the_response_knows_the_id_the_cookie_carries() {
         let router = Router::new()
             .route("/start", keep(|s| s.insert("n", 1).unwrap()))
             .route("/rotate", keep(Session::cycle_id))
+            .route(
+                "/relogin",
+                keep(|s| {
+                    s.destroy();
+                    s.insert("n", 2).unwrap();
+                }),
+            )
             .layer(SessionLayer::new(store));
         let kept_id = || {
             let session = kept.lock().unwrap().take().unwrap();
@@ -314,6 +321,14 @@ async fn a_handle_kept_past_the_response_knows_the_id_the_cookie_carries() {
             kept_id().as_deref(),
             Some(rotated.as_str()),
             "a rotated one"
+        );
+        let response = send(&router, "/relogin", Some(&format!("id={rotated}"))).await;
+        let renewed = set_cookie(&response).unwrap().value().to_owned();
+        assert_ne!(renewed, rotated);
+        assert_eq!(
+            kept_id().as_deref(),
+            Some(renewed.as_str()),
+            "one started after destroy"
         );
     }
 }

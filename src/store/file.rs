@@ -600,10 +600,15 @@ impl Inner {
         }
     }
 
+    /// Deletes the session file at `path`, then flushes the folder (with `sync_folder`): a
+    /// failure of that flush is only logged, as in [`tidy`](Self::tidy), since the file is gone.
     fn remove(&self, path: &Path) -> Result<(), StoreError> {
         ignore_missing(fs::remove_file(path))
             .map_err(|e| io_error("cannot delete a session file", e))?;
-        self.sync_dir(&self.dir)
+        if let Err(error) = self.sync_dir(&self.dir) {
+            tracing::warn!(%error, "session file deleted, but the folder could not be flushed");
+        }
+        Ok(())
     }
 
     fn add_marker(&self, owner: &str, key: &SessionKey) -> Result<(), StoreError> {

@@ -144,10 +144,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// one under `to`.
     ///
     /// This is [`Session::cycle_id`](crate::Session::cycle_id). The layer passes the request's
-    /// changes with the new idle deadline set, and the expiry policy and owner only where the
-    /// request changed them (`None` keeps them as stored, and the owner index must then list
-    /// the record under `to` for its stored owner); the creation time and the absolute deadline
-    /// stay as stored (SECURITY.md 9). "As one step" means that a save,
+    /// changes with the new idle deadline and expiry policy set, and the owner only where the
+    /// request changed it (`None` keeps the stored owner, and the owner index must then list the
+    /// record under `to` for it); the creation time and the absolute deadline stay as stored
+    /// (SECURITY.md 9). "As one step" means that a save,
     /// touch, delete or [`delete_owner`](SessionStore::delete_owner) of the same session at the
     /// same time takes effect either before the rename (its write is carried to `to`, or the
     /// rename finds the session gone) or after it (it finds nothing under `from`, and a

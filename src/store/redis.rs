@@ -384,7 +384,7 @@ impl Conn {
 /// | save | 1 (+2 when it sets an owner) | script: refuse if gone or expired, else apply the change set |
 /// | touch | 1 | script: move the idle deadline and the TTL, nothing else |
 /// | delete | 1 | `DEL` |
-/// | rename (a new ID, [`cycle_id`](crate::Session::cycle_id)) | 3 | see [Renaming](#renaming) |
+/// | rename (a new ID, [`cycle_id`](crate::Session::cycle_id)) | 3 (+1 for an owner the request did not set) | see [Renaming](#renaming) |
 /// | list an owner's sessions | 3 (+1 per 128 sessions beyond the first 128) | index read, parallel batches of 128, index prune |
 /// | revoke an owner's sessions | 3 (+2, +1 per 128 sessions beyond the first 128) | index read, parallel batches of 128, index read again (with the prune); see [Owner index](#owner-index) |
 ///
@@ -428,11 +428,14 @@ impl Conn {
 ///
 /// [`rename`](SessionStore::rename) (the layer's [`cycle_id`](crate::Session::cycle_id), at a
 /// login) moves a session to a new key, whose hash tag puts it in another cluster slot, so no
-/// script can do it in one step. It takes three round trips:
+/// script can do it in one step. It takes three round trips (four when the session has an owner
+/// the rotating request did not set, see step 1):
 ///
 /// 1. A script on the old key checks that the session is live, sets a **fence** on it (the field
 ///    `f`: `<until>:<new key>`, `until` five seconds ahead by the layer's clock) and returns its
-///    fields. The owner index entry of the new key is written at the same time, on its own key.
+///    fields. The owner index entry of the new key is written at the same time, on its own key,
+///    when the request names the owner (a login that sets it); otherwise it is written for the
+///    owner those fields name, once they are back: one round trip more.
 /// 2. The change set is applied to that copy, and the result is written under the new key by the
 ///    create script (an expired record there is replaced; a live one answers
 ///    [`Renamed::Taken`], after the fence is released).
@@ -530,7 +533,8 @@ impl Conn {
 ///   at a login) find it gone and their changes are dropped (see [Renaming](#renaming)); if the
 ///   rename then fails, those changes are lost although the session goes on under its old ID.
 /// - Setting an owner costs one or two more round trips (the owner index, written first); only
-///   the requests that set it (a login) pay for them.
+///   the requests that set it (a login) pay for them, and a `cycle_id` of a session that has one
+///   (a privilege step-up after the login) pays one.
 ///
 /// # Examples
 ///
@@ -974,9 +978,10 @@ impl RedisStore {
         let fence = rename_fence(now_ms, to);
         let from_key = self.session_key(from);
         let member = index_member(to);
-        // The owner the change set names (the layer's always names one) is indexed under the
-        // new key alongside the fence, before the new record as always; at +inf until the
-        // absolute deadline is known.
+        // The owner the change set names (a login that sets it) is indexed under the new key
+        // alongside the fence, before the new record as always; at +inf until the absolute
+        // deadline is known. A stored owner the change set leaves alone is indexed once the
+        // fenced fields are back.
         let named_owner = match &changes.owner {
             Some(Some(owner)) => Some(owner.as_str()),
             _ => None,

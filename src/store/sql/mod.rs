@@ -92,9 +92,11 @@ fn store_error(
         Failure::Denied if op == "migrate" => StoreError::new(
             StoreErrorKind::Config,
             format!(
-                "the database role may not create the session table {table}: it needs CREATE on \
-                 its schema (and on the database for a new schema), or an administrator applies \
-                 {store}::schema_sql() and the app skips migrate()"
+                "the database role may not create or inspect the session table {table}: \
+                 migrate() needs USAGE and CREATE on its schema, CREATE on the database when a \
+                 schema is set (even one that exists), and to own the table to add a missing \
+                 index; or an administrator applies {store}::schema_sql(), after which \
+                 migrate() only checks that it is there"
             ),
         )
         .with_source(error),

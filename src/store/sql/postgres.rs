@@ -500,9 +500,10 @@ impl PostgresStore {
     ///
     /// # Errors
     ///
-    /// [`StoreErrorKind::Config`] when the database role may not create the schema or the table
-    /// (it needs `CREATE` on the database for a new schema, on the schema for the table; or an
-    /// administrator applies [`schema_sql`](Self::schema_sql) and the app skips `migrate`);
+    /// [`StoreErrorKind::Config`] when the database role may not create what is missing (it
+    /// needs `USAGE` and `CREATE` on the schema, `CREATE` on the database when a schema is set,
+    /// even one that exists, and to own the table to add an index); an administrator can apply
+    /// [`schema_sql`](Self::schema_sql) instead, after which `migrate` only checks;
     /// [`StoreErrorKind::Backend`] when the server cannot be reached or fails otherwise.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let fail = |e| self.error("migrate", e);
