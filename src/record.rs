@@ -53,10 +53,10 @@ pub struct Record {
     #[serde(rename = "c", with = "time::serde::timestamp")]
     pub created_at: OffsetDateTime,
     /// The idle deadline: the session expires then unless activity moves it.
-    #[serde(rename = "i", with = "time::serde::timestamp")]
+    #[serde(rename = "i", with = "deadline")]
     pub idle_deadline: OffsetDateTime,
     /// The absolute deadline, fixed at creation; `None` when the layer sets no absolute lifetime.
-    #[serde(rename = "a", with = "time::serde::timestamp::option", default)]
+    #[serde(rename = "a", with = "deadline::option", default)]
     pub absolute_deadline: Option<OffsetDateTime>,
     /// The session's expiry policy.
     #[serde(rename = "e")]
@@ -154,6 +154,55 @@ struct Redacted;
 impl fmt::Debug for Redacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("REDACTED")
+    }
+}
+
+/// A deadline in whole Unix seconds, rounded up unless that would leave the range of dates a
+/// record can hold. Stores that keep whole seconds (the JSON form, the file store's modification
+/// times, the cookie store's sealed form) round deadlines up: the cookie's `Max-Age`, worked out
+/// from the exact deadline, must not outlast the stored one (SECURITY.md 15), which rounding down
+/// would let it do by the fraction cut off.
+pub(crate) fn deadline_seconds(at: OffsetDateTime) -> i64 {
+    let seconds = at.unix_timestamp();
+    if at.nanosecond() > 0 && OffsetDateTime::from_unix_timestamp(seconds + 1).is_ok() {
+        seconds + 1
+    } else {
+        seconds
+    }
+}
+
+/// Deadlines in the JSON form: whole seconds, rounded up ([`deadline_seconds`]).
+mod deadline {
+    use serde::{Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub(super) fn serialize<S: Serializer>(at: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(super::deadline_seconds(*at))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        time::serde::timestamp::deserialize(d)
+    }
+
+    pub(super) mod option {
+        use serde::{Deserializer, Serializer};
+        use time::OffsetDateTime;
+
+        pub(in crate::record) fn serialize<S: Serializer>(
+            at: &Option<OffsetDateTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => s.serialize_some(&super::super::deadline_seconds(*at)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(in crate::record) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<OffsetDateTime>, D::Error> {
+            time::serde::timestamp::option::deserialize(d)
+        }
     }
 }
 

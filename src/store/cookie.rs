@@ -29,7 +29,7 @@ use time::{Duration, OffsetDateTime};
 use crate::Expiry;
 use crate::backend::{Backend, ClientStore, IntoBackend, Kind, Opened};
 use crate::layer::ConfigError;
-use crate::record::{RECORD_VERSION, Record};
+use crate::record::{RECORD_VERSION, Record, deadline_seconds};
 use crate::store::{BoxFuture, StoreError, StoreErrorKind};
 
 /// The format version in every header; also bound into the associated data. Version 2 seals the
@@ -800,17 +800,6 @@ fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), serde_json::E
         None => out.extend_from_slice(&0u32.to_be_bytes()),
     }
     serde_json::to_writer(out, &record.data)
-}
-
-/// A deadline in whole Unix seconds, rounded up (see [`encode_record`]), unless that would leave
-/// the range of dates a record can hold.
-fn deadline_seconds(at: OffsetDateTime) -> i64 {
-    let seconds = at.unix_timestamp();
-    if at.nanosecond() > 0 && OffsetDateTime::from_unix_timestamp(seconds + 1).is_ok() {
-        seconds + 1
-    } else {
-        seconds
-    }
 }
 
 /// Reads what [`encode_record`] wrote. Any inconsistency (short input, a time out of range, an

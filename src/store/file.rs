@@ -767,7 +767,7 @@ impl Inner {
         }
         record.idle_deadline = idle_deadline;
         let deadline = record.deadline();
-        if deadline.unix_timestamp() != mtime {
+        if crate::record::deadline_seconds(deadline) != mtime {
             let at = to_system_time(deadline).ok_or_else(|| {
                 StoreError::new(
                     StoreErrorKind::Encoding,
@@ -1166,8 +1166,10 @@ fn unix_secs(at: SystemTime) -> i64 {
 }
 
 /// `at`, truncated to whole seconds as records are, as a `SystemTime`.
+/// `at` as a file's modification time: whole seconds, rounded up like every deadline a store
+/// keeps in whole seconds (see `deadline_seconds` in the record module).
 fn to_system_time(at: OffsetDateTime) -> Option<SystemTime> {
-    let secs = at.unix_timestamp();
+    let secs = crate::record::deadline_seconds(at);
     match u64::try_from(secs) {
         Ok(after) => UNIX_EPOCH.checked_add(StdDuration::from_secs(after)),
         Err(_) => UNIX_EPOCH.checked_sub(StdDuration::from_secs(secs.unsigned_abs())),
@@ -1306,7 +1308,11 @@ mod tests {
         }
         let fractional =
             OffsetDateTime::from_unix_timestamp(100).unwrap() + Duration::milliseconds(700);
-        assert_eq!(unix_secs(to_system_time(fractional).unwrap()), 100);
+        assert_eq!(
+            unix_secs(to_system_time(fractional).unwrap()),
+            101,
+            "rounded up"
+        );
     }
 
     #[tokio::test]

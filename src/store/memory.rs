@@ -1069,7 +1069,9 @@ mod tests {
                 store.delete_owner("alice").await.unwrap(),
                 usize::from(owned)
             );
-            assert!(store.load_now(&key, now).unwrap().is_none());
+            // Either request may have come last: the session goes exactly when it is alice's.
+            let left = store.load_now(&key, now).unwrap();
+            assert_eq!(left.is_some(), !owned, "deleted exactly when alice's");
         }
     }
 

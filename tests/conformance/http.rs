@@ -563,6 +563,28 @@ pub async fn a_far_expiry_date_is_reached_by_refreshing_the_cookie(b: Backend, _
     assert_eq!(resp.body, "1");
 }
 
+/// Until its `Max-Age` runs out the browser sends the cookie, so the session must still be
+/// there: a store that keeps deadlines in whole seconds must not leave the cookie the fraction of
+/// a second it drops (SECURITY.md 15).
+pub async fn a_cookie_the_browser_still_sends_still_opens(b: Backend, _: Side) {
+    use tower_satchel::Clock as _;
+    let app = app(b, |l| l.expiry(Expiry::OnInactivity(Duration::hours(1))));
+    // 0.7 s into a second.
+    let into = i64::from(app.clock.now().nanosecond());
+    app.clock.advance(Duration::nanoseconds(
+        (1_700_000_000 - into) % 1_000_000_000,
+    ));
+    let resp = app.get("/incr/n", None).await;
+    let max_age = resp.set_cookie().unwrap().max_age().unwrap();
+    let token = resp.expect_token();
+    app.clock.advance(max_age - Duration::milliseconds(1));
+    assert_eq!(
+        app.get("/get/n", Some(&token)).await.body,
+        "1",
+        "gone before the cookie's Max-Age ({max_age}) ran out"
+    );
+}
+
 pub async fn max_age_never_exceeds_the_server_deadline(b: Backend, _: Side) {
     let app = app(b, |l| {
         l.expiry(Expiry::OnInactivity(Duration::days(7)))
