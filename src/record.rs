@@ -95,7 +95,9 @@ impl Record {
         now < self.deadline()
     }
 
-    /// Encodes the record as compact JSON.
+    /// Encodes the record as compact JSON. Times are whole Unix seconds: the creation time
+    /// rounded down, the deadlines rounded up (a cookie's `Max-Age`, worked out from the exact
+    /// deadline, must not outlast the stored one).
     ///
     /// # Errors
     ///

@@ -1165,7 +1165,6 @@ fn unix_secs(at: SystemTime) -> i64 {
     }
 }
 
-/// `at`, truncated to whole seconds as records are, as a `SystemTime`.
 /// `at` as a file's modification time: whole seconds, rounded up like every deadline a store
 /// keeps in whole seconds (see `deadline_seconds` in the record module).
 fn to_system_time(at: OffsetDateTime) -> Option<SystemTime> {
