@@ -595,19 +595,22 @@ impl Inner {
             tracing::warn!(
                 session = %key.log_tag(),
                 %error,
-                "session written, but the folder could not be flushed or the owner index tidied"
+                "session changed, but the folder could not be flushed or the owner index tidied"
             );
         }
     }
 
-    /// Deletes the session file at `path`, then flushes the folder (with `sync_folder`): a
-    /// failure of that flush is only logged, as in [`tidy`](Self::tidy), since the file is gone.
-    fn remove(&self, path: &Path) -> Result<(), StoreError> {
+    /// Deletes the session file of `key` at `path`, then [`tidy`](Self::tidy)s: once the file is
+    /// gone, a failure to flush the folder or run `tidy_index` is only logged.
+    fn remove(
+        &self,
+        key: &SessionKey,
+        path: &Path,
+        tidy_index: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         ignore_missing(fs::remove_file(path))
             .map_err(|e| io_error("cannot delete a session file", e))?;
-        if let Err(error) = self.sync_dir(&self.dir) {
-            tracing::warn!(%error, "session file deleted, but the folder could not be flushed");
-        }
+        self.tidy(key, tidy_index);
         Ok(())
     }
 
@@ -660,7 +663,7 @@ impl Inner {
         );
         let path = self.record_path(key);
         let removed = self.lock(key).and_then(|_locked| match self.read(&path)? {
-            Found::Corrupt(_) => self.remove(&path),
+            Found::Corrupt(_) => self.remove(key, &path, || Ok(())),
             _ => Ok(()),
         });
         if let Err(error) = removed {
@@ -788,13 +791,10 @@ impl Inner {
             // Delete what cannot be read too: deleting is what was asked.
             _ => None,
         };
-        ignore_missing(fs::remove_file(&path))
-            .map_err(|e| io_error("cannot delete a session file", e))?;
-        self.tidy(key, || match owner.as_deref() {
+        self.remove(key, &path, || match owner.as_deref() {
             Some(owner) => self.remove_marker(owner, key),
             None => Ok(()),
-        });
-        Ok(())
+        })
     }
 
     /// Moves the live record under `from` to `to` with `changes` applied, under both keys'
@@ -947,7 +947,7 @@ impl Inner {
             let _locked = self.lock(&key)?;
             match self.read(&path)? {
                 Found::Record { record, .. } if !record.is_live(now) => {
-                    self.remove(&path)?;
+                    self.remove(&key, &path, || Ok(()))?;
                     if let Some(owner) = record.owner.as_deref() {
                         self.remove_marker(owner, &key)?;
                     }
@@ -959,7 +959,7 @@ impl Inner {
                         error = %error,
                         "corrupt session file removed by the cleanup"
                     );
-                    self.remove(&path)?;
+                    self.remove(&key, &path, || Ok(()))?;
                     deleted += 1;
                 }
                 // Refreshed meanwhile, deleted meanwhile, or another version's to clean up.
@@ -1047,7 +1047,7 @@ impl Inner {
                 // cannot be read here; its marker says it is, or was, this owner's, and
                 // revocation must not miss it (SECURITY.md 12).
                 if Self::owned_by(&found, owner) || matches!(found, Found::Newer(_)) {
-                    self.remove(&path)?;
+                    self.remove(&key, &path, || Ok(()))?;
                     deleted += 1;
                 }
                 self.remove_marker(owner, &key)?;
