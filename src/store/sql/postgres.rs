@@ -262,7 +262,7 @@ impl Statements {
 
     fn schema_sql(&self) -> String {
         let t = &self.table;
-        let name = &self.table_name;
+        let [expires_at, owner] = self.index_names();
         let mut sql = String::new();
         if let Some(schema) = &self.schema {
             sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";\n"));
@@ -279,11 +279,21 @@ impl Statements {
     expiry jsonb NOT NULL,
     owner text
 );
-CREATE INDEX IF NOT EXISTS \"{name}_expires_at_idx\" ON {t} (expires_at);
-CREATE INDEX IF NOT EXISTS \"{name}_owner_idx\" ON {t} (owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {expires_at} ON {t} (expires_at);
+CREATE INDEX IF NOT EXISTS {owner} ON {t} (owner) WHERE owner IS NOT NULL;
 "
         ));
         sql
+    }
+
+    /// The indexes' names, quoted: on the deadline, then on the owner. They live in the
+    /// table's schema.
+    fn index_names(&self) -> [String; 2] {
+        let name = &self.table_name;
+        [
+            format!("\"{name}_expires_at_idx\""),
+            format!("\"{name}_owner_idx\""),
+        ]
     }
 
     /// The table and its indexes, as `to_regclass` takes them.
@@ -292,11 +302,11 @@ CREATE INDEX IF NOT EXISTS \"{name}_owner_idx\" ON {t} (owner) WHERE owner IS NO
             Some(schema) => format!("\"{schema}\"."),
             None => String::new(),
         };
-        let name = &self.table_name;
+        let [expires_at, owner] = self.index_names();
         [
             self.table.clone(),
-            format!("{schema}\"{name}_expires_at_idx\""),
-            format!("{schema}\"{name}_owner_idx\""),
+            format!("{schema}{expires_at}"),
+            format!("{schema}{owner}"),
         ]
     }
 }
