@@ -80,12 +80,15 @@ impl Fixture {
     }
 }
 
+/// The expiry policy of every benchmarked session.
+const POLICY: Expiry = Expiry::OnInactivity(Duration::days(1));
+
 fn sample_record(now: OffsetDateTime) -> Record {
     let mut record = Record::new(
         now,
         now + Duration::days(1),
         Some(now + Duration::days(30)),
-        Expiry::OnInactivity(Duration::days(1)),
+        POLICY,
     );
     record
         .data
@@ -184,7 +187,9 @@ fn touch(bencher: Bencher, size: usize) {
         // A different deadline each time, so the modification time really changes.
         let step = i64::try_from(counter.fetch_add(1, Ordering::Relaxed) % 1000).unwrap_or(0);
         let deadline = f.now + Duration::hours(2) + Duration::seconds(step);
-        let touched = f.runtime.block_on(f.store.touch(&f.key(), deadline, f.now));
+        let touched = f
+            .runtime
+            .block_on(f.store.touch(&f.key(), deadline, POLICY, f.now));
         assert!(matches!(touched, Ok(Saved::Applied)));
     });
 }
@@ -224,7 +229,7 @@ fn touch_spread(bencher: Bencher, size: usize) {
         let deadline = f.now + Duration::hours(3) + Duration::seconds(step);
         let touched = f
             .runtime
-            .block_on(f.store.touch(&f.any_key(), deadline, f.now));
+            .block_on(f.store.touch(&f.any_key(), deadline, POLICY, f.now));
         assert!(matches!(touched, Ok(Saved::Applied)));
     });
 }

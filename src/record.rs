@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::Expiry;
+use crate::store::Saved;
 
 /// The current record format version, written into every encoded record.
 pub const RECORD_VERSION: u32 = 1;
@@ -237,6 +238,13 @@ pub struct ChangeSet {
     pub removed: Vec<String>,
     /// The new idle deadline.
     pub idle_deadline: Option<OffsetDateTime>,
+    /// The expiry policy `idle_deadline` was worked out from, when this request did not change
+    /// the policy (`expiry` is `None`). The store moves the deadline only while the stored policy
+    /// is still this one: otherwise another request changed the policy since this one loaded the
+    /// session, and set a deadline to go with it, which a deadline worked out from the old policy
+    /// must not replace (a date the app fixed must hold). `None` moves it whatever the stored
+    /// policy. See [`deadline_applies`](ChangeSet::deadline_applies).
+    pub deadline_basis: Option<Expiry>,
     /// The new expiry policy, when the request changed it.
     pub expiry: Option<Expiry>,
     /// The new owner, when the request changed it (`Some(None)` removes it).
@@ -249,9 +257,30 @@ impl ChangeSet {
         self.cleared || !self.set.is_empty() || !self.removed.is_empty()
     }
 
-    /// Applies the change to `record`, in the documented order. The absolute deadline and
-    /// created-at are never changed.
-    pub fn apply_to(&self, record: &mut Record) {
+    /// Whether `idle_deadline` may replace the deadline of a stored record whose expiry policy is
+    /// `stored`: the request sets a policy of its own, or worked out the deadline from `stored`
+    /// (see [`deadline_basis`](ChangeSet::deadline_basis)).
+    pub fn deadline_applies(&self, stored: &Expiry) -> bool {
+        self.expiry.is_some() || self.deadline_basis.is_none_or(|basis| basis == *stored)
+    }
+
+    /// What a save of these changes to a record whose expiry policy is `stored` reports:
+    /// [`Saved::PolicyChanged`] when it has an idle deadline that
+    /// [`deadline_applies`](ChangeSet::deadline_applies) refuses, else [`Saved::Applied`].
+    pub fn outcome_for(&self, stored: &Expiry) -> Saved {
+        if self.idle_deadline.is_some() && !self.deadline_applies(stored) {
+            Saved::PolicyChanged
+        } else {
+            Saved::Applied
+        }
+    }
+
+    /// Applies the change to `record`, in the documented order, and returns what a save reports
+    /// (see [`outcome_for`](ChangeSet::outcome_for)): the idle deadline is left as stored when
+    /// the record's policy is no longer [`deadline_basis`](ChangeSet::deadline_basis). The
+    /// absolute deadline and created-at are never changed.
+    pub fn apply_to(&self, record: &mut Record) -> Saved {
+        let outcome = self.outcome_for(&record.expiry);
         if self.cleared {
             record.data.clear();
         }
@@ -266,7 +295,9 @@ impl ChangeSet {
                 }
             }
         }
-        if let Some(idle) = self.idle_deadline {
+        if let Some(idle) = self.idle_deadline
+            && outcome == Saved::Applied
+        {
             record.idle_deadline = idle;
         }
         if let Some(expiry) = self.expiry {
@@ -275,6 +306,7 @@ impl ChangeSet {
         if let Some(owner) = &self.owner {
             record.owner.clone_from(owner);
         }
+        outcome
     }
 }
 
@@ -285,6 +317,7 @@ impl fmt::Debug for ChangeSet {
             .field("set", &self.set.len())
             .field("removed", &self.removed.len())
             .field("idle_deadline", &self.idle_deadline)
+            .field("deadline_basis", &self.deadline_basis)
             .field("expiry", &self.expiry)
             .field(
                 "owner",

@@ -305,6 +305,8 @@ impl State {
             cleared: self.cleared,
             idle_deadline: (touch_due || self.expiry.is_some())
                 .then(|| config.idle_deadline(expiry, now)),
+            // A deadline worked out from the loaded policy holds only while that policy does.
+            deadline_basis: self.expiry.is_none().then_some(expiry),
             expiry: self.expiry,
             owner: self.owner.clone(),
             ..ChangeSet::default()
@@ -423,6 +425,8 @@ enum Plan {
     Touch {
         id: SessionId,
         idle_deadline: OffsetDateTime,
+        /// The expiry policy `idle_deadline` was worked out from (the loaded one).
+        basis: Expiry,
         max_age: Option<Duration>,
     },
     Save {
@@ -726,9 +730,10 @@ impl Session {
             Plan::Touch {
                 id,
                 idle_deadline,
+                basis,
                 max_age,
             } => {
-                let outcome = store.touch(&id.key(), idle_deadline, now).await;
+                let outcome = store.touch(&id.key(), idle_deadline, basis, now).await;
                 let applied = matches!(outcome, Ok(Saved::Applied));
                 let token = self.touched(&id, outcome, max_age);
                 if !applied {
@@ -743,7 +748,11 @@ impl Session {
             } => {
                 let in_flight = InFlight::new(self, changes);
                 let outcome = store.save(&id.key(), &in_flight.changes, now).await;
-                let changes = in_flight.answered();
+                let mut changes = in_flight.answered();
+                if matches!(outcome, Ok(Saved::PolicyChanged)) {
+                    // The store kept the deadline a new policy came with: so does the handle.
+                    changes.idle_deadline = None;
+                }
                 if matches!(outcome, Ok(Saved::Gone)) {
                     tracing::info!(scope = self.0.config.scope, session = %id.log_tag(), "session ended during the request; its changes were dropped");
                     return Err(ended_during_request());
@@ -1120,6 +1129,16 @@ impl Session {
 
     /// Sets this session's expiry, e.g. `Expiry::OnInactivity(30 days)` for "remember me".
     /// Persisted with the session; the absolute lifetime still applies.
+    ///
+    /// Concurrent requests of the session that loaded it before the new expiry was saved do not
+    /// undo it: their deadline refresh is worked out from the old expiry, so the store drops it
+    /// (a new fixed date, or a shorter window, holds), and they send no cookie, which would carry
+    /// the old `Max-Age`. Their value changes are still saved (see
+    /// [`Saved::PolicyChanged`](crate::Saved::PolicyChanged)). Two requests that both set an
+    /// expiry: the last to commit wins. A concurrent [`cycle_id`](Session::cycle_id) counts as
+    /// setting one: the new ID goes out with a cookie, so its record takes the expiry that
+    /// cookie's `Max-Age` follows, the one its request loaded or set. With the cookie store each
+    /// response carries its own copy, so the browser keeps whichever arrives last.
     pub fn set_expiry(&self, expiry: Expiry) {
         if let Some(mut state) = self.state_to_change("set_expiry") {
             state.expiry = Some(expiry);
@@ -1408,6 +1427,7 @@ impl Session {
                 Plan::Touch {
                     id,
                     idle_deadline,
+                    basis: expiry,
                     max_age: max_age_at(expiry, idle_deadline, live.record.absolute_deadline, now),
                 },
                 read,
@@ -1490,11 +1510,12 @@ impl Session {
                         Plan::Touch {
                             id,
                             idle_deadline,
+                            basis,
                             max_age,
                         },
                         Some(store),
                     ) => {
-                        let outcome = store.touch_now(&id.key(), idle_deadline, now);
+                        let outcome = store.touch_now(&id.key(), idle_deadline, basis, now);
                         let token = self.touched(&id, outcome, max_age);
                         Finish::Ready(Ok(Committed { token, read }))
                     }
@@ -1536,6 +1557,9 @@ impl Session {
                 },
                 None => TokenAction::Keep,
             },
+            // The deadline stayed as another request set it with a new policy, whose cookie
+            // that request sent: one worked out from the old policy would undo it.
+            Ok(Saved::PolicyChanged) => TokenAction::Keep,
             Ok(Saved::Gone) => {
                 // Deleted meanwhile (logout elsewhere, rotation, expiry): never resurrect it
                 // (SECURITY.md 11). No removal cookie either: it could clobber the new cookie a
@@ -1596,11 +1620,12 @@ impl Session {
                 Plan::Touch {
                     id,
                     idle_deadline,
+                    basis,
                     max_age,
                 },
                 Kind::Server(store),
             ) => Box::pin(async move {
-                let outcome = store.touch(&id.key(), idle_deadline, now).await;
+                let outcome = store.touch(&id.key(), idle_deadline, basis, now).await;
                 done(session.touched(&id, outcome, max_age))
             }),
             (

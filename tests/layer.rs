@@ -625,9 +625,10 @@ async fn the_middleware_checks_deadlines_even_if_the_store_does_not() {
             &self,
             k: &SessionKey,
             d: OffsetDateTime,
+            b: Expiry,
             n: OffsetDateTime,
         ) -> Result<Saved, StoreError> {
-            self.0.touch(k, d, n).await
+            self.0.touch(k, d, b, n).await
         }
         async fn delete(&self, k: &SessionKey) -> Result<(), StoreError> {
             self.0.delete(k).await

@@ -1246,7 +1246,10 @@ async fn touch_moves_the_deadline_without_rewriting_the_file() {
     let later = now + Duration::minutes(30);
     let deadline = later + Duration::hours(1);
     assert_eq!(
-        store.touch(&k, deadline, later).await.unwrap(),
+        store
+            .touch(&k, deadline, record(now).expiry, later)
+            .await
+            .unwrap(),
         Saved::Applied
     );
     let meta = fs::metadata(&path).unwrap();

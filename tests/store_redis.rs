@@ -105,7 +105,7 @@ async fn redis_ttl_always_matches_the_session_deadline() {
     // Touched: the TTL follows the new idle deadline.
     let touched = now + Duration::hours(3);
     assert_eq!(
-        store.touch(&key, touched, now).await.unwrap(),
+        store.touch(&key, touched, rec.expiry, now).await.unwrap(),
         Saved::Applied
     );
     assert_ttl(conn.pttl(&name).await.unwrap(), Duration::hours(3));
@@ -206,7 +206,12 @@ async fn saves_never_recreate_a_key_deleted_behind_the_store() {
     assert_eq!(store.save(&key, &changes, now).await.unwrap(), Saved::Gone);
     assert_eq!(
         store
-            .touch(&key, now + Duration::hours(1), now)
+            .touch(
+                &key,
+                now + Duration::hours(1),
+                Expiry::OnInactivity(Duration::hours(1)),
+                now
+            )
             .await
             .unwrap(),
         Saved::Gone
@@ -946,7 +951,7 @@ async fn writes_during_a_rename_are_gone_while_reads_work_and_a_revocation_count
     );
     assert_eq!(
         store
-            .touch(&from, now + Duration::hours(2), now)
+            .touch(&from, now + Duration::hours(2), stored.expiry, now)
             .await
             .unwrap(),
         Saved::Gone
@@ -1023,7 +1028,7 @@ async fn an_abandoned_rename_fence_runs_out() {
     assert_eq!(loaded.data.get("x"), Some(&json!(2)));
     assert_eq!(
         store
-            .touch(&written, later + Duration::hours(1), later)
+            .touch(&written, later + Duration::hours(1), loaded.expiry, later)
             .await
             .unwrap(),
         Saved::Applied

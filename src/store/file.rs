@@ -17,6 +17,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use crate::Expiry;
 use crate::id::SessionKey;
 use crate::record::{ChangeSet, RECORD_VERSION, Record};
 use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
@@ -736,7 +737,7 @@ impl Inner {
             _ => return Ok(Saved::Gone),
         };
         let old_owner = record.owner.clone();
-        changes.apply_to(&mut record);
+        let outcome = changes.apply_to(&mut record);
         let owner_changed = record.owner != old_owner;
         if owner_changed && let Some(new) = record.owner.as_deref() {
             self.add_marker(new, key)?;
@@ -746,13 +747,14 @@ impl Inner {
             Some(old) if owner_changed => self.remove_marker(old, key),
             _ => Ok(()),
         });
-        Ok(Saved::Applied)
+        Ok(outcome)
     }
 
     fn touch(
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         let path = self.record_path(key);
@@ -767,6 +769,9 @@ impl Inner {
         };
         if !record.is_live(now) {
             return Ok(Saved::Gone);
+        }
+        if record.expiry != basis {
+            return Ok(Saved::PolicyChanged);
         }
         record.idle_deadline = idle_deadline;
         let deadline = record.deadline();
@@ -1110,10 +1115,11 @@ impl SessionStore for FileStore {
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         let (inner, key) = (self.inner.clone(), *key);
-        blocking(move || inner.touch(&key, idle_deadline, now)).await
+        blocking(move || inner.touch(&key, idle_deadline, basis, now)).await
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
@@ -1335,7 +1341,10 @@ mod tests {
 
         // Beyond the absolute deadline: the file's deadline stops there.
         let far = now + Duration::hours(5);
-        assert_eq!(store.touch(&key, far, now).await.unwrap(), Saved::Applied);
+        assert_eq!(
+            store.touch(&key, far, record.expiry, now).await.unwrap(),
+            Saved::Applied
+        );
         assert_eq!(mtime(), (now + Duration::hours(3)).unix_timestamp());
         assert_eq!(fs::read(&path).unwrap(), bytes, "touch rewrote the data");
         let loaded = store.load(&key, now).await.unwrap().unwrap();

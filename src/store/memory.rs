@@ -199,7 +199,8 @@ impl Stored {
     }
 
     /// [`ChangeSet::apply_to`] for this form, in the same order: clear, remove, set, metadata.
-    fn apply(&mut self, changes: &ChangeSet) {
+    fn apply(&mut self, changes: &ChangeSet) -> Saved {
+        let outcome = changes.outcome_for(&self.expiry);
         if changes.cleared {
             self.data.clear();
         }
@@ -220,7 +221,9 @@ impl Stored {
                     .insert(at, (Box::from(name.as_str()), value.clone())),
             }
         }
-        if let Some(idle) = changes.idle_deadline {
+        if let Some(idle) = changes.idle_deadline
+            && outcome == Saved::Applied
+        {
             self.idle_deadline = idle;
         }
         if let Some(expiry) = changes.expiry {
@@ -229,6 +232,7 @@ impl Stored {
         if let Some(owner) = &changes.owner {
             self.owner = owner.as_deref().map(Box::from);
         }
+        outcome
     }
 }
 
@@ -558,7 +562,7 @@ impl ImmediateStore for MemoryStore {
         // The owner index changes only when the request changed the owner.
         let old_owner = changes.owner.is_some().then(|| record.owner.clone());
         let before = record.deadline();
-        record.apply(changes);
+        let outcome = record.apply(changes);
         let after = record.deadline();
         let new_owner = old_owner.is_some().then(|| record.owner.clone());
         shard.file(*key, Some(before), after);
@@ -566,18 +570,20 @@ impl ImmediateStore for MemoryStore {
             self.index_owner(key, old.as_deref(), new.as_deref());
         }
         drop(guard);
-        Ok(Saved::Applied)
+        Ok(outcome)
     }
 
     fn touch_now(
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         let mut guard = lock(self.shard(key));
         let shard = &mut *guard;
         match shard.records.get_mut(key).filter(|r| r.is_live(now)) {
+            Some(record) if record.expiry != basis => Ok(Saved::PolicyChanged),
             Some(record) => {
                 let before = record.deadline();
                 record.idle_deadline = idle_deadline;
@@ -704,9 +710,10 @@ impl SessionStore for MemoryStore {
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
-        self.touch_now(key, idle_deadline, now)
+        self.touch_now(key, idle_deadline, basis, now)
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
@@ -818,6 +825,7 @@ mod tests {
             set in proptest::collection::btree_map("[a-e]{0,2}", 0u8..4, 0..4),
             removed in proptest::collection::vec("[a-e]{0,2}", 0..4),
             owner in proptest::option::of(proptest::option::of("[a-z]{1,3}")),
+            basis in proptest::option::of(proptest::bool::ANY),
         ) {
             let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
             let mut record = record(now, Duration::hours(1));
@@ -829,6 +837,12 @@ mod tests {
                 cleared,
                 removed: removed.into_iter().filter(|name| !set.contains_key(name)).collect(),
                 idle_deadline: Some(now + Duration::hours(2)),
+                // The record's own policy, or another: the deadline then stays.
+                deadline_basis: basis.map(|same| if same {
+                    Expiry::OnSessionEnd
+                } else {
+                    Expiry::OnInactivity(Duration::hours(1))
+                }),
                 owner,
                 ..ChangeSet::default()
             };
@@ -837,8 +851,8 @@ mod tests {
             }
             let mut stored = Stored::from_record(&record);
             proptest::prop_assert_eq!(&stored.to_record(), &record);
-            stored.apply(&changes);
-            changes.apply_to(&mut record);
+            let outcome = stored.apply(&changes);
+            proptest::prop_assert_eq!(changes.apply_to(&mut record), outcome);
             proptest::prop_assert_eq!(stored.to_record(), record);
         }
     }
@@ -904,7 +918,7 @@ mod tests {
         let t1 = now + Duration::minutes(1);
         assert_eq!(
             store
-                .touch(&key, t1 + Duration::hours(1), t1)
+                .touch(&key, t1 + Duration::hours(1), Expiry::OnSessionEnd, t1)
                 .await
                 .unwrap(),
             Saved::Applied

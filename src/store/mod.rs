@@ -10,8 +10,8 @@
 //! |---|---|
 //! | [`load`](SessionStore::load) | the live record, or `None` for missing or expired; never an error for "not found" |
 //! | [`create`](SessionStore::create) | insert only if absent; `Ok(false)` on collision (the layer mints a new ID and retries) |
-//! | [`save`](SessionStore::save) | apply **only** the [`ChangeSet`] atomically to the stored record; [`Saved::Gone`] if the record is gone or expired, never resurrect it |
-//! | [`touch`](SessionStore::touch) | move the idle deadline only; no data rewrite; [`Saved::Gone`] as for save |
+//! | [`save`](SessionStore::save) | apply **only** the [`ChangeSet`] atomically to the stored record; [`Saved::Gone`] if the record is gone or expired, never resurrect it; the idle deadline only while the stored expiry policy is the one it was worked out from, else [`Saved::PolicyChanged`] |
+//! | [`touch`](SessionStore::touch) | move the idle deadline only, and only while the stored expiry policy is the one it was worked out from (else [`Saved::PolicyChanged`]); no data rewrite; [`Saved::Gone`] as for save |
 //! | [`rename`](SessionStore::rename) | apply the [`ChangeSet`] and move the live record to a new key, as one step; [`Renamed::Gone`] if it is gone or expired, [`Renamed::Taken`] if the new key holds a live record |
 //! | [`delete`](SessionStore::delete) | idempotent |
 //! | [`delete_expired`](SessionStore::delete_expired) | removes at most `limit` expired records, returns how many |
@@ -38,6 +38,7 @@ use std::time::Duration as StdDuration;
 
 use time::OffsetDateTime;
 
+use crate::Expiry;
 use crate::id::SessionKey;
 use crate::record::{ChangeSet, Record};
 
@@ -60,6 +61,12 @@ pub enum Saved {
     Applied,
     /// The record no longer exists (deleted, rotated away or expired meanwhile); nothing was written.
     Gone,
+    /// The change was applied except its idle deadline, which stays as stored: another request
+    /// changed the session's expiry policy since this one loaded it, and the deadline was worked
+    /// out from the old policy (see [`ChangeSet::deadline_basis`]). For a touch, nothing was
+    /// written. The layer then sends no refreshed cookie, whose `Max-Age` would follow the old
+    /// policy too.
+    PolicyChanged,
 }
 
 /// The outcome of [`SessionStore::rename`].
@@ -128,11 +135,18 @@ pub trait SessionStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Saved, StoreError>> + Send;
 
-    /// Moves the idle deadline of the live record under `key`; [`Saved::Gone`] if there is none.
+    /// Moves the idle deadline of the live record under `key` to `idle_deadline`, worked out from
+    /// the expiry policy `basis`; [`Saved::Gone`] if there is no live record.
+    ///
+    /// The deadline moves only if the record's stored policy is `basis`; otherwise nothing is
+    /// written and the answer is [`Saved::PolicyChanged`]: another request set a new policy, and
+    /// a deadline to go with it, since this one loaded the session (see
+    /// [`ChangeSet::deadline_basis`]).
     fn touch(
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Saved, StoreError>> + Send;
 
@@ -244,6 +258,7 @@ pub trait ImmediateStore: Send + Sync {
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError>;
 
@@ -304,9 +319,10 @@ impl<S: SessionStore> SessionStore for Arc<S> {
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Saved, StoreError>> + Send {
-        (**self).touch(key, idle_deadline, now)
+        (**self).touch(key, idle_deadline, basis, now)
     }
     fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).delete(key)
@@ -470,6 +486,7 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         &'a self,
         key: &'a SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> StoreFuture<'a, Result<Saved, StoreError>>;
     fn delete<'a>(&'a self, key: &'a SessionKey) -> StoreFuture<'a, Result<(), StoreError>>;
@@ -524,13 +541,20 @@ impl<S: SessionStore> DynStore for S {
         &'a self,
         key: &'a SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> StoreFuture<'a, Result<Saved, StoreError>> {
         match self.immediate() {
-            Some(store) => StoreFuture::Ready(Some(store.touch_now(key, idle_deadline, now))),
-            None => {
-                StoreFuture::Pending(Box::pin(SessionStore::touch(self, key, idle_deadline, now)))
+            Some(store) => {
+                StoreFuture::Ready(Some(store.touch_now(key, idle_deadline, basis, now)))
             }
+            None => StoreFuture::Pending(Box::pin(SessionStore::touch(
+                self,
+                key,
+                idle_deadline,
+                basis,
+                now,
+            ))),
         }
     }
     fn delete<'a>(&'a self, key: &'a SessionKey) -> StoreFuture<'a, Result<(), StoreError>> {
@@ -738,9 +762,10 @@ mod tests {
             &self,
             k: &SessionKey,
             d: OffsetDateTime,
+            b: Expiry,
             n: OffsetDateTime,
         ) -> Result<Saved, StoreError> {
-            self.inner.touch(k, d, n).await
+            self.inner.touch(k, d, b, n).await
         }
         async fn delete(&self, k: &SessionKey) -> Result<(), StoreError> {
             if self.fail_deletes.load(Ordering::SeqCst) {

@@ -117,10 +117,12 @@ return 1
 ";
 
 /// KEYS[1] session; ARGV[1] now, ARGV[2] cleared (0/1), ARGV[3] new idle deadline or '', ARGV[4]
-/// owner set (0/1), ARGV[5] new expiry policy (JSON) or '', ARGV[6] n, ARGV[7..6+n] fields to
-/// delete, then field/value pairs to set. Returns 0 when gone (or held by a rename); 1 when
-/// applied; the absolute deadline (a string) when applied and the owner was set and the session
-/// has one.
+/// owner set (0/1), ARGV[5] new expiry policy (JSON) or '', ARGV[6] the policy the idle deadline
+/// was worked out from (JSON, see `ChangeSet::deadline_basis`) or '', ARGV[7] n, ARGV[8..7+n]
+/// fields to delete, then field/value pairs to set. Returns 0 when gone (or held by a rename); 1
+/// when applied; 2 when applied but the idle deadline, as the stored policy is not ARGV[6]; when
+/// the owner was set and the session has an absolute deadline, that deadline, ':' and the 1 or 2
+/// (a string).
 const LUA_SAVE: &str = r"
 local now = tonumber(ARGV[1])
 local key = KEYS[1]
@@ -129,14 +131,19 @@ if not i or now >= deadline(i, a) then return 0 end
 -- A rename is moving the session: gone for writers, as it will be once moved.
 local fenced = fence(key, now)
 if fenced == 'held' then return 0 end
-local n = tonumber(ARGV[6])
-local pairs_from = 7 + n
+local n = tonumber(ARGV[7])
+local pairs_from = 8 + n
+-- A deadline worked out from a policy another request has replaced since is dropped.
+local new_idle, status = ARGV[3], 1
+if new_idle ~= '' and ARGV[5] == '' and ARGV[6] ~= '' and ARGV[6] ~= e then
+  new_idle, status = '', 2
+end
 -- Writes first (see LUA_CREATE), then deletes: the same result, as the fields set and the
 -- fields removed never overlap, and a clear keeps only the data fields just set.
-if ARGV[3] ~= '' or ARGV[5] ~= '' then
+if new_idle ~= '' or ARGV[5] ~= '' then
   -- The metadata changes: written in the same call as the first values.
   local idle = i_text
-  if ARGV[3] ~= '' then idle = ARGV[3] end
+  if new_idle ~= '' then idle = new_idle end
   if ARGV[5] ~= '' then e = ARGV[5] end
   local last = math.min(#ARGV, pairs_from + 797)
   redis.call('HSET', key, 'm', idle .. ':' .. a_text .. ':' .. cv .. e,
@@ -146,26 +153,29 @@ else
   each_chunk('HSET', key, ARGV, pairs_from, #ARGV)
 end
 if ARGV[2] == '1' then delete_others(key, ARGV, pairs_from, #ARGV, true) end
-each_chunk('HDEL', key, ARGV, 7, pairs_from - 1)
+each_chunk('HDEL', key, ARGV, 8, pairs_from - 1)
 -- A stale fence is broken (after the writes, see LUA_CREATE): the rename that set it must not
 -- complete now, as its copy lacks this write.
 if fenced then redis.call('HDEL', key, 'f') end
-if ARGV[3] ~= '' then
+if new_idle ~= '' then
   -- The deadline moved: so does the TTL. Otherwise the TTL already matches it.
-  i = tonumber(ARGV[3])
+  i = tonumber(new_idle)
   expire_at(key, deadline(i, a), now)
 end
-if ARGV[4] == '1' and a then return tostring(a) end
-return 1
+if ARGV[4] == '1' and a then return tostring(a) .. ':' .. status end
+return status
 ";
 
-/// KEYS[1] session; ARGV[1] now, ARGV[2] new idle deadline. 0 when gone (or held by a rename).
+/// KEYS[1] session; ARGV[1] now, ARGV[2] new idle deadline, ARGV[3] the policy it was worked out
+/// from (JSON). 0 when gone (or held by a rename), 2 when the stored policy is another (nothing
+/// written), 1 when touched.
 const LUA_TOUCH: &str = r"
 local now = tonumber(ARGV[1])
 local i, a, _, a_text, cv, e = meta(KEYS[1])
 if not i or now >= deadline(i, a) then return 0 end
 local fenced = fence(KEYS[1], now)
 if fenced == 'held' then return 0 end
+if e ~= ARGV[3] then return 2 end
 redis.call('HSET', KEYS[1], 'm', ARGV[2] .. ':' .. a_text .. ':' .. cv .. e)
 if fenced then redis.call('HDEL', KEYS[1], 'f') end
 expire_at(KEYS[1], deadline(tonumber(ARGV[2]), a), now)
@@ -382,7 +392,7 @@ impl Conn {
 /// | load | 1 | `HGETALL` |
 /// | create | 1 (+1 with an owner) | script: refuse if a live session is there, else write the hash |
 /// | save | 1 (+2 when it sets an owner) | script: refuse if gone or expired, else apply the change set |
-/// | touch | 1 | script: move the idle deadline and the TTL, nothing else |
+/// | touch | 1 | script: move the idle deadline and the TTL, nothing else, if the stored expiry policy is the one the deadline was worked out from ([`Saved::PolicyChanged`] otherwise; a save checks it too) |
 /// | delete | 1 | `DEL` |
 /// | rename (a new ID, [`cycle_id`](crate::Session::cycle_id)) | 3 (+1 for an owner the request did not set) | see [Renaming](#renaming) |
 /// | list an owner's sessions | 3 (+1 per 128 sessions beyond the first 128) | index read, parallel batches of 128, index prune |
@@ -1530,6 +1540,11 @@ impl SessionStore for RedisStore {
             .map(|e| serde_json::to_string(&e))
             .transpose()
             .map_err(encoding)?;
+        // Only needed with a deadline of the request's own working out.
+        let basis = match (idle, changes.expiry, changes.deadline_basis) {
+            (Some(_), None, Some(basis)) => Some(serde_json::to_string(&basis).map_err(encoding)?),
+            _ => None,
+        };
         // One buffer for every value's JSON, with the end of each.
         let mut json = Vec::new();
         let mut ends = Vec::with_capacity(changes.set.len());
@@ -1555,6 +1570,7 @@ impl SessionStore for RedisStore {
         let bytes = redis_key.len()
             + json.len()
             + expiry.as_ref().map_or(0, String::len)
+            + basis.as_ref().map_or(0, String::len)
             + new_owner.map_or(0, str::len)
             + changes
                 .set
@@ -1573,6 +1589,7 @@ impl SessionStore for RedisStore {
                 };
                 cmd.arg(if new_owner.is_some() { "1" } else { "0" });
                 cmd.arg(expiry.as_deref().unwrap_or(""));
+                cmd.arg(basis.as_deref().unwrap_or(""));
                 cmd.arg(changes.removed.len() + usize::from(owner_removed));
                 for name in &changes.removed {
                     field.clear();
@@ -1610,20 +1627,27 @@ impl SessionStore for RedisStore {
                 }
                 Ok(Saved::Gone)
             }
+            Value::Int(2) => Ok(Saved::PolicyChanged),
             Value::Int(_) => Ok(Saved::Applied),
             other => {
                 // The owner was set and the session has an absolute deadline: give the index
                 // entry its real score, so the index can expire. Best effort: a failure only
                 // leaves the entry at +inf, which is pruned when the index is next listed.
-                if let (Some(owner), Some(member), Some(absolute)) = (
-                    new_owner,
-                    &member,
-                    into_bytes(other).and_then(|b| parse_i64(&b)),
-                ) && let Err(error) = self.index_add(owner, member, Some(absolute), now_ms).await
+                let reply = into_bytes(other).unwrap_or_default();
+                let (absolute, status) = match reply.iter().position(|&b| b == b':') {
+                    Some(at) => (parse_i64(&reply[..at]), &reply[at + 1..]),
+                    None => (None, &b""[..]),
+                };
+                if let (Some(owner), Some(member), Some(absolute)) = (new_owner, &member, absolute)
+                    && let Err(error) = self.index_add(owner, member, Some(absolute), now_ms).await
                 {
                     tracing::debug!(session = %key.log_tag(), %error, "owner index score not refined");
                 }
-                Ok(Saved::Applied)
+                Ok(if status == b"2" {
+                    Saved::PolicyChanged
+                } else {
+                    Saved::Applied
+                })
             }
         }
     }
@@ -1632,19 +1656,22 @@ impl SessionStore for RedisStore {
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         let now_ms = to_ms(now)?;
         let idle = to_ms(idle_deadline)?;
+        let basis = serde_json::to_string(&basis).map_err(encoding)?;
         let redis_key = self.session_key(key);
         let reply = self
-            .eval(&self.scripts.touch, redis_key.len(), |cmd| {
-                cmd.arg(1).arg(&redis_key).arg(now_ms).arg(idle);
+            .eval(&self.scripts.touch, redis_key.len() + basis.len(), |cmd| {
+                cmd.arg(1).arg(&redis_key).arg(now_ms).arg(idle).arg(&basis);
             })
             .await
             .map_err(backend("Redis session touch failed"))?;
         Ok(match int_reply(&reply) {
             Some(1) => Saved::Applied,
+            Some(2) => Saved::PolicyChanged,
             _ => Saved::Gone,
         })
     }

@@ -219,7 +219,10 @@ pub async fn touch_moves_only_the_idle_deadline<S: SessionStore>(store: S) {
     let later = now + Duration::minutes(50);
     let deadline = later + Duration::hours(1);
     assert_eq!(
-        store.touch(&k, deadline, later).await.unwrap(),
+        store
+            .touch(&k, deadline, original.expiry, later)
+            .await
+            .unwrap(),
         Saved::Applied
     );
     // Alive past the original idle deadline.
@@ -234,12 +237,109 @@ pub async fn touch_moves_only_the_idle_deadline<S: SessionStore>(store: S) {
     assert_eq!(loaded.absolute_deadline, original.absolute_deadline);
 }
 
+/// A deadline worked out from an expiry policy another request has replaced since does not
+/// overwrite the one that came with the new policy: a touch writes nothing, a save applies the
+/// rest of its changes. Both answer `Saved::PolicyChanged`.
+pub async fn a_deadline_from_a_replaced_policy_is_not_applied<S: SessionStore>(store: S) {
+    let now = now();
+    let k = key();
+    let original = owned(now, "alice");
+    let old = original.expiry;
+    assert!(store.create(&k, &original, now).await.unwrap());
+    // Another request fixes the end: 90 minutes from now.
+    let date = now + Duration::minutes(90);
+    let mut fixed = ChangeSet::default();
+    fixed.expiry = Some(Expiry::AtDateTime(date));
+    fixed.idle_deadline = Some(date);
+    assert_eq!(store.save(&k, &fixed, now).await.unwrap(), Saved::Applied);
+
+    // Requests that loaded the old policy, 50 minutes later, want an hour from then.
+    let later = now + Duration::minutes(50);
+    let stale = later + Duration::hours(1);
+    assert!(stale > date);
+    assert_eq!(
+        store.touch(&k, stale, old, later).await.unwrap(),
+        Saved::PolicyChanged
+    );
+    let mut values = set(&[("x", json!(1))]);
+    values.idle_deadline = Some(stale);
+    values.deadline_basis = Some(old);
+    assert_eq!(
+        store.save(&k, &values, later).await.unwrap(),
+        Saved::PolicyChanged
+    );
+    let mut metadata = ChangeSet::default();
+    metadata.owner = Some(Some("bob".into()));
+    metadata.idle_deadline = Some(stale);
+    metadata.deadline_basis = Some(old);
+    assert_eq!(
+        store.save(&k, &metadata, later).await.unwrap(),
+        Saved::PolicyChanged
+    );
+    let loaded = store.load(&k, later).await.unwrap().unwrap();
+    assert_eq!(loaded.idle_deadline, date, "the fixed date was moved");
+    assert_eq!(loaded.expiry, Expiry::AtDateTime(date));
+    assert_eq!(
+        loaded.data.get("x"),
+        Some(&json!(1)),
+        "the values were dropped"
+    );
+    assert_eq!(
+        loaded.owner.as_deref(),
+        Some("bob"),
+        "the owner was dropped"
+    );
+
+    // Worked out from the policy now stored, or with no basis, the deadline moves.
+    let earlier = date - Duration::minutes(5);
+    assert_eq!(
+        store
+            .touch(&k, earlier, Expiry::AtDateTime(date), later)
+            .await
+            .unwrap(),
+        Saved::Applied
+    );
+    assert_eq!(
+        store.load(&k, later).await.unwrap().unwrap().idle_deadline,
+        earlier
+    );
+    let mut current = set(&[("y", json!(2))]);
+    current.idle_deadline = Some(date);
+    current.deadline_basis = Some(Expiry::AtDateTime(date));
+    assert_eq!(
+        store.save(&k, &current, later).await.unwrap(),
+        Saved::Applied
+    );
+    assert_eq!(
+        store.load(&k, later).await.unwrap().unwrap().idle_deadline,
+        date
+    );
+    let mut unconditional = set(&[("z", json!(3))]);
+    unconditional.idle_deadline = Some(earlier);
+    assert_eq!(
+        store.save(&k, &unconditional, later).await.unwrap(),
+        Saved::Applied
+    );
+    assert_eq!(
+        store.load(&k, later).await.unwrap().unwrap().idle_deadline,
+        earlier
+    );
+    // A save that sets a policy of its own sets its deadline whatever the basis says.
+    let mut own = ChangeSet::default();
+    own.expiry = Some(old);
+    own.idle_deadline = Some(stale);
+    own.deadline_basis = Some(Expiry::OnSessionEnd);
+    assert_eq!(store.save(&k, &own, later).await.unwrap(), Saved::Applied);
+    let loaded = store.load(&k, later).await.unwrap().unwrap();
+    assert_eq!((loaded.expiry, loaded.idle_deadline), (old, stale));
+}
+
 pub async fn touch_of_a_missing_record_is_gone<S: SessionStore>(store: S) {
     let now = now();
     let k = key();
     assert_eq!(
         store
-            .touch(&k, now + Duration::hours(1), now)
+            .touch(&k, now + Duration::hours(1), Expiry::OnSessionEnd, now)
             .await
             .unwrap(),
         Saved::Gone

@@ -329,6 +329,17 @@ fn routes() -> Router {
             ),
         )
         .route(
+            "/wait-read",
+            get(
+                |s: Session, Extension(sig): Extension<Arc<Signals>>| async move {
+                    let len = s.len();
+                    sig.loaded.notify_one();
+                    sig.go.notified().await;
+                    len.to_string()
+                },
+            ),
+        )
+        .route(
             "/wait-set/{key}",
             get(
                 |s: Session, Extension(sig): Extension<Arc<Signals>>, Path(key): Path<String>| async move {

@@ -397,6 +397,48 @@ pub async fn cycle_id_keeps_an_owner_set_concurrently(b: Backend, side: Side) {
     }
 }
 
+/// A read-only request that loaded the session before another one shortened its expiry does
+/// not stretch it again with its touch, nor send a cookie for the old expiry.
+pub async fn a_touch_keeps_the_expiry_a_concurrent_request_set(b: Backend, side: Side) {
+    let app = app(b, |l| l.expiry(Expiry::OnInactivity(Duration::hours(1))));
+    let token = app.start().await;
+    // A tenth of the window has passed: a read is due to touch the session.
+    app.clock.advance(Duration::minutes(10));
+    let reading = {
+        let app: App = app.clone();
+        let token = token.clone();
+        tokio::spawn(async move { app.get("/wait-read", Some(&token)).await })
+    };
+    app.signals.loaded.notified().await;
+    let shortened = app.get("/expiry/600", Some(&token)).await;
+    assert_eq!(
+        shortened.set_cookie().unwrap().max_age(),
+        Some(Duration::minutes(10))
+    );
+    let token = follow(&shortened, &token);
+    app.signals.go.notify_one();
+    let read = reading.await.unwrap();
+    assert_eq!(read.body, "1");
+    match side {
+        Side::Server => assert!(
+            read.set_cookie().is_none(),
+            "the touch sent a cookie for the old expiry (Max-Age {:?})",
+            read.set_cookie().and_then(|c| c.max_age())
+        ),
+        // Documented exception: each response seals its own copy, the one the read loaded.
+        Side::Client => assert_eq!(
+            read.set_cookie().unwrap().max_age(),
+            Some(Duration::hours(1))
+        ),
+    }
+    app.clock.advance(Duration::minutes(11));
+    assert_eq!(
+        app.get("/get/n", Some(&token)).await.body,
+        "null",
+        "the session outlived its shortened expiry"
+    );
+}
+
 pub async fn owner_sessions_can_be_revoked(b: Backend, side: Side) {
     let app = default_app(b);
     let alice_1 = app.get("/owner/alice", None).await.expect_token();

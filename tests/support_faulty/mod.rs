@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tower_satchel::{
-    ChangeSet, ImmediateStore, MemoryStore, Record, Renamed, Saved, SessionInfo, SessionKey,
-    SessionStore, StoreError, StoreErrorKind,
+    ChangeSet, Expiry, ImmediateStore, MemoryStore, Record, Renamed, Saved, SessionInfo,
+    SessionKey, SessionStore, StoreError, StoreErrorKind,
 };
 
 /// A memory store that counts calls and fails on demand. The layer reaches it through boxed
@@ -111,6 +111,7 @@ impl ImmediateStore for Faulty {
         &self,
         key: &SessionKey,
         deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         self.touches.fetch_add(1, Ordering::SeqCst);
@@ -121,7 +122,7 @@ impl ImmediateStore for Faulty {
                 "injected touch failure",
             ));
         }
-        self.inner.touch_now(key, deadline, now)
+        self.inner.touch_now(key, deadline, basis, now)
     }
     fn delete_now(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
@@ -199,9 +200,10 @@ impl SessionStore for Faulty {
         &self,
         key: &SessionKey,
         deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
-        self.touch_now(key, deadline, now)
+        self.touch_now(key, deadline, basis, now)
     }
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.delete_now(key)

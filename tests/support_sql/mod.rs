@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
 use tower_satchel::{
-    ChangeSet, CleanupConfig, IntoBackend, ManualClock, Record, Renamed, Saved, Session,
+    ChangeSet, CleanupConfig, Expiry, IntoBackend, ManualClock, Record, Renamed, Saved, Session,
     SessionError, SessionErrorKind, SessionId, SessionInfo, SessionKey, SessionLayer, SessionStore,
     StoreError, StoreErrorKind, spawn_cleanup_with_clock,
 };
@@ -93,9 +93,10 @@ impl<S: SessionStore> SessionStore for Guarded<S> {
         &self,
         key: &SessionKey,
         idle: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
-        self.store.touch(key, idle, now).await
+        self.store.touch(key, idle, basis, now).await
     }
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.store.delete(key).await
@@ -657,7 +658,7 @@ pub async fn writes_after_expiry_are_refused<S: SessionStore>(
     );
     assert_eq!(
         store
-            .touch(&key, later + Duration::hours(1), later)
+            .touch(&key, later + Duration::hours(1), expiring.expiry, later)
             .await
             .unwrap(),
         Saved::Gone

@@ -7,7 +7,7 @@
 //! tool. The two stores share the identifier rules and the error mapping below.
 
 use crate::layer::ConfigError;
-use crate::store::{StoreError, StoreErrorKind};
+use crate::store::{Saved, StoreError, StoreErrorKind};
 
 mod handoff;
 #[cfg(feature = "postgres-store")]
@@ -26,6 +26,18 @@ pub(crate) const DEFAULT_TABLE: &str = "tower_satchel_sessions";
 /// The longest table or schema name accepted: PostgreSQL cuts identifiers at 63 bytes, and index
 /// names append up to 15 bytes to the table name.
 const MAX_IDENT: usize = 48;
+
+/// What a save or touch reports from its statement's `RETURNING`: no row when the session is
+/// gone, else whether the idle deadline moved (see [`ChangeSet::deadline_basis`]).
+///
+/// [`ChangeSet::deadline_basis`]: crate::ChangeSet::deadline_basis
+fn saved_from(deadline_moved: Option<bool>) -> Saved {
+    match deadline_moved {
+        None => Saved::Gone,
+        Some(true) => Saved::Applied,
+        Some(false) => Saved::PolicyChanged,
+    }
+}
 
 /// Checks a table or schema name and returns it double-quoted for SQL.
 ///

@@ -14,7 +14,7 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
 use super::handoff::{self, Handoff};
-use super::{DEFAULT_TABLE, Failure, quote_ident, store_error};
+use super::{DEFAULT_TABLE, Failure, quote_ident, saved_from, store_error};
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
@@ -39,7 +39,9 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 ///   removed) and `||` (keys set), under the row lock, and only while the row is live: two
 ///   concurrent requests that write different keys both keep their writes, and a session deleted
 ///   or expired meanwhile is reported as [`Saved::Gone`], never revived;
-/// - `touch` updates the idle deadline only;
+/// - `touch` updates the idle deadline only, and `save` moves it, only while the stored `expiry`
+///   is the policy the deadline was worked out from (a `CASE` in the same statement, which
+///   `RETURNING` reports: see [`Saved::PolicyChanged`]);
 /// - `rename` (a rotated session ID) is the `save` statement that also changes the row's key, so
 ///   a concurrent save, touch or revocation of the session comes before it (and is carried over
 ///   or revoked) or after it (and finds nothing under the old key); only when the new key is
@@ -214,20 +216,31 @@ impl Statements {
             )
             .into(),
             // $2 cleared, $3 removed keys, $4 keys set, $5 idle deadline, $6 expiry,
-            // $7 owner changed, $8 owner, $9 now. Under READ COMMITTED a concurrent update of the
-            // row makes this statement wait and then re-evaluate both the WHERE and the merge on
-            // the newest row version, so no write is lost and a deleted row stays deleted.
+            // $7 owner changed, $8 owner, $9 now, $10 the policy $5 was worked out from
+            // (`ChangeSet::deadline_basis`: the deadline moves only while the stored policy is
+            // that one). Under READ COMMITTED a concurrent update of the row makes this statement
+            // wait and then re-evaluate both the WHERE and the merge on the newest row version,
+            // so no write is lost and a deleted row stays deleted. SET reads the row as it was;
+            // RETURNING sees it as written, where the policy differs only when $6 sets it.
             save: format!(
                 "UPDATE {t} SET \
                  data = CASE WHEN $2 THEN $4 ELSE (data - $3::text[]) || $4 END, \
-                 idle_deadline = COALESCE($5, idle_deadline), \
+                 idle_deadline = CASE WHEN {deadline_applies} \
+                 THEN COALESCE($5, idle_deadline) ELSE idle_deadline END, \
                  expiry = COALESCE($6, expiry), \
                  owner = CASE WHEN $7 THEN $8 ELSE owner END \
-                 WHERE id = $1 AND expires_at > $9"
+                 WHERE id = $1 AND expires_at > $9 \
+                 RETURNING $5::timestamptz IS NULL OR {deadline_applies}",
+                deadline_applies = "$6::jsonb IS NOT NULL OR $10::jsonb IS NULL OR expiry = $10"
             )
             .into(),
-            touch: format!("UPDATE {t} SET idle_deadline = $2 WHERE id = $1 AND expires_at > $3")
-                .into(),
+            // $2 idle deadline, $3 now, $4 the policy $2 was worked out from.
+            touch: format!(
+                "UPDATE {t} SET idle_deadline = CASE WHEN expiry = $4 THEN $2 \
+                 ELSE idle_deadline END \
+                 WHERE id = $1 AND expires_at > $3 RETURNING expiry = $4"
+            )
+            .into(),
             // `save` that also moves the row to the key $2 (the parameters after $1 shift by
             // one). Changing the primary key in place keeps it one row to every concurrent
             // statement: one that waited for its lock re-evaluates on the moved row, so a save
@@ -236,7 +249,9 @@ impl Statements {
             rename: format!(
                 "UPDATE {t} SET id = $2, \
                  data = CASE WHEN $3 THEN $5 ELSE (data - $4::text[]) || $5 END, \
-                 idle_deadline = COALESCE($6, idle_deadline), \
+                 idle_deadline = CASE \
+                 WHEN $7::jsonb IS NOT NULL OR $11::jsonb IS NULL OR expiry = $11 \
+                 THEN COALESCE($6, idle_deadline) ELSE idle_deadline END, \
                  expiry = COALESCE($7, expiry), \
                  owner = CASE WHEN $8 THEN $9 ELSE owner END \
                  WHERE id = $1 AND expires_at > $10"
@@ -624,7 +639,8 @@ fn check_nul<'a>(
 }
 
 /// Binds the parameters `save` and `rename` share, in their order: the change set (cleared,
-/// removed, set, idle deadline, expiry, owner set, owner), then `now`.
+/// removed, set, idle deadline, expiry, owner set, owner), `now`, then the change set's deadline
+/// basis.
 fn bind_changes<'q>(
     query: Query<'q, Postgres, PgArguments>,
     changes: &'q ChangeSet,
@@ -640,6 +656,7 @@ fn bind_changes<'q>(
         .bind(owner.is_some())
         .bind(owner.and_then(|o| o.as_deref()))
         .bind(now)
+        .bind(changes.deadline_basis.map(Json))
 }
 
 /// [`check_nul`] for what a change set writes.
@@ -778,45 +795,37 @@ impl SessionStore for PostgresStore {
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         check_changes(changes)?;
-        let result = self
+        let applied = self
             .on_conn("save", async |conn| {
-                bind_changes(
-                    sqlx::query(stmt(&self.sql.save)).bind(key.as_bytes().as_slice()),
-                    changes,
-                    now,
-                )
-                .execute(conn)
-                .await
+                let query = sqlx::query(stmt(&self.sql.save)).bind(key.as_bytes().as_slice());
+                let row = bind_changes(query, changes, now)
+                    .fetch_optional(conn)
+                    .await?;
+                row.map(|row| row.try_get::<bool, _>(0)).transpose()
             })
             .await?;
-        Ok(if result.rows_affected() == 0 {
-            Saved::Gone
-        } else {
-            Saved::Applied
-        })
+        Ok(saved_from(applied))
     }
 
     async fn touch(
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
-        let result = self
+        let applied = self
             .on_conn("touch", async |conn| {
-                sqlx::query(stmt(&self.sql.touch))
+                sqlx::query_scalar::<_, bool>(stmt(&self.sql.touch))
                     .bind(key.as_bytes().as_slice())
                     .bind(idle_deadline)
                     .bind(now)
-                    .execute(conn)
+                    .bind(Json(basis))
+                    .fetch_optional(conn)
                     .await
             })
             .await?;
-        Ok(if result.rows_affected() == 0 {
-            Saved::Gone
-        } else {
-            Saved::Applied
-        })
+        Ok(saved_from(applied))
     }
 
     async fn rename(

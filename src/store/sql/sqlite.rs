@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use super::handoff::{self, Handoff};
-use super::{DEFAULT_TABLE, Failure, quote_ident, store_error};
+use super::{DEFAULT_TABLE, Failure, quote_ident, saved_from, store_error};
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
@@ -43,7 +43,9 @@ use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreE
 /// - `rename` (a rotated session ID) is that same transaction, which then writes the row under
 ///   its new key: a concurrent save, touch or revocation of the session comes before it (and is
 ///   carried over or revoked) or after it (and finds nothing under the old key);
-/// - `touch` updates the idle deadline only; `delete_expired` deletes at most `limit` rows.
+/// - `touch` updates the idle deadline only; it and a save move it only while the stored
+///   `expiry` is the policy the deadline was worked out from (see [`Saved::PolicyChanged`]);
+/// - `delete_expired` deletes at most `limit` rows.
 ///
 /// Deadlines are judged by the `now` the layer passes in (its [`Clock`](crate::Clock)).
 ///
@@ -164,16 +166,28 @@ impl Statements {
                  WHERE id = ?1"
             )
             .into(),
-            // ?2 idle deadline or null, ?3 expiry or null, ?4 owner changed, ?5 owner, ?6 now.
+            // ?2 idle deadline or null, ?3 expiry or null, ?4 owner changed, ?5 owner, ?6 now,
+            // ?7 the policy ?2 was worked out from or null (`ChangeSet::deadline_basis`: the
+            // deadline moves only while the stored policy is that one). SQLite evaluates every
+            // SET expression on the row as it was; RETURNING sees it as written, where the
+            // policy differs from the old one only when ?3 sets it.
             save_metadata: format!(
-                "UPDATE {t} SET idle_deadline = coalesce(?2, idle_deadline), \
+                "UPDATE {t} SET idle_deadline = CASE \
+                 WHEN ?3 IS NOT NULL OR ?7 IS NULL OR expiry = ?7 \
+                 THEN coalesce(?2, idle_deadline) ELSE idle_deadline END, \
                  expiry = coalesce(?3, expiry), \
                  owner = CASE WHEN ?4 THEN ?5 ELSE owner END \
-                 WHERE id = ?1 AND expires_at > ?6"
+                 WHERE id = ?1 AND expires_at > ?6 \
+                 RETURNING ?2 IS NULL OR ?3 IS NOT NULL OR ?7 IS NULL OR expiry = ?7"
             )
             .into(),
-            touch: format!("UPDATE {t} SET idle_deadline = ?2 WHERE id = ?1 AND expires_at > ?3")
-                .into(),
+            // ?2 idle deadline, ?3 now, ?4 the policy ?2 was worked out from.
+            touch: format!(
+                "UPDATE {t} SET idle_deadline = CASE WHEN expiry = ?4 THEN ?2 \
+                 ELSE idle_deadline END \
+                 WHERE id = ?1 AND expires_at > ?3 RETURNING expiry = ?4"
+            )
+            .into(),
             clear_expired: format!("DELETE FROM {t} WHERE id = ?1 AND expires_at <= ?2").into(),
             // `write_back` that also moves the row to the key ?6, unless a row is stored there.
             move_to: format!(
@@ -479,7 +493,7 @@ impl SqliteStore {
         changes: &ChangeSet,
         move_to: Option<&SessionKey>,
         now: OffsetDateTime,
-    ) -> Result<Renamed, sqlx::Error> {
+    ) -> Result<(Renamed, Saved), sqlx::Error> {
         let handoff = self.handoff.as_deref();
         let mut held = handoff::checkout(&self.pool, handoff).await?;
         let saved = self
@@ -511,7 +525,7 @@ impl SqliteStore {
         changes: &ChangeSet,
         move_to: Option<&SessionKey>,
         now: OffsetDateTime,
-    ) -> Result<Renamed, sqlx::Error> {
+    ) -> Result<(Renamed, Saved), sqlx::Error> {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(stmt(&self.sql.read_for_save))
             .bind(key.as_bytes().as_slice())
@@ -520,7 +534,7 @@ impl SqliteStore {
             .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Ok(Renamed::Gone);
+            return Ok((Renamed::Gone, Saved::Gone));
         };
         let mut record = match record_from_row(&row)? {
             Ok(record) => record,
@@ -528,10 +542,10 @@ impl SqliteStore {
                 // `load` reads such a row as "no session", so the save has nothing to apply to.
                 tracing::warn!(session = %key.log_tag(), problem, "unreadable session row; save dropped");
                 tx.rollback().await?;
-                return Ok(Renamed::Gone);
+                return Ok((Renamed::Gone, Saved::Gone));
             }
         };
-        changes.apply_to(&mut record);
+        let outcome = changes.apply_to(&mut record);
         let data =
             serde_json::to_string(&record.data).map_err(|e| sqlx::Error::Encode(e.into()))?;
         let expiry =
@@ -561,10 +575,10 @@ impl SqliteStore {
         if written.rows_affected() == 0 {
             // Only `move_to` can match nothing here: a live row holds the new key.
             tx.rollback().await?;
-            return Ok(Renamed::Taken);
+            return Ok((Renamed::Taken, Saved::Gone));
         }
         tx.commit().await?;
-        Ok(Renamed::Applied)
+        Ok((Renamed::Applied, outcome))
     }
 }
 
@@ -629,9 +643,9 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         if changes.changes_data() {
+            // Never `Taken`: it moves nothing.
             return match self.save_data(key, changes, None, now).await {
-                Ok(Renamed::Gone) => Ok(Saved::Gone),
-                Ok(_) => Ok(Saved::Applied), // never `Taken`: it moves nothing
+                Ok((_, saved)) => Ok(saved),
                 Err(e) => Err(self.error("save", e)),
             };
         }
@@ -640,48 +654,49 @@ impl SessionStore for SqliteStore {
             .map(|e| serde_json::to_string(&e))
             .transpose()
             .map_err(|e| encoding("expiry", e))?;
+        let basis = changes
+            .deadline_basis
+            .map(|e| serde_json::to_string(&e))
+            .transpose()
+            .map_err(|e| encoding("expiry", e))?;
         let owner = changes.owner.as_ref();
-        let result = self
+        let applied = self
             .on_conn("save", async |conn| {
-                sqlx::query(stmt(&self.sql.save_metadata))
+                sqlx::query_scalar::<_, bool>(stmt(&self.sql.save_metadata))
                     .bind(key.as_bytes().as_slice())
                     .bind(changes.idle_deadline.map(micros))
                     .bind(expiry)
                     .bind(owner.is_some())
                     .bind(owner.and_then(|o| o.as_deref()))
                     .bind(micros(now))
-                    .execute(conn)
+                    .bind(basis)
+                    .fetch_optional(conn)
                     .await
             })
             .await?;
-        Ok(if result.rows_affected() == 0 {
-            Saved::Gone
-        } else {
-            Saved::Applied
-        })
+        Ok(saved_from(applied))
     }
 
     async fn touch(
         &self,
         key: &SessionKey,
         idle_deadline: OffsetDateTime,
+        basis: Expiry,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
-        let result = self
+        let basis = serde_json::to_string(&basis).map_err(|e| encoding("expiry", e))?;
+        let applied = self
             .on_conn("touch", async |conn| {
-                sqlx::query(stmt(&self.sql.touch))
+                sqlx::query_scalar::<_, bool>(stmt(&self.sql.touch))
                     .bind(key.as_bytes().as_slice())
                     .bind(micros(idle_deadline))
                     .bind(micros(now))
-                    .execute(conn)
+                    .bind(basis)
+                    .fetch_optional(conn)
                     .await
             })
             .await?;
-        Ok(if result.rows_affected() == 0 {
-            Saved::Gone
-        } else {
-            Saved::Applied
-        })
+        Ok(saved_from(applied))
     }
 
     async fn rename(
@@ -693,6 +708,7 @@ impl SessionStore for SqliteStore {
     ) -> Result<Renamed, StoreError> {
         self.save_data(from, changes, Some(to), now)
             .await
+            .map(|(renamed, _)| renamed)
             .map_err(|e| self.error("rename", e))
     }
 
