@@ -88,8 +88,12 @@ mod duration_secs {
     use serde::{Deserialize, Deserializer, Serializer};
     use time::Duration;
 
+    /// Whole seconds, rounded up like the deadlines of a stored record: a window of half a
+    /// second must not come back as no window at all (a session dead on its next touch).
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_i64(d.whole_seconds())
+        let whole = d.whole_seconds();
+        let part = d.subsec_nanoseconds() > 0;
+        s.serialize_i64(if part { whole.saturating_add(1) } else { whole })
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -223,6 +227,22 @@ mod tests {
             if now.unix_timestamp() > start && checked > 1000 {
                 break;
             }
+        }
+    }
+
+    #[test]
+    fn stored_windows_are_whole_seconds_rounded_up() {
+        let stored = |window: Duration| {
+            let json = serde_json::to_string(&Expiry::OnInactivity(window)).unwrap();
+            serde_json::from_str::<Expiry>(&json).unwrap()
+        };
+        for (window, back) in [
+            (Duration::milliseconds(500), Duration::seconds(1)),
+            (Duration::milliseconds(1500), Duration::seconds(2)),
+            (Duration::seconds(90), Duration::seconds(90)),
+            (Duration::MAX, Duration::seconds(i64::MAX)),
+        ] {
+            assert_eq!(stored(window), Expiry::OnInactivity(back), "{window}");
         }
     }
 

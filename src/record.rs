@@ -98,7 +98,8 @@ impl Record {
 
     /// Encodes the record as compact JSON. Times are whole Unix seconds: the creation time
     /// rounded down, the deadlines rounded up (a cookie's `Max-Age`, worked out from the exact
-    /// deadline, must not outlast the stored one).
+    /// deadline, must not outlast the stored one), and so is an
+    /// [`OnInactivity`](Expiry::OnInactivity) window.
     ///
     /// # Errors
     ///
