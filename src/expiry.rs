@@ -210,6 +210,7 @@ impl fmt::Debug for ManualClock {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
