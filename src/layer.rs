@@ -646,6 +646,21 @@ mod tests {
                 .build()
                 .is_ok()
         );
+        // Browsers match the prefixes without regard to case.
+        for name in ["__host-id", "__HOST-id"] {
+            assert!(
+                builder().cookie_name(name).secure(false).build().is_err(),
+                "{name}"
+            );
+            assert!(builder().cookie_name(name).path("/app").build().is_err());
+        }
+        assert!(
+            builder()
+                .cookie_name("__secure-id")
+                .secure(false)
+                .build()
+                .is_err()
+        );
     }
 
     #[test]

@@ -86,7 +86,8 @@
 //!
 //! Events go through [`tracing`](https://docs.rs/tracing): `info` for a malformed or forged token
 //! and for revocations, `debug` for unknown or expired sessions, ID rotation and destruction,
-//! `error` for store failures. Sessions are named by a [`LogTag`], never by their ID or store key.
+//! `error` for store failures that fail the request, `warn` for those that lose nothing (a failed
+//! touch, a failed delete of an expired record found on load, a failed cleanup batch). Sessions are named by a [`LogTag`], never by their ID or store key.
 //!
 //! # Security notes
 //!

@@ -224,8 +224,9 @@ pub(crate) fn earlier_deadline(
 /// What one request changed in a session, applied by a store to the record it holds now.
 ///
 /// Order of application: if `cleared`, the stored data is emptied first; then `removed` keys are
-/// deleted; then `set` keys are written. Deadlines, expiry and owner are replaced. Same-key writes
-/// from concurrent requests are last-writer-wins.
+/// deleted; then `set` keys are written. The expiry policy and the owner are replaced when set;
+/// so is the idle deadline, unless [`deadline_basis`](ChangeSet::deadline_basis) names a policy
+/// the record no longer has. Same-key writes from concurrent requests are last-writer-wins.
 ///
 /// `Debug` shows how many keys are set and removed, never the values or the owner.
 #[derive(Clone, Default, PartialEq)]

@@ -355,9 +355,11 @@ fn finished<B: From<Bytes>>(
         Err(error) => {
             let failed = std::mem::replace(response, error_response(config, error));
             carry_inner_tokens(config, failed.headers(), response.headers_mut());
+            // The error is this session's: a cache must not hand it to another visitor, nor
+            // the handler's response to this one (an error handler may answer with a 200).
             Committed {
                 token: TokenAction::Keep,
-                read: false,
+                read: true,
             }
         }
     };

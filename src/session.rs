@@ -10,7 +10,7 @@
 //! | the handler... | store call | response |
 //! |---|---|---|
 //! | did not extract the session | none | unchanged |
-//! | only read it | `touch`, only when due | `Vary: Cookie` (+ refreshed cookie after a touch) |
+//! | only read it | `touch`, only when due | `Vary: Cookie` (+ refreshed cookie after a touch, when it is persistent) |
 //! | changed it | `save(change set)` | `Vary: Cookie`; `Set-Cookie` and `Cache-Control: no-store` only when the cookie changes (a new expiry, or a persistent cookie's refresh when due) |
 //! | changed a session that did not exist | `create` | `Set-Cookie` with a new ID |
 //! | called [`cycle_id`](Session::cycle_id) | `rename` to a new ID, with the change set | `Set-Cookie` with the new ID |
@@ -638,7 +638,11 @@ impl Session {
                         Arrival::Expired
                     }
                     Ok(Opened::Invalid) => {
-                        tracing::info!(scope, "sealed session cookie failed authentication");
+                        // The cookie store logged the reason (`Rejection`) at `debug`.
+                        tracing::info!(
+                            scope,
+                            "sealed session cookie rejected (malformed, forged or under an unknown key)"
+                        );
                         Arrival::Invalid
                     }
                     Err(error) => {
@@ -1207,7 +1211,9 @@ impl Session {
     }
 
     /// Ends every session of this session's owner, this one included ("log out everywhere").
-    /// Returns how many the store deleted.
+    /// Returns how many the store deleted: always 0 with the cookie store and its revocation
+    /// hook, which deletes nothing (every cookie of the owner sealed until now is refused from
+    /// then on, and the server does not know how many there are).
     ///
     /// # Errors
     ///
@@ -1372,6 +1378,13 @@ impl Session {
             let due = state.modified() || state.reseal || self.touch_due(&live.record, now);
             if !due {
                 return (Plan::Nothing, read);
+            }
+            if state.cycle {
+                // Sealed afresh (a new nonce): that is all a rotation is without server state.
+                tracing::debug!(
+                    scope = config.scope,
+                    "sealed session cycled; a copy of the old cookie stays valid until its deadline"
+                );
             }
             return (
                 Plan::Seal {
@@ -1767,6 +1780,11 @@ impl Session {
                 SessionError::store(error)
             })?;
             tracing::debug!(scope, session = %key.log_tag(), "session destroyed");
+        } else if remove_token && matches!(backend, Kind::Client(_)) {
+            tracing::debug!(
+                scope,
+                "sealed session destroyed; a copy of its cookie stays valid until its deadline"
+            );
         }
         Ok(match (then, backend) {
             (Some(mut record), Kind::Server(store)) => {

@@ -45,6 +45,17 @@ fn app(store: &Faulty) -> harness::App {
 async fn malformed_tokens_never_reach_the_store() {
     let store = Faulty::default();
     let app = app(&store);
+    // Of the right length, too: the whole value is checked, not just its length.
+    let good = SessionId::generate().unwrap().expose();
+    let right_length = [
+        format!("{}.", &good[..42]),
+        format!("+{}", &good[1..]),
+        format!("{}/{}", &good[..20], &good[21..]),
+        format!("{}=", &good[..42]),
+        format!("../{}", &good[3..]),
+        // The last character's two spare bits set: a second spelling of some ID.
+        format!("{}B", &good[..42]),
+    ];
     for value in [
         "",
         "short",
@@ -53,7 +64,14 @@ async fn malformed_tokens_never_reach_the_store() {
         "a\\b",
         &"A".repeat(44),
         &"A".repeat(42),
-    ] {
+    ]
+    .into_iter()
+    .chain(right_length.iter().map(String::as_str))
+    {
+        assert!(
+            value.len() != 43 || SessionId::parse(value).is_none(),
+            "{value}"
+        );
         let resp = app
             .get_raw_cookie(
                 "/read",
@@ -225,6 +243,11 @@ async fn save_failures_become_error_responses_with_the_error_attached() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    // This session's error: no cache may give it to another visitor (SECURITY.md 19).
+    assert_eq!(
+        resp.headers().get(header::VARY),
+        Some(&HeaderValue::from_static("cookie"))
+    );
     assert!(resp.extensions().get::<SessionError>().is_some());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"custom: Store");
@@ -861,6 +884,32 @@ async fn cleanup_removes_expired_records_survives_errors_and_stops() {
     let after = store.sweeps.load(Ordering::SeqCst);
     tokio::time::sleep(StdDuration::from_millis(50)).await;
     assert_eq!(store.sweeps.load(Ordering::SeqCst), after, "stopped");
+}
+
+/// One sweep deletes at most `max_batches` batches, however much has expired (SECURITY.md 16):
+/// the rest waits for the next period. Tokio's clock is paused, as above.
+#[tokio::test(start_paused = true)]
+async fn a_cleanup_sweep_is_bounded() {
+    let store = MemoryStore::new();
+    let clock = ManualClock::starting_now();
+    let now = clock_now(&clock);
+    for _ in 0..100 {
+        let record = Record::new(now, now + Duration::minutes(1), None, Expiry::OnSessionEnd);
+        let key = SessionId::generate().unwrap().key();
+        assert!(store.create(&key, &record, now).await.unwrap());
+    }
+    clock.advance(Duration::minutes(5));
+    let mut config = CleanupConfig::default()
+        .period(StdDuration::from_secs(60))
+        .batch(10);
+    config.max_batches = 3;
+    let task = spawn_cleanup_with_clock(store.clone(), config, Arc::new(clock.clone()));
+    // Just after the first sweep, then just after the second.
+    tokio::time::sleep(StdDuration::from_secs(61)).await;
+    assert_eq!(store.len(), 70, "one sweep, three batches of ten");
+    tokio::time::sleep(StdDuration::from_secs(60)).await;
+    assert_eq!(store.len(), 40);
+    task.stop().await;
 }
 
 fn clock_now(clock: &ManualClock) -> OffsetDateTime {

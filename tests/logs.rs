@@ -73,6 +73,21 @@ async fn logs_name_events_but_never_the_session_id() {
         .await
         .unwrap();
     kept.lock().unwrap().take().unwrap().destroy();
+    // The cookie store's rotation and destruction are logged too, with what they cannot do.
+    #[cfg(feature = "cookie-store")]
+    let sealed = {
+        let store = tower_satchel::CookieStore::new(tower_satchel::Key::generate().unwrap());
+        let app = harness::default_app(tower_satchel::IntoBackend::into_backend(store));
+        let sealed = app.start().await;
+        let cycled = app.get("/cycle", Some(&sealed)).await.expect_token();
+        app.get("/destroy", Some(&cycled)).await;
+        [
+            "sealed session cycled; a copy of the old cookie stays valid until its deadline",
+            "sealed session destroyed; a copy of its cookie stays valid until its deadline",
+        ]
+    };
+    #[cfg(not(feature = "cookie-store"))]
+    let sealed: [&str; 0] = [];
 
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     for needle in [
@@ -83,7 +98,10 @@ async fn logs_name_events_but_never_the_session_id() {
         "WARN tower_satchel::session: session changed after its response; the change is ignored",
         "change=\"destroy\"",
         "session ended during the request; its changes were dropped",
-    ] {
+    ]
+    .into_iter()
+    .chain(sealed)
+    {
         assert!(logs.contains(needle), "missing event {needle:?} in\n{logs}");
     }
     for secret in [&token, &rotated, &ended] {

@@ -1097,6 +1097,34 @@ async fn a_change_in_place_is_reported_made_when_the_owner_index_cannot_be_tidie
     assert!(markers(&dir, "bob").is_empty());
 }
 
+/// A session file that cannot be read fails the request (SECURITY.md 28): no empty session in
+/// its place, which a write would then store over it. Root reads files whatever their mode, so
+/// a folder stands in the file's place (opening it works, reading it does not).
+#[tokio::test]
+async fn an_unreadable_session_file_gives_an_error_response() {
+    let dir = fresh_dir("unreadable");
+    let store = FileStore::new(&dir).unwrap();
+    let app = harness::default_app(store.clone().into_backend());
+    let token = app.start().await;
+    let path = store.path_of(&SessionId::parse(&token).unwrap().key());
+    fs::remove_file(&path).unwrap();
+    fs::create_dir(&path).unwrap();
+    for route in ["/get/n", "/incr/n"] {
+        let resp = app.get(route, Some(&token)).await;
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "{route}");
+        assert!(resp.set_cookie().is_none(), "{route}");
+    }
+    let err = store
+        .load(&SessionId::parse(&token).unwrap().key(), now())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Backend);
+    assert!(
+        path.is_dir(),
+        "what stands in the file's place is left alone"
+    );
+}
+
 #[tokio::test]
 async fn a_read_only_folder_gives_error_responses_and_loses_nothing() {
     let dir = fresh_dir("read-only");

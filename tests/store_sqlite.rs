@@ -272,6 +272,18 @@ async fn a_full_disk_gives_error_responses_and_loses_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Backend);
+    // A touch and a save of metadata alone (one `UPDATE … RETURNING` each) fail too, not
+    // answer that they were applied.
+    let stored = SessionId::parse(&token).unwrap().key();
+    let policy = store.load(&stored, now).await.unwrap().unwrap().expiry;
+    let touched = store
+        .touch(&stored, now + Duration::hours(1), policy, now)
+        .await;
+    assert_eq!(touched.unwrap_err().kind(), StoreErrorKind::Backend);
+    let mut metadata = ChangeSet::default();
+    metadata.owner = Some(Some("alice".into()));
+    let saved = store.save(&stored, &metadata, now).await;
+    assert_eq!(saved.unwrap_err().kind(), StoreErrorKind::Backend);
     // Reading still works and shows the session as it was.
     assert_eq!(app.get("/keys", Some(&token)).await.body, "n");
 

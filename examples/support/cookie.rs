@@ -10,6 +10,7 @@ use super::BoxError;
 
 pub(super) async fn backend() -> Result<Backend, BoxError> {
     let ring = match std::env::var("SESSION_KEY") {
+        Ok(keys) if keys.trim().is_empty() => return Err("SESSION_KEY is set but empty".into()),
         Ok(keys) => {
             let mut keys = keys.split(',').map(Key::from_base64);
             let primary = keys.next().ok_or("SESSION_KEY is empty")??;

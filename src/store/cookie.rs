@@ -290,7 +290,7 @@ impl fmt::Debug for KeyRing {
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
 /// use tower_satchel::time::OffsetDateTime;
-/// use tower_satchel::{CookieStore, Key, Revocation, StoreError};
+/// use tower_satchel::{CookieStore, Key, Revocation, StoreError, StoreErrorKind};
 ///
 /// /// Stands in for the app's user table.
 /// #[derive(Default)]
@@ -300,15 +300,20 @@ impl fmt::Debug for KeyRing {
 ///
 /// impl Revocation for Users {
 ///     async fn revoked_before(&self, owner: &str) -> Result<Option<OffsetDateTime>, StoreError> {
-///         Ok(self.sessions_valid_after.lock().unwrap().get(owner).copied())
+///         let map = self.sessions_valid_after.lock().map_err(|_| poisoned())?;
+///         Ok(map.get(owner).copied())
 ///     }
 ///
 ///     async fn revoke(&self, owner: &str, now: OffsetDateTime) -> Result<(), StoreError> {
-///         let mut map = self.sessions_valid_after.lock().unwrap();
+///         let mut map = self.sessions_valid_after.lock().map_err(|_| poisoned())?;
 ///         let at = map.entry(owner.to_owned()).or_insert(now);
 ///         *at = (*at).max(now);
 ///         Ok(())
 ///     }
+/// }
+///
+/// fn poisoned() -> StoreError {
+///     StoreError::new(StoreErrorKind::Backend, "the user table's lock is poisoned")
 /// }
 ///
 /// # fn main() -> Result<(), tower_satchel::ConfigError> {

@@ -63,8 +63,8 @@ pub enum Saved {
     Gone,
     /// The change was applied except its idle deadline, which stays as stored: another request
     /// changed the session's expiry policy since this one loaded it, and the deadline was worked
-    /// out from the old policy (see [`ChangeSet::deadline_basis`]). For a touch, nothing was
-    /// written. The layer then sends no refreshed cookie, whose `Max-Age` would follow the old
+    /// out from the old policy (see [`ChangeSet::deadline_basis`]). For a touch, nothing changed.
+    /// The layer then sends no refreshed cookie, whose `Max-Age` would follow the old
     /// policy too.
     PolicyChanged,
 }
@@ -127,7 +127,9 @@ pub trait SessionStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Applies `changes` to the live record under `key`, atomically; [`Saved::Gone`] if there is none.
+    /// Applies `changes` to the live record under `key`, atomically; [`Saved::Gone`] if there is
+    /// none, [`Saved::PolicyChanged`] if it applied all but the idle deadline (see
+    /// [`ChangeSet::deadline_basis`]).
     fn save(
         &self,
         key: &SessionKey,
@@ -158,7 +160,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// one under `to`.
     ///
     /// This is [`Session::cycle_id`](crate::Session::cycle_id). The layer passes the request's
-    /// changes with the new idle deadline and expiry policy set, and the owner only where the
+    /// changes with the new idle deadline and expiry policy set (so a
+    /// [`deadline_basis`](ChangeSet::deadline_basis) never holds the deadline back: a direct
+    /// caller that passes one without a policy gets no word of a deadline kept, as
+    /// [`Renamed`] has no such answer), and the owner only where the
     /// request changed it (`None` keeps the stored owner, and the owner index must then list the
     /// record under `to` for it); the creation time and the absolute deadline stay as stored
     /// (SECURITY.md 9). "As one step" means that a save,
@@ -606,14 +611,14 @@ impl Default for CleanupConfig {
 }
 
 impl CleanupConfig {
-    /// Sets the time between sweeps.
+    /// Sets the time between sweeps (default 60 seconds).
     #[must_use]
     pub fn period(mut self, period: StdDuration) -> Self {
         self.period = period;
         self
     }
 
-    /// Sets the batch size (at least 1).
+    /// Sets the batch size (at least 1; default 1000).
     #[must_use]
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);

@@ -1037,7 +1037,7 @@ impl RedisStore {
             },
         };
         changes.apply_to(&mut record);
-        let absolute = record.absolute_deadline.map(to_ms).transpose()?;
+        let absolute = record.absolute_deadline.map(deadline_ms).transpose()?;
         let encoded = Encoded::new(&record)?;
         if named_owner.is_none()
             && let Some(owner) = &record.owner
@@ -1169,7 +1169,7 @@ struct Encoded<'r> {
 
 impl<'r> Encoded<'r> {
     fn new(record: &'r Record) -> Result<Self, StoreError> {
-        let deadline = to_ms(record.deadline())?;
+        let deadline = deadline_ms(record.deadline())?;
         let meta = pack_meta(record)?;
         let mut values = Vec::with_capacity(record.data.len());
         for (name, value) in &record.data {
@@ -1229,6 +1229,18 @@ fn to_ms(at: OffsetDateTime) -> Result<i64, StoreError> {
                 "session time out of range for Redis",
             )
         })
+}
+
+/// A deadline in Unix milliseconds, rounded up, as every store keeps deadlines (see
+/// [`Record::encode`]): a cookie's `Max-Age`, worked out from the exact deadline, must not outlast
+/// the one stored, nor Redis drop the key while the cookie still names it (SECURITY.md 15).
+fn deadline_ms(at: OffsetDateTime) -> Result<i64, StoreError> {
+    let ms = to_ms(at)?;
+    Ok(if at.nanosecond().is_multiple_of(1_000_000) {
+        ms
+    } else {
+        ms.saturating_add(1)
+    })
 }
 
 fn from_ms(ms: i64) -> Option<OffsetDateTime> {
@@ -1296,9 +1308,9 @@ struct Meta {
 fn pack_meta(record: &Record) -> Result<String, StoreError> {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(64);
-    let _ = write!(out, "{}:", to_ms(record.idle_deadline)?);
+    let _ = write!(out, "{}:", deadline_ms(record.idle_deadline)?);
     if let Some(absolute) = record.absolute_deadline {
-        let _ = write!(out, "{}", to_ms(absolute)?);
+        let _ = write!(out, "{}", deadline_ms(absolute)?);
     }
     let _ = write!(out, ":{}:{}:", to_ms(record.created_at)?, record.version);
     out.push_str(&serde_json::to_string(&record.expiry).map_err(encoding)?);
@@ -1515,7 +1527,7 @@ impl SessionStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let now_ms = to_ms(now)?;
-        let absolute = record.absolute_deadline.map(to_ms).transpose()?;
+        let absolute = record.absolute_deadline.map(deadline_ms).transpose()?;
         let encoded = Encoded::new(record)?;
         if let Some(owner) = &record.owner {
             // Index first: the index may name a session that is gone, never miss a live one.
@@ -1534,7 +1546,7 @@ impl SessionStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         let now_ms = to_ms(now)?;
-        let idle = changes.idle_deadline.map(to_ms).transpose()?;
+        let idle = changes.idle_deadline.map(deadline_ms).transpose()?;
         let expiry = changes
             .expiry
             .map(|e| serde_json::to_string(&e))
@@ -1660,7 +1672,7 @@ impl SessionStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
         let now_ms = to_ms(now)?;
-        let idle = to_ms(idle_deadline)?;
+        let idle = deadline_ms(idle_deadline)?;
         let basis = serde_json::to_string(&basis).map_err(encoding)?;
         let redis_key = self.session_key(key);
         let reply = self
@@ -2195,5 +2207,21 @@ mod tests {
             from_ms(ms).unwrap(),
             OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_000_000).unwrap()
         );
+    }
+
+    #[test]
+    fn deadlines_are_rounded_up_to_the_millisecond() {
+        let at = |nanos: i128| OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+        assert_eq!(
+            deadline_ms(at(1_700_000_000_123_456_789)).unwrap(),
+            1_700_000_000_124
+        );
+        assert_eq!(
+            deadline_ms(at(1_700_000_000_123_000_000)).unwrap(),
+            1_700_000_000_123
+        );
+        // Before 1970 too: half a millisecond before the epoch is the epoch.
+        assert_eq!(deadline_ms(at(-500_000)).unwrap(), 0);
+        assert_eq!(deadline_ms(at(-1_500_000)).unwrap(), -1);
     }
 }

@@ -187,6 +187,28 @@ pub async fn destroy_sends_a_matching_removal_cookie(b: Backend, side: Side) {
     assert_replay_after_destroy(&app, &token, side).await;
 }
 
+/// The removal cookie mirrors attributes set away from their defaults too (SECURITY.md 10): one
+/// on another path, or `Secure` where the cookie is not, would leave the browser's cookie.
+pub async fn destroy_mirrors_attributes_away_from_their_defaults(b: Backend, side: Side) {
+    let app = app(b, |l| {
+        l.cookie_name("sid")
+            .path("/app")
+            .secure(false)
+            .http_only(false)
+            .same_site(None)
+    });
+    let token = app.start().await;
+    let resp = app.get("/destroy", Some(&token)).await;
+    let cookie = resp.set_cookie().expect("a removal cookie");
+    assert_eq!((cookie.name(), cookie.value()), ("sid", ""));
+    assert_eq!(cookie.max_age(), Some(Duration::ZERO));
+    assert_eq!(cookie.path(), Some("/app"));
+    assert_eq!(cookie.domain(), None);
+    assert_eq!(cookie.secure(), None);
+    assert_eq!(cookie.same_site(), None);
+    assert_replay_after_destroy(&app, &token, side).await;
+}
+
 /// Replaying the token of a destroyed session that held `n` = 1 (SECURITY.md 10).
 async fn assert_replay_after_destroy(app: &App, token: &str, side: Side) {
     let replay = app.get("/get/n", Some(token)).await;
@@ -611,15 +633,17 @@ pub async fn a_far_expiry_date_is_reached_by_refreshing_the_cookie(b: Backend, _
 pub async fn a_cookie_the_browser_still_sends_still_opens(b: Backend, _: Side) {
     use tower_satchel::Clock as _;
     let app = app(b, |l| l.expiry(Expiry::OnInactivity(Duration::hours(1))));
-    // 0.7 s into a second.
+    // 0.7000005 s into a second: a store that keeps deadlines in whole seconds, milliseconds or
+    // microseconds must round them up, not down.
     let into = i64::from(app.clock.now().nanosecond());
     app.clock.advance(Duration::nanoseconds(
-        (1_700_000_000 - into) % 1_000_000_000,
+        (1_700_000_500 - into) % 1_000_000_000,
     ));
     let resp = app.get("/incr/n", None).await;
     let max_age = resp.set_cookie().unwrap().max_age().unwrap();
     let token = resp.expect_token();
-    app.clock.advance(max_age - Duration::milliseconds(1));
+    // The last moment the browser still sends the cookie.
+    app.clock.advance(max_age - Duration::nanoseconds(1));
     assert_eq!(
         app.get("/get/n", Some(&token)).await.body,
         "1",

@@ -87,6 +87,7 @@ macro_rules! server_store_conformance {
             cycle_id_keeps_data_and_retires_the_old_token,
             cycle_id_then_server_error_keeps_the_old_session,
             destroy_sends_a_matching_removal_cookie,
+            destroy_mirrors_attributes_away_from_their_defaults,
             server_errors_persist_nothing,
             server_errors_persist_when_configured,
             idle_timeout_is_enforced,

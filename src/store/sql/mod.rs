@@ -39,6 +39,19 @@ fn saved_from(deadline_moved: Option<bool>) -> Saved {
     }
 }
 
+/// `at` rounded up to a whole microsecond, the precision of both databases' time columns (sqlx
+/// drops the rest): stored rounded down, a deadline could end before the cookie's `Max-Age`,
+/// worked out from the exact deadline, does (SECURITY.md 15). Every store keeps deadlines
+/// rounded up (see [`Record::encode`](crate::Record::encode)).
+fn deadline_up(at: time::OffsetDateTime) -> time::OffsetDateTime {
+    match at.nanosecond() % 1000 {
+        0 => at,
+        part => at
+            .checked_add(time::Duration::nanoseconds(i64::from(1000 - part)))
+            .unwrap_or(at),
+    }
+}
+
 /// Checks a table or schema name and returns it double-quoted for SQL.
 ///
 /// Names are spliced into statements (they cannot be bind parameters), so only

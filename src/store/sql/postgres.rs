@@ -14,7 +14,7 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
 use super::handoff::{self, Handoff};
-use super::{DEFAULT_TABLE, Failure, quote_ident, saved_from, store_error};
+use super::{DEFAULT_TABLE, Failure, deadline_up, quote_ident, saved_from, store_error};
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
@@ -651,7 +651,7 @@ fn bind_changes<'q>(
         .bind(changes.cleared)
         .bind(changes.removed.as_slice())
         .bind(Json(&changes.set))
-        .bind(changes.idle_deadline)
+        .bind(changes.idle_deadline.map(deadline_up))
         .bind(changes.expiry.map(Json))
         .bind(owner.is_some())
         .bind(owner.and_then(|o| o.as_deref()))
@@ -776,8 +776,8 @@ impl SessionStore for PostgresStore {
                     .bind(version)
                     .bind(Json(&record.data))
                     .bind(record.created_at)
-                    .bind(record.idle_deadline)
-                    .bind(record.absolute_deadline)
+                    .bind(deadline_up(record.idle_deadline))
+                    .bind(record.absolute_deadline.map(deadline_up))
                     .bind(Json(record.expiry))
                     .bind(record.owner.as_deref())
                     .bind(now)
@@ -818,7 +818,7 @@ impl SessionStore for PostgresStore {
             .on_conn("touch", async |conn| {
                 sqlx::query_scalar::<_, bool>(stmt(&self.sql.touch))
                     .bind(key.as_bytes().as_slice())
-                    .bind(idle_deadline)
+                    .bind(deadline_up(idle_deadline))
                     .bind(now)
                     .bind(Json(basis))
                     .fetch_optional(conn)

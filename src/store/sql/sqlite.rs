@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use super::handoff::{self, Handoff};
-use super::{DEFAULT_TABLE, Failure, quote_ident, saved_from, store_error};
+use super::{DEFAULT_TABLE, Failure, deadline_up, quote_ident, saved_from, store_error};
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
@@ -244,6 +244,11 @@ fn stmt(sql: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
 fn micros(at: OffsetDateTime) -> i64 {
     let us = at.unix_timestamp_nanos() / 1000;
     i64::try_from(us).unwrap_or(if us < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// A deadline in microseconds since the Unix epoch, rounded up (see [`deadline_up`]).
+fn deadline_micros(at: OffsetDateTime) -> i64 {
+    micros(deadline_up(at))
 }
 
 fn from_micros(us: i64) -> Option<OffsetDateTime> {
@@ -565,7 +570,7 @@ impl SqliteStore {
         let mut write = write
             .bind(key.as_bytes().as_slice())
             .bind(data)
-            .bind(micros(record.idle_deadline))
+            .bind(deadline_micros(record.idle_deadline))
             .bind(expiry)
             .bind(record.owner);
         if let Some(to) = move_to {
@@ -624,8 +629,8 @@ impl SessionStore for SqliteStore {
                     .bind(i64::from(record.version))
                     .bind(data)
                     .bind(micros(record.created_at))
-                    .bind(micros(record.idle_deadline))
-                    .bind(record.absolute_deadline.map(micros))
+                    .bind(deadline_micros(record.idle_deadline))
+                    .bind(record.absolute_deadline.map(deadline_micros))
                     .bind(expiry)
                     .bind(record.owner.as_deref())
                     .bind(micros(now))
@@ -664,17 +669,20 @@ impl SessionStore for SqliteStore {
             .on_conn("save", async |conn| {
                 sqlx::query_scalar::<_, bool>(stmt(&self.sql.save_metadata))
                     .bind(key.as_bytes().as_slice())
-                    .bind(changes.idle_deadline.map(micros))
+                    .bind(changes.idle_deadline.map(deadline_micros))
                     .bind(expiry)
                     .bind(owner.is_some())
                     .bind(owner.and_then(|o| o.as_deref()))
                     .bind(micros(now))
                     .bind(basis)
-                    .fetch_optional(conn)
+                    // To the end, not `fetch_optional`: SQLite commits an `UPDATE … RETURNING`
+                    // when the statement finishes, after its row, and sqlx drops the result of
+                    // finishing a statement it stopped reading (a full disk would go unreported).
+                    .fetch_all(conn)
                     .await
             })
             .await?;
-        Ok(saved_from(applied))
+        Ok(saved_from(applied.first().copied()))
     }
 
     async fn touch(
@@ -689,14 +697,14 @@ impl SessionStore for SqliteStore {
             .on_conn("touch", async |conn| {
                 sqlx::query_scalar::<_, bool>(stmt(&self.sql.touch))
                     .bind(key.as_bytes().as_slice())
-                    .bind(micros(idle_deadline))
+                    .bind(deadline_micros(idle_deadline))
                     .bind(micros(now))
                     .bind(basis)
-                    .fetch_optional(conn)
+                    .fetch_all(conn) // to the end: see `save`
                     .await
             })
             .await?;
-        Ok(saved_from(applied))
+        Ok(saved_from(applied.first().copied()))
     }
 
     async fn rename(
@@ -798,6 +806,21 @@ mod tests {
         let back = from_micros(micros(at)).unwrap();
         assert_eq!(back.unix_timestamp_nanos(), 1_700_000_000_123_456_000);
         assert!(from_micros(i64::MAX).is_none());
+    }
+
+    #[test]
+    fn deadlines_are_rounded_up_to_the_microsecond() {
+        let at = |nanos: i128| OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+        assert_eq!(
+            deadline_micros(at(1_700_000_000_123_456_789)),
+            1_700_000_000_123_457
+        );
+        assert_eq!(
+            deadline_micros(at(1_700_000_000_123_456_000)),
+            1_700_000_000_123_456
+        );
+        assert_eq!(deadline_micros(at(-500)), 0);
+        assert_eq!(deadline_micros(at(-1_500)), -1);
     }
 
     #[test]
