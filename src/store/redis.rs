@@ -1987,6 +1987,56 @@ mod tests {
         record
     }
 
+    /// A field name as a session hash might hold it, or not.
+    fn any_field() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(b"m".to_vec()),
+            Just(b"o".to_vec()),
+            Just(b"f".to_vec()),
+            "d:[a-z]{0,3}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        ]
+    }
+
+    /// A field value: metadata-shaped (numbers of any size, any policy text), JSON-ish, or bytes.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "-?[0-9]{1,21}:-?[0-9]{0,21}:-?[0-9]{1,21}:[0-9]{1,12}:.{0,24}"
+                .prop_map(String::into_bytes),
+            r#"\{"(OnInactivity|AtDateTime)":-?[0-9]{1,21}\}|"OnSessionEnd"|\[[0-9,]{0,8}\]"#
+                .prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a hash holds (a damaged record, another program's key under the prefix),
+        /// decoding it answers, never panics (SECURITY.md 27).
+        #[test]
+        fn any_hash_decodes_or_is_refused(
+            pairs in proptest::collection::vec((any_field(), any_value()), 0..8),
+        ) {
+            let items = pairs
+                .into_iter()
+                .flat_map(|(field, value)| [Value::BulkString(field), Value::BulkString(value)])
+                .collect();
+            let _ = decode_hash(Value::Array(items));
+        }
+
+        /// A valid record's hash with one byte of its metadata changed: decoded or refused.
+        #[test]
+        fn a_damaged_metadata_field_is_decoded_or_refused(at in 0usize..64, byte in 0u8..=255) {
+            let record = sample();
+            let mut meta = pack_meta(&record).unwrap().into_bytes();
+            let at = at % meta.len();
+            meta[at] = byte;
+            let items = vec![Value::BulkString(b"m".to_vec()), Value::BulkString(meta)];
+            let _ = decode_hash(Value::Array(items));
+        }
+    }
+
     #[test]
     fn session_hashes_decode_back_to_the_record() {
         let record = sample();

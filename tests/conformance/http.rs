@@ -264,6 +264,31 @@ pub async fn idle_timeout_is_enforced(b: Backend, _: Side) {
     assert_eq!(app.get("/get/n", Some(&token)).await.body, "null");
 }
 
+/// A write that comes with the token of an expired or destroyed session starts a new session
+/// under a new ID; the old ID is never brought back (SECURITY.md 2).
+pub async fn a_write_with_an_ended_token_gets_a_new_id(b: Backend, side: Side) {
+    let app = app(b, |l| l.expiry(Expiry::OnInactivity(Duration::minutes(10))));
+    let expired = app.start().await;
+    app.clock.advance(Duration::minutes(11));
+    let resp = app.get("/incr/n", Some(&expired)).await;
+    assert_eq!(resp.body, "1", "a fresh session");
+    assert_ne!(resp.expect_token(), expired);
+    assert_eq!(app.get("/get/n", Some(&expired)).await.body, "null");
+
+    let destroyed = app.start().await;
+    app.get("/destroy", Some(&destroyed)).await;
+    let resp = app.get("/incr/n", Some(&destroyed)).await;
+    match side {
+        Side::Server => {
+            assert_eq!(resp.body, "1", "a fresh session");
+            assert_ne!(resp.expect_token(), destroyed);
+            assert_eq!(app.get("/get/n", Some(&destroyed)).await.body, "null");
+        }
+        // Documented exception: a copy of a destroyed sealed session stays valid.
+        Side::Client => assert_eq!(resp.body, "2"),
+    }
+}
+
 pub async fn absolute_lifetime_is_enforced_despite_activity(b: Backend, _: Side) {
     let app = app(b, |l| {
         l.expiry(Expiry::OnInactivity(Duration::minutes(30)))

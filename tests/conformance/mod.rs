@@ -91,6 +91,7 @@ macro_rules! server_store_conformance {
             server_errors_persist_nothing,
             server_errors_persist_when_configured,
             idle_timeout_is_enforced,
+            a_write_with_an_ended_token_gets_a_new_id,
             absolute_lifetime_is_enforced_despite_activity,
             cycle_id_does_not_extend_the_absolute_lifetime,
             touch_is_throttled,
