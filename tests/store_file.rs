@@ -1097,6 +1097,29 @@ async fn a_change_in_place_is_reported_made_when_the_owner_index_cannot_be_tidie
     assert!(markers(&dir, "bob").is_empty());
 }
 
+/// A request naming an ID nobody issued writes nothing to the folder (SECURITY.md 3).
+#[tokio::test]
+async fn an_unknown_id_writes_nothing() {
+    let dir = fresh_dir("unknown");
+    let store = FileStore::new(&dir).unwrap();
+    let app = harness::default_app(store.clone().into_backend());
+    let listing = || {
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let planted = SessionId::generate().unwrap();
+    let resp = app.get("/read", Some(&planted.expose())).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(resp.token().is_none());
+    assert_eq!(listing(), before);
+    assert!(!store.path_of(&planted.key()).exists());
+}
+
 /// A session file that cannot be read fails the request (SECURITY.md 28): no empty session in
 /// its place, which a write would then store over it. Root reads files whatever their mode, so
 /// a folder stands in the file's place (opening it works, reading it does not).

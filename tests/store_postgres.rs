@@ -41,6 +41,12 @@ fn now() -> OffsetDateTime {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_id_writes_nothing() {
+    let store = pg::store().await;
+    support_sql::an_unknown_id_writes_nothing(store.store.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_requests_of_one_session_keep_every_key() {
     let store = pg::store().await;
     support_sql::hundred_concurrent_requests_keep_every_key(app(store)).await;

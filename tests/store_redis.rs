@@ -64,6 +64,32 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// A request naming an ID nobody issued writes nothing to Redis under the store's prefix
+/// (SECURITY.md 3).
+#[tokio::test]
+async fn an_unknown_id_writes_nothing() {
+    let url = single_url();
+    let (store, prefix) = store_with_prefix(&url).await;
+    let app = Router::new()
+        .route("/", get(|s: Session| async move { s.len().to_string() }))
+        .layer(SessionLayer::new(store));
+    let planted = SessionId::generate().unwrap().expose();
+    let response = app
+        .oneshot(
+            Request::get("/")
+                .header(header::COOKIE, format!("id={planted}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get(header::SET_COOKIE).is_none());
+    let mut conn = raw(&url).await;
+    let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
+    assert!(keys.is_empty(), "{} keys written", keys.len());
+}
+
 fn session_key_name(prefix: &str, key: &SessionKey) -> String {
     format!("{prefix}s:{{{}}}", key.to_hex())
 }

@@ -305,6 +305,22 @@ pub mod lite {
     }
 }
 
+/// A request naming an ID nobody issued loads it and writes nothing: no row, not even an expired
+/// placeholder (SECURITY.md 3). Every row, whatever its deadline, is one `delete_expired` far
+/// in the future would count.
+pub async fn an_unknown_id_writes_nothing<S: SessionStore + Clone>(store: S) {
+    let app = app(store.clone());
+    let planted = SessionId::generate().unwrap();
+    let resp = app.get("/keys", Some(&planted.expose())).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(
+        resp.token.is_none(),
+        "no cookie for a session that does not exist"
+    );
+    let far = OffsetDateTime::now_utc() + Duration::days(365 * 5000);
+    assert_eq!(store.delete_expired(far, 1_000_000).await.unwrap(), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // A small app
 
