@@ -84,16 +84,24 @@ impl Expiry {
     }
 }
 
+/// An [`Expiry::OnInactivity`] window as stores keep it: whole seconds, rounded up like the
+/// deadlines of a stored record, so that a window of half a second does not come back as no
+/// window at all (a session dead on its next refresh).
+pub(crate) fn window_seconds(window: Duration) -> i64 {
+    let whole = window.whole_seconds();
+    if window.subsec_nanoseconds() > 0 {
+        whole.saturating_add(1)
+    } else {
+        whole
+    }
+}
+
 mod duration_secs {
     use serde::{Deserialize, Deserializer, Serializer};
     use time::Duration;
 
-    /// Whole seconds, rounded up like the deadlines of a stored record: a window of half a
-    /// second must not come back as no window at all (a session dead on its next touch).
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        let whole = d.whole_seconds();
-        let part = d.subsec_nanoseconds() > 0;
-        s.serialize_i64(if part { whole.saturating_add(1) } else { whole })
+        s.serialize_i64(super::window_seconds(*d))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

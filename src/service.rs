@@ -209,6 +209,13 @@ type CommitFuture = BoxFuture<'static, Result<Committed, SessionError>>;
 pin_project! {
     /// The response future of [`SessionService`]: the handler's future, then (only when the handler
     /// changed the session or a deadline refresh is due) the store call that commits it.
+    ///
+    /// The commit runs inside this future: if the server drops it (the client went away
+    /// before the response was ready), a store call not yet answered is abandoned, and the
+    /// handler's changes may be written in part or not at all (a `destroy` followed by new
+    /// values can delete the session without storing the new one). A handler whose write must
+    /// happen whatever the client does runs [`Session::save`](crate::Session::save) in a task
+    /// of its own (`tokio::spawn`, with a clone of the handle) and awaits that task.
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,

@@ -444,6 +444,9 @@ enum Plan {
     },
     Seal {
         record: Record,
+        /// Only a refresh (of the deadline, or under the primary key): the handler changed
+        /// nothing, so the cookie the browser holds may stay if the new one cannot be made.
+        refresh: bool,
     },
     Destroy {
         old: Option<SessionId>,
@@ -680,7 +683,9 @@ impl Session {
     /// `save` loads the session first if needed. Saves of one session run one at a time, and the
     /// layer's own save waits for one still in flight. With the cookie store nothing can be
     /// written before the response, since the session travels in the response's cookie: there
-    /// `save` only checks that the session can still change, and a 5xx response writes nothing.
+    /// `save` checks that the session can still change and that it fits its cookie (a
+    /// [`StoreErrorKind::TooLarge`](crate::StoreErrorKind::TooLarge) store error otherwise), and
+    /// a 5xx response writes nothing.
     ///
     /// ```
     /// use tower_satchel::{Session, SessionError};
@@ -712,7 +717,18 @@ impl Session {
         self.load().await?;
         let store = match &self.0.backend.0 {
             Kind::Server(store) => store.clone(),
-            Kind::Client(_) => return self.writable_state().map(drop),
+            Kind::Client(store) => {
+                // Nothing is written before the response, but whether the session fits its
+                // cookie can be known now, before the handler acts on a save that seemed to work.
+                let now = self.0.config.clock.now();
+                let record = self
+                    .writable_state()?
+                    .take_record(&self.0.config, now, true);
+                return store
+                    .seal(self.0.config.token_name(), &record, now)
+                    .map(drop)
+                    .map_err(SessionError::store);
+            }
         };
         let _one_at_a_time = self.0.load_lock.lock().await;
         let now = self.0.config.clock.now();
@@ -738,11 +754,21 @@ impl Session {
                 max_age,
             } => {
                 let outcome = store.touch(&id.key(), idle_deadline, basis, now).await;
-                let applied = matches!(outcome, Ok(Saved::Applied));
-                let token = self.touched(&id, outcome, max_age);
-                if !applied {
-                    return Ok(());
+                match outcome {
+                    // Asked for, unlike the layer's own touch: the handler learns how it went.
+                    Err(error) => {
+                        tracing::error!(scope = self.0.config.scope, session = %id.log_tag(), %error, "session store failed on touch");
+                        return Err(SessionError::store(error));
+                    }
+                    Ok(Saved::Gone) => {
+                        tracing::info!(scope = self.0.config.scope, session = %id.log_tag(), "session ended during the request");
+                        return Err(ended_during_request());
+                    }
+                    // Stored, with the deadline a concurrent new expiry came with.
+                    Ok(Saved::PolicyChanged) => return Ok(()),
+                    Ok(_) => {}
                 }
+                let token = self.touched(&id, outcome, max_age);
                 (Stored::Touched(idle_deadline), token)
             }
             Plan::Save {
@@ -836,9 +862,14 @@ impl Session {
                         live.record.owner.clone_from(owner);
                     }
                 }
-                if settled {
+                if settled || state.reshaped == reshaped {
+                    // Saved, `clear` and metadata included. Keys changed meanwhile are still
+                    // marked and go with the next save; sending the `clear` again would erase
+                    // what other requests wrote since.
                     state.settle();
                 } else {
+                    // A `clear`, a new owner or the like came meanwhile, and its flag is set:
+                    // the keys saved go again with it.
                     state.mark_unsaved(changes);
                 }
             }
@@ -867,6 +898,21 @@ impl Session {
 
     /// The token a [`Session::save`] left for the response, unless `committed` carries a newer
     /// one. Called by the service with what the layer's own save gave.
+    /// The session `id` ended in the store during the request: a cookie for it that a
+    /// [`Session::save`] left for the response is stale, and could clobber the cookie of a
+    /// concurrent rotation, so it is not sent.
+    fn forget_pending_for(&self, id: &SessionId) {
+        if !self.0.pending.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.state();
+        if let Some(TokenAction::Set { value, .. }) = state.pending.as_deref()
+            && *value == id.expose()
+        {
+            state.pending = None;
+        }
+    }
+
     pub(crate) fn with_saved_token(&self, mut committed: Committed) -> Committed {
         if self.0.pending.load(Ordering::Acquire)
             && matches!(committed.token, TokenAction::Keep)
@@ -1054,6 +1100,10 @@ impl Session {
     ///     })
     /// }
     /// ```
+    ///
+    /// The read and the write are two steps: tasks that share one handle and update the same key
+    /// at the same time can lose one of the updates (the closure runs without the handle's lock,
+    /// so it may use the session itself).
     ///
     /// # Errors
     ///
@@ -1363,7 +1413,13 @@ impl Session {
             }
             let record = state.take_record(config, now, keep);
             return if client {
-                (Plan::Seal { record }, read)
+                (
+                    Plan::Seal {
+                        record,
+                        refresh: false,
+                    },
+                    read,
+                )
             } else {
                 (
                     Plan::Create {
@@ -1388,6 +1444,7 @@ impl Session {
             }
             return (
                 Plan::Seal {
+                    refresh: !state.modified(),
                     record: state.take_record(config, now, keep),
                 },
                 read,
@@ -1578,6 +1635,7 @@ impl Session {
                 // (SECURITY.md 11). No removal cookie either: it could clobber the new cookie a
                 // concurrent rotation just set.
                 tracing::info!(scope, session = %id.log_tag(), "session ended during the request; its changes were dropped");
+                self.forget_pending_for(id);
                 TokenAction::Keep
             }
             Err(error) => {
@@ -1599,6 +1657,10 @@ impl Session {
                 value: id.expose(),
                 max_age,
             },
+            Ok(Saved::Gone) => {
+                self.forget_pending_for(id);
+                TokenAction::Keep
+            }
             Ok(_) => TokenAction::Keep,
             Err(error) => {
                 // A failed touch loses nothing: the deadline is refreshed next time.
@@ -1622,12 +1684,19 @@ impl Session {
         let done = move |token| Ok(Committed { token, read });
         match (plan, self.0.backend.0.clone()) {
             (Plan::Nothing, _) => Box::pin(async move { done(TokenAction::Keep) }),
-            (Plan::Seal { record }, Kind::Client(store)) => Box::pin(async move {
+            (Plan::Seal { record, refresh }, Kind::Client(store)) => Box::pin(async move {
                 let max_age = max_age_for(&record, now);
-                let value = store
-                    .seal(session.0.config.token_name(), &record, now)
-                    .map_err(SessionError::store)?;
-                done(TokenAction::Set { value, max_age })
+                match store.seal(session.0.config.token_name(), &record, now) {
+                    Ok(value) => done(TokenAction::Set { value, max_age }),
+                    // A session that fitted its cookie can outgrow it on a mere refresh (its
+                    // compressed size moves with the deadline, or compression was turned off):
+                    // the cookie the browser holds still works, so the request need not fail.
+                    Err(error) if refresh && error.kind() == StoreErrorKind::TooLarge => {
+                        tracing::warn!(scope = session.0.config.scope, %error, "sealed session not refreshed: it no longer fits its cookie");
+                        done(TokenAction::Keep)
+                    }
+                    Err(error) => Err(SessionError::store(error)),
+                }
             }),
             (
                 Plan::Touch {
@@ -1748,6 +1817,7 @@ impl Session {
                     return Ok(Some(id));
                 }
                 Ok(Renamed::Gone) => {
+                    self.forget_pending_for(old);
                     tracing::info!(scope, session = %old_key.log_tag(), "session ended during the request; its rotation was dropped");
                     return Ok(None);
                 }

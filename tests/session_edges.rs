@@ -52,6 +52,185 @@ fn start_route() -> axum::routing::MethodRouter {
     })
 }
 
+/// A `clear` a handler saved is not sent again by the layer because a value changed while the
+/// save waited: sent again, it would erase what other requests wrote in between.
+#[tokio::test]
+async fn a_saved_clear_is_not_repeated_after_a_value_changed_during_the_save() {
+    let plain = Faulty::default();
+    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let gated = Faulty {
+        inner: plain.inner.clone(),
+        save_gate: Some(gate.clone()),
+        ..Faulty::default()
+    };
+    let dump = get(|session: Session| async move {
+        let mut keys = session.keys();
+        keys.sort();
+        keys.join(",")
+    });
+    let router = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/other",
+            get(|session: Session| async move {
+                session.insert("other", true).unwrap();
+                "written"
+            }),
+        )
+        .route("/dump", dump)
+        .layer(SessionLayer::new(plain.clone()));
+    let response = send(&router, "/start", None).await;
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    let (other, other_cookie) = (router.clone(), cookie.clone());
+    let clearing = Router::new()
+        .route(
+            "/reset",
+            get(move |session: Session| {
+                let (gate, other, other_cookie) =
+                    (gate.clone(), other.clone(), other_cookie.clone());
+                async move {
+                    session.clear();
+                    session.insert("a", 1).unwrap();
+                    let during = async {
+                        gate.0.notified().await;
+                        session.insert("b", 2).unwrap();
+                        gate.1.notify_one();
+                    };
+                    let (saved, ()) = tokio::join!(session.save(), during);
+                    saved.unwrap();
+                    // Another request of the session writes after the save, before the commit.
+                    let response = send(&other, "/other", Some(&other_cookie)).await;
+                    assert_eq!(response.status(), StatusCode::OK);
+                    // Lets the layer's own save through the gate.
+                    gate.1.notify_one();
+                    "reset"
+                }
+            }),
+        )
+        .layer(SessionLayer::new(gated));
+    let response = send(&clearing, "/reset", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        text(send(&router, "/dump", Some(&cookie)).await).await,
+        "a,b,other",
+        "cleared once, then the saved key, the key written during the save, and the other write"
+    );
+}
+
+/// `save` of a session only read, with its deadline due for a refresh, says how the touch went:
+/// a store error or a session ended meanwhile is an error, as for a save of changes.
+#[tokio::test]
+async fn a_touching_save_reports_failures_and_ended_sessions() {
+    let store = Faulty::default();
+    let clock = ManualClock::starting_now();
+    let fail = store.fail_touches.clone();
+    let router = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/read-and-save",
+            get(|session: Session| async move {
+                assert_eq!(session.get::<i64>("n").unwrap(), Some(1));
+                match session.save().await {
+                    Ok(()) => "ok".to_owned(),
+                    Err(error) => format!("{:?}", error.kind()),
+                }
+            }),
+        )
+        .route(
+            "/end-then-save",
+            get({
+                let inner = store.inner.clone();
+                move |session: Session| {
+                    let inner = inner.clone();
+                    async move {
+                        assert_eq!(session.get::<i64>("n").unwrap(), Some(1));
+                        let key = session.id().unwrap().key();
+                        tower_satchel::SessionStore::delete(&inner, &key)
+                            .await
+                            .unwrap();
+                        match session.save().await {
+                            Ok(()) => "ok".to_owned(),
+                            Err(error) => format!("{:?}", error.kind()),
+                        }
+                    }
+                }
+            }),
+        )
+        .layer(
+            SessionLayer::builder(store.clone())
+                .expiry(Expiry::OnInactivity(Duration::hours(1)))
+                .clock(clock.clone())
+                .build()
+                .unwrap(),
+        );
+    let response = send(&router, "/start", None).await;
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    // A tenth of the window later, a read is due to refresh the deadline.
+    clock.advance(Duration::minutes(7));
+    fail.store(true, Ordering::SeqCst);
+    let response = send(&router, "/read-and-save", Some(&cookie)).await;
+    assert_eq!(text(response).await, "Store");
+    fail.store(false, Ordering::SeqCst);
+    let response = send(&router, "/read-and-save", Some(&cookie)).await;
+    assert_eq!(text(response).await, "ok");
+    clock.advance(Duration::minutes(7));
+    let response = send(&router, "/end-then-save", Some(&cookie)).await;
+    assert_eq!(text(response).await, "Ended");
+}
+
+/// A cookie a `save` left for the response is not sent once the layer finds the session ended
+/// (here: rotated by a concurrent login): sent last, it would put the retired ID back in the
+/// browser over the login's new one.
+#[tokio::test]
+async fn a_saved_cookie_is_not_sent_for_a_session_that_ended_meanwhile() {
+    let store = MemoryStore::new();
+    let clock = ManualClock::starting_now();
+    let layer = || {
+        SessionLayer::builder(store.clone())
+            .expiry(Expiry::OnInactivity(Duration::hours(1)))
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let login = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/login",
+            get(|session: Session| async move {
+                session.cycle_id();
+                "in"
+            }),
+        )
+        .layer(layer());
+    let response = send(&login, "/start", None).await;
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    let (other, other_cookie) = (login.clone(), cookie.clone());
+    let slow = Router::new()
+        .route(
+            "/",
+            get(move |session: Session| {
+                let (other, other_cookie) = (other.clone(), other_cookie.clone());
+                async move {
+                    assert_eq!(session.get::<i64>("n").unwrap(), Some(1));
+                    // Due for a refresh: the save owes the response a cookie with a new Max-Age.
+                    session.save().await.unwrap();
+                    let rotated = send(&other, "/login", Some(&other_cookie)).await;
+                    assert!(set_cookie(&rotated).is_some());
+                    session.insert("late", true).unwrap();
+                    "done"
+                }
+            }),
+        )
+        .layer(layer());
+    clock.advance(Duration::minutes(7));
+    let response = send(&slow, "/", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        set_cookie(&response).is_none(),
+        "the retired ID was sent again"
+    );
+}
+
 #[tokio::test]
 async fn a_save_cut_short_leaves_its_changes_to_the_layer() {
     let store = Faulty::default();

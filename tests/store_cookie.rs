@@ -549,6 +549,20 @@ async fn with_a_hook_revoke_owner_rejects_every_earlier_cookie_of_that_owner() {
     assert_eq!(app.get("/get/logged-in", Some(&fresh)).await.body, "true");
 }
 
+/// `destroy` does not use the hook: it ends the session in this browser only, and a copy of the
+/// cookie still opens until its deadline (documented on `CookieStore`).
+#[tokio::test]
+async fn with_a_hook_destroy_still_leaves_copies_valid() {
+    let app = revocable_app(MemoryRevocations::new());
+    let token = app.get("/owner/alice", None).await.expect_token();
+    let resp = app.get("/destroy", Some(&token)).await;
+    assert_eq!(
+        resp.set_cookie().map(|c| c.value().to_owned()),
+        Some(String::new())
+    );
+    assert_eq!(app.get("/get/logged-in", Some(&token)).await.body, "true");
+}
+
 #[tokio::test]
 async fn a_session_that_logs_in_after_a_revocation_is_not_caught_by_it() {
     // The hook compares the time a cookie was sealed, not when its session began: an anonymous
@@ -678,6 +692,21 @@ async fn send(layer: SessionLayer, path: &str, token: Option<&str>) -> Sent {
     let router = Router::new()
         .route("/put/{size}", get(put))
         .route(
+            "/put-and-save/{size}",
+            get(|s: Session, Path(size): Path<usize>| async move {
+                s.insert("blob", "x".repeat(size))?;
+                // What a handler would check before acting on the write.
+                Ok::<_, SessionError>(match s.save().await {
+                    Ok(()) => "saved".to_owned(),
+                    Err(error) => {
+                        // Told in time: the handler takes the value back and says so.
+                        s.remove::<String>("blob")?;
+                        format!("{:?}", error.store_error().map(StoreError::kind))
+                    }
+                })
+            }),
+        )
+        .route(
             "/len",
             get(|s: Session| async move {
                 Ok::<_, SessionError>(s.get::<String>("blob")?.map_or(0, |b| b.len()).to_string())
@@ -733,6 +762,40 @@ async fn an_oversize_session_fails_the_request_and_writes_nothing() {
     // The browser's cookie still holds the previous session.
     let sent = send(layer, "/len", Some(&token)).await;
     assert_eq!(sent.body, "100");
+}
+
+/// `save` tells the handler that its session will not fit the cookie, before it acts on it.
+#[tokio::test]
+async fn save_reports_a_session_too_large_for_its_cookie() {
+    let layer = SessionLayer::new(store());
+    let sent = send(layer.clone(), "/put-and-save/100", None).await;
+    assert_eq!((sent.status, sent.body.as_str()), (StatusCode::OK, "saved"));
+    let sent = send(layer, "/put-and-save/5000", None).await;
+    assert_eq!(
+        (sent.status, sent.body.as_str()),
+        (StatusCode::OK, "Some(TooLarge)")
+    );
+}
+
+/// A request that changes nothing, whose refresh no longer fits the cookie (here: re-sealed
+/// under a new primary key by a store without compression), keeps the cookie the browser holds
+/// rather than failing, request after request.
+#[tokio::test]
+async fn a_refresh_that_no_longer_fits_keeps_the_cookie() {
+    let compressed = SessionLayer::new(CookieStore::new(key(1)).compression_level(6));
+    let sent = send(compressed, "/put/5000", None).await;
+    assert_eq!(sent.status, StatusCode::OK);
+    let token = sent.token.unwrap();
+    let rotated = SessionLayer::new(CookieStore::new(KeyRing::new(key(2)).with_previous(key(1))));
+    for _ in 0..2 {
+        let sent = send(rotated.clone(), "/len", Some(&token)).await;
+        assert_eq!((sent.status, sent.body.as_str()), (StatusCode::OK, "5000"));
+        assert_eq!(sent.token, None, "the browser keeps its cookie");
+    }
+    // A change that does not fit still fails the request.
+    let sent = send(rotated, "/put/5001", Some(&token)).await;
+    assert_eq!(sent.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(sent.kind, Some(StoreErrorKind::TooLarge));
 }
 
 #[tokio::test]

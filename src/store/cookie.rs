@@ -525,12 +525,14 @@ impl Revocation for MemoryRevocations {
 ///   with the largest session your app builds ([below](#testing-the-size-of-your-sessions)); if it
 ///   gets close, keep IDs rather than objects in the session, turn on
 ///   [compression](CookieStore::compression_level), or move to a server-side store.
-/// - **No server-side revocation by default.** Without a [revocation hook](Revocation),
-///   [`Session::destroy`](crate::Session::destroy) and [`Session::cycle_id`](crate::Session::cycle_id)
-///   only replace the cookie in *this* browser: **a copied cookie stays valid until its idle or
-///   absolute deadline**, and [`Session::revoke_owner`](crate::Session::revoke_owner) fails with
-///   [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported). Keep the idle timeout and
-///   absolute lifetime short, or set a hook ([`CookieStore::revocation`]).
+/// - **No server-side revocation of one session.** [`Session::destroy`](crate::Session::destroy)
+///   and [`Session::cycle_id`](crate::Session::cycle_id) only replace the cookie in *this*
+///   browser, with or without a hook: **a copied cookie stays valid until its idle or absolute
+///   deadline**. A [revocation hook](Revocation) ([`CookieStore::revocation`]) refuses every
+///   cookie of an owner sealed before [`Session::revoke_owner`](crate::Session::revoke_owner)
+///   (every device logged out); without one, `revoke_owner` fails with
+///   [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported). Keep the idle timeout
+///   and absolute lifetime short.
 /// - **Last writer wins.** Every response carries the whole session; when two concurrent requests of
 ///   one session write, the cookie the browser stores last wins, including writes to different
 ///   keys.
@@ -778,8 +780,8 @@ const META_LEN: usize = 1 + 8 + 8 + 8 + 1 + 8 + 4;
 /// ```
 ///
 /// Times are whole Unix seconds and every integer is big-endian: what the JSON form (as in
-/// [`Record::encode`]) kept, in 38 bytes instead of about 90. The two deadlines are rounded up
-/// to the second, the others down: the cookie's `Max-Age`, worked out from the exact deadline,
+/// [`Record::encode`]) kept, in 38 bytes instead of about 90. The two deadlines and an
+/// inactivity window are rounded up to the second, the others down: the cookie's `Max-Age`, worked out from the exact deadline,
 /// must not outlast the deadline sealed in it (SECURITY.md 15), which rounding down would let it
 /// do by the fraction cut off.
 fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
@@ -790,7 +792,7 @@ fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), serde_json::E
     out.extend_from_slice(&absolute.to_be_bytes());
     let (tag, seconds) = match record.expiry {
         Expiry::OnSessionEnd => (0u8, 0),
-        Expiry::OnInactivity(window) => (1, window.whole_seconds()),
+        Expiry::OnInactivity(window) => (1, crate::expiry::window_seconds(window)),
         Expiry::AtDateTime(at) => (2, at.unix_timestamp()),
     };
     out.push(tag);
@@ -1451,6 +1453,21 @@ mod tests {
             for cut in 0..bytes.len() {
                 assert!(decode_record(&bytes[..cut]).is_err(), "cut at {cut}");
             }
+        }
+        // An inactivity window comes back in whole seconds, rounded up: half a second is one.
+        for (window, back) in [(500, 1), (1500, 2)] {
+            let expiry = Expiry::OnInactivity(Duration::milliseconds(window));
+            let mut bytes = Vec::new();
+            encode_record(
+                &Record::new(t, t + Duration::hours(1), None, expiry),
+                &mut bytes,
+            )
+            .unwrap();
+            let decoded = decode_record(&bytes).unwrap();
+            assert_eq!(
+                decoded.expiry,
+                Expiry::OnInactivity(Duration::seconds(back))
+            );
         }
     }
 

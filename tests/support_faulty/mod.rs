@@ -34,6 +34,8 @@ pub struct Faulty {
     pub hang_next_save: Arc<AtomicBool>,
     /// Async creates announce themselves on the first `Notify` and wait for the second.
     pub create_gate: Option<Arc<(Notify, Notify)>>,
+    /// Async saves do the same.
+    pub save_gate: Option<Arc<(Notify, Notify)>>,
     pub loads: Arc<AtomicUsize>,
     pub writes: Arc<AtomicUsize>,
     pub touches: Arc<AtomicUsize>,
@@ -193,6 +195,10 @@ impl SessionStore for Faulty {
     ) -> Result<Saved, StoreError> {
         if self.hang_next_save.swap(false, Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if let Some(gate) = &self.save_gate {
+            gate.0.notify_one();
+            gate.1.notified().await;
         }
         self.save_now(key, changes, now)
     }
