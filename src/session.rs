@@ -163,6 +163,10 @@ struct State {
     cycle: bool,
     destroyed: bool,
     reseal: bool,
+    /// When the cookie store opened (and checked for revocation) the sealed session this request
+    /// started from: its next seal carries this time, not the commit's, so a revocation that
+    /// lands while the request runs still refuses the cookie it writes.
+    opened_at: Option<OffsetDateTime>,
     /// The service has taken what this request changed (or the request was abandoned): later
     /// changes could not be saved, so they are refused.
     closed: bool,
@@ -633,7 +637,11 @@ impl Session {
             (Incoming::Token(token), Kind::Client(store)) => {
                 match store.open(self.0.config.token_name(), token, now).await {
                     Ok(Opened::Live { record, reseal }) => {
-                        self.state().reseal = reseal;
+                        {
+                            let mut state = self.state();
+                            state.reseal = reseal;
+                            state.opened_at = Some(now);
+                        }
                         self.adopt(Live { id: None, record })
                     }
                     Ok(Opened::Expired) => {
@@ -1686,7 +1694,9 @@ impl Session {
             (Plan::Nothing, _) => Box::pin(async move { done(TokenAction::Keep) }),
             (Plan::Seal { record, refresh }, Kind::Client(store)) => Box::pin(async move {
                 let max_age = max_age_for(&record, now);
-                match store.seal(session.0.config.token_name(), &record, now) {
+                // Sealed as of when it was opened (see `State::opened_at`).
+                let sealed_at = session.state().opened_at.map_or(now, |at| at.min(now));
+                match store.seal(session.0.config.token_name(), &record, sealed_at) {
                     Ok(value) => done(TokenAction::Set { value, max_age }),
                     // A session that fitted its cookie can outgrow it on a mere refresh (its
                     // compressed size moves with the deadline, or compression was turned off):

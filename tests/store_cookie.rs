@@ -549,6 +549,30 @@ async fn with_a_hook_revoke_owner_rejects_every_earlier_cookie_of_that_owner() {
     assert_eq!(app.get("/get/logged-in", Some(&fresh)).await.body, "true");
 }
 
+/// A request already in flight when its owner's sessions are revoked (it opened its cookie
+/// before) writes a cookie the revocation still refuses: the seal carries the time the cookie
+/// was opened, not the time of the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_during_a_revocation_writes_a_refused_cookie() {
+    let app = revocable_app(MemoryRevocations::new());
+    let token = app.get("/owner/alice", None).await.expect_token();
+    let other_device = app.get("/owner/alice", None).await.expect_token();
+    let in_flight = {
+        let (app, token) = (app.clone(), token.clone());
+        tokio::spawn(async move { app.get("/wait-set/late", Some(&token)).await })
+    };
+    app.signals.loaded.notified().await;
+    app.clock.advance(Duration::seconds(1));
+    assert_eq!(
+        app.get("/revoke", Some(&other_device)).await.status,
+        StatusCode::OK
+    );
+    app.signals.go.notify_one();
+    let written = in_flight.await.unwrap().expect_token();
+    assert_eq!(app.get("/arrival", Some(&written)).await.body, "Expired");
+    assert_eq!(app.get("/get/logged-in", Some(&written)).await.body, "null");
+}
+
 /// `destroy` does not use the hook: it ends the session in this browser only, and a copy of the
 /// cookie still opens until its deadline (documented on `CookieStore`).
 #[tokio::test]

@@ -275,7 +275,8 @@ impl fmt::Debug for KeyRing {
 /// # Limitations
 ///
 /// - A request of a revoked session that is already in flight when the revocation lands (it
-///   opened its cookie before) writes a cookie sealed after it, which is not refused.
+///   opened its cookie before) still answers, with its changes; the cookie it writes is sealed
+///   as of when it opened the old one, so the revocation refuses it too.
 /// - Sealing times come from each server's clock: with clocks `s` seconds apart, a cookie sealed
 ///   up to `s` seconds before the revocation may pass. Keep clocks synchronised.
 ///
@@ -964,7 +965,9 @@ impl CookieStore {
         }
     }
 
-    /// Seals `record` into a value for the cookie `cookie_name`, under the primary key, at `now`.
+    /// Seals `record` into a value for the cookie `cookie_name`, under the primary key, as of
+    /// `now`: the sealing time a [`Revocation`] hook compares. The layer passes the time it
+    /// opened the cookie the session came from (or the time of the write, for a new session).
     /// The layer calls it; it is public for tests, tools and benchmarks.
     ///
     /// # Errors
