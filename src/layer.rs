@@ -12,6 +12,7 @@ use tower_layer::Layer;
 
 use crate::backend::{Backend, IntoBackend};
 use crate::expiry::{Clock, Expiry, MAX_COOKIE_AGE, SystemClock};
+use crate::record::Record;
 use crate::service::SessionService;
 use crate::session::{Session, SessionError};
 
@@ -81,6 +82,16 @@ impl Config {
         match self.idle_window(expiry) {
             Some(window) => deadline.min(now.saturating_add(window)),
             None => deadline,
+        }
+    }
+
+    /// Holds a loaded session to the absolute lifetime configured now, counted from its creation:
+    /// a lifetime shortened since the session began (after a suspected theft, say) applies to it
+    /// too. A longer one does not lengthen the deadline it was stored with.
+    pub(crate) fn cap_absolute(&self, record: &mut Record) {
+        if let Some(lifetime) = self.absolute_lifetime {
+            let cap = record.created_at.saturating_add(lifetime);
+            record.absolute_deadline = Some(record.absolute_deadline.map_or(cap, |d| d.min(cap)));
         }
     }
 
@@ -343,6 +354,11 @@ impl SessionLayerBuilder {
 
     /// The absolute lifetime counted from creation, which no activity, touch or ID rotation extends;
     /// `None` for no limit. Default: 30 days.
+    ///
+    /// It holds for sessions created before it was set, too: shortening it (after a suspected
+    /// theft, say) ends every session older than the new lifetime at its next request, with
+    /// every store, the cookie store included. Lengthening it does not extend sessions that
+    /// were created under the shorter one.
     #[must_use]
     pub fn absolute_lifetime(mut self, lifetime: Option<Duration>) -> Self {
         self.config.absolute_lifetime = lifetime;

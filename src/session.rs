@@ -167,6 +167,10 @@ struct State {
     /// started from: its next seal carries this time, not the commit's, so a revocation that
     /// lands while the request runs still refuses the cookie it writes.
     opened_at: Option<OffsetDateTime>,
+    /// The new ID of a rotation whose store call went unanswered (a store error, or a
+    /// [`Session::save`] dropped while it waited): the store may have moved the session there.
+    /// The next attempt reuses it, so that it can tell that from the session having ended.
+    rotating_to: Option<Box<SessionId>>,
     /// The service has taken what this request changed (or the request was abandoned): later
     /// changes could not be saved, so they are refused.
     closed: bool,
@@ -612,7 +616,13 @@ impl Session {
             }
             (Incoming::Id(id), Kind::Server(store)) => {
                 let key = id.key();
-                match store.load(&key, now).await {
+                let loaded = store.load(&key, now).await.map(|record| {
+                    record.map(|mut record| {
+                        self.0.config.cap_absolute(&mut record);
+                        record
+                    })
+                });
+                match loaded {
                     Ok(Some(record)) if record.is_live(now) => self.adopt(Live {
                         id: Some(id.clone()),
                         record,
@@ -636,13 +646,19 @@ impl Session {
             }
             (Incoming::Token(token), Kind::Client(store)) => {
                 match store.open(self.0.config.token_name(), token, now).await {
-                    Ok(Opened::Live { record, reseal }) => {
-                        {
-                            let mut state = self.state();
-                            state.reseal = reseal;
-                            state.opened_at = Some(now);
+                    Ok(Opened::Live { mut record, reseal }) => {
+                        self.0.config.cap_absolute(&mut record);
+                        if record.is_live(now) {
+                            {
+                                let mut state = self.state();
+                                state.reseal = reseal;
+                                state.opened_at = Some(now);
+                            }
+                            self.adopt(Live { id: None, record })
+                        } else {
+                            tracing::debug!(scope, "sealed session past the absolute lifetime");
+                            Arrival::Expired
                         }
-                        self.adopt(Live { id: None, record })
                     }
                     Ok(Opened::Expired) => {
                         tracing::debug!(scope, "sealed session expired or revoked");
@@ -1818,13 +1834,53 @@ impl Session {
         let mut changes = changes.clone();
         changes.idle_deadline = Some(record.idle_deadline);
         changes.expiry = Some(record.expiry);
+        let mut unanswered = self.state().rotating_to.take();
         for _ in 0..CREATE_ATTEMPTS {
-            let id = new_id()?;
+            let (id, again) = match unanswered.take() {
+                Some(id) => (*id, true),
+                None => (new_id()?, false),
+            };
+            // Until the store answers: if it never does, the next attempt knows where to look.
+            self.state().rotating_to = Some(Box::new(id.clone()));
             let outcome = store.rename(&old_key, &id.key(), &changes, now).await;
+            if outcome.is_ok() {
+                self.state().rotating_to = None;
+            }
             match outcome {
                 Ok(Renamed::Applied) => {
                     tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
                     return Ok(Some(id));
+                }
+                Ok(Renamed::Gone | Renamed::Taken) if again => {
+                    // An earlier attempt at this very move went unanswered: if the session is
+                    // under the new ID, that attempt made it (IDs are 256-bit random, so no
+                    // other session is there), and this request's changes go to it.
+                    let moved = store.load(&id.key(), now).await;
+                    if let Ok(Some(_)) = moved {
+                        match store.save(&id.key(), &changes, now).await {
+                            Ok(Saved::Gone) => {}
+                            Ok(_) => {
+                                tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled (by an earlier, unanswered attempt)");
+                                return Ok(Some(id));
+                            }
+                            Err(error) => {
+                                self.state().rotating_to = Some(Box::new(id));
+                                tracing::error!(scope, session = %old_key.log_tag(), %error, "session store failed on rotation");
+                                return Err(SessionError::store(error));
+                            }
+                        }
+                    } else if let Err(error) = moved {
+                        self.state().rotating_to = Some(Box::new(id));
+                        tracing::error!(scope, session = %old_key.log_tag(), %error, "session store failed on rotation");
+                        return Err(SessionError::store(error));
+                    }
+                    // Not there: ended meanwhile (Gone), or a collision after all (Taken).
+                    if matches!(outcome, Ok(Renamed::Taken)) {
+                        continue;
+                    }
+                    self.forget_pending_for(old);
+                    tracing::info!(scope, session = %old_key.log_tag(), "session ended during the request; its rotation was dropped");
+                    return Ok(None);
                 }
                 Ok(Renamed::Gone) => {
                     self.forget_pending_for(old);

@@ -231,6 +231,56 @@ async fn a_saved_cookie_is_not_sent_for_a_session_that_ended_meanwhile() {
     );
 }
 
+/// A rotation the store made but whose answer was lost (a store error after the fact) is
+/// recognised when the layer tries again: the session goes on under the new ID, with the
+/// request's changes, rather than being taken for ended (and the login lost).
+#[tokio::test]
+async fn a_rotation_whose_answer_was_lost_is_completed_on_the_retry() {
+    let store = Faulty::default();
+    let lose = store.lose_rename_replies.clone();
+    let router = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/login",
+            get(|session: Session| async move {
+                session.cycle_id();
+                session.insert("user", "alice").unwrap();
+                let saved = session.save().await;
+                format!("{:?}", saved.err().map(|e| e.kind()))
+            }),
+        )
+        .route(
+            "/user",
+            get(|session: Session| async move {
+                format!("{:?}", session.get::<String>("user").unwrap())
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    let response = send(&router, "/start", None).await;
+    let old = format!("id={}", set_cookie(&response).unwrap().value());
+    lose.store(1, Ordering::SeqCst);
+    let response = send(&router, "/login", Some(&old)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let new = format!(
+        "id={}",
+        set_cookie(&response)
+            .expect("the new ID, found on the retry")
+            .value()
+    );
+    assert_ne!(new, old);
+    assert_eq!(
+        text(response).await,
+        "Some(Store)",
+        "the save saw the error"
+    );
+    assert_eq!(
+        text(send(&router, "/user", Some(&new)).await).await,
+        r#"Some("alice")"#
+    );
+    assert_eq!(text(send(&router, "/user", Some(&old)).await).await, "None");
+    assert_eq!(store.inner.len(), 1, "one session, under the new ID");
+}
+
 #[tokio::test]
 async fn a_save_cut_short_leaves_its_changes_to_the_layer() {
     let store = Faulty::default();

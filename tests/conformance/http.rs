@@ -312,6 +312,27 @@ pub async fn absolute_lifetime_is_enforced_despite_activity(b: Backend, _: Side)
     assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
 }
 
+/// An absolute lifetime shortened after a session began ends it once it is older than that
+/// (SECURITY.md 9): what an operator does after a suspected theft.
+pub async fn a_shortened_absolute_lifetime_holds_for_existing_sessions(b: Backend, _: Side) {
+    let expiry = Expiry::OnInactivity(Duration::days(1));
+    let before = app(b.clone(), |l| l.expiry(expiry));
+    let token = before.start().await;
+    let after = app(b, |l| {
+        l.expiry(expiry).absolute_lifetime(Some(Duration::hours(1)))
+    });
+    after.clock.advance(Duration::minutes(30));
+    let resp = after.get("/incr/n", Some(&token)).await;
+    assert_eq!(resp.body, "2", "alive within the new lifetime");
+    if let Some(max_age) = resp.set_cookie().and_then(|c| c.max_age()) {
+        assert!(max_age <= Duration::minutes(30), "Max-Age {max_age}");
+    }
+    let token = follow(&resp, &token);
+    after.clock.advance(Duration::minutes(31));
+    assert_eq!(after.get("/arrival", Some(&token)).await.body, "Expired");
+    assert_eq!(after.get("/get/n", Some(&token)).await.body, "null");
+}
+
 pub async fn cycle_id_does_not_extend_the_absolute_lifetime(b: Backend, _: Side) {
     let app = app(b, |l| {
         l.expiry(Expiry::OnInactivity(Duration::minutes(50)))

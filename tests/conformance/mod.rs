@@ -94,6 +94,7 @@ macro_rules! server_store_conformance {
             a_write_with_an_ended_token_gets_a_new_id,
             absolute_lifetime_is_enforced_despite_activity,
             cycle_id_does_not_extend_the_absolute_lifetime,
+            a_shortened_absolute_lifetime_holds_for_existing_sessions,
             touch_is_throttled,
             concurrent_requests_writing_different_keys,
             a_save_after_a_concurrent_destroy_does_not_resurrect,

@@ -25,6 +25,8 @@ pub struct Faulty {
     pub fail: Arc<AtomicBool>,
     pub fail_writes: Arc<AtomicBool>,
     pub fail_renames: Arc<AtomicUsize>,
+    /// Renames to carry out, then answer with an error (a reply lost on the way back).
+    pub lose_rename_replies: Arc<AtomicUsize>,
     pub fail_touches: Arc<AtomicBool>,
     /// Creates to answer "ID taken" before accepting one.
     pub collisions: Arc<AtomicUsize>,
@@ -157,7 +159,18 @@ impl ImmediateStore for Faulty {
         {
             return Ok(Renamed::Taken);
         }
-        self.inner.rename_now(from, to, changes, now)
+        let renamed = self.inner.rename_now(from, to, changes, now)?;
+        if self
+            .lose_rename_replies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Backend,
+                "injected lost reply (the rename was made)",
+            ));
+        }
+        Ok(renamed)
     }
 }
 
