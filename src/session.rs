@@ -1842,7 +1842,15 @@ impl Session {
             };
             // Until the store answers: if it never does, the next attempt knows where to look.
             self.state().rotating_to = Some(Box::new(id.clone()));
-            let outcome = store.rename(&old_key, &id.key(), &changes, now).await;
+            let mut outcome = store.rename(&old_key, &id.key(), &changes, now).await;
+            if again && matches!(outcome, Ok(Renamed::Gone | Renamed::Taken)) {
+                // An earlier attempt at this very move went unanswered, and may have made it.
+                match Self::moved_already(store, &id, &changes, now).await {
+                    Ok(true) => outcome = Ok(Renamed::Applied),
+                    Ok(false) => {}
+                    Err(error) => outcome = Err(error),
+                }
+            }
             if outcome.is_ok() {
                 self.state().rotating_to = None;
             }
@@ -1850,37 +1858,6 @@ impl Session {
                 Ok(Renamed::Applied) => {
                     tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled");
                     return Ok(Some(id));
-                }
-                Ok(Renamed::Gone | Renamed::Taken) if again => {
-                    // An earlier attempt at this very move went unanswered: if the session is
-                    // under the new ID, that attempt made it (IDs are 256-bit random, so no
-                    // other session is there), and this request's changes go to it.
-                    let moved = store.load(&id.key(), now).await;
-                    if let Ok(Some(_)) = moved {
-                        match store.save(&id.key(), &changes, now).await {
-                            Ok(Saved::Gone) => {}
-                            Ok(_) => {
-                                tracing::debug!(scope, from = %old_key.log_tag(), to = %id.log_tag(), "session ID cycled (by an earlier, unanswered attempt)");
-                                return Ok(Some(id));
-                            }
-                            Err(error) => {
-                                self.state().rotating_to = Some(Box::new(id));
-                                tracing::error!(scope, session = %old_key.log_tag(), %error, "session store failed on rotation");
-                                return Err(SessionError::store(error));
-                            }
-                        }
-                    } else if let Err(error) = moved {
-                        self.state().rotating_to = Some(Box::new(id));
-                        tracing::error!(scope, session = %old_key.log_tag(), %error, "session store failed on rotation");
-                        return Err(SessionError::store(error));
-                    }
-                    // Not there: ended meanwhile (Gone), or a collision after all (Taken).
-                    if matches!(outcome, Ok(Renamed::Taken)) {
-                        continue;
-                    }
-                    self.forget_pending_for(old);
-                    tracing::info!(scope, session = %old_key.log_tag(), "session ended during the request; its rotation was dropped");
-                    return Ok(None);
                 }
                 Ok(Renamed::Gone) => {
                     self.forget_pending_for(old);
@@ -1895,6 +1872,21 @@ impl Session {
             }
         }
         Err(collisions())
+    }
+
+    /// Whether the session is already under `id`, moved there by an earlier rename whose answer
+    /// was lost; if so, `changes` are saved to it. IDs are 256-bit random: no other session is
+    /// ever stored under it.
+    async fn moved_already(
+        store: &dyn crate::store::DynStore,
+        id: &SessionId,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        if store.load(&id.key(), now).await?.is_none() {
+            return Ok(false);
+        }
+        Ok(store.save(&id.key(), changes, now).await? != Saved::Gone)
     }
 
     /// Deletes the session `old` and, when values were set after `destroy`, stores them as a new
