@@ -278,7 +278,9 @@ impl fmt::Debug for KeyRing {
 ///   opened its cookie before) still answers, with its changes; the cookie it writes is sealed
 ///   as of when it opened the old one, so the revocation refuses it too.
 /// - Sealing times come from each server's clock: with clocks `s` seconds apart, a cookie sealed
-///   up to `s` seconds before the revocation may pass. Keep clocks synchronised.
+///   up to `s` seconds before the revocation may pass, and one sealed up to `s` seconds after it
+///   (a login right after "log out everywhere", on a server whose clock is behind) may be
+///   refused. Keep clocks synchronised.
 ///
 /// # Performance impact
 ///
@@ -503,7 +505,10 @@ impl Revocation for MemoryRevocations {
 /// handler changed nothing (SECURITY.md 23). To rotate across several servers:
 ///
 /// 1. deploy the new key as a *previous* key everywhere (every server can now open it);
-/// 2. deploy it as the primary, with the old key as previous (cookies move over as they are used);
+/// 2. deploy it as the primary, with the old key as previous (cookies move over as they are used;
+///    while some servers still have the old key as primary, a visitor whose requests reach both
+///    kinds has the cookie re-sealed back and forth, one `Set-Cookie` per request, until the
+///    deployment is complete, so keep this step short);
 /// 3. once the longest session lifetime has passed (the layer's absolute lifetime), remove the old
 ///    key: cookies still sealed under it are then rejected.
 ///
