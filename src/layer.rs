@@ -581,27 +581,73 @@ fn is_attribute_value(value: &str) -> bool {
         .all(|b| (b == b' ' || b.is_ascii_graphic()) && b != b';')
 }
 
-/// A configuration the layer refuses to build. See [`SessionLayerBuilder::build`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A configuration the layer or a store refuses. See [`SessionLayerBuilder::build`].
+///
+/// Its message says what to change; it never quotes key material.
+#[derive(Clone, Debug)]
 pub struct ConfigError {
+    kind: ConfigErrorKind,
     message: String,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+/// What kind of failure a [`ConfigError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigErrorKind {
+    /// A setting is invalid, or contradicts another: cookie attributes, durations, table or
+    /// schema names, key material.
+    Invalid,
+    /// Something the configuration needs from the system is missing, such as the OS random
+    /// source for [`Key::generate`](crate::Key). The setting itself is fine; try again.
+    Unavailable,
 }
 
 impl ConfigError {
+    /// An invalid setting.
     pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
+            kind: ConfigErrorKind::Invalid,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// Something the configuration needs from the system failed with `source`.
+    #[cfg_attr(not(feature = "cookie-store"), allow(dead_code))]
+    pub(crate) fn unavailable(
+        message: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            kind: ConfigErrorKind::Unavailable,
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ConfigErrorKind {
+        self.kind
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid session configuration: {}", self.message)
+        match self.kind {
+            ConfigErrorKind::Unavailable => write!(f, "cannot set up sessions: {}", self.message),
+            _ => write!(f, "invalid session configuration: {}", self.message),
+        }
     }
 }
 
-impl StdError for ConfigError {}
+impl StdError for ConfigError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -711,6 +757,17 @@ mod tests {
 
     #[test]
     fn nonsense_durations_are_refused() {
+        let error = builder()
+            .touch_after(1.5)
+            .build()
+            .expect_err("touch_after 1.5");
+        assert_eq!(error.kind(), ConfigErrorKind::Invalid);
+        assert!(StdError::source(&error).is_none());
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid session configuration: touch_after")
+        );
         assert!(builder().touch_after(1.5).build().is_err());
         assert!(builder().touch_after(1.0).build().is_err());
         assert!(builder().touch_after(f64::NAN).build().is_err());

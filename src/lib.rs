@@ -123,7 +123,7 @@ pub use expiry::{Clock, Expiry, MAX_COOKIE_AGE, ManualClock, SystemClock};
 #[cfg(feature = "axum")]
 pub use extract::SessionRejection;
 pub use id::{LogTag, SessionId, SessionKey};
-pub use layer::{ConfigError, ErrorHandler, SessionLayer, SessionLayerBuilder};
+pub use layer::{ConfigError, ConfigErrorKind, ErrorHandler, SessionLayer, SessionLayerBuilder};
 pub use record::{ChangeSet, RECORD_VERSION, Record};
 pub use service::{ResponseFuture, SessionService};
 pub use session::{Arrival, ScopedSession, Session, SessionError, SessionErrorKind};

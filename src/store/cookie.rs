@@ -145,8 +145,9 @@ impl Key {
     /// A [`ConfigError`] when the OS random source fails.
     pub fn generate() -> Result<Self, ConfigError> {
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes)
-            .map_err(|_| ConfigError::new("no OS randomness to generate a cookie store key"))?;
+        getrandom::fill(&mut bytes).map_err(|e| {
+            ConfigError::unavailable("no OS randomness to generate a cookie store key", e)
+        })?;
         let key = Self::from_bytes(&bytes);
         bytes.fill(0);
         std::hint::black_box(&bytes);
