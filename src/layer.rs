@@ -599,7 +599,7 @@ pub enum ConfigErrorKind {
     /// schema names, key material.
     Invalid,
     /// Something the configuration needs from the system is missing, such as the OS random
-    /// source for [`Key::generate`](crate::Key). The setting itself is fine; try again.
+    /// source for `Key::generate` (cookie store). The setting itself is fine; try again.
     Unavailable,
 }
 

@@ -920,8 +920,6 @@ impl Session {
         Ok(())
     }
 
-    /// The token a [`Session::save`] left for the response, unless `committed` carries a newer
-    /// one. Called by the service with what the layer's own save gave.
     /// The session `id` ended in the store during the request: a cookie for it that a
     /// [`Session::save`] left for the response is stale, and could clobber the cookie of a
     /// concurrent rotation, so it is not sent.
@@ -937,6 +935,8 @@ impl Session {
         }
     }
 
+    /// The token a [`Session::save`] left for the response, unless `committed` carries a newer
+    /// one. Called by the service with what the layer's own save gave.
     pub(crate) fn with_saved_token(&self, mut committed: Committed) -> Committed {
         if self.0.pending.load(Ordering::Acquire)
             && matches!(committed.token, TokenAction::Keep)
