@@ -88,10 +88,28 @@ impl Config {
     /// Holds a loaded session to the absolute lifetime configured now, counted from its creation:
     /// a lifetime shortened since the session began (after a suspected theft, say) applies to it
     /// too. A longer one does not lengthen the deadline it was stored with.
+    ///
+    /// In whole seconds, with one to spare: stores keep the creation time rounded down (and the
+    /// deadline rounded up), so a session's own deadline can lie up to a second past its stored
+    /// creation time plus the lifetime, and must not be cut short (the cookie's `Max-Age`, sent
+    /// at creation, runs to it). Whole seconds also spare the date arithmetic on every load.
     pub(crate) fn cap_absolute(&self, record: &mut Record) {
-        if let Some(lifetime) = self.absolute_lifetime {
-            let cap = record.created_at.saturating_add(lifetime);
-            record.absolute_deadline = Some(record.absolute_deadline.map_or(cap, |d| d.min(cap)));
+        let Some(lifetime) = self.absolute_lifetime else {
+            return;
+        };
+        let window = lifetime.whole_seconds() + i64::from(lifetime.subsec_nanoseconds() > 0);
+        let cap = record
+            .created_at
+            .unix_timestamp()
+            .saturating_add(window)
+            .saturating_add(1);
+        match record.absolute_deadline {
+            Some(deadline) if deadline.unix_timestamp() < cap => {}
+            deadline => {
+                if let Ok(cap) = OffsetDateTime::from_unix_timestamp(cap) {
+                    record.absolute_deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
+                }
+            }
         }
     }
 
