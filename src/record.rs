@@ -175,6 +175,26 @@ pub(crate) fn deadline_seconds(at: OffsetDateTime) -> i64 {
     }
 }
 
+/// `at` rounded up to a whole number of `unit_nanos` (a divisor of a second), for stores that
+/// keep deadlines in milliseconds or microseconds, for the reason [`deadline_seconds`] gives.
+/// Left as it is at the very end of the range of dates.
+#[cfg_attr(
+    not(any(
+        feature = "redis-store",
+        feature = "postgres-store",
+        feature = "sqlite-store"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn deadline_rounded_up(at: OffsetDateTime, unit_nanos: u32) -> OffsetDateTime {
+    match at.nanosecond() % unit_nanos {
+        0 => at,
+        part => at
+            .checked_add(time::Duration::nanoseconds(i64::from(unit_nanos - part)))
+            .unwrap_or(at),
+    }
+}
+
 /// Deadlines in the JSON form: whole seconds, rounded up ([`deadline_seconds`]).
 mod deadline {
     use serde::{Deserializer, Serializer};

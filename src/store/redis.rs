@@ -1235,12 +1235,7 @@ fn to_ms(at: OffsetDateTime) -> Result<i64, StoreError> {
 /// [`Record::encode`]): a cookie's `Max-Age`, worked out from the exact deadline, must not outlast
 /// the one stored, nor Redis drop the key while the cookie still names it (SECURITY.md 15).
 fn deadline_ms(at: OffsetDateTime) -> Result<i64, StoreError> {
-    let ms = to_ms(at)?;
-    Ok(if at.nanosecond().is_multiple_of(1_000_000) {
-        ms
-    } else {
-        ms.saturating_add(1)
-    })
+    to_ms(crate::record::deadline_rounded_up(at, 1_000_000))
 }
 
 fn from_ms(ms: i64) -> Option<OffsetDateTime> {

@@ -44,12 +44,7 @@ fn saved_from(deadline_moved: Option<bool>) -> Saved {
 /// worked out from the exact deadline, does (SECURITY.md 15). Every store keeps deadlines
 /// rounded up (see [`Record::encode`](crate::Record::encode)).
 fn deadline_up(at: time::OffsetDateTime) -> time::OffsetDateTime {
-    match at.nanosecond() % 1000 {
-        0 => at,
-        part => at
-            .checked_add(time::Duration::nanoseconds(i64::from(1000 - part)))
-            .unwrap_or(at),
-    }
+    crate::record::deadline_rounded_up(at, 1_000)
 }
 
 /// Checks a table or schema name and returns it double-quoted for SQL.
