@@ -140,8 +140,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Moves the idle deadline of the live record under `key` to `idle_deadline`, worked out from
     /// the expiry policy `basis`; [`Saved::Gone`] if there is no live record.
     ///
-    /// The deadline moves only if the record's stored policy is `basis`; otherwise nothing is
-    /// written and the answer is [`Saved::PolicyChanged`]: another request set a new policy, and
+    /// The deadline moves only if the record's stored policy is `basis`; otherwise it stays as
+    /// stored and the answer is [`Saved::PolicyChanged`]: another request set a new policy, and
     /// a deadline to go with it, since this one loaded the session (see
     /// [`ChangeSet::deadline_basis`]).
     fn touch(
