@@ -88,6 +88,32 @@ async fn logs_name_events_but_never_the_session_id() {
     };
     #[cfg(not(feature = "cookie-store"))]
     let sealed: [&str; 0] = [];
+    // A store's own lines name the session by its tag too: SQLite on a damaged row.
+    #[cfg(feature = "sqlite-store")]
+    let (damaged, damaged_events) = {
+        let dir = std::env::temp_dir().join(format!("satchel-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sessions.sqlite3");
+        let store = tower_satchel::SqliteStore::connect(path.to_str().unwrap())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let app = harness::default_app(tower_satchel::IntoBackend::into_backend(store.clone()));
+        let token = app.start().await;
+        sqlx::query("UPDATE tower_satchel_sessions SET data = 'not json'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        app.get("/read", Some(&token)).await;
+        drop((app, store));
+        let _ = std::fs::remove_dir_all(&dir);
+        (
+            vec![token],
+            ["unreadable session row; treated as no session"],
+        )
+    };
+    #[cfg(not(feature = "sqlite-store"))]
+    let (damaged, damaged_events): (Vec<String>, [&str; 0]) = (Vec::new(), []);
 
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     for needle in [
@@ -101,10 +127,11 @@ async fn logs_name_events_but_never_the_session_id() {
     ]
     .into_iter()
     .chain(sealed)
+    .chain(damaged_events)
     {
         assert!(logs.contains(needle), "missing event {needle:?} in\n{logs}");
     }
-    for secret in [&token, &rotated, &ended] {
+    for secret in [&token, &rotated, &ended].into_iter().chain(&damaged) {
         assert!(
             !logs.contains(secret.as_str()),
             "a session ID leaked into the logs"
