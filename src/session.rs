@@ -36,7 +36,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::backend::{Backend, Kind, Opened};
 use crate::expiry::{Expiry, MAX_COOKIE_AGE};
-use crate::id::SessionId;
+use crate::id::{SessionId, SessionKey};
 use crate::layer::Config;
 use crate::record::{ChangeSet, Record};
 use crate::store::{BoxFuture, Renamed, Saved, StoreError, StoreErrorKind};
@@ -165,12 +165,14 @@ struct State {
     reseal: bool,
     /// When the cookie store opened (and checked for revocation) the sealed session this request
     /// started from: its next seal carries this time, not the commit's, so a revocation that
-    /// lands while the request runs still refuses the cookie it writes.
+    /// lands while the request runs still refuses the cookie it writes. Not when the request
+    /// sets an owner or rotates (see `Session::plan_with`).
     opened_at: Option<OffsetDateTime>,
-    /// The new ID of a rotation whose store call went unanswered (a store error, or a
-    /// [`Session::save`] dropped while it waited): the store may have moved the session there.
-    /// The next attempt reuses it, so that it can tell that from the session having ended.
-    rotating_to: Option<Box<SessionId>>,
+    /// A rotation whose store call went unanswered (a store error, or a [`Session::save`]
+    /// dropped while it waited): the key it moved from and the new ID, where the store may have
+    /// moved the session. The next rotation of that key reuses the ID, so that it can tell that
+    /// from the session having ended; a `destroy` deletes whatever is there.
+    rotating_to: Option<Box<(SessionKey, SessionId)>>,
     /// The service has taken what this request changed (or the request was abandoned): later
     /// changes could not be saved, so they are refused.
     closed: bool,
@@ -455,6 +457,8 @@ enum Plan {
         /// Only a refresh (of the deadline, or under the primary key): the handler changed
         /// nothing, so the cookie the browser holds may stay if the new one cannot be made.
         refresh: bool,
+        /// The sealing time a revocation hook compares (see `State::opened_at`).
+        sealed_at: OffsetDateTime,
     },
     Destroy {
         old: Option<SessionId>,
@@ -745,9 +749,15 @@ impl Session {
                 // Nothing is written before the response, but whether the session fits its
                 // cookie can be known now, before the handler acts on a save that seemed to work.
                 let now = self.0.config.clock.now();
-                let record = self
-                    .writable_state()?
-                    .take_record(&self.0.config, now, true);
+                let record = {
+                    let mut state = self.writable_state()?;
+                    // Unchanged: the commit seals at most a refresh, which never fails the
+                    // request (see `Plan::Seal`).
+                    if !state.modified() {
+                        return Ok(());
+                    }
+                    state.take_record(&self.0.config, now, true)
+                };
                 return store
                     .seal(self.0.config.token_name(), &record, now)
                     .map(drop)
@@ -786,6 +796,7 @@ impl Session {
                     }
                     Ok(Saved::Gone) => {
                         tracing::info!(scope = self.0.config.scope, session = %id.log_tag(), "session ended during the request");
+                        self.forget_pending_for(&id);
                         return Err(ended_during_request());
                     }
                     // Stored, with the deadline a concurrent new expiry came with.
@@ -1441,6 +1452,7 @@ impl Session {
                     Plan::Seal {
                         record,
                         refresh: false,
+                        sealed_at: now,
                     },
                     read,
                 )
@@ -1466,9 +1478,18 @@ impl Session {
                     "sealed session cycled; a copy of the old cookie stays valid until its deadline"
                 );
             }
+            // As of when the cookie was opened (see `State::opened_at`), unless the request
+            // logs in (a new owner) or rotates: those start afresh, and must outlast a
+            // revocation the handler itself just made (a password change that keeps this
+            // browser signed in).
+            let sealed_at = match state.opened_at {
+                Some(opened) if !state.cycle && state.owner.is_none() => opened.min(now),
+                _ => now,
+            };
             return (
                 Plan::Seal {
                     refresh: !state.modified(),
+                    sealed_at,
                     record: state.take_record(config, now, keep),
                 },
                 read,
@@ -1708,10 +1729,15 @@ impl Session {
         let done = move |token| Ok(Committed { token, read });
         match (plan, self.0.backend.0.clone()) {
             (Plan::Nothing, _) => Box::pin(async move { done(TokenAction::Keep) }),
-            (Plan::Seal { record, refresh }, Kind::Client(store)) => Box::pin(async move {
+            (
+                Plan::Seal {
+                    record,
+                    refresh,
+                    sealed_at,
+                },
+                Kind::Client(store),
+            ) => Box::pin(async move {
                 let max_age = max_age_for(&record, now);
-                // Sealed as of when it was opened (see `State::opened_at`).
-                let sealed_at = session.state().opened_at.map_or(now, |at| at.min(now));
                 match store.seal(session.0.config.token_name(), &record, sealed_at) {
                     Ok(value) => done(TokenAction::Set { value, max_age }),
                     // A session that fitted its cookie can outgrow it on a mere refresh (its
@@ -1834,22 +1860,37 @@ impl Session {
         let mut changes = changes.clone();
         changes.idle_deadline = Some(record.idle_deadline);
         changes.expiry = Some(record.expiry);
-        let mut unanswered = self.state().rotating_to.take();
+        let mut unanswered = self
+            .state()
+            .rotating_to
+            .take()
+            .filter(|unanswered| unanswered.0 == old_key)
+            .map(|unanswered| unanswered.1);
         for _ in 0..CREATE_ATTEMPTS {
             let (id, again) = match unanswered.take() {
-                Some(id) => (*id, true),
+                Some(id) => (id, true),
                 None => (new_id()?, false),
             };
             // Until the store answers: if it never does, the next attempt knows where to look.
-            self.state().rotating_to = Some(Box::new(id.clone()));
+            self.state().rotating_to = Some(Box::new((old_key, id.clone())));
             let mut outcome = store.rename(&old_key, &id.key(), &changes, now).await;
-            if again && matches!(outcome, Ok(Renamed::Gone | Renamed::Taken)) {
+            match outcome {
                 // An earlier attempt at this very move went unanswered, and may have made it.
-                match Self::moved_already(store, &id, &changes, now).await {
-                    Ok(true) => outcome = Ok(Renamed::Applied),
-                    Ok(false) => {}
-                    Err(error) => outcome = Err(error),
+                Ok(Renamed::Gone) if again => {
+                    match Self::moved_already(store, &old_key, &id, &changes, now).await {
+                        Ok(true) => outcome = Ok(Renamed::Applied),
+                        Ok(false) => {}
+                        Err(error) => outcome = Err(error),
+                    }
                 }
+                // The session is still under the old key, so the earlier attempt did not
+                // complete: whatever copy it left under the new ID goes, and a fresh ID is drawn.
+                Ok(Renamed::Taken) if again => {
+                    if let Err(error) = store.delete(&id.key()).await {
+                        tracing::warn!(scope, session = %id.log_tag(), %error, "copy of an unanswered rotation not deleted");
+                    }
+                }
+                _ => {}
             }
             if outcome.is_ok() {
                 self.state().rotating_to = None;
@@ -1874,19 +1915,24 @@ impl Session {
         Err(collisions())
     }
 
-    /// Whether the session is already under `id`, moved there by an earlier rename whose answer
-    /// was lost; if so, `changes` are saved to it. IDs are 256-bit random: no other session is
-    /// ever stored under it.
+    /// Whether the session is already under `id`, moved there from `old` by an earlier rename
+    /// whose answer was lost; if so, `changes` are saved to it, and whatever is left under `old`
+    /// is deleted (a rename cut short can leave it behind, and the old ID must not keep working,
+    /// SECURITY.md 8). IDs are 256-bit random: no other session is ever stored under `id`.
     async fn moved_already(
         store: &dyn crate::store::DynStore,
+        old: &SessionKey,
         id: &SessionId,
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        if store.load(&id.key(), now).await?.is_none() {
+        if store.load(&id.key(), now).await?.is_none()
+            || store.save(&id.key(), changes, now).await? == Saved::Gone
+        {
             return Ok(false);
         }
-        Ok(store.save(&id.key(), changes, now).await? != Saved::Gone)
+        store.delete(old).await?;
+        Ok(true)
     }
 
     /// Deletes the session `old` and, when values were set after `destroy`, stores them as a new
@@ -1903,6 +1949,14 @@ impl Session {
         let scope = config.scope;
         if let (Some(old), Kind::Server(store)) = (&old, backend) {
             let key = old.key();
+            // A rotation of it that went unanswered may have moved it: that copy goes too.
+            let unanswered = self.state().rotating_to.take();
+            if let Some(moved) = unanswered.filter(|unanswered| unanswered.0 == key) {
+                store.delete(&moved.1.key()).await.map_err(|error| {
+                    tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on delete");
+                    SessionError::store(error)
+                })?;
+            }
             store.delete(&key).await.map_err(|error| {
                 tracing::error!(scope, session = %key.log_tag(), %error, "session store failed on delete");
                 SessionError::store(error)

@@ -281,6 +281,46 @@ async fn a_rotation_whose_answer_was_lost_is_completed_on_the_retry() {
     assert_eq!(store.inner.len(), 1, "one session, under the new ID");
 }
 
+/// A rotation cut short after writing the new ID but before removing the old one is not taken
+/// for done on the retry: the old ID must stop working (SECURITY.md 8), so the copy goes and the
+/// rotation is made again under a fresh ID.
+#[tokio::test]
+async fn a_rotation_cut_short_is_made_again_not_adopted() {
+    let store = Faulty::default();
+    let half = store.half_renames.clone();
+    let router = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/login",
+            get(|session: Session| async move {
+                session.cycle_id();
+                let saved = session.save().await;
+                format!("{:?}", saved.err().map(|e| e.kind()))
+            }),
+        )
+        .route(
+            "/n",
+            get(
+                |session: Session| async move { format!("{:?}", session.get::<i64>("n").unwrap()) },
+            ),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    let response = send(&router, "/start", None).await;
+    let old = format!("id={}", set_cookie(&response).unwrap().value());
+    half.store(1, Ordering::SeqCst);
+    let response = send(&router, "/login", Some(&old)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let new = format!("id={}", set_cookie(&response).expect("a new ID").value());
+    assert_eq!(text(response).await, "Some(Store)");
+    assert_eq!(text(send(&router, "/n", Some(&new)).await).await, "Some(1)");
+    assert_eq!(
+        text(send(&router, "/n", Some(&old)).await).await,
+        "None",
+        "the old ID still works"
+    );
+    assert_eq!(store.inner.len(), 1, "no copy left under the abandoned ID");
+}
+
 #[tokio::test]
 async fn a_save_cut_short_leaves_its_changes_to_the_layer() {
     let store = Faulty::default();

@@ -573,6 +573,33 @@ async fn a_request_in_flight_during_a_revocation_writes_a_refused_cookie() {
     assert_eq!(app.get("/get/logged-in", Some(&written)).await.body, "null");
 }
 
+/// A request that logs in starts afresh: its cookie is sealed when it is written, so a
+/// revocation of that owner made while the request ran (the handler's own, on a password reset)
+/// does not refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_during_a_revocation_of_its_owner_stands() {
+    let app = revocable_app(MemoryRevocations::new());
+    let anonymous = app.start().await;
+    let other_device = app.get("/owner/bob", None).await.expect_token();
+    let logging_in = {
+        let (app, token) = (app.clone(), anonymous.clone());
+        tokio::spawn(async move { app.get("/wait-owner/bob", Some(&token)).await })
+    };
+    app.signals.loaded.notified().await;
+    app.clock.advance(Duration::seconds(1));
+    assert_eq!(
+        app.get("/revoke", Some(&other_device)).await.status,
+        StatusCode::OK
+    );
+    app.signals.go.notify_one();
+    let logged_in = logging_in.await.unwrap().expect_token();
+    assert_eq!(app.get("/whose", Some(&logged_in)).await.body, "bob");
+    assert_eq!(
+        app.get("/arrival", Some(&other_device)).await.body,
+        "Expired"
+    );
+}
+
 /// `destroy` does not use the hook: it ends the session in this browser only, and a copy of the
 /// cookie still opens until its deadline (documented on `CookieStore`).
 #[tokio::test]

@@ -277,7 +277,9 @@ impl fmt::Debug for KeyRing {
 ///
 /// - A request of a revoked session that is already in flight when the revocation lands (it
 ///   opened its cookie before) still answers, with its changes; the cookie it writes is sealed
-///   as of when it opened the old one, so the revocation refuses it too.
+///   as of when it opened the old one, so the revocation refuses it too. Not when that request
+///   sets an owner, rotates or starts anew after `destroy`: those are sealed when written, so a
+///   login or a password change that revokes the owner's other sessions keeps its own.
 /// - Sealing times come from each server's clock: with clocks `s` seconds apart, a cookie sealed
 ///   up to `s` seconds before the revocation may pass, and one sealed up to `s` seconds after it
 ///   (a login right after "log out everywhere", on a server whose clock is behind) may be

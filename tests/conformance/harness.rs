@@ -340,6 +340,19 @@ fn routes() -> Router {
             ),
         )
         .route(
+            "/wait-owner/{name}",
+            get(
+                |s: Session, Extension(sig): Extension<Arc<Signals>>, Path(name): Path<String>| async move {
+                    s.len();
+                    sig.loaded.notify_one();
+                    sig.go.notified().await;
+                    s.set_owner(name);
+                    s.insert("logged-in", true)?;
+                    Ok::<_, SessionError>("ok".to_owned())
+                },
+            ),
+        )
+        .route(
             "/wait-set/{key}",
             get(
                 |s: Session, Extension(sig): Extension<Arc<Signals>>, Path(key): Path<String>| async move {

@@ -27,6 +27,8 @@ pub struct Faulty {
     pub fail_renames: Arc<AtomicUsize>,
     /// Renames to carry out, then answer with an error (a reply lost on the way back).
     pub lose_rename_replies: Arc<AtomicUsize>,
+    /// Renames to cut short after writing the new key (the old one stays), with an error.
+    pub half_renames: Arc<AtomicUsize>,
     pub fail_touches: Arc<AtomicBool>,
     /// Creates to answer "ID taken" before accepting one.
     pub collisions: Arc<AtomicUsize>,
@@ -158,6 +160,20 @@ impl ImmediateStore for Faulty {
             .is_ok()
         {
             return Ok(Renamed::Taken);
+        }
+        if self
+            .half_renames
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            if let Some(mut record) = self.inner.load_now(from, now)? {
+                changes.apply_to(&mut record);
+                self.inner.create_now(to, &record, now)?;
+            }
+            return Err(StoreError::new(
+                StoreErrorKind::Backend,
+                "injected rename cut short (the new key written, the old one kept)",
+            ));
         }
         let renamed = self.inner.rename_now(from, to, changes, now)?;
         if self
