@@ -8,7 +8,7 @@
 mod support_faulty;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration as StdDuration;
 
 use axum::Router;
@@ -231,14 +231,10 @@ async fn a_saved_cookie_is_not_sent_for_a_session_that_ended_meanwhile() {
     );
 }
 
-/// A rotation the store made but whose answer was lost (a store error after the fact) is
-/// recognised when the layer tries again: the session goes on under the new ID, with the
-/// request's changes, rather than being taken for ended (and the login lost).
-#[tokio::test]
-async fn a_rotation_whose_answer_was_lost_is_completed_on_the_retry() {
-    let store = Faulty::default();
-    let lose = store.lose_rename_replies.clone();
-    let router = Router::new()
+/// `/start` (a session with `n` = 1), `/login` (`cycle_id`, `user` = alice, `save`, answering the
+/// kind of the save's error) and `/who` (`n` and `user`) over `store`.
+fn rotating_app(store: &Faulty) -> Router {
+    Router::new()
         .route("/start", start_route())
         .route(
             "/login",
@@ -250,34 +246,45 @@ async fn a_rotation_whose_answer_was_lost_is_completed_on_the_retry() {
             }),
         )
         .route(
-            "/user",
+            "/who",
             get(|session: Session| async move {
-                format!("{:?}", session.get::<String>("user").unwrap())
+                let n = session.get::<i64>("n").unwrap();
+                format!("{n:?} {:?}", session.get::<String>("user").unwrap())
             }),
         )
-        .layer(SessionLayer::new(store.clone()));
-    let response = send(&router, "/start", None).await;
+        .layer(SessionLayer::new(store.clone()))
+}
+
+/// Starts a session on `router`, arms the fault with `fault`, and logs in: the cookies before
+/// and after the login, and the login's body (the error its `save` saw).
+async fn start_then_login(router: &Router, fault: &AtomicUsize) -> (String, String, String) {
+    let response = send(router, "/start", None).await;
     let old = format!("id={}", set_cookie(&response).unwrap().value());
-    lose.store(1, Ordering::SeqCst);
-    let response = send(&router, "/login", Some(&old)).await;
+    fault.store(1, Ordering::SeqCst);
+    let response = send(router, "/login", Some(&old)).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let new = format!(
-        "id={}",
-        set_cookie(&response)
-            .expect("the new ID, found on the retry")
-            .value()
-    );
+    let new = format!("id={}", set_cookie(&response).expect("a new ID").value());
     assert_ne!(new, old);
+    (old, new, text(response).await)
+}
+
+/// A rotation the store made but whose answer was lost (a store error after the fact) is
+/// recognised when the layer tries again: the session goes on under the new ID, with the
+/// request's changes, rather than being taken for ended (and the login lost).
+#[tokio::test]
+async fn a_rotation_whose_answer_was_lost_is_completed_on_the_retry() {
+    let store = Faulty::default();
+    let router = rotating_app(&store);
+    let (old, new, login) = start_then_login(&router, &store.lose_rename_replies).await;
+    assert_eq!(login, "Some(Store)", "the save saw the error");
     assert_eq!(
-        text(response).await,
-        "Some(Store)",
-        "the save saw the error"
+        text(send(&router, "/who", Some(&new)).await).await,
+        r#"Some(1) Some("alice")"#
     );
     assert_eq!(
-        text(send(&router, "/user", Some(&new)).await).await,
-        r#"Some("alice")"#
+        text(send(&router, "/who", Some(&old)).await).await,
+        "None None"
     );
-    assert_eq!(text(send(&router, "/user", Some(&old)).await).await, "None");
     assert_eq!(store.inner.len(), 1, "one session, under the new ID");
 }
 
@@ -287,35 +294,16 @@ async fn a_rotation_whose_answer_was_lost_is_completed_on_the_retry() {
 #[tokio::test]
 async fn a_rotation_cut_short_is_made_again_not_adopted() {
     let store = Faulty::default();
-    let half = store.half_renames.clone();
-    let router = Router::new()
-        .route("/start", start_route())
-        .route(
-            "/login",
-            get(|session: Session| async move {
-                session.cycle_id();
-                let saved = session.save().await;
-                format!("{:?}", saved.err().map(|e| e.kind()))
-            }),
-        )
-        .route(
-            "/n",
-            get(
-                |session: Session| async move { format!("{:?}", session.get::<i64>("n").unwrap()) },
-            ),
-        )
-        .layer(SessionLayer::new(store.clone()));
-    let response = send(&router, "/start", None).await;
-    let old = format!("id={}", set_cookie(&response).unwrap().value());
-    half.store(1, Ordering::SeqCst);
-    let response = send(&router, "/login", Some(&old)).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let new = format!("id={}", set_cookie(&response).expect("a new ID").value());
-    assert_eq!(text(response).await, "Some(Store)");
-    assert_eq!(text(send(&router, "/n", Some(&new)).await).await, "Some(1)");
+    let router = rotating_app(&store);
+    let (old, new, login) = start_then_login(&router, &store.half_renames).await;
+    assert_eq!(login, "Some(Store)");
     assert_eq!(
-        text(send(&router, "/n", Some(&old)).await).await,
-        "None",
+        text(send(&router, "/who", Some(&new)).await).await,
+        r#"Some(1) Some("alice")"#
+    );
+    assert_eq!(
+        text(send(&router, "/who", Some(&old)).await).await,
+        "None None",
         "the old ID still works"
     );
     assert_eq!(store.inner.len(), 1, "no copy left under the abandoned ID");

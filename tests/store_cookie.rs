@@ -22,7 +22,7 @@ use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use conformance::harness::{App, app, default_app};
+use conformance::harness::{App, Resp, app, default_app};
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
@@ -549,6 +549,23 @@ async fn with_a_hook_revoke_owner_rejects_every_earlier_cookie_of_that_owner() {
     assert_eq!(app.get("/get/logged-in", Some(&fresh)).await.body, "true");
 }
 
+/// Sends `path` with `token`, and while it runs (its cookie opened), advances the clock a second
+/// and revokes the owner of `revoking`'s session; returns the first request's response.
+async fn during_a_revocation(app: &App, path: &str, token: &str, revoking: &str) -> Resp {
+    let in_flight = {
+        let (app, path, token) = (app.clone(), path.to_owned(), token.to_owned());
+        tokio::spawn(async move { app.get(&path, Some(&token)).await })
+    };
+    app.signals.loaded.notified().await;
+    app.clock.advance(Duration::seconds(1));
+    assert_eq!(
+        app.get("/revoke", Some(revoking)).await.status,
+        StatusCode::OK
+    );
+    app.signals.go.notify_one();
+    in_flight.await.unwrap()
+}
+
 /// A request already in flight when its owner's sessions are revoked (it opened its cookie
 /// before) writes a cookie the revocation still refuses: the seal carries the time the cookie
 /// was opened, not the time of the write.
@@ -557,18 +574,9 @@ async fn a_request_in_flight_during_a_revocation_writes_a_refused_cookie() {
     let app = revocable_app(MemoryRevocations::new());
     let token = app.get("/owner/alice", None).await.expect_token();
     let other_device = app.get("/owner/alice", None).await.expect_token();
-    let in_flight = {
-        let (app, token) = (app.clone(), token.clone());
-        tokio::spawn(async move { app.get("/wait-set/late", Some(&token)).await })
-    };
-    app.signals.loaded.notified().await;
-    app.clock.advance(Duration::seconds(1));
-    assert_eq!(
-        app.get("/revoke", Some(&other_device)).await.status,
-        StatusCode::OK
-    );
-    app.signals.go.notify_one();
-    let written = in_flight.await.unwrap().expect_token();
+    let written = during_a_revocation(&app, "/wait-set/late", &token, &other_device)
+        .await
+        .expect_token();
     assert_eq!(app.get("/arrival", Some(&written)).await.body, "Expired");
     assert_eq!(app.get("/get/logged-in", Some(&written)).await.body, "null");
 }
@@ -581,18 +589,9 @@ async fn a_login_during_a_revocation_of_its_owner_stands() {
     let app = revocable_app(MemoryRevocations::new());
     let anonymous = app.start().await;
     let other_device = app.get("/owner/bob", None).await.expect_token();
-    let logging_in = {
-        let (app, token) = (app.clone(), anonymous.clone());
-        tokio::spawn(async move { app.get("/wait-owner/bob", Some(&token)).await })
-    };
-    app.signals.loaded.notified().await;
-    app.clock.advance(Duration::seconds(1));
-    assert_eq!(
-        app.get("/revoke", Some(&other_device)).await.status,
-        StatusCode::OK
-    );
-    app.signals.go.notify_one();
-    let logged_in = logging_in.await.unwrap().expect_token();
+    let logged_in = during_a_revocation(&app, "/wait-owner/bob", &anonymous, &other_device)
+        .await
+        .expect_token();
     assert_eq!(app.get("/whose", Some(&logged_in)).await.body, "bob");
     assert_eq!(
         app.get("/arrival", Some(&other_device)).await.body,
