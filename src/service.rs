@@ -210,12 +210,21 @@ pin_project! {
     /// The response future of [`SessionService`]: the handler's future, then (only when the handler
     /// changed the session or a deadline refresh is due) the store call that commits it.
     ///
-    /// The commit runs inside this future: if the server drops it (the client went away
-    /// before the response was ready), a store call not yet answered is abandoned, and the
-    /// handler's changes may be written in part or not at all (a `destroy` followed by new
-    /// values can delete the session without storing the new one). A handler whose write must
-    /// happen whatever the client does runs [`Session::save`](crate::Session::save) in a task
-    /// of its own (`tokio::spawn`, with a clone of the handle) and awaits that task.
+    /// # When it is dropped
+    ///
+    /// A server drops the response future when the client goes away before the response is
+    /// ready, and so does a timeout layer that gives up on it.
+    ///
+    /// - Dropped while the handler runs: nothing is saved, and the session handle (and any
+    ///   clone the handler passed on) refuses further changes.
+    /// - Dropped once the handler has answered, while the store calls that commit its changes
+    ///   are under way: those calls are finished in a task of their own, spawned on the Tokio
+    ///   runtime the future was dropped in, so the handler's changes are written whole, as
+    ///   when the client waits. (Abandoned half-way, a `destroy` followed by new values could
+    ///   delete the session without storing the new one.) The client never sees the new cookie, as with any response it did not
+    ///   wait for: after a `cycle_id` its old cookie then names no session. Store failures in
+    ///   that task are logged as they are in the request. Outside a Tokio runtime nothing can
+    ///   carry the calls on, and they are abandoned (logged at `warn`).
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -223,14 +232,23 @@ pin_project! {
 
     impl<F, B> PinnedDrop for ResponseFuture<F, B> {
         fn drop(this: Pin<&mut Self>) {
-            // Dropped before the handler answered (the client went away, a timeout): nothing is
-            // saved, so a handle the handler passed on must not accept changes either.
-            if let StateProj::Handler {
-                session: Some(session),
-                ..
-            } = this.project().state.project()
-            {
-                session.close();
+            match this.project().state.project() {
+                // Dropped before the handler answered (the client went away, a timeout): nothing
+                // is saved, so a handle the handler passed on must not accept changes either.
+                StateProj::Handler {
+                    session: Some(session),
+                    ..
+                } => {
+                    session.close();
+                }
+                // Dropped during the commit: the handler's changes are written whole anyway.
+                StateProj::Commit {
+                    future,
+                    response: Some(_),
+                    config,
+                    ..
+                } => finish_detached(config, std::mem::replace(future, Box::pin(std::future::pending()))),
+                _ => {}
             }
         }
     }
@@ -325,6 +343,22 @@ where
                 }
             }
         }
+    }
+}
+
+/// Carries a commit whose response future was dropped on to its end, in a task of its own (see
+/// [`ResponseFuture`]). The commit logs its own store failures.
+fn finish_detached(config: &Config, commit: CommitFuture) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            drop(runtime.spawn(async move {
+                let _ = commit.await;
+            }));
+        }
+        Err(_) => tracing::warn!(
+            scope = config.scope,
+            "session changes abandoned: the request was dropped during its commit, outside a Tokio runtime"
+        ),
     }
 }
 

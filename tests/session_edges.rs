@@ -1,8 +1,8 @@
 //! HTTP-level tests of edge cases: a `save()` cut short, the deadline `expires_at` reports
 //! between touches, enormous expiry windows, `Max-Age` against a deadline kept in whole seconds,
-//! `cycle_id` racing other requests of the session, and several layers on one app when an outer
-//! layer's commit fails (the writes inner layers committed stand, so their session headers go out
-//! with the outer layer's error response).
+//! `cycle_id` racing other requests of the session, a request dropped during its commit, and
+//! several layers on one app when an outer layer's commit fails (the writes inner layers
+//! committed stand, so their session headers go out with the outer layer's error response).
 #![allow(clippy::unwrap_used)]
 
 mod support_faulty;
@@ -962,4 +962,95 @@ async fn the_inner_cookie_survives_two_failing_layers() {
     )
     .await;
     assert_eq!(text(resp).await, "alice");
+}
+
+/// Two routers on one store: one whose saves wait at `gate` until let through, and one that
+/// starts a session (`/start`, n = 1) and reads `n` back (`/n`) without waiting.
+fn gated_pair(gate: &Arc<(tokio::sync::Notify, tokio::sync::Notify)>) -> (Router, Router) {
+    let plain = Faulty::default();
+    let gated = Faulty {
+        inner: plain.inner.clone(),
+        save_gate: Some(gate.clone()),
+        ..Faulty::default()
+    };
+    let read = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/n",
+            get(|session: Session| async move {
+                session
+                    .get::<i64>("n")
+                    .unwrap()
+                    .map_or_else(|| "none".to_owned(), |n| n.to_string())
+            }),
+        )
+        .layer(SessionLayer::new(plain));
+    let write = Router::new()
+        .route(
+            "/set",
+            get(|session: Session| async move {
+                session.insert("n", 2).unwrap();
+                "set"
+            }),
+        )
+        .layer(SessionLayer::new(gated));
+    (read, write)
+}
+
+/// A request dropped during its commit (the client went away after the handler answered, or a
+/// timeout layer gave up) still has its changes written: the store calls finish in a task of
+/// their own.
+#[tokio::test]
+async fn a_commit_the_client_walked_away_from_is_finished() {
+    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let (read, write) = gated_pair(&gate);
+    let cookie = format!(
+        "id={}",
+        set_cookie(&send(&read, "/start", None).await)
+            .unwrap()
+            .value()
+    );
+    {
+        let request = send(&write, "/set", Some(&cookie));
+        tokio::pin!(request);
+        let saving = tokio::select! {
+            _ = &mut request => false,
+            () = gate.0.notified() => true,
+        };
+        assert!(saving, "the save waits at the gate");
+        // The request future is dropped here, its save still waiting.
+    }
+    gate.1.notify_one();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = text(send(&read, "/n", Some(&cookie)).await).await;
+        if seen == "2" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(seen, "2", "the dropped request's write was finished");
+}
+
+/// Outside a Tokio runtime nothing can carry a dropped commit on: it is abandoned, without a
+/// panic, and the stored session is left as it was.
+#[test]
+fn a_commit_dropped_outside_a_runtime_is_abandoned_cleanly() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let (read, write) = gated_pair(&gate);
+    let response = runtime.block_on(send(&read, "/start", None));
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    let mut request = Box::pin(send(&write, "/set", Some(&cookie)));
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        request.as_mut().poll(&mut context).is_pending(),
+        "the save waits at the gate"
+    );
+    drop(request);
+    gate.1.notify_one();
+    let seen = runtime.block_on(async { text(send(&read, "/n", Some(&cookie)).await).await });
+    assert_eq!(seen, "1", "nothing written, nothing lost");
 }
