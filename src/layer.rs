@@ -49,16 +49,17 @@ pub(crate) struct Config {
     /// layer is built (`; HttpOnly; SameSite=Lax; Secure; Path=/`...), so a response only formats
     /// `name=value; Max-Age=n` in front of it.
     pub(crate) cookie_attributes: String,
+    /// What the cookie store binds a sealed value to (see [`Config::token_name`]).
+    pub(crate) token_binding: String,
 }
 
 impl Config {
-    /// The name the token travels under: the cookie's, or the header's with the header transport.
-    /// The cookie store binds what it seals to it, so a token is refused under any other name.
+    /// The name the cookie store binds what it seals to, so that a value is refused under any
+    /// other: the cookie's name, or with the header transport `header:` and the header's name.
+    /// The colon cannot appear in a cookie name, so a value sealed for a header is also refused
+    /// as a cookie of the same name, and the other way round.
     pub(crate) fn token_name(&self) -> &str {
-        match &self.transport {
-            Transport::Cookie => &self.cookie_name,
-            Transport::Header(name) => name.as_str(),
-        }
+        &self.token_binding
     }
 
     /// How long a session under `expiry` can stay idle and still come back, if it has such a
@@ -118,6 +119,10 @@ impl Config {
         let empty = crate::service::build_cookie(&self, String::new(), None).to_string();
         let prefix_len = self.cookie_name.len() + 1; // "name="
         self.cookie_attributes = empty.get(prefix_len..).unwrap_or_default().to_owned();
+        self.token_binding = match &self.transport {
+            Transport::Cookie => self.cookie_name.clone(),
+            Transport::Header(name) => format!("header:{name}"),
+        };
         crate::service::register_carrier(&self);
         self
     }
@@ -268,6 +273,7 @@ impl SessionLayerBuilder {
             install: install_default,
             scope: "default",
             cookie_attributes: String::new(),
+            token_binding: String::new(),
         }
     }
 

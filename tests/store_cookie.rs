@@ -1172,3 +1172,68 @@ async fn a_header_token_is_bound_to_its_header_name() {
         "Invalid"
     );
 }
+
+/// A token sealed for a header is refused as a cookie of the same name, and a cookie's value as
+/// that header: the store binds `header:` and the header's name, which no cookie name can spell.
+#[tokio::test]
+async fn a_token_does_not_move_between_a_header_and_a_cookie_of_one_name() {
+    let by_header = app(CookieStore::new(key(1)).into_backend(), |l| {
+        l.header_transport(axum::http::HeaderName::from_static("x-a"))
+    });
+    let by_cookie = app(CookieStore::new(key(1)).into_backend(), |l| {
+        l.cookie_name("x-a")
+    });
+    let get = |path: &str, name: &str, value: &str| {
+        Request::get(path)
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let resp = by_header
+        .send(Request::get("/incr/n").body(Body::empty()).unwrap())
+        .await;
+    let header_token = resp
+        .headers
+        .get("x-a")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        by_header
+            .send(get("/get/n", "x-a", &header_token))
+            .await
+            .body,
+        "1"
+    );
+    let as_cookie = format!("x-a={header_token}");
+    assert_eq!(
+        by_cookie
+            .send(get("/arrival", "cookie", &as_cookie))
+            .await
+            .body,
+        "Invalid"
+    );
+    let resp = by_cookie
+        .send(Request::get("/incr/n").body(Body::empty()).unwrap())
+        .await;
+    let cookie = resp.headers.get("set-cookie").unwrap().to_str().unwrap();
+    let cookie_token = cookie::Cookie::parse(cookie.to_owned())
+        .unwrap()
+        .value()
+        .to_owned();
+    assert_eq!(
+        by_cookie
+            .send(get("/get/n", "cookie", &format!("x-a={cookie_token}")))
+            .await
+            .body,
+        "1"
+    );
+    assert_eq!(
+        by_header
+            .send(get("/arrival", "x-a", &cookie_token))
+            .await
+            .body,
+        "Invalid"
+    );
+}

@@ -462,15 +462,17 @@ impl Revocation for MemoryRevocations {
 ///          i64::MIN = none) | expiry (1 byte: 0 at session end, 1 on inactivity, 2 at a date-time)
 ///          and its seconds (i64 BE) | owner length + 1 (u32 BE; 0 = none) | owner (UTF-8)
 ///          | the data as a JSON object
-/// aad    = "tower-satchel/cookie-store" | len(purpose) (u32 BE) | purpose | header | cookie name
+/// aad    = "tower-satchel/cookie-store" | len(purpose) (u32 BE) | purpose | header | binding
+/// binding = the cookie name, or "header:" and the header's name with the header transport
 /// ```
 ///
 /// The [`Record`] carries created-at, the idle and absolute deadlines, the expiry policy, the owner
 /// and the data, so every open checks both deadlines from the sealed record, whatever `Max-Age`
 /// the browser was given (SECURITY.md 14). The associated data binds the value to the cookie name
-/// (the header's name with the layer's header transport), the store's
-/// [`purpose`](CookieStore::purpose) and the format version (the header is in it), so a value
-/// moved to another cookie, header or app is rejected (SECURITY.md 22).
+/// (to `header:` and the header's name with the layer's header transport: a colon cannot appear
+/// in a cookie name), the store's [`purpose`](CookieStore::purpose) and the format version (the
+/// header is in it), so a value moved to another cookie, header or app is rejected (SECURITY.md
+/// 22), and so is one moved between a header and a cookie of the same name.
 ///
 /// # Checks on input
 ///
