@@ -1,10 +1,16 @@
-//! Log events: what happened is logged, session IDs and store keys never are (SECURITY.md 29).
+//! Log events: what happened is logged, session IDs and store keys never are (SECURITY.md 29),
+//! in the layer's own lines and in those of the stores (SQLite, PostgreSQL and Redis on a damaged
+//! record).
 //!
 //! In its own test binary because it installs a global subscriber.
 #![allow(clippy::unwrap_used)]
 
 #[macro_use]
 mod conformance;
+#[cfg(feature = "redis-store")]
+mod support_redis;
+#[cfg(feature = "postgres-store")]
+mod support_sql;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -88,9 +94,13 @@ async fn logs_name_events_but_never_the_session_id() {
     };
     #[cfg(not(feature = "cookie-store"))]
     let sealed: [&str; 0] = [];
-    // A store's own lines name the session by its tag too: SQLite on a damaged row.
+    // A store's own lines name the session by its tag too, on a damaged record: each adds the
+    // session's token and the event it logs.
+    #[allow(unused_mut)] // without a store feature, nothing is added
+    let mut damaged: Vec<(String, &str)> = Vec::new();
+    // SQLite, on a row whose data is not JSON.
     #[cfg(feature = "sqlite-store")]
-    let (damaged, damaged_events) = {
+    {
         let dir = std::env::temp_dir().join(format!("satchel-logs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("sessions.sqlite3");
@@ -107,13 +117,59 @@ async fn logs_name_events_but_never_the_session_id() {
         app.get("/read", Some(&token)).await;
         drop((app, store));
         let _ = std::fs::remove_dir_all(&dir);
-        (
-            vec![token],
-            ["unreadable session row; treated as no session"],
-        )
-    };
-    #[cfg(not(feature = "sqlite-store"))]
-    let (damaged, damaged_events): (Vec<String>, [&str; 0]) = (Vec::new(), []);
+        damaged.push((token, "unreadable session row; treated as no session"));
+    }
+    // Redis, on a record with a field it cannot read.
+    #[cfg(feature = "redis-store")]
+    {
+        let url = support_redis::single_url();
+        let prefix = support_redis::unique_prefix();
+        let store = tower_satchel::RedisStore::open(&url)
+            .await
+            .unwrap()
+            .with_prefix(&prefix)
+            .unwrap();
+        let app = harness::default_app(tower_satchel::IntoBackend::into_backend(store));
+        let token = app.start().await;
+        let key = SessionId::parse(&token).unwrap().key().to_hex();
+        let mut conn = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{prefix}s:{{{key}}}"))
+            .arg("m")
+            .arg("not a record")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        app.get("/read", Some(&token)).await;
+        damaged.push((
+            token,
+            "unreadable session record in Redis; treated as no session",
+        ));
+    }
+    // PostgreSQL, on a row whose format version is impossible.
+    #[cfg(feature = "postgres-store")]
+    {
+        use support_sql::pg;
+        let schema = support_sql::unique("satchel_logs");
+        let _cleanup = pg::drop_schema_later(schema.clone());
+        let store = tower_satchel::PostgresStore::new(pg::pool(2).await)
+            .with_schema(&schema)
+            .unwrap();
+        store.migrate().await.unwrap();
+        let app = harness::default_app(tower_satchel::IntoBackend::into_backend(store.clone()));
+        let token = app.start().await;
+        let sql = format!("UPDATE \"{schema}\".tower_satchel_sessions SET version = -1");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        app.get("/read", Some(&token)).await;
+        damaged.push((token, "unreadable session row; treated as no session"));
+    }
 
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     for needle in [
@@ -127,11 +183,14 @@ async fn logs_name_events_but_never_the_session_id() {
     ]
     .into_iter()
     .chain(sealed)
-    .chain(damaged_events)
+    .chain(damaged.iter().map(|(_, event)| *event))
     {
         assert!(logs.contains(needle), "missing event {needle:?} in\n{logs}");
     }
-    for secret in [&token, &rotated, &ended].into_iter().chain(&damaged) {
+    for secret in [&token, &rotated, &ended]
+        .into_iter()
+        .chain(damaged.iter().map(|(token, _)| token))
+    {
         assert!(
             !logs.contains(secret.as_str()),
             "a session ID leaked into the logs"
