@@ -419,7 +419,10 @@ impl Conn {
 /// absolute deadline are dropped whenever the index is written, the index key itself expires with
 /// the last absolute deadline it holds, and entries of sessions that are gone are dropped when the
 /// index is listed or revoked (once they are ten minutes old: a younger entry may name a session
-/// that is still being created, which a concurrent revoke must not forget). Without an absolute lifetime
+/// that is still being created, which a concurrent revoke must not forget). Gone means no longer
+/// in Redis: a session past its idle deadline by the listing caller's clock is left out of the
+/// list but keeps its entry, since a host whose clock is behind may still serve it and move the
+/// deadline; its record's TTL removes it when its deadline passes. Without an absolute lifetime
 /// ([`absolute_lifetime(None)`](crate::SessionLayerBuilder::absolute_lifetime)) entries have no
 /// deadline and the index key does not expire: they are dropped only when the index is listed or
 /// revoked.
@@ -1804,8 +1807,12 @@ impl SessionStore for RedisStore {
                     _ => idle,
                 };
                 if now >= deadline {
-                    // Expired sessions never come back: drop their entries.
-                    gone.push(indexed);
+                    // Expired by this caller's clock, but still in Redis: left out of the list,
+                    // and its entry kept. Another host, whose clock is behind this one's, may
+                    // still serve the session and move its idle deadline, and a touch does not
+                    // index it again: without its entry, `delete_owner` would miss it. Its
+                    // record's TTL removes it at its deadline, and the entry goes with the next
+                    // listing that finds the record gone.
                 } else if session_owner.as_deref() == Some(owner.as_bytes()) {
                     // A session that moved to another owner keeps its entry here (it may move
                     // back); it is only left out of the list.

@@ -408,6 +408,34 @@ pub async fn owner_index_lists_and_revokes<S: SessionStore>(store: S) {
     assert_eq!(store.delete_owner("nobody").await.unwrap(), 0);
 }
 
+/// A listing by a host whose clock runs ahead (here: an hour and a minute) leaves out a session
+/// that is past its idle deadline by that clock, but must not drop it from the owner index: a
+/// host whose clock is right still serves the session and moves its deadline, and a revocation
+/// must then still find it (SECURITY.md 12).
+pub async fn a_listing_from_a_clock_ahead_keeps_the_owner_index<S: SessionStore>(store: S) {
+    let now = now();
+    let k = key();
+    assert!(store.create(&k, &owned(now, "alice"), now).await.unwrap());
+    let ahead = now + Duration::hours(1) + Duration::minutes(1);
+    assert!(store.list_owner("alice", ahead).await.unwrap().is_empty());
+    let later = now + Duration::minutes(30);
+    assert_eq!(
+        store
+            .touch(
+                &k,
+                later + Duration::hours(1),
+                Expiry::OnInactivity(Duration::hours(1)),
+                later,
+            )
+            .await
+            .unwrap(),
+        Saved::Applied
+    );
+    assert_eq!(store.list_owner("alice", later).await.unwrap().len(), 1);
+    assert_eq!(store.delete_owner("alice").await.unwrap(), 1);
+    assert_eq!(store.load(&k, later).await.unwrap(), None);
+}
+
 pub async fn owner_index_follows_owner_changes_and_deletes<S: SessionStore>(store: S) {
     let now = now();
     let (k1, k2) = (key(), key());

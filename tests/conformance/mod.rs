@@ -54,6 +54,7 @@ macro_rules! server_store_conformance {
             delete_is_idempotent,
             delete_expired_is_bounded_and_spares_live_records,
             owner_index_lists_and_revokes,
+            a_listing_from_a_clock_ahead_keeps_the_owner_index,
             owner_index_follows_owner_changes_and_deletes,
             concurrent_saves_of_different_keys_all_persist,
             keys_are_isolated_between_sessions,
