@@ -23,7 +23,7 @@ use sqlx::postgres::PgPoolOptions;
 use support_sql::{app, pg, unique};
 use time::{Duration, OffsetDateTime};
 use tower_satchel::{
-    ChangeSet, PostgresStore, SessionErrorKind, SessionId, SessionStore, StoreErrorKind,
+    ChangeSet, PostgresStore, Saved, SessionErrorKind, SessionId, SessionStore, StoreErrorKind,
 };
 
 mod postgres {
@@ -529,7 +529,7 @@ async fn stored_n(store: &PostgresStore) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nul_characters_are_an_encoding_error() {
+async fn nul_characters_are_an_encoding_error_unless_in_a_removed_key() {
     let store = pg::store().await;
     let now = now();
     let key = conformance::contract::key();
@@ -546,6 +546,19 @@ async fn nul_characters_are_an_encoding_error() {
     // Nothing was written; the session is intact.
     let loaded = store.load(&key, now).await.unwrap().unwrap();
     assert!(!loaded.data.contains_key("k"));
+    // Removing a key that holds NUL changes nothing, as in every other store: no session can
+    // hold it. The rest of the change set is applied.
+    let mut changes = ChangeSet::default();
+    changes.removed.push("k\u{0}".into());
+    changes.removed.push("a".into());
+    changes.set.insert("n".into(), json!(1));
+    assert_eq!(
+        store.save(&key, &changes, now).await.unwrap(),
+        Saved::Applied
+    );
+    let loaded = store.load(&key, now).await.unwrap().unwrap();
+    assert!(!loaded.data.contains_key("a"));
+    assert_eq!(loaded.data.get("n"), Some(&json!(1)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

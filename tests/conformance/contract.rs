@@ -633,9 +633,18 @@ pub async fn rename_onto_a_live_record_is_taken_and_changes_nothing<S: SessionSt
             .unwrap(),
         Renamed::Taken
     );
-    assert_eq!(store.load(&from, now).await.unwrap(), Some(mine));
+    assert_eq!(store.load(&from, now).await.unwrap(), Some(mine.clone()));
     assert_eq!(store.load(&to, now).await.unwrap(), Some(theirs));
     assert_eq!(store.list_owner("alice", now).await.unwrap().len(), 1);
+    // Onto its own key: that key is taken too, by the session itself.
+    assert_eq!(
+        store
+            .rename(&from, &from, &rotation(now, Some("alice")), now)
+            .await
+            .unwrap(),
+        Renamed::Taken
+    );
+    assert_eq!(store.load(&from, now).await.unwrap(), Some(mine));
 }
 
 pub async fn rename_onto_an_expired_record_replaces_it<S: SessionStore>(store: S) {

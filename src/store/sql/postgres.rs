@@ -102,6 +102,13 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 ///   runs them in two exchanges, which PgBouncer may send to two server connections. PgBouncer
 ///   1.21 and later tracks prepared statements in transaction mode when `max_prepared_statements`
 ///   is set; that version was not available to test here.
+/// - **Isolation**: the store's statements rely on PostgreSQL's default isolation level, `READ
+///   COMMITTED`, under which two requests updating one session's row wait for each other and
+///   both keep their writes. A database or role whose `default_transaction_isolation` is
+///   `REPEATABLE READ` or `SERIALIZABLE` makes the second of two concurrent saves of one session
+///   fail with a serialization error instead (its request gets an error response; nothing is
+///   silently lost). Give such a store a pool that sets the level back, e.g. URL option
+///   `?options=-c%20default_transaction_isolation%3Dread%5C%20committed`.
 /// - Rows are small and updated in place; autovacuum's defaults suit the table. `UNLOGGED` is not
 ///   used: sessions survive a database crash.
 ///
@@ -118,8 +125,11 @@ const MIGRATE_LOCK: i64 = 0x7361_7463_6865_6c31; // "satchel1"
 /// # Limitations
 ///
 /// - `jsonb` cannot hold the NUL character: a session value or key containing `\u{0}` makes the
-///   save fail with [`StoreErrorKind::Encoding`] (the request gets an error response).
-/// - `jsonb` does not keep the order of object keys or duplicate keys; numbers keep their value.
+///   save fail with [`StoreErrorKind::Encoding`] (the request gets an error response). Removing
+///   such a key changes nothing, as no session can hold it.
+/// - `jsonb` does not keep the order of object keys or duplicate keys. Numbers keep their value
+///   but not always their type: a whole-number float of 10¹⁶ or more in magnitude comes back as
+///   an integer (`get::<f64>` still reads it), and `-0.0` as `0.0`.
 /// - Timestamps are kept to the microsecond.
 ///
 /// # Examples
@@ -649,7 +659,7 @@ fn bind_changes<'q>(
     let owner = changes.owner.as_ref();
     query
         .bind(changes.cleared)
-        .bind(changes.removed.as_slice())
+        .bind(removable(changes))
         .bind(Json(&changes.set))
         .bind(changes.idle_deadline.map(deadline_up))
         .bind(changes.expiry.map(Json))
@@ -659,17 +669,29 @@ fn bind_changes<'q>(
         .bind(changes.deadline_basis.map(Json))
 }
 
-/// [`check_nul`] for what a change set writes.
+/// [`check_nul`] for what a change set writes. Removed keys are not checked: one holding NUL
+/// cannot be stored, so removing it changes nothing (see [`removable`]).
 fn check_changes(changes: &ChangeSet) -> Result<(), StoreError> {
     check_nul(
         changes.set.values(),
         changes
             .set
             .keys()
-            .chain(&changes.removed)
             .map(String::as_str)
             .chain(changes.owner.as_ref().and_then(|o| o.as_deref())),
     )
+}
+
+/// The removed keys to send: all but those holding NUL, which PostgreSQL refuses in a `text[]`
+/// and no stored session can hold, as the memory store ignores the removal of a key it does not
+/// hold.
+fn removable(changes: &ChangeSet) -> Vec<&str> {
+    changes
+        .removed
+        .iter()
+        .map(String::as_str)
+        .filter(|key| !key.contains('\0'))
+        .collect()
 }
 
 /// Decodes a `load` row. The inner `Err` is a row whose content is unusable (the caller logs it and
@@ -836,6 +858,14 @@ impl SessionStore for PostgresStore {
         now: OffsetDateTime,
     ) -> Result<Renamed, StoreError> {
         check_changes(changes)?;
+        if from == to {
+            // The row would match itself and move nowhere: the key is taken, by the session
+            // itself, as every store answers (the layer always draws a fresh ID).
+            return Ok(match self.load(from, now).await? {
+                Some(_) => Renamed::Taken,
+                None => Renamed::Gone,
+            });
+        }
         let rename = async |conn: &mut PgConnection| {
             let query = sqlx::query(stmt(&self.sql.rename))
                 .bind(from.as_bytes().as_slice())
