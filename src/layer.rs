@@ -328,7 +328,8 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// The `SameSite` attribute; `None` omits it. Default: `Some(SameSite::Lax)`.
+    /// The `SameSite` attribute ([`SameSite`](crate::SameSite), re-exported from the `cookie`
+    /// crate); `None` omits it. Default: `Some(SameSite::Lax)`.
     ///
     /// `SameSite::None` sends the cookie on cross-site requests (needs `Secure`, and CSRF
     /// protection of your own).

@@ -3,7 +3,8 @@
 //! A [`SessionLayer`] loads the session named by a cookie when a handler asks for it, hands it to
 //! the handler as a [`Session`], and afterwards writes back **only what changed**, with a refreshed
 //! cookie. The same layer works with every store; switching store is one line and handler code does
-//! not change.
+//! not change. (The encrypted-cookie store, `cookie-store`, keeps nothing on the server: listing
+//! an owner's sessions is an error there, and revoking them needs a hook the app provides.)
 //!
 //! # Quick start
 //!
@@ -52,8 +53,9 @@
 //! | SQLite | yes | same machine | yes | change sets merged in one transaction |
 //! | cookie | nothing stored | yes | only through an app-provided hook | last writer wins |
 //!
-//! The [README](https://docs.rs/crate/tower-satchel/latest) has a section per store: when to choose
-//! it, how to configure it, its limits and deployment notes; each store's type documents the same.
+//! The [README](https://docs.rs/crate/tower-satchel/latest) has a section for each store other than
+//! memory: when to choose it, how to configure it, its limits and deployment notes; each store's
+//! type (including [`MemoryStore`]'s) documents the same.
 //!
 //! # What happens per request
 //!
@@ -148,6 +150,10 @@ pub use store::{
 
 /// Re-exported so that apps and stores use the same `time` types as this crate.
 pub use time;
+
+/// The cookie's `SameSite` attribute, for [`SessionLayerBuilder::same_site`]: re-exported from the
+/// `cookie` crate so that apps need not depend on the exact version this crate uses.
+pub use cookie::SameSite;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -1305,13 +1305,7 @@ impl Session {
     /// When the session has no owner, the store fails, or the store cannot revoke (the cookie store
     /// without a revocation hook).
     pub async fn revoke_owner(&self) -> Result<usize, SessionError> {
-        self.load().await?;
-        let Some(owner) = self.owner() else {
-            return Err(SessionError::new(
-                SessionErrorKind::NoOwner,
-                "the session has no owner to revoke",
-            ));
-        };
+        let owner = self.owner_to_act_on().await?;
         let now = self.0.config.clock.now();
         let revoked = match &self.0.backend.0 {
             Kind::Server(store) => store.delete_owner(&owner).await,
@@ -1331,6 +1325,102 @@ impl Session {
             state.destroy();
         }
         Ok(revoked)
+    }
+
+    /// The live sessions of this session's owner, this one included, oldest first: for a "your
+    /// devices" page. Each [`SessionInfo`](crate::SessionInfo) has the session's store key (never
+    /// its ID), its creation time and its deadline; the current session is the one whose key is
+    /// `session.id().map(|id| id.key())`. Sessions that outlived a since-shortened
+    /// [`absolute_lifetime`](crate::SessionLayerBuilder::absolute_lifetime) are listed until
+    /// their stored deadline, though they are refused when presented.
+    ///
+    /// ```
+    /// use tower_satchel::{Session, SessionError};
+    ///
+    /// async fn devices(session: Session) -> Result<String, SessionError> {
+    ///     let this = session.id().map(|id| id.key());
+    ///     let mut page = String::new();
+    ///     for info in session.owner_sessions().await? {
+    ///         let current = if Some(info.key) == this { " (this one)" } else { "" };
+    ///         // The key goes into a form for "end this session": see `revoke_owner_session`.
+    ///         page += &format!("{} since {}{current}\n", info.key.to_hex(), info.created_at);
+    ///     }
+    ///     Ok(page)
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionErrorKind::NoOwner`] when the session has no owner; a store error when the store
+    /// fails, or with the cookie store, which keeps no list of sessions
+    /// ([`StoreErrorKind::Unsupported`]).
+    pub async fn owner_sessions(&self) -> Result<Vec<crate::SessionInfo>, SessionError> {
+        let owner = self.owner_to_act_on().await?;
+        let now = self.0.config.clock.now();
+        let Kind::Server(store) = &self.0.backend.0 else {
+            return Err(self.hooked(SessionError::store(no_list())));
+        };
+        let mut listed = store
+            .list_owner(&owner, now)
+            .await
+            .map_err(|e| self.hooked(SessionError::store(e)))?;
+        listed.sort_by_key(|info| info.created_at);
+        Ok(listed)
+    }
+
+    /// Ends one session of this session's owner ("log out that device"), named by its key from
+    /// [`owner_sessions`](Session::owner_sessions) (read one back from a form with
+    /// [`SessionKey::from_hex`]). Returns `false`, and deletes nothing, when the key names no live
+    /// session of this owner: a key the client sends can end none of another account's sessions.
+    /// Naming the current session ends it as [`destroy`](Session::destroy) does.
+    ///
+    /// ```
+    /// use tower_satchel::{Session, SessionError, SessionKey};
+    ///
+    /// async fn end_device(session: Session, form_key: String) -> Result<&'static str, SessionError> {
+    ///     let Some(key) = SessionKey::from_hex(&form_key) else {
+    ///         return Ok("no such session");
+    ///     };
+    ///     Ok(if session.revoke_owner_session(&key).await? { "ended" } else { "no such session" })
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`owner_sessions`](Session::owner_sessions), and a store error when the delete fails.
+    pub async fn revoke_owner_session(&self, key: &SessionKey) -> Result<bool, SessionError> {
+        if !self
+            .owner_sessions()
+            .await?
+            .iter()
+            .any(|info| info.key == *key)
+        {
+            return Ok(false);
+        }
+        if self.id().is_some_and(|id| id.key() == *key) {
+            self.destroy();
+            return Ok(true);
+        }
+        let Kind::Server(store) = &self.0.backend.0 else {
+            return Err(self.hooked(SessionError::store(no_list())));
+        };
+        store
+            .delete(key)
+            .await
+            .map_err(|e| self.hooked(SessionError::store(e)))?;
+        tracing::info!(
+            scope = self.0.config.scope,
+            session = %key.log_tag(),
+            "session of the owner revoked"
+        );
+        Ok(true)
+    }
+
+    /// Loads the session and returns its owner, or the error for a session without one.
+    async fn owner_to_act_on(&self) -> Result<String, SessionError> {
+        self.load().await?;
+        self.owner()
+            .ok_or_else(|| SessionError::new(SessionErrorKind::NoOwner, "the session has no owner"))
     }
 
     /// Keeps `value` under `key` for this request only; it is never persisted (e.g. set by an auth
@@ -2069,6 +2159,14 @@ fn unexpected_type(key: &str, error: &serde_json::Error) -> SessionError {
     SessionError::new(
         SessionErrorKind::Deserialize,
         format!("session value {key:?} {what}"),
+    )
+}
+
+/// The error for listing or revoking one session with a store that keeps no list of sessions.
+fn no_list() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Unsupported,
+        "the cookie store keeps no list of sessions: it cannot list or end them one by one",
     )
 }
 

@@ -503,6 +503,11 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> StoreFuture<'a, Result<Renamed, StoreError>>;
     fn delete_owner<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<usize, StoreError>>;
+    fn list_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Vec<SessionInfo>, StoreError>>;
     fn immediate(&self) -> Option<&dyn ImmediateStore>;
 }
 
@@ -585,6 +590,13 @@ impl<S: SessionStore> DynStore for S {
     fn delete_owner<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(SessionStore::delete_owner(self, owner))
     }
+    fn list_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Vec<SessionInfo>, StoreError>> {
+        Box::pin(SessionStore::list_owner(self, owner, now))
+    }
 }
 
 /// Settings for [`spawn_cleanup`].
@@ -626,8 +638,10 @@ impl CleanupConfig {
     }
 }
 
-/// A running cleanup task. [`CleanupTask::stop`] ends it and waits; dropping it also ends it (at
-/// the next period or batch boundary) without waiting.
+/// A running cleanup task. [`CleanupTask::stop`] ends it and waits; dropping it also ends it
+/// without waiting: at once while it waits for its next period, after the current batch while it
+/// sweeps. Keep it for as long as the app serves (in `main`, or in the app's state), not in a
+/// set-up function that returns.
 #[derive(Debug)]
 #[must_use = "dropping the task stops the cleanup"]
 pub struct CleanupTask {

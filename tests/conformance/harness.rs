@@ -217,6 +217,32 @@ fn routes() -> Router {
             }),
         )
         .route(
+            // The owner's sessions, one store key (hex) a line, the current one marked `*`.
+            "/devices",
+            get(|s: Session| async move {
+                let this = s.id().map(|id| id.key());
+                let lines: Vec<String> = s
+                    .owner_sessions()
+                    .await?
+                    .iter()
+                    .map(|info| {
+                        let mark = if Some(info.key) == this { "*" } else { "" };
+                        format!("{}{mark}", info.key.to_hex())
+                    })
+                    .collect();
+                Ok::<_, SessionError>(lines.join("\n"))
+            }),
+        )
+        .route(
+            "/end-device/{key}",
+            get(|s: Session, Path(key): Path<String>| async move {
+                let Some(key) = tower_satchel::SessionKey::from_hex(&key) else {
+                    return Ok::<_, SessionError>("malformed".to_owned());
+                };
+                Ok(s.revoke_owner_session(&key).await?.to_string())
+            }),
+        )
+        .route(
             "/arrival",
             get(|s: Session| async move { format!("{:?}", s.arrival()) }),
         )

@@ -538,6 +538,70 @@ pub async fn owner_sessions_can_be_revoked(b: Backend, side: Side) {
     assert_eq!(app.get("/get/logged-in", Some(&bob)).await.body, "true");
 }
 
+/// A "devices" page: the owner's sessions are listed, oldest first, the current one findable;
+/// one of them is ended by its key, and a key of another owner's session ends nothing.
+pub async fn one_session_of_the_owner_can_be_listed_and_ended(b: Backend, side: Side) {
+    let app = default_app(b);
+    let phone = app.get("/owner/alice", None).await.expect_token();
+    app.clock.advance(Duration::seconds(2));
+    let laptop = app.get("/owner/alice", None).await.expect_token();
+    let bob = app.get("/owner/bob", None).await.expect_token();
+    let resp = app.get("/devices", Some(&laptop)).await;
+    if side == Side::Client {
+        // Documented exception: the cookie store keeps no list of sessions.
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+        return;
+    }
+    let key_of = |token: &str| SessionId::parse(token).unwrap().key().to_hex();
+    assert_eq!(
+        resp.body,
+        format!("{}\n{}*", key_of(&phone), key_of(&laptop)),
+        "oldest first, the current one marked"
+    );
+    assert_eq!(
+        app.get("/devices", Some(&bob)).await.body,
+        format!("{}*", key_of(&bob))
+    );
+    let no_owner = app.start().await;
+    assert_eq!(
+        app.get("/devices", Some(&no_owner)).await.status,
+        StatusCode::BAD_REQUEST,
+        "a session without owner has no devices"
+    );
+    // Bob cannot end Alice's phone, nor can a made-up or malformed key end anything.
+    let path = |token: &str| format!("/end-device/{}", key_of(token));
+    assert_eq!(app.get(&path(&phone), Some(&bob)).await.body, "false");
+    let made_up = SessionId::generate().unwrap().key().to_hex();
+    assert_eq!(
+        app.get(&format!("/end-device/{made_up}"), Some(&laptop))
+            .await
+            .body,
+        "false"
+    );
+    assert_eq!(
+        app.get("/end-device/zz", Some(&laptop)).await.body,
+        "malformed"
+    );
+    assert_eq!(app.get("/get/logged-in", Some(&phone)).await.body, "true");
+    // Alice ends her phone from her laptop.
+    assert_eq!(app.get(&path(&phone), Some(&laptop)).await.body, "true");
+    assert_eq!(app.get("/get/logged-in", Some(&phone)).await.body, "null");
+    assert_eq!(app.get("/get/logged-in", Some(&laptop)).await.body, "true");
+    assert_eq!(
+        app.get("/devices", Some(&laptop)).await.body,
+        format!("{}*", key_of(&laptop))
+    );
+    // Ending the current session ends it as `destroy` does: a removal cookie, then no session.
+    let resp = app.get(&path(&laptop), Some(&laptop)).await;
+    assert_eq!(resp.body, "true");
+    assert_eq!(
+        resp.set_cookie().map(|c| c.value().to_owned()),
+        Some(String::new())
+    );
+    assert_eq!(app.get("/get/logged-in", Some(&laptop)).await.body, "null");
+    assert_eq!(app.get("/get/logged-in", Some(&bob)).await.body, "true");
+}
+
 pub async fn remove_returns_the_old_value(b: Backend, _: Side) {
     let app = default_app(b);
     let token = app.start().await;
