@@ -1353,6 +1353,24 @@ async fn the_folder_and_session_files_are_private_to_their_owner() {
     }
 }
 
+/// A folder every user may write to (made beforehand by someone else, or `/tmp` itself) is
+/// refused: any local user could plant a session file there. One only the group may write to
+/// is used, with a warning.
+#[test]
+fn a_folder_every_user_may_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fresh_dir("world-writable");
+    fs::create_dir_all(&dir).unwrap();
+    for mode in [0o777, 0o1777, 0o702] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        let error = FileStore::new(&dir).unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Config, "mode {mode:o}");
+        assert!(error.to_string().contains("every user"), "{error}");
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
+    assert!(FileStore::new(&dir).is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cleanup_task_removes_expired_session_files_and_their_owner_entries() {
     let dir = fresh_dir("cleanup");
@@ -1394,4 +1412,71 @@ async fn the_cleanup_task_removes_expired_session_files_and_their_owner_entries(
         !owner_dir.exists(),
         "owner entries of expired sessions remain"
     );
+}
+
+/// Sets or clears the immutable flag of `path` (`chattr`, root only); whether it worked.
+fn set_immutable(path: &Path, on: bool) -> bool {
+    std::process::Command::new("chattr")
+        .arg(if on { "+i" } else { "-i" })
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A session file that cannot be removed (immutable here; left by another user, say) does not
+/// stop the cleanup at it, nor spare the owner's other sessions from a revocation: both go on
+/// past it, log it, and a revocation still reports that it did not remove everything.
+#[tokio::test]
+async fn a_file_that_cannot_be_removed_stops_neither_cleanup_nor_revocation() {
+    let dir = fresh_dir("stuck-file");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let (stuck, other) = (key(), key());
+    assert!(
+        store
+            .create(&stuck, &owned(now, "alice"), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create(&other, &owned(now, "alice"), now)
+            .await
+            .unwrap()
+    );
+    if !set_immutable(&store.path_of(&stuck), true) {
+        support_disk::skip_without_root("`chattr +i`");
+        return;
+    }
+    let later = now + Duration::days(2); // both expired
+    let swept = store.delete_expired(later, 100).await;
+    let swept_again = store.delete_expired(later, 100).await;
+    // Revocation: the stuck session is still alice's (live at `now`), and so is a third.
+    let third = key();
+    assert!(
+        store
+            .create(&third, &owned(now, "alice"), now)
+            .await
+            .unwrap()
+    );
+    let revoked = store.delete_owner("alice").await;
+    set_immutable(&store.path_of(&stuck), false);
+
+    assert_eq!(swept.unwrap(), 1, "the other expired file was removed");
+    assert!(!store.path_of(&other).exists());
+    assert_eq!(
+        swept_again.unwrap_err().kind(),
+        StoreErrorKind::Backend,
+        "a sweep that removes nothing but fails says so"
+    );
+    assert_eq!(revoked.unwrap_err().kind(), StoreErrorKind::Backend);
+    assert_eq!(
+        store.load(&third, now).await.unwrap(),
+        None,
+        "the other session revoked"
+    );
+    assert!(store.load(&stuck, now).await.unwrap().is_some());
+    // Once the file can go, both finish.
+    assert_eq!(store.delete_owner("alice").await.unwrap(), 1);
+    assert_eq!(store.load(&stuck, now).await.unwrap(), None);
 }

@@ -230,12 +230,14 @@ impl FileStoreBuilder {
 
     /// Creates the folder (and its parents) if needed, with owner-only permissions (`0700`), and
     /// opens the store. An existing folder is used as it is; a warning is logged if other users
-    /// can access it. Blocks briefly on the file system: call it at start-up.
+    /// can access it, and one that every user may write to (such as `/tmp` itself) is refused:
+    /// any local user could plant session files there. Blocks briefly on the file system: call it
+    /// at start-up.
     ///
     /// # Errors
     ///
     /// A [`StoreErrorKind::Config`] error for an invalid prefix or suffix, or when the folder
-    /// cannot be created or is not a folder.
+    /// cannot be created, is not a folder, or is writable by every user.
     pub fn open(self) -> Result<FileStore, StoreError> {
         check_affix("prefix", &self.prefix)?;
         check_affix("suffix", &self.suffix)?;
@@ -257,6 +259,7 @@ impl FileStoreBuilder {
                 "file store: the path is not a folder",
             ));
         }
+        refuse_if_world_writable(&meta)?;
         warn_if_shared(&meta);
         create_private_dir(&self.dir.join(LOCK_DIR))
             .map_err(|e| config("cannot create the lock folder", e))?;
@@ -309,7 +312,8 @@ impl FileStore {
     ///
     /// # Errors
     ///
-    /// A [`StoreErrorKind::Config`] error when the folder cannot be created or is not a folder.
+    /// A [`StoreErrorKind::Config`] error when the folder cannot be created, is not a folder, or
+    /// is writable by every user.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         Self::builder(dir).open()
     }
@@ -912,6 +916,7 @@ impl Inner {
 
     fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         let mut deleted = 0;
+        let mut failed = None;
         if limit == 0 {
             return Ok(0);
         }
@@ -928,9 +933,14 @@ impl Inner {
             if let Some(rest) = name.strip_prefix(TEMP_PREFIX) {
                 let started = rest.split('-').next().and_then(|s| s.parse::<i64>().ok());
                 if started.is_some_and(|s| s < stale_before) {
-                    ignore_missing(fs::remove_file(entry.path()))
-                        .map_err(|e| io_error("cannot remove a stale temporary file", e))?;
-                    tracing::debug!("stale temporary session file removed");
+                    match ignore_missing(fs::remove_file(entry.path())) {
+                        Ok(()) => tracing::debug!("stale temporary session file removed"),
+                        Err(e) => {
+                            let error = io_error("cannot remove a stale temporary file", e);
+                            tracing::warn!(%error, "stale temporary session file not removed");
+                            failed.get_or_insert(error);
+                        }
+                    }
                 }
                 continue;
             }
@@ -940,7 +950,12 @@ impl Inner {
             let meta = match entry.metadata() {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_error("cannot read a session file's metadata", e)),
+                Err(e) => {
+                    let error = io_error("cannot read a session file's metadata", e);
+                    tracing::warn!(session = %key.log_tag(), %error, "session file skipped by the cleanup");
+                    failed.get_or_insert(error);
+                    continue;
+                }
             };
             let Ok(modified) = meta.modified() else {
                 continue;
@@ -948,33 +963,57 @@ impl Inner {
             if !meta.is_file() || unix_secs(modified) > now_secs {
                 continue; // live: its deadline is still ahead
             }
-            let path = entry.path();
-            let _locked = self.lock(&key)?;
-            match self.read(&path)? {
-                Found::Record { record, .. } if !record.is_live(now) => {
-                    self.remove(&key, &path, || Ok(()))?;
-                    if let Some(owner) = record.owner.as_deref() {
-                        self.remove_marker(owner, &key)?;
-                    }
-                    deleted += 1;
+            // One file that cannot be read or removed (left by another user, say) must not stop
+            // the sweep at it for good: it is logged and skipped, and the sweep goes on.
+            match self.sweep_one(&key, &entry.path(), now) {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(session = %key.log_tag(), %error, "expired session file not removed by the cleanup");
+                    failed.get_or_insert(error);
                 }
-                Found::Corrupt(error) => {
-                    tracing::warn!(
-                        session = %key.log_tag(),
-                        error = %error,
-                        "corrupt session file removed by the cleanup"
-                    );
-                    self.remove(&key, &path, || Ok(()))?;
-                    deleted += 1;
-                }
-                // Refreshed meanwhile, deleted meanwhile, or another version's to clean up.
-                Found::Record { .. } | Found::Missing | Found::Newer(_) => {}
             }
             if deleted >= limit {
                 break;
             }
         }
-        Ok(deleted)
+        // Nothing removed and something failed: the folder itself may be the problem, and the
+        // caller (the cleanup task) learns of it.
+        match failed {
+            Some(error) if deleted == 0 => Err(error),
+            _ => Ok(deleted),
+        }
+    }
+
+    /// Removes the session file `path` of `key` if it is expired at `now` (or corrupt): whether it
+    /// did.
+    fn sweep_one(
+        &self,
+        key: &SessionKey,
+        path: &Path,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let _locked = self.lock(key)?;
+        match self.read(path)? {
+            Found::Record { record, .. } if !record.is_live(now) => {
+                self.remove(key, path, || Ok(()))?;
+                if let Some(owner) = record.owner.as_deref() {
+                    self.remove_marker(owner, key)?;
+                }
+                Ok(true)
+            }
+            Found::Corrupt(error) => {
+                tracing::warn!(
+                    session = %key.log_tag(),
+                    error = %error,
+                    "corrupt session file removed by the cleanup"
+                );
+                self.remove(key, path, || Ok(()))?;
+                Ok(true)
+            }
+            // Refreshed meanwhile, deleted meanwhile, or another version's to clean up.
+            Found::Record { .. } | Found::Missing | Found::Newer(_) => Ok(false),
+        }
     }
 
     /// Keys in the owner index of `owner` (unchecked).
@@ -1003,7 +1042,14 @@ impl Inner {
         let mut sessions = Vec::new();
         for key in self.marked(owner)? {
             let path = self.record_path(&key);
-            let found = self.read(&path)?;
+            let found = match self.read(&path) {
+                Ok(found) => found,
+                Err(error) => {
+                    // One unreadable file leaves one session out, not the whole list.
+                    tracing::warn!(session = %key.log_tag(), %error, "session file not readable; left out of its owner's list");
+                    continue;
+                }
+            };
             if let Found::Record { record, .. } = &found
                 && record.owner.as_deref() == Some(owner)
             {
@@ -1034,6 +1080,7 @@ impl Inner {
         // a session of this owner created or renamed since the last listing.
         let mut tried = HashSet::new();
         let mut deleted = 0;
+        let mut failed = None;
         loop {
             let keys: Vec<SessionKey> = self
                 .marked(owner)?
@@ -1041,23 +1088,46 @@ impl Inner {
                 .filter(|key| !tried.contains(key))
                 .collect();
             if keys.is_empty() {
-                return Ok(deleted);
+                return failed.map_or(Ok(deleted), Err);
             }
             for key in keys {
                 tried.insert(key);
-                let path = self.record_path(&key);
-                let _locked = self.lock(&key)?;
-                let found = self.read(&path)?;
-                // A record in a newer format (written by a newer version sharing the folder)
-                // cannot be read here; its marker says it is, or was, this owner's, and
-                // revocation must not miss it (SECURITY.md 12).
-                if Self::owned_by(&found, owner) || matches!(found, Found::Newer(_)) {
-                    self.remove(&key, &path, || Ok(()))?;
-                    deleted += 1;
+                // One session that cannot be revoked must not spare the others: each is tried,
+                // and the first failure is returned once all have been.
+                match self.revoke_one(owner, &key) {
+                    Ok(true) => deleted += 1,
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(session = %key.log_tag(), %error, "session of a revoked owner not removed");
+                        failed.get_or_insert(error);
+                    }
                 }
-                self.remove_marker(owner, &key)?;
             }
         }
+    }
+
+    /// Removes the session `key` if it is `owner`'s, and its marker in `owner`'s index: whether
+    /// it removed a session.
+    fn revoke_one(&self, owner: &str, key: &SessionKey) -> Result<bool, StoreError> {
+        let path = self.record_path(key);
+        let _locked = self.lock(key)?;
+        let removed = match self.read(&path) {
+            // A record in a newer format (written by a newer version sharing the folder), or one
+            // that cannot be read at all, cannot be checked here; its marker says it is, or was,
+            // this owner's, and revocation must not miss it (SECURITY.md 12).
+            Ok(found) if Self::owned_by(&found, owner) || matches!(found, Found::Newer(_)) => {
+                self.remove(key, &path, || Ok(()))?;
+                true
+            }
+            Ok(_) => false,
+            Err(error) => {
+                tracing::warn!(session = %key.log_tag(), %error, "unreadable session file of a revoked owner removed");
+                self.remove(key, &path, || Ok(()))?;
+                true
+            }
+        };
+        self.remove_marker(owner, key)?;
+        Ok(removed)
     }
 }
 
@@ -1203,6 +1273,31 @@ fn private_file(options: &mut OpenOptions) {
 
 #[cfg(not(unix))]
 fn private_file(_options: &mut OpenOptions) {}
+
+/// A folder every user may write to (`/tmp` itself, or one another user made with mode 0777
+/// before the app ran) would let any local user plant a session file, under a key whose ID they
+/// know, with whatever data and owner they like: refused.
+#[cfg(unix)]
+fn refuse_if_world_writable(meta: &fs::Metadata) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 {
+        return Err(StoreError::new(
+            StoreErrorKind::Config,
+            format!(
+                "file store: every user may write to the session folder (mode {:o}): use a \
+                 folder of the app's own (chmod 700)",
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_if_world_writable(_meta: &fs::Metadata) -> Result<(), StoreError> {
+    Ok(())
+}
 
 #[cfg(unix)]
 fn warn_if_shared(meta: &fs::Metadata) {
