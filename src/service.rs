@@ -221,10 +221,23 @@ pin_project! {
     ///   are under way: those calls are finished in a task of their own, spawned on the Tokio
     ///   runtime the future was dropped in, so the handler's changes are written whole, as
     ///   when the client waits. (Abandoned half-way, a `destroy` followed by new values could
-    ///   delete the session without storing the new one.) The client never sees the new cookie, as with any response it did not
-    ///   wait for: after a `cycle_id` its old cookie then names no session. Store failures in
-    ///   that task are logged as they are in the request. Outside a Tokio runtime nothing can
-    ///   carry the calls on, and they are abandoned (logged at `warn`).
+    ///   delete the session without storing the new one.) Store failures in that task are
+    ///   logged as they are in the request, in the request's span.
+    ///
+    /// What follows from the second case:
+    ///
+    /// - The client never sees the new cookie, as with any response it did not wait for: after
+    ///   a `cycle_id` its old cookie names no session any more, and a login cut short leaves a
+    ///   session (listed by [`Session::owner_sessions`](crate::Session::owner_sessions)) that
+    ///   no browser holds, until it expires.
+    /// - A timeout or concurrency-limit layer outside this one stops waiting for the store, but
+    ///   not the store calls themselves, which go on until the store answers or its own timeout
+    ///   ends them (the Redis and PostgreSQL stores have one; the file store's calls end when
+    ///   the disk answers). The client may get the timeout layer's error while the changes are
+    ///   kept.
+    /// - Outside a Tokio runtime nothing can carry the calls on, and they are abandoned (logged
+    ///   at `warn`). They are abandoned too, with no log line, when the runtime shuts down
+    ///   before they are done (`main` returning right after a graceful shutdown, say).
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -349,11 +362,21 @@ where
 /// Carries a commit whose response future was dropped on to its end, in a task of its own (see
 /// [`ResponseFuture`]). The commit logs its own store failures.
 fn finish_detached(config: &Config, commit: CommitFuture) {
+    use tracing::instrument::{Instrument, WithSubscriber};
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            drop(runtime.spawn(async move {
+            // In the request's span and with its subscriber, so that what the commit logs is
+            // logged as it would have been in the request.
+            let commit = async move {
                 let _ = commit.await;
-            }));
+            };
+            drop(
+                runtime.spawn(
+                    commit
+                        .instrument(tracing::Span::current())
+                        .with_current_subscriber(),
+                ),
+            );
         }
         Err(_) => tracing::warn!(
             scope = config.scope,

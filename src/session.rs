@@ -1317,13 +1317,8 @@ impl Session {
             revoked,
             "sessions of an owner revoked"
         );
-        // Once closed, the store call above has ended this session too; the handle stays as it was.
-        let mut state = self.state();
-        if !state.closed {
-            state.generation = state.generation.wrapping_add(1);
-            state.reshaped = state.reshaped.wrapping_add(1);
-            state.destroy();
-        }
+        // The store call above has ended this session too.
+        self.ended_in_store();
         Ok(revoked)
     }
 
@@ -1371,8 +1366,10 @@ impl Session {
     /// Ends one session of this session's owner ("log out that device"), named by its key from
     /// [`owner_sessions`](Session::owner_sessions) (read one back from a form with
     /// [`SessionKey::from_hex`]). Returns `false`, and deletes nothing, when the key names no live
-    /// session of this owner: a key the client sends can end none of another account's sessions.
-    /// Naming the current session ends it as [`destroy`](Session::destroy) does.
+    /// session of this owner (checked on the stored session right before it is deleted): a key
+    /// the client sends can end none of another account's sessions. Naming the current session
+    /// deletes it at once, as [`revoke_owner`](Session::revoke_owner) does, and the response
+    /// then carries a removal cookie.
     ///
     /// ```
     /// use tower_satchel::{Session, SessionError, SessionKey};
@@ -1389,31 +1386,41 @@ impl Session {
     ///
     /// As [`owner_sessions`](Session::owner_sessions), and a store error when the delete fails.
     pub async fn revoke_owner_session(&self, key: &SessionKey) -> Result<bool, SessionError> {
-        if !self
-            .owner_sessions()
-            .await?
-            .iter()
-            .any(|info| info.key == *key)
-        {
-            return Ok(false);
-        }
-        if self.id().is_some_and(|id| id.key() == *key) {
-            self.destroy();
-            return Ok(true);
-        }
+        let owner = self.owner_to_act_on().await?;
         let Kind::Server(store) = &self.0.backend.0 else {
             return Err(self.hooked(SessionError::store(no_list())));
         };
-        store
-            .delete(key)
+        let failed = |e| self.hooked(SessionError::store(e));
+        // Checked on the stored session itself, right before the delete: a key the client sends
+        // ends nothing unless it names a live session whose owner is this one's now.
+        let stored = store
+            .load(key, self.0.config.clock.now())
             .await
-            .map_err(|e| self.hooked(SessionError::store(e)))?;
+            .map_err(failed)?;
+        if stored.is_none_or(|record| record.owner.as_deref() != Some(owner.as_str())) {
+            return Ok(false);
+        }
+        store.delete(key).await.map_err(failed)?;
         tracing::info!(
             scope = self.0.config.scope,
             session = %key.log_tag(),
             "session of the owner revoked"
         );
+        if self.id().is_some_and(|id| id.key() == *key) {
+            self.ended_in_store();
+        }
         Ok(true)
+    }
+
+    /// Marks the session ended, after a store call ended it: the commit then sends a removal
+    /// cookie and writes nothing. Once closed, the handle stays as it was.
+    fn ended_in_store(&self) {
+        let mut state = self.state();
+        if !state.closed {
+            state.generation = state.generation.wrapping_add(1);
+            state.reshaped = state.reshaped.wrapping_add(1);
+            state.destroy();
+        }
     }
 
     /// Loads the session and returns its owner, or the error for a session without one.

@@ -117,7 +117,10 @@ async fn logs_name_events_but_never_the_session_id() {
         app.get("/read", Some(&token)).await;
         drop((app, store));
         let _ = std::fs::remove_dir_all(&dir);
-        damaged.push((token, "unreadable session row; treated as no session"));
+        damaged.push((
+            token,
+            "tower_satchel::store::sql::sqlite: unreadable session row; treated as no session",
+        ));
     }
     // Redis, on a record with a field it cannot read.
     #[cfg(feature = "redis-store")]
@@ -147,7 +150,7 @@ async fn logs_name_events_but_never_the_session_id() {
         app.get("/read", Some(&token)).await;
         damaged.push((
             token,
-            "unreadable session record in Redis; treated as no session",
+            "tower_satchel::store::redis: unreadable session record in Redis; treated as no session",
         ));
     }
     // PostgreSQL, on a row whose format version is impossible.
@@ -168,7 +171,10 @@ async fn logs_name_events_but_never_the_session_id() {
             .await
             .unwrap();
         app.get("/read", Some(&token)).await;
-        damaged.push((token, "unreadable session row; treated as no session"));
+        damaged.push((
+            token,
+            "tower_satchel::store::sql::postgres: unreadable session row; treated as no session",
+        ));
     }
 
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
@@ -186,6 +192,16 @@ async fn logs_name_events_but_never_the_session_id() {
     .chain(damaged.iter().map(|(_, event)| *event))
     {
         assert!(logs.contains(needle), "missing event {needle:?} in\n{logs}");
+    }
+    // Each store's own line names its session by the tag (the layer's lines do too, so the tag
+    // is looked for in that line).
+    for (secret, event) in &damaged {
+        let tag = SessionId::parse(secret).unwrap().log_tag().to_string();
+        assert!(
+            logs.lines()
+                .any(|line| line.contains(event) && line.contains(&tag)),
+            "{event:?} does not name its session by its tag in\n{logs}"
+        );
     }
     for secret in [&token, &rotated, &ended]
         .into_iter()

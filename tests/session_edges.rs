@@ -964,16 +964,9 @@ async fn the_inner_cookie_survives_two_failing_layers() {
     assert_eq!(text(resp).await, "alice");
 }
 
-/// Two routers on one store: one whose saves wait at `gate` until let through, and one that
-/// starts a session (`/start`, n = 1) and reads `n` back (`/n`) without waiting.
-fn gated_pair(gate: &Arc<(tokio::sync::Notify, tokio::sync::Notify)>) -> (Router, Router) {
-    let plain = Faulty::default();
-    let gated = Faulty {
-        inner: plain.inner.clone(),
-        save_gate: Some(gate.clone()),
-        ..Faulty::default()
-    };
-    let read = Router::new()
+/// A router that starts a session (`/start`, n = 1) and reads `n` back (`/n`).
+fn reading_router(store: Faulty) -> Router {
+    Router::new()
         .route("/start", start_route())
         .route(
             "/n",
@@ -984,7 +977,19 @@ fn gated_pair(gate: &Arc<(tokio::sync::Notify, tokio::sync::Notify)>) -> (Router
                     .map_or_else(|| "none".to_owned(), |n| n.to_string())
             }),
         )
-        .layer(SessionLayer::new(plain));
+        .layer(SessionLayer::new(store))
+}
+
+/// Two routers on one store: one whose saves wait at `gate` until let through (`/set`, n = 2),
+/// and a [`reading_router`] that does not wait.
+fn gated_pair(gate: &Arc<(tokio::sync::Notify, tokio::sync::Notify)>) -> (Router, Router) {
+    let plain = Faulty::default();
+    let gated = Faulty {
+        inner: plain.inner.clone(),
+        save_gate: Some(gate.clone()),
+        ..Faulty::default()
+    };
+    let read = reading_router(plain);
     let write = Router::new()
         .route(
             "/set",
@@ -1053,4 +1058,62 @@ fn a_commit_dropped_outside_a_runtime_is_abandoned_cleanly() {
     gate.1.notify_one();
     let seen = runtime.block_on(async { text(send(&read, "/n", Some(&cookie)).await).await });
     assert_eq!(seen, "1", "nothing written, nothing lost");
+}
+
+/// A rotation whose request is dropped during its commit is carried out too: the session moves
+/// to the new ID with the request's changes, and the old ID, which the client still holds, names
+/// no session any more (the client never saw the new cookie).
+#[tokio::test]
+async fn a_rotation_the_client_walked_away_from_is_finished() {
+    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let plain = Faulty::default();
+    let gated = Faulty {
+        inner: plain.inner.clone(),
+        create_gate: Some(gate.clone()),
+        ..Faulty::default()
+    };
+    let read = reading_router(plain.clone());
+    let rotate = Router::new()
+        .route(
+            "/login",
+            get(|session: Session| async move {
+                session.cycle_id();
+                session.insert("n", 2).unwrap();
+                "rotated"
+            }),
+        )
+        .layer(SessionLayer::new(gated));
+    let cookie = format!(
+        "id={}",
+        set_cookie(&send(&read, "/start", None).await)
+            .unwrap()
+            .value()
+    );
+    {
+        let request = send(&rotate, "/login", Some(&cookie));
+        tokio::pin!(request);
+        let rotating = tokio::select! {
+            _ = &mut request => false,
+            () = gate.0.notified() => true,
+        };
+        assert!(rotating, "the rotation waits at the gate");
+    }
+    gate.1.notify_one();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = text(send(&read, "/n", Some(&cookie)).await).await;
+        if seen == "none" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        seen, "none",
+        "the old ID names no session once the rotation is done"
+    );
+    assert_eq!(
+        plain.inner.len(),
+        1,
+        "the session lives on under the new ID only"
+    );
 }

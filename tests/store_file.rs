@@ -1480,3 +1480,49 @@ async fn a_file_that_cannot_be_removed_stops_neither_cleanup_nor_revocation() {
     assert_eq!(store.delete_owner("alice").await.unwrap(), 1);
     assert_eq!(store.load(&stuck, now).await.unwrap(), None);
 }
+
+/// A session file that cannot be read (here a folder stands in its place) is left out of its
+/// owner's list, and a revocation removes the owner's other sessions but keeps that path and its
+/// marker, since a marker can be stale and the file someone else's: the revocation reports the
+/// error, and a retry once the path is readable finds the marker again.
+#[tokio::test]
+async fn an_unreadable_session_file_is_kept_and_reported_by_a_revocation() {
+    let dir = fresh_dir("unreadable-owned");
+    let store = FileStore::new(&dir).unwrap();
+    let now = now();
+    let (unreadable, other) = (key(), key());
+    assert!(
+        store
+            .create(&unreadable, &owned(now, "alice"), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create(&other, &owned(now, "alice"), now)
+            .await
+            .unwrap()
+    );
+    let path = store.path_of(&unreadable);
+    fs::remove_file(&path).unwrap();
+    fs::create_dir(&path).unwrap();
+
+    let listed = store.list_owner("alice", now).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.key).collect::<Vec<_>>(),
+        vec![other]
+    );
+    let error = store.delete_owner("alice").await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Backend);
+    assert_eq!(
+        store.load(&other, now).await.unwrap(),
+        None,
+        "the other session revoked"
+    );
+    assert!(path.is_dir(), "the unreadable path is kept");
+    assert_eq!(markers(&dir, "alice"), vec![unreadable.to_hex()]);
+
+    fs::remove_dir(&path).unwrap();
+    assert_eq!(store.delete_owner("alice").await.unwrap(), 0);
+    assert!(markers(&dir, "alice").is_empty());
+}

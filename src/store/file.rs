@@ -1058,18 +1058,31 @@ impl Inner {
                 }
                 continue;
             }
-            if matches!(found, Found::Missing | Found::Record { .. }) {
-                // A stale marker (a crash between the two writes): drop it, but only after
-                // checking under the lock that no write is adding this owner right now.
-                let _locked = self.lock(&key)?;
-                let now_found = self.read(&path)?;
-                if !Self::owned_by(&now_found, owner) && !matches!(now_found, Found::Newer(_)) {
-                    self.remove_marker(owner, &key)?;
-                }
+            if matches!(found, Found::Missing | Found::Record { .. })
+                && let Err(error) = self.drop_stale_marker(owner, &key, &path)
+            {
+                tracing::warn!(session = %key.log_tag(), %error, "stale owner marker not removed");
             }
         }
         sessions.sort_by_key(|s| s.created_at);
         Ok(sessions)
+    }
+
+    /// Removes `owner`'s marker of `key` if the session at `path` is not `owner`'s (a crash
+    /// between the two writes left it), checking under the lock that no write is adding this
+    /// owner right now.
+    fn drop_stale_marker(
+        &self,
+        owner: &str,
+        key: &SessionKey,
+        path: &Path,
+    ) -> Result<(), StoreError> {
+        let _locked = self.lock(key)?;
+        let now_found = self.read(path)?;
+        if !Self::owned_by(&now_found, owner) && !matches!(now_found, Found::Newer(_)) {
+            self.remove_marker(owner, key)?;
+        }
+        Ok(())
     }
 
     fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
@@ -1111,21 +1124,17 @@ impl Inner {
     fn revoke_one(&self, owner: &str, key: &SessionKey) -> Result<bool, StoreError> {
         let path = self.record_path(key);
         let _locked = self.lock(key)?;
-        let removed = match self.read(&path) {
-            // A record in a newer format (written by a newer version sharing the folder), or one
-            // that cannot be read at all, cannot be checked here; its marker says it is, or was,
-            // this owner's, and revocation must not miss it (SECURITY.md 12).
-            Ok(found) if Self::owned_by(&found, owner) || matches!(found, Found::Newer(_)) => {
-                self.remove(key, &path, || Ok(()))?;
-                true
-            }
-            Ok(_) => false,
-            Err(error) => {
-                tracing::warn!(session = %key.log_tag(), %error, "unreadable session file of a revoked owner removed");
-                self.remove(key, &path, || Ok(()))?;
-                true
-            }
-        };
+        // A file that cannot be read is kept, and so is its marker: a marker can be stale (its
+        // session moved to another owner), so the file may be someone else's session. The
+        // error makes the revocation fail, and a retry finds the marker again.
+        let found = self.read(&path)?;
+        // A record in a newer format (written by a newer version sharing the folder) cannot be
+        // checked here; its marker says it is, or was, this owner's, and revocation must not
+        // miss it (SECURITY.md 12).
+        let removed = Self::owned_by(&found, owner) || matches!(found, Found::Newer(_));
+        if removed {
+            self.remove(key, &path, || Ok(()))?;
+        }
         self.remove_marker(owner, key)?;
         Ok(removed)
     }

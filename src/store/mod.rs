@@ -203,21 +203,28 @@ pub trait SessionStore: Send + Sync + 'static {
         }
     }
 
-    /// Deletes up to `limit` records expired at `now`; returns how many it deleted.
+    /// Deletes up to `limit` records expired at `now`; returns how many it deleted. One record it
+    /// cannot delete should not stop it before the others (the cleanup task calls it again every
+    /// period, and would stop at the same record each time).
     fn delete_expired(
         &self,
         now: OffsetDateTime,
         limit: usize,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
-    /// Lists the live sessions of `owner`.
+    /// Lists the live sessions of `owner`, live by `now`. A session the store holds that only a
+    /// clock ahead of the caller's would call expired may be left out of the list, but must stay
+    /// findable by [`delete_owner`](SessionStore::delete_owner).
     fn list_owner(
         &self,
         owner: &str,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Vec<SessionInfo>, StoreError>> + Send;
 
-    /// Deletes every session of `owner`; returns how many it deleted.
+    /// Deletes every session of `owner`; returns how many it deleted. A session it cannot delete
+    /// should not spare the others while the store can still delete them (the file store tries
+    /// them all), and the error is returned: a partial revocation is never reported as a
+    /// success (SECURITY.md 12).
     fn delete_owner(&self, owner: &str) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// The same store as an [`ImmediateStore`], if its per-request operations never wait.

@@ -583,6 +583,12 @@ pub async fn one_session_of_the_owner_can_be_listed_and_ended(b: Backend, side: 
         "malformed"
     );
     assert_eq!(app.get("/get/logged-in", Some(&phone)).await.body, "true");
+    // A session that has moved from Alice to Bob is Bob's: Alice cannot end it any more.
+    let tablet = app.get("/owner/alice", None).await.expect_token();
+    let resp = app.get("/owner/bob", Some(&tablet)).await;
+    let tablet = follow(&resp, &tablet);
+    assert_eq!(app.get(&path(&tablet), Some(&laptop)).await.body, "false");
+    assert_eq!(app.get("/whose", Some(&tablet)).await.body, "bob");
     // Alice ends her phone from her laptop.
     assert_eq!(app.get(&path(&phone), Some(&laptop)).await.body, "true");
     assert_eq!(app.get("/get/logged-in", Some(&phone)).await.body, "null");
