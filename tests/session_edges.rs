@@ -982,7 +982,7 @@ fn reading_router(store: Faulty) -> Router {
 
 /// Two routers on one store: one whose saves wait at `gate` until let through (`/set`, n = 2),
 /// and a [`reading_router`] that does not wait.
-fn gated_pair(gate: &Arc<(tokio::sync::Notify, tokio::sync::Notify)>) -> (Router, Router) {
+fn gated_pair(gate: &Gate) -> (Router, Router) {
     let plain = Faulty::default();
     let gated = Faulty {
         inner: plain.inner.clone(),
@@ -1002,39 +1002,59 @@ fn gated_pair(gate: &Arc<(tokio::sync::Notify, tokio::sync::Notify)>) -> (Router
     (read, write)
 }
 
+type Gate = Arc<(tokio::sync::Notify, tokio::sync::Notify)>;
+
+/// Starts a session on `read`, sends `path` with its cookie to `gated`, and drops that request
+/// once its store call waits at `gate` (the client walks away), then lets the call through.
+/// Returns the session's cookie.
+async fn walk_away_during_commit(read: &Router, gated: &Router, path: &str, gate: &Gate) -> String {
+    let cookie = format!(
+        "id={}",
+        set_cookie(&send(read, "/start", None).await)
+            .unwrap()
+            .value()
+    );
+    {
+        let request = send(gated, path, Some(&cookie));
+        tokio::pin!(request);
+        let waiting = tokio::select! {
+            _ = &mut request => false,
+            () = gate.0.notified() => true,
+        };
+        assert!(waiting, "the store call waits at the gate");
+        // The request future is dropped here, its store call still waiting.
+    }
+    gate.1.notify_one();
+    cookie
+}
+
+/// What `/n` of `read` answers for `cookie`, once it is `expected` (the background task that
+/// finishes a commit runs when this one yields), or after a hundred tries.
+async fn n_once_it_is(read: &Router, cookie: &str, expected: &str) -> String {
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = text(send(read, "/n", Some(cookie)).await).await;
+        if seen == expected {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    seen
+}
+
 /// A request dropped during its commit (the client went away after the handler answered, or a
 /// timeout layer gave up) still has its changes written: the store calls finish in a task of
 /// their own.
 #[tokio::test]
 async fn a_commit_the_client_walked_away_from_is_finished() {
-    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let gate: Gate = Arc::default();
     let (read, write) = gated_pair(&gate);
-    let cookie = format!(
-        "id={}",
-        set_cookie(&send(&read, "/start", None).await)
-            .unwrap()
-            .value()
+    let cookie = walk_away_during_commit(&read, &write, "/set", &gate).await;
+    assert_eq!(
+        n_once_it_is(&read, &cookie, "2").await,
+        "2",
+        "the dropped request's write was finished"
     );
-    {
-        let request = send(&write, "/set", Some(&cookie));
-        tokio::pin!(request);
-        let saving = tokio::select! {
-            _ = &mut request => false,
-            () = gate.0.notified() => true,
-        };
-        assert!(saving, "the save waits at the gate");
-        // The request future is dropped here, its save still waiting.
-    }
-    gate.1.notify_one();
-    let mut seen = String::new();
-    for _ in 0..100 {
-        seen = text(send(&read, "/n", Some(&cookie)).await).await;
-        if seen == "2" {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(seen, "2", "the dropped request's write was finished");
 }
 
 /// Outside a Tokio runtime nothing can carry a dropped commit on: it is abandoned, without a
@@ -1044,7 +1064,7 @@ fn a_commit_dropped_outside_a_runtime_is_abandoned_cleanly() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let gate: Gate = Arc::default();
     let (read, write) = gated_pair(&gate);
     let response = runtime.block_on(send(&read, "/start", None));
     let cookie = format!("id={}", set_cookie(&response).unwrap().value());
@@ -1065,7 +1085,7 @@ fn a_commit_dropped_outside_a_runtime_is_abandoned_cleanly() {
 /// no session any more (the client never saw the new cookie).
 #[tokio::test]
 async fn a_rotation_the_client_walked_away_from_is_finished() {
-    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let gate: Gate = Arc::default();
     let plain = Faulty::default();
     let gated = Faulty {
         inner: plain.inner.clone(),
@@ -1083,32 +1103,10 @@ async fn a_rotation_the_client_walked_away_from_is_finished() {
             }),
         )
         .layer(SessionLayer::new(gated));
-    let cookie = format!(
-        "id={}",
-        set_cookie(&send(&read, "/start", None).await)
-            .unwrap()
-            .value()
-    );
-    {
-        let request = send(&rotate, "/login", Some(&cookie));
-        tokio::pin!(request);
-        let rotating = tokio::select! {
-            _ = &mut request => false,
-            () = gate.0.notified() => true,
-        };
-        assert!(rotating, "the rotation waits at the gate");
-    }
-    gate.1.notify_one();
-    let mut seen = String::new();
-    for _ in 0..100 {
-        seen = text(send(&read, "/n", Some(&cookie)).await).await;
-        if seen == "none" {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let cookie = walk_away_during_commit(&read, &rotate, "/login", &gate).await;
     assert_eq!(
-        seen, "none",
+        n_once_it_is(&read, &cookie, "none").await,
+        "none",
         "the old ID names no session once the rotation is done"
     );
     assert_eq!(

@@ -1139,36 +1139,39 @@ proptest::proptest! {
     }
 }
 
+/// An app on a cookie store under key 1 with the header transport in the header `name`.
+fn with_header(name: &'static str) -> conformance::harness::App {
+    app(CookieStore::new(key(1)).into_backend(), move |l| {
+        l.header_transport(axum::http::HeaderName::from_static(name))
+    })
+}
+
+/// A GET of `path` carrying the header `name: value`.
+fn get_with(path: &str, name: &str, value: &str) -> Request<Body> {
+    Request::get(path)
+        .header(name, value)
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// Starts a session (`/incr/n`, n = 1) on an app with the header transport in `name`: its token.
+async fn header_token(app: &conformance::harness::App, name: &str) -> String {
+    let resp = app
+        .send(Request::get("/incr/n").body(Body::empty()).unwrap())
+        .await;
+    resp.headers.get(name).unwrap().to_str().unwrap().to_owned()
+}
+
 /// With the header transport, a sealed token is bound to the header's name, as a cookie's is to
 /// the cookie's: two layers of one app sharing a key (and the default cookie name, which the
 /// header transport does not use) refuse each other's tokens.
 #[tokio::test]
 async fn a_header_token_is_bound_to_its_header_name() {
-    let with_header = |name: &'static str| {
-        app(CookieStore::new(key(1)).into_backend(), move |l| {
-            l.header_transport(axum::http::HeaderName::from_static(name))
-        })
-    };
     let (a, b) = (with_header("x-a"), with_header("x-b"));
-    let request = |name: &str, value: &str, path: &str| {
-        Request::get(path)
-            .header(name, value)
-            .body(Body::empty())
-            .unwrap()
-    };
-    let resp = a
-        .send(Request::get("/incr/n").body(Body::empty()).unwrap())
-        .await;
-    let token = resp
-        .headers
-        .get("x-a")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(a.send(request("x-a", &token, "/get/n")).await.body, "1");
+    let token = header_token(&a, "x-a").await;
+    assert_eq!(a.send(get_with("/get/n", "x-a", &token)).await.body, "1");
     assert_eq!(
-        b.send(request("x-b", &token, "/arrival")).await.body,
+        b.send(get_with("/arrival", "x-b", &token)).await.body,
         "Invalid"
     );
 }
@@ -1177,31 +1180,14 @@ async fn a_header_token_is_bound_to_its_header_name() {
 /// that header: the store binds `header:` and the header's name, which no cookie name can spell.
 #[tokio::test]
 async fn a_token_does_not_move_between_a_header_and_a_cookie_of_one_name() {
-    let by_header = app(CookieStore::new(key(1)).into_backend(), |l| {
-        l.header_transport(axum::http::HeaderName::from_static("x-a"))
-    });
+    let by_header = with_header("x-a");
     let by_cookie = app(CookieStore::new(key(1)).into_backend(), |l| {
         l.cookie_name("x-a")
     });
-    let get = |path: &str, name: &str, value: &str| {
-        Request::get(path)
-            .header(name, value)
-            .body(Body::empty())
-            .unwrap()
-    };
-    let resp = by_header
-        .send(Request::get("/incr/n").body(Body::empty()).unwrap())
-        .await;
-    let header_token = resp
-        .headers
-        .get("x-a")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let header_token = header_token(&by_header, "x-a").await;
     assert_eq!(
         by_header
-            .send(get("/get/n", "x-a", &header_token))
+            .send(get_with("/get/n", "x-a", &header_token))
             .await
             .body,
         "1"
@@ -1209,7 +1195,7 @@ async fn a_token_does_not_move_between_a_header_and_a_cookie_of_one_name() {
     let as_cookie = format!("x-a={header_token}");
     assert_eq!(
         by_cookie
-            .send(get("/arrival", "cookie", &as_cookie))
+            .send(get_with("/arrival", "cookie", &as_cookie))
             .await
             .body,
         "Invalid"
@@ -1224,14 +1210,14 @@ async fn a_token_does_not_move_between_a_header_and_a_cookie_of_one_name() {
         .to_owned();
     assert_eq!(
         by_cookie
-            .send(get("/get/n", "cookie", &format!("x-a={cookie_token}")))
+            .send(get_with("/get/n", "cookie", &format!("x-a={cookie_token}")))
             .await
             .body,
         "1"
     );
     assert_eq!(
         by_header
-            .send(get("/arrival", "x-a", &cookie_token))
+            .send(get_with("/arrival", "x-a", &cookie_token))
             .await
             .body,
         "Invalid"

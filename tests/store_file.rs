@@ -1423,6 +1423,19 @@ fn set_immutable(path: &Path, on: bool) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// `N` new sessions of `owner`, created at `now`: their keys.
+async fn sessions_of<const N: usize>(
+    store: &FileStore,
+    owner: &str,
+    now: time::OffsetDateTime,
+) -> [SessionKey; N] {
+    let keys = [(); N].map(|()| key());
+    for k in &keys {
+        assert!(store.create(k, &owned(now, owner), now).await.unwrap());
+    }
+    keys
+}
+
 /// A session file that cannot be removed (immutable here; left by another user, say) does not
 /// stop the cleanup at it, nor spare the owner's other sessions from a revocation: both go on
 /// past it, log it, and a revocation still reports that it did not remove everything.
@@ -1431,19 +1444,7 @@ async fn a_file_that_cannot_be_removed_stops_neither_cleanup_nor_revocation() {
     let dir = fresh_dir("stuck-file");
     let store = FileStore::new(&dir).unwrap();
     let now = now();
-    let (stuck, other) = (key(), key());
-    assert!(
-        store
-            .create(&stuck, &owned(now, "alice"), now)
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .create(&other, &owned(now, "alice"), now)
-            .await
-            .unwrap()
-    );
+    let [stuck, other] = sessions_of(&store, "alice", now).await;
     if !set_immutable(&store.path_of(&stuck), true) {
         support_disk::skip_without_root("`chattr +i`");
         return;
@@ -1490,19 +1491,7 @@ async fn an_unreadable_session_file_is_kept_and_reported_by_a_revocation() {
     let dir = fresh_dir("unreadable-owned");
     let store = FileStore::new(&dir).unwrap();
     let now = now();
-    let (unreadable, other) = (key(), key());
-    assert!(
-        store
-            .create(&unreadable, &owned(now, "alice"), now)
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .create(&other, &owned(now, "alice"), now)
-            .await
-            .unwrap()
-    );
+    let [unreadable, other] = sessions_of(&store, "alice", now).await;
     let path = store.path_of(&unreadable);
     fs::remove_file(&path).unwrap();
     fs::create_dir(&path).unwrap();
