@@ -260,7 +260,10 @@ pin_project! {
                     response: Some(_),
                     config,
                     ..
-                } => finish_detached(config, std::mem::replace(future, Box::pin(std::future::pending()))),
+                } => {
+                    let commit = std::mem::replace(future, Box::pin(std::future::pending()));
+                    finish_detached(config, commit);
+                }
                 _ => {}
             }
         }

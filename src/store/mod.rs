@@ -212,9 +212,10 @@ pub trait SessionStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
-    /// Lists the live sessions of `owner`, live by `now`. A session the store holds that only a
-    /// clock ahead of the caller's would call expired may be left out of the list, but must stay
-    /// findable by [`delete_owner`](SessionStore::delete_owner).
+    /// Lists the sessions of `owner` that are live at `now`. A session that `now` calls expired
+    /// but the store still holds (a host whose clock is behind the caller's may still serve it)
+    /// is left out of the list, but must stay findable by
+    /// [`delete_owner`](SessionStore::delete_owner).
     fn list_owner(
         &self,
         owner: &str,
