@@ -399,11 +399,13 @@ impl SessionLayerBuilder {
     /// deadline stays where it is, for writes too: the server-side deadline and the cookie's
     /// `Max-Age` move together, and the store skips the deadline's own cost (a TTL update in
     /// Redis, an indexed column in SQL). A new expiry policy (`set_expiry`) always sets the
-    /// deadline it implies.
+    /// deadline it implies. Once the idle deadline has reached the absolute one, no request
+    /// refreshes it any more: nothing could make the session last longer.
     ///
     /// # Performance impact
     ///
-    /// 0.0 writes to the store on every request that reads the session. The deadline a user sees can
+    /// 0.0 writes to the store on every request that reads the session (until the absolute
+    /// deadline is in reach, see above). The deadline a user sees can
     /// be early by at most this part of the window.
     #[must_use]
     pub fn touch_after(mut self, fraction: f64) -> Self {

@@ -1653,6 +1653,14 @@ impl Session {
         let Some(window) = config.idle_window(record.expiry) else {
             return false;
         };
+        // Once the idle deadline has reached the absolute one, no touch can make the session, or
+        // its cookie (whose `Max-Age` stops there too), last any longer.
+        if record
+            .absolute_deadline
+            .is_some_and(|absolute| record.idle_deadline >= absolute)
+        {
+            return false;
+        }
         // Due once `touch_fraction` of the window has passed since the deadline was last set
         // (`idle_deadline - window`), put the other way round so there is one date subtraction.
         // The part of the window that has to pass is at most the window itself: an enormous

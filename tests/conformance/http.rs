@@ -289,7 +289,7 @@ pub async fn a_write_with_an_ended_token_gets_a_new_id(b: Backend, side: Side) {
     }
 }
 
-pub async fn absolute_lifetime_is_enforced_despite_activity(b: Backend, _: Side) {
+pub async fn absolute_lifetime_is_enforced_despite_activity(b: Backend, side: Side) {
     let app = app(b, |l| {
         l.expiry(Expiry::OnInactivity(Duration::minutes(30)))
             .absolute_lifetime(Some(Duration::hours(1)))
@@ -301,12 +301,20 @@ pub async fn absolute_lifetime_is_enforced_despite_activity(b: Backend, _: Side)
         let resp = app.get("/incr/n", Some(&token)).await;
         assert_eq!(resp.body, (step + 1).to_string(), "still the same session");
         token = follow(&resp, &token);
-        let cookie = resp.set_cookie().expect("a refreshed cookie");
-        let left = Duration::minutes(60 - 19 * step);
-        assert!(
-            cookie.max_age().unwrap() <= left,
-            "Max-Age beyond the absolute deadline"
-        );
+        // Touched while the idle deadline (30 minutes ahead) came before the absolute one: at
+        // minutes 19 and 38. From minute 38 on it reaches minute 68, past the absolute deadline,
+        // and no touch could make the session last longer. (A sealed session is resealed into
+        // its cookie whenever it changes, as `/incr` changes it.)
+        let cookie = resp.set_cookie();
+        let refreshed = step < 3 || side == Side::Client;
+        assert_eq!(cookie.is_some(), refreshed, "refreshed at step {step}");
+        if let Some(cookie) = cookie {
+            let left = Duration::minutes(60 - 19 * step);
+            assert!(
+                cookie.max_age().unwrap() <= left,
+                "Max-Age beyond the absolute deadline"
+            );
+        }
     }
     app.clock.advance(Duration::minutes(4)); // 61 minutes after creation
     assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
@@ -380,6 +388,40 @@ pub async fn touch_is_throttled(b: Backend, _: Side) {
         app.get("/get/n", Some(&token)).await.body,
         "1",
         "the touch moved the deadline"
+    );
+}
+
+/// Once a touch has carried the idle deadline to the absolute one, no further touch can make the
+/// session (or its cookie) last longer: none is made, however often the session is used.
+pub async fn no_touch_once_the_idle_deadline_reaches_the_absolute_one(b: Backend, _: Side) {
+    let app = app(b, |l| {
+        l.expiry(Expiry::OnInactivity(Duration::minutes(10)))
+            .absolute_lifetime(Some(Duration::minutes(15)))
+            .touch_after(0.5)
+    });
+    let token = app.start().await;
+    app.clock.advance(Duration::minutes(6));
+    let resp = app.get("/get/n", Some(&token)).await;
+    let cookie = resp.set_cookie().expect("touched");
+    assert_eq!(
+        cookie.max_age(),
+        Some(Duration::minutes(9)),
+        "held to the absolute deadline"
+    );
+    let token = follow(&resp, &token);
+    app.clock.advance(Duration::minutes(5));
+    for minute in 12..=14 {
+        app.clock.advance(Duration::minutes(1));
+        let resp = app.get("/get/n", Some(&token)).await;
+        assert_eq!(resp.body, "1");
+        assert!(resp.set_cookie().is_none(), "no touch at minute {minute}");
+    }
+    app.clock
+        .advance(Duration::minutes(1) + Duration::seconds(2));
+    assert_eq!(
+        app.get("/get/n", Some(&token)).await.body,
+        "null",
+        "ended at the absolute deadline"
     );
 }
 

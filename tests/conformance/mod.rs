@@ -97,6 +97,7 @@ macro_rules! server_store_conformance {
             cycle_id_does_not_extend_the_absolute_lifetime,
             a_shortened_absolute_lifetime_holds_for_existing_sessions,
             touch_is_throttled,
+            no_touch_once_the_idle_deadline_reaches_the_absolute_one,
             concurrent_requests_writing_different_keys,
             a_save_after_a_concurrent_destroy_does_not_resurrect,
             owner_sessions_can_be_revoked,
