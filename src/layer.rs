@@ -354,6 +354,8 @@ impl SessionLayerBuilder {
     /// (SECURITY.md 7): cookies are ignored. A response that creates, rotates or (with a
     /// persistent expiry) refreshes the session carries the token in the same header; one that
     /// destroys it carries the header with an empty value.
+    /// A browser script on another origin reads that header only if the app's CORS layer lists
+    /// it in `Access-Control-Expose-Headers` (and allows it in `Access-Control-Allow-Headers`).
     /// Default: cookies.
     #[must_use]
     pub fn header_transport(mut self, header: HeaderName) -> Self {

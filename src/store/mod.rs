@@ -425,6 +425,15 @@ impl StoreError {
     }
 }
 
+/// A configuration error where a store error is expected (`PostgresStore::with_schema` in a
+/// set-up function that returns `StoreError`, say): a [`StoreErrorKind::Config`] error with the
+/// same message, keeping the original as its [`source`](StdError::source).
+impl From<crate::ConfigError> for StoreError {
+    fn from(error: crate::ConfigError) -> Self {
+        Self::new(StoreErrorKind::Config, error.to_string()).with_source(error)
+    }
+}
+
 impl fmt::Debug for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreError")
@@ -748,6 +757,20 @@ mod tests {
         ChangeSet, Record, Renamed, Saved, SessionInfo, SessionKey, SessionStore, StoreError,
         StoreErrorKind,
     };
+
+    #[test]
+    fn a_config_error_converts_to_a_config_store_error() {
+        let config = crate::SessionLayer::builder(crate::MemoryStore::new())
+            .cookie_name("not a token")
+            .build()
+            .unwrap_err();
+        let message = config.to_string();
+        let error = StoreError::from(config);
+        assert_eq!(error.kind(), StoreErrorKind::Config);
+        assert!(error.to_string().contains(&message), "{error}");
+        let source = std::error::Error::source(&error).unwrap();
+        assert!(source.downcast_ref::<crate::ConfigError>().is_some());
+    }
     use crate::{Expiry, MemoryStore, SessionId};
     use std::sync::atomic::{AtomicBool, Ordering};
     use time::Duration;
