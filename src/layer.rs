@@ -95,15 +95,9 @@ impl Config {
     /// creation time plus the lifetime, and must not be cut short (the cookie's `Max-Age`, sent
     /// at creation, runs to it). Whole seconds also spare the date arithmetic on every load.
     pub(crate) fn cap_absolute(&self, record: &mut Record) {
-        let Some(lifetime) = self.absolute_lifetime else {
+        let Some(cap) = self.absolute_cap(record.created_at) else {
             return;
         };
-        let window = lifetime.whole_seconds() + i64::from(lifetime.subsec_nanoseconds() > 0);
-        let cap = record
-            .created_at
-            .unix_timestamp()
-            .saturating_add(window)
-            .saturating_add(1);
         match record.absolute_deadline {
             Some(deadline) if deadline.unix_timestamp() < cap => {}
             deadline => {
@@ -111,6 +105,30 @@ impl Config {
                     record.absolute_deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
                 }
             }
+        }
+    }
+
+    /// The latest a session created at `created_at` may last under the absolute lifetime
+    /// configured now, in Unix seconds (see [`Config::cap_absolute`]); `None` without one.
+    pub(crate) fn absolute_cap(&self, created_at: OffsetDateTime) -> Option<i64> {
+        let lifetime = self.absolute_lifetime?;
+        let window = lifetime.whole_seconds() + i64::from(lifetime.subsec_nanoseconds() > 0);
+        Some(
+            created_at
+                .unix_timestamp()
+                .saturating_add(window)
+                .saturating_add(1),
+        )
+    }
+
+    /// Holds a listed session's deadline to the absolute lifetime configured now, as
+    /// [`Config::cap_absolute`] does a loaded session's.
+    pub(crate) fn cap_listed(&self, info: &mut crate::SessionInfo) {
+        if let Some(cap) = self.absolute_cap(info.created_at)
+            && info.deadline.unix_timestamp() >= cap
+            && let Ok(cap) = OffsetDateTime::from_unix_timestamp(cap)
+        {
+            info.deadline = cap;
         }
     }
 

@@ -1325,9 +1325,12 @@ impl Session {
     /// The live sessions of this session's owner, this one included, oldest first: for a "your
     /// devices" page. Each [`SessionInfo`](crate::SessionInfo) has the session's store key (never
     /// its ID), its creation time and its deadline; the current session is the one whose key is
-    /// `session.id().map(|id| id.key())`. Sessions that outlived a since-shortened
-    /// [`absolute_lifetime`](crate::SessionLayerBuilder::absolute_lifetime) are listed until
-    /// their stored deadline, though they are refused when presented.
+    /// `session.id().map(|id| id.key())`. Deadlines are held to the
+    /// [`absolute_lifetime`](crate::SessionLayerBuilder::absolute_lifetime) configured now, as
+    /// loaded sessions are: one shortened since sessions began leaves out those past it, which
+    /// would be refused if presented. (The store's own
+    /// [`list_owner`](crate::SessionStore::list_owner) knows nothing of the layer, and lists them
+    /// until their stored deadline.)
     ///
     /// ```
     /// use tower_satchel::{Session, SessionError};
@@ -1359,6 +1362,12 @@ impl Session {
             .list_owner(&owner, now)
             .await
             .map_err(|e| self.hooked(SessionError::store(e)))?;
+        // Held to the absolute lifetime configured now, as a loaded session is: one past it
+        // would be refused if presented, so it is not listed.
+        for info in &mut listed {
+            self.0.config.cap_listed(info);
+        }
+        listed.retain(|info| info.deadline > now);
         listed.sort_by_key(|info| info.created_at);
         Ok(listed)
     }

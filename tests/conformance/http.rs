@@ -650,6 +650,36 @@ pub async fn one_session_of_the_owner_can_be_listed_and_ended(b: Backend, side: 
     assert_eq!(app.get("/get/logged-in", Some(&bob)).await.body, "true");
 }
 
+/// The owner's sessions are listed as loads see them: after the absolute lifetime is shortened,
+/// a session past it (which would be refused if presented) is not listed, while the stored
+/// record still says it lives for a day.
+pub async fn owner_sessions_follow_a_shortened_absolute_lifetime(b: Backend, side: Side) {
+    let expiry = Expiry::OnInactivity(Duration::days(1));
+    let before = app(b.clone(), |l| l.expiry(expiry));
+    let old = before.get("/owner/alice", None).await.expect_token();
+    before.clock.advance(Duration::hours(2));
+    let young = before.get("/owner/alice", None).await.expect_token();
+    let after = app(b, |l| {
+        l.expiry(expiry).absolute_lifetime(Some(Duration::hours(1)))
+    });
+    after
+        .clock
+        .advance(Duration::hours(2) + Duration::minutes(30));
+    let resp = after.get("/devices", Some(&young)).await;
+    if side == Side::Client {
+        // Documented exception: the cookie store keeps no list of sessions.
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+        return;
+    }
+    let key_of = |token: &str| SessionId::parse(token).unwrap().key().to_hex();
+    assert_eq!(
+        resp.body,
+        format!("{}*", key_of(&young)),
+        "only the young one"
+    );
+    assert_eq!(after.get("/arrival", Some(&old)).await.body, "Expired");
+}
+
 pub async fn remove_returns_the_old_value(b: Backend, _: Side) {
     let app = default_app(b);
     let token = app.start().await;

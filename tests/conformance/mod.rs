@@ -102,6 +102,7 @@ macro_rules! server_store_conformance {
             a_save_after_a_concurrent_destroy_does_not_resurrect,
             owner_sessions_can_be_revoked,
             one_session_of_the_owner_can_be_listed_and_ended,
+            owner_sessions_follow_a_shortened_absolute_lifetime,
             cycle_id_keeps_an_owner_set_concurrently,
             a_touch_keeps_the_expiry_a_concurrent_request_set,
             remove_returns_the_old_value,
