@@ -35,6 +35,27 @@ pub(crate) fn nests_deeper_than(value: &Value, levels: usize) -> bool {
     }
 }
 
+/// For stores: an [`Encoding`](crate::StoreErrorKind::Encoding) error when a value of `values`
+/// nests deeper than [`MAX_VALUE_DEPTH`]. Written, such a value could not be read back, and its
+/// whole session would be lost on the next load. The layer refuses such values at `insert`; this
+/// guards a store called directly.
+pub(crate) fn check_depth<'a>(
+    values: impl IntoIterator<Item = &'a Value>,
+) -> Result<(), crate::StoreError> {
+    if values
+        .into_iter()
+        .any(|value| nests_deeper_than(value, MAX_VALUE_DEPTH))
+    {
+        return Err(crate::StoreError::new(
+            crate::StoreErrorKind::Encoding,
+            format!(
+                "a session value nests arrays and objects more than {MAX_VALUE_DEPTH} levels deep"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// One session as a store keeps it.
 ///
 /// Stores that keep the record as one blob use [`Record::encode`] and [`Record::decode`]; stores with

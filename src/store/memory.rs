@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use crate::Expiry;
 use crate::id::SessionKey;
-use crate::record::{ChangeSet, Record, earlier_deadline};
+use crate::record::{ChangeSet, Record, check_depth, earlier_deadline};
 use crate::store::{
     ImmediateStore, Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind,
 };
@@ -514,6 +514,7 @@ impl ImmediateStore for MemoryStore {
         record: &Record,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        check_depth(record.data.values())?;
         let mutex = self.shard(key);
         let mut guard = lock(mutex);
         // A new key takes a place in the count before its record goes in, under the same lock; a
@@ -554,6 +555,7 @@ impl ImmediateStore for MemoryStore {
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
+        check_depth(changes.set.values())?;
         let mut guard = lock(self.shard(key));
         let shard = &mut *guard;
         let Some(record) = shard.records.get_mut(key).filter(|r| r.is_live(now)) else {
@@ -613,6 +615,7 @@ impl ImmediateStore for MemoryStore {
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<Renamed, StoreError> {
+        check_depth(changes.set.values())?;
         // Both shards locked for the whole move, the lower index first (no other code holds two
         // shard locks at once), so every other operation on either key sees the move whole.
         let shards = &self.inner.shards;

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use crate::Expiry;
 use crate::id::SessionKey;
-use crate::record::{ChangeSet, RECORD_VERSION, Record};
+use crate::record::{ChangeSet, RECORD_VERSION, Record, check_depth};
 use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
 
 /// How many commands [`delete_expired`](SessionStore::delete_expired) and the owner index keep in
@@ -1524,6 +1524,7 @@ impl SessionStore for RedisStore {
         record: &Record,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        check_depth(record.data.values())?;
         let now_ms = to_ms(now)?;
         let absolute = record.absolute_deadline.map(deadline_ms).transpose()?;
         let encoded = Encoded::new(record)?;
@@ -1543,6 +1544,7 @@ impl SessionStore for RedisStore {
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
+        check_depth(changes.set.values())?;
         let now_ms = to_ms(now)?;
         let idle = changes.idle_deadline.map(deadline_ms).transpose()?;
         let expiry = changes
@@ -1703,6 +1705,7 @@ impl SessionStore for RedisStore {
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<Renamed, StoreError> {
+        check_depth(changes.set.values())?;
         let mut done = Undo::default();
         let outcome = self.rename_steps(from, to, changes, now, &mut done).await;
         if !matches!(outcome, Ok(Renamed::Applied)) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 use tower_satchel::{
-    ChangeSet, Expiry, Record, Renamed, Saved, SessionId, SessionKey, SessionStore,
+    ChangeSet, Expiry, Record, Renamed, Saved, SessionId, SessionKey, SessionStore, StoreErrorKind,
 };
 
 /// Now, truncated to whole seconds.
@@ -379,6 +379,30 @@ pub async fn delete_expired_is_bounded_and_spares_live_records<S: SessionStore>(
         assert!(store.load(k, later).await.unwrap().is_some());
     }
     assert!(store.list_owner("expiring", now).await.unwrap().is_empty());
+}
+
+/// A value nested deeper than can be read back is refused by every write with an encoding
+/// error, and the stored session is left as it was: written, it would make the whole session
+/// unreadable on its next load. (The layer refuses such values at `insert` already; this is a
+/// store called directly.)
+pub async fn a_value_too_deep_to_read_back_is_refused<S: SessionStore>(store: S) {
+    let now = now();
+    let deep = (0..130).fold(json!(1), |value, _| json!([value]));
+    let (k, to) = (key(), key());
+    let mut too_deep = record(now);
+    too_deep.data.insert("deep".into(), deep.clone());
+    let refused = |error: tower_satchel::StoreError| error.kind() == StoreErrorKind::Encoding;
+    assert!(refused(store.create(&k, &too_deep, now).await.unwrap_err()));
+    assert_eq!(store.load(&k, now).await.unwrap(), None);
+    let stored = record(now);
+    assert!(store.create(&k, &stored, now).await.unwrap());
+    let changes = set(&[("deep", deep)]);
+    assert!(refused(store.save(&k, &changes, now).await.unwrap_err()));
+    assert!(refused(
+        store.rename(&k, &to, &changes, now).await.unwrap_err()
+    ));
+    assert_eq!(store.load(&k, now).await.unwrap(), Some(stored));
+    assert_eq!(store.load(&to, now).await.unwrap(), None);
 }
 
 pub async fn owner_index_lists_and_revokes<S: SessionStore>(store: S) {

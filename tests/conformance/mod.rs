@@ -58,6 +58,7 @@ macro_rules! server_store_conformance {
             owner_index_follows_owner_changes_and_deletes,
             concurrent_saves_of_different_keys_all_persist,
             keys_are_isolated_between_sessions,
+            a_value_too_deep_to_read_back_is_refused,
             rename_moves_the_record_with_the_changes,
             rename_keeps_what_the_changes_leave_alone,
             rename_of_a_missing_or_expired_record_is_gone,

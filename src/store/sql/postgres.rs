@@ -18,7 +18,7 @@ use super::{DEFAULT_TABLE, Failure, deadline_up, quote_ident, saved_from, store_
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
-use crate::record::{ChangeSet, RECORD_VERSION, Record};
+use crate::record::{ChangeSet, RECORD_VERSION, Record, check_depth};
 use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
 
 /// Key of the transaction-scoped advisory lock that serialises concurrent [`PostgresStore::migrate`]
@@ -672,6 +672,7 @@ fn bind_changes<'q>(
 /// [`check_nul`] for what a change set writes. Removed keys are not checked: one holding NUL
 /// cannot be stored, so removing it changes nothing (see [`removable`]).
 fn check_changes(changes: &ChangeSet) -> Result<(), StoreError> {
+    check_depth(changes.set.values())?;
     check_nul(
         changes.set.values(),
         changes
@@ -780,6 +781,7 @@ impl SessionStore for PostgresStore {
         record: &Record,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        check_depth(record.data.values())?;
         check_nul(
             record.data.values(),
             record

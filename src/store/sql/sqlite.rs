@@ -19,7 +19,7 @@ use super::{DEFAULT_TABLE, Failure, deadline_up, quote_ident, saved_from, store_
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
-use crate::record::{ChangeSet, RECORD_VERSION, Record};
+use crate::record::{ChangeSet, RECORD_VERSION, Record, check_depth};
 use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreErrorKind};
 
 /// Sessions in one table of an SQLite database file.
@@ -620,6 +620,7 @@ impl SessionStore for SqliteStore {
         record: &Record,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        check_depth(record.data.values())?;
         let data = serde_json::to_string(&record.data).map_err(|e| encoding("data", e))?;
         let expiry = serde_json::to_string(&record.expiry).map_err(|e| encoding("expiry", e))?;
         let result = self
@@ -647,6 +648,7 @@ impl SessionStore for SqliteStore {
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<Saved, StoreError> {
+        check_depth(changes.set.values())?;
         if changes.changes_data() {
             // Never `Taken`: it moves nothing.
             return match self.save_data(key, changes, None, now).await {
@@ -714,6 +716,7 @@ impl SessionStore for SqliteStore {
         changes: &ChangeSet,
         now: OffsetDateTime,
     ) -> Result<Renamed, StoreError> {
+        check_depth(changes.set.values())?;
         self.save_data(from, changes, Some(to), now)
             .await
             .map(|(renamed, _)| renamed)
