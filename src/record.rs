@@ -39,6 +39,12 @@ pub(crate) fn nests_deeper_than(value: &Value, levels: usize) -> bool {
 /// nests deeper than [`MAX_VALUE_DEPTH`]. Written, such a value could not be read back, and its
 /// whole session would be lost on the next load. The layer refuses such values at `insert`; this
 /// guards a store called directly.
+#[cfg(any(
+    feature = "memory-store",
+    feature = "redis-store",
+    feature = "postgres-store",
+    feature = "sqlite-store"
+))]
 pub(crate) fn check_depth<'a>(
     values: impl IntoIterator<Item = &'a Value>,
 ) -> Result<(), crate::StoreError> {
