@@ -1662,21 +1662,18 @@ impl Session {
         let Some(window) = config.idle_window(record.expiry) else {
             return false;
         };
-        // Once the idle deadline has reached the absolute one, no touch can make the session, or
-        // its cookie (whose `Max-Age` stops there too), last any longer.
-        if record
-            .absolute_deadline
-            .is_some_and(|absolute| record.idle_deadline >= absolute)
-        {
-            return false;
-        }
         // Due once `touch_fraction` of the window has passed since the deadline was last set
         // (`idle_deadline - window`), put the other way round so there is one date subtraction.
         // The part of the window that has to pass is at most the window itself: an enormous
         // window (a configured `Duration::MAX`, say) must not overflow the multiplication.
         let spent = Duration::checked_seconds_f64(window.as_seconds_f64() * config.touch_fraction)
             .unwrap_or(window);
-        let slides = record.idle_deadline - now <= window - spent;
+        let slides = record.idle_deadline - now <= window - spent
+            // Once the idle deadline has reached the absolute one, no touch can make the
+            // session, or its cookie (whose `Max-Age` stops there too), last any longer.
+            && record
+                .absolute_deadline
+                .is_none_or(|absolute| record.idle_deadline < absolute);
         match record.expiry {
             // A date further away than a cookie lives (see `Config::idle_window`): the deadline
             // slides until it reaches the date (the last touch sets it to the date), never past.
