@@ -38,13 +38,7 @@ pub(crate) fn nests_deeper_than(value: &Value, levels: usize) -> bool {
 /// For stores: an [`Encoding`](crate::StoreErrorKind::Encoding) error when a value of `values`
 /// nests deeper than [`MAX_VALUE_DEPTH`]. Written, such a value could not be read back, and its
 /// whole session would be lost on the next load. The layer refuses such values at `insert`; this
-/// guards a store called directly.
-#[cfg(any(
-    feature = "memory-store",
-    feature = "redis-store",
-    feature = "postgres-store",
-    feature = "sqlite-store"
-))]
+/// guards a store called directly ([`Record::encode`] makes the same check).
 pub(crate) fn check_depth<'a>(
     values: impl IntoIterator<Item = &'a Value>,
 ) -> Result<(), crate::StoreError> {
@@ -135,15 +129,7 @@ impl Record {
     /// on its next load. Otherwise only if a value cannot be serialized, which cannot happen for
     /// values that came through the [`Session`](crate::Session) API (they are already JSON values).
     pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
-        if self
-            .data
-            .values()
-            .any(|value| nests_deeper_than(value, MAX_VALUE_DEPTH))
-        {
-            return Err(serde::ser::Error::custom(format_args!(
-                "a session value nests arrays and objects more than {MAX_VALUE_DEPTH} levels deep"
-            )));
-        }
+        check_depth(self.data.values()).map_err(serde::ser::Error::custom)?;
         serde_json::to_vec(self)
     }
 
