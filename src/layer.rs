@@ -3,6 +3,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use bytes::Bytes;
 use cookie::SameSite;
@@ -51,7 +52,15 @@ pub(crate) struct Config {
     pub(crate) cookie_attributes: String,
     /// What the cookie store binds a sealed value to (see [`Config::token_name`]).
     pub(crate) token_binding: String,
+    /// Commits of dropped requests running on in tasks of their own (see
+    /// [`ResponseFuture`](crate::ResponseFuture)), held to [`MAX_DETACHED`].
+    pub(crate) detached: AtomicUsize,
 }
+
+/// How many commits of dropped requests one layer carries on at a time (see
+/// [`ResponseFuture`](crate::ResponseFuture)). Beyond it the store is not keeping up, and a
+/// further one is abandoned (logged at `warn`) rather than pile up behind it.
+pub(crate) const MAX_DETACHED: usize = 1024;
 
 impl Config {
     /// The name the cookie store binds what it seals to, so that a value is refused under any
@@ -292,6 +301,7 @@ impl SessionLayerBuilder {
             scope: "default",
             cookie_attributes: String::new(),
             token_binding: String::new(),
+            detached: AtomicUsize::new(0),
         }
     }
 

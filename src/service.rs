@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
@@ -16,7 +17,7 @@ use tower_service::Service;
 
 use crate::backend::Backend;
 use crate::id::SessionId;
-use crate::layer::{Config, Transport};
+use crate::layer::{Config, MAX_DETACHED, Transport};
 use crate::session::{Committed, Finish, Incoming, Session, SessionError, TokenAction};
 use crate::store::BoxFuture;
 
@@ -235,9 +236,13 @@ pin_project! {
     ///   ends them (the Redis and PostgreSQL stores have one; the file store's calls end when
     ///   the disk answers). The client may get the timeout layer's error while the changes are
     ///   kept.
+    /// - A layer carries on at most 1,024 such commits at a time. When that many are still
+    ///   waiting for the store (a store without a timeout of its own that hangs, behind a
+    ///   timeout layer), a further one is abandoned rather than pile up, and logged at `warn`.
     /// - Outside a Tokio runtime nothing can carry the calls on, and they are abandoned (logged
-    ///   at `warn`). They are abandoned too, with no log line, when the runtime shuts down
-    ///   before they are done (`main` returning right after a graceful shutdown, say).
+    ///   at `warn`). They are abandoned too when the runtime shuts down before they are done
+    ///   (`main` returning right after a graceful shutdown, say); that is logged at `warn` as
+    ///   well, in the request's span.
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -363,28 +368,90 @@ where
 }
 
 /// Carries a commit whose response future was dropped on to its end, in a task of its own (see
-/// [`ResponseFuture`]). The commit logs its own store failures.
-fn finish_detached(config: &Config, commit: CommitFuture) {
+/// [`ResponseFuture`]). The commit logs its own store failures; what keeps it from finishing is
+/// logged here: no runtime to run it on, [`MAX_DETACHED`] of the layer's commits already
+/// running, or the task dropped before the commit was done.
+fn finish_detached(config: &Arc<Config>, commit: CommitFuture) {
     use tracing::instrument::{Instrument, WithSubscriber};
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            // In the request's span and with its subscriber, so that what the commit logs is
-            // logged as it would have been in the request.
-            let commit = async move {
-                let _ = commit.await;
-            };
-            drop(
-                runtime.spawn(
-                    commit
-                        .instrument(tracing::Span::current())
-                        .with_current_subscriber(),
-                ),
-            );
-        }
-        Err(_) => tracing::warn!(
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
             scope = config.scope,
             "session changes abandoned: the request was dropped during its commit, outside a Tokio runtime"
+        );
+        return;
+    };
+    let Some(running) = Detached::start(config) else {
+        tracing::warn!(
+            scope = config.scope,
+            limit = MAX_DETACHED,
+            "session changes abandoned: the request was dropped during its commit, and as many \
+             commits of dropped requests are still waiting for the store as the layer carries on"
+        );
+        return;
+    };
+    let commit = async move {
+        let _ = commit.await;
+        running.done();
+    };
+    // In the request's span and with its subscriber, so that what the commit logs is logged as
+    // it would have been in the request.
+    drop(
+        runtime.spawn(
+            commit
+                .instrument(tracing::Span::current())
+                .with_current_subscriber(),
         ),
+    );
+}
+
+/// One commit of a dropped request running in its own task, counted in the layer's
+/// `Config::detached`. Dropped before [`done`](Self::done) (the runtime shut down, or the store
+/// call panicked), it logs that the changes were not finished.
+struct Detached {
+    config: Arc<Config>,
+    span: tracing::Span,
+    dispatch: tracing::Dispatch,
+    finished: bool,
+}
+
+impl Detached {
+    /// Counts one more running commit, unless the layer already runs [`MAX_DETACHED`].
+    fn start(config: &Arc<Config>) -> Option<Self> {
+        config
+            .detached
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_DETACHED).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Self {
+            config: config.clone(),
+            span: tracing::Span::current(),
+            dispatch: tracing::dispatcher::get_default(Clone::clone),
+            finished: false,
+        })
+    }
+
+    fn done(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.config.detached.fetch_sub(1, Ordering::AcqRel);
+        if !self.finished {
+            // Dropped outside the task's span and subscriber (at runtime shutdown, say).
+            tracing::dispatcher::with_default(&self.dispatch, || {
+                self.span.in_scope(|| {
+                    tracing::warn!(
+                        scope = self.config.scope,
+                        "session changes abandoned: the task finishing the commit of a dropped \
+                         request ended before the store answered (the runtime shut down, or the \
+                         store call panicked)"
+                    );
+                });
+            });
+        }
     }
 }
 

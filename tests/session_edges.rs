@@ -1080,6 +1080,123 @@ fn a_commit_dropped_outside_a_runtime_is_abandoned_cleanly() {
     assert_eq!(seen, "1", "nothing written, nothing lost");
 }
 
+/// A `tracing` writer that keeps what is logged, for the tests that check a log line.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    /// A subscriber writing here, the default on this thread while the guard lives.
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        )
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// Polls `request` once, until its save waits at the gate, and drops it there (the client walks
+/// away during the commit).
+fn drop_during_commit(request: impl std::future::Future) {
+    let mut request = Box::pin(request);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        request.as_mut().poll(&mut context).is_pending(),
+        "the save waits at the gate"
+    );
+}
+
+/// Commits of dropped requests that the store keeps waiting are carried on up to a limit of
+/// 1,024 a layer; the next one is abandoned, and said so, rather than pile up. Once the store
+/// answers, they are all written, and the layer carries on dropped commits again.
+#[tokio::test]
+async fn dropped_commits_beyond_the_limit_are_abandoned_and_logged() {
+    let logs = LogBuffer::default();
+    let _guard = logs.install();
+    let gate: Gate = Arc::default();
+    let (read, write) = gated_pair(&gate);
+    let cookies: Vec<String> = {
+        let mut cookies = Vec::new();
+        for _ in 0..1025 {
+            let response = send(&read, "/start", None).await;
+            cookies.push(format!("id={}", set_cookie(&response).unwrap().value()));
+        }
+        cookies
+    };
+    for cookie in &cookies {
+        drop_during_commit(send(&write, "/set", Some(cookie)));
+    }
+    let abandoned = "commits of dropped requests are still waiting for the store";
+    assert_eq!(
+        logs.text().matches(abandoned).count(),
+        1,
+        "the 1,025th is abandoned, and only it: {}",
+        logs.text()
+    );
+    // Let the tasks reach the gate, then through it.
+    tokio::task::yield_now().await;
+    gate.1.notify_waiters();
+    let last = cookies.last().unwrap();
+    assert_eq!(
+        n_once_it_is(&read, last, "1").await,
+        "1",
+        "the abandoned one wrote nothing"
+    );
+    for cookie in &cookies[..1024] {
+        assert_eq!(n_once_it_is(&read, cookie, "2").await, "2", "carried on");
+    }
+    // The tasks are done, so the layer has room again.
+    drop_during_commit(send(&write, "/set", Some(last)));
+    tokio::task::yield_now().await;
+    gate.1.notify_waiters();
+    assert_eq!(n_once_it_is(&read, last, "2").await, "2");
+    assert_eq!(logs.text().matches(abandoned).count(), 1);
+    assert!(!logs.text().contains("ended before the store answered"));
+}
+
+/// A commit of a dropped request that the runtime drops (it shut down first) is logged as
+/// abandoned, in the request's span and without naming the session.
+#[test]
+fn a_dropped_commit_the_runtime_shuts_down_on_is_logged() {
+    let logs = LogBuffer::default();
+    let _guard = logs.install();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let gate: Gate = Arc::default();
+    let (read, write) = gated_pair(&gate);
+    let cookie = runtime.block_on(async {
+        let response = send(&read, "/start", None).await;
+        let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+        drop_during_commit(send(&write, "/set", Some(&cookie)));
+        cookie
+    });
+    assert!(!logs.text().contains("abandoned"), "{}", logs.text());
+    drop(runtime);
+    let text = logs.text();
+    assert!(
+        text.contains("WARN") && text.contains("ended before the store answered"),
+        "{text}"
+    );
+    assert!(!text.contains(cookie.trim_start_matches("id=")), "{text}");
+}
+
 /// A rotation whose request is dropped during its commit is carried out too: the session moves
 /// to the new ID with the request's changes, and the old ID, which the client still holds, names
 /// no session any more (the client never saw the new cookie).
