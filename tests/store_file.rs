@@ -1371,6 +1371,45 @@ fn a_folder_every_user_may_write_to_is_refused() {
     assert!(FileStore::new(&dir).is_ok());
 }
 
+/// A folder that belongs to another user (not root) is used, with a warning that names the two
+/// user IDs; the app's own folder gets none. Needs root, to give the folder away.
+#[test]
+fn a_folder_of_another_user_is_used_with_a_warning() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let warning = "belongs to another user";
+
+    let dir = fresh_dir("foreign");
+    FileStore::new(&dir).unwrap();
+    assert!(!logs.text().contains(warning), "{}", logs.text());
+
+    // 65534 is `nobody` on Debian; any user but this one and root will do.
+    if std::os::unix::fs::chown(&dir, Some(65534), None).is_err() {
+        support_disk::skip_without_root("giving the folder to another user");
+        return;
+    }
+    let store = FileStore::new(&dir).unwrap();
+    let text = logs.text();
+    assert!(text.contains("WARN") && text.contains(warning), "{text}");
+    assert!(text.contains("folder_owner=65534"), "{text}");
+    let leftovers: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with(".tmp-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the probe file was removed: {leftovers:?}"
+    );
+    drop(store);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cleanup_task_removes_expired_session_files_and_their_owner_entries() {
     let dir = fresh_dir("cleanup");

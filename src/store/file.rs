@@ -230,8 +230,9 @@ impl FileStoreBuilder {
 
     /// Creates the folder (and its parents) if needed, with owner-only permissions (`0700`), and
     /// opens the store. An existing folder is used as it is; a warning is logged if other users
-    /// can access it, and one that every user may write to (such as `/tmp` itself) is refused:
-    /// any local user could plant session files there. Blocks briefly on the file system: call it
+    /// can access it or it belongs to a user other than the app's (or root), and one that every
+    /// user may write to (such as `/tmp` itself) is refused: any local user could plant session
+    /// files there. Blocks briefly on the file system: call it
     /// at start-up.
     ///
     /// # Errors
@@ -265,14 +266,16 @@ impl FileStoreBuilder {
             .map_err(|e| config("cannot create the lock folder", e))?;
         create_private_dir(&self.dir.join(OWNER_DIR))
             .map_err(|e| config("cannot create the owner index folder", e))?;
+        let inner = Inner {
+            dir: self.dir,
+            prefix: self.prefix,
+            suffix: self.suffix,
+            sync_folder: self.sync_folder,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        };
+        warn_if_foreign(&inner, &meta);
         Ok(FileStore {
-            inner: Arc::new(Inner {
-                dir: self.dir,
-                prefix: self.prefix,
-                suffix: self.suffix,
-                sync_folder: self.sync_folder,
-                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            }),
+            inner: Arc::new(inner),
         })
     }
 }
@@ -1321,6 +1324,37 @@ fn warn_if_shared(meta: &fs::Metadata) {
 
 #[cfg(not(unix))]
 fn warn_if_shared(_meta: &fs::Metadata) {}
+
+/// A folder that belongs to another user (other than root) is that user's to fill: they can
+/// plant a session file, under a key whose ID they know, with whatever data and owner they
+/// like, whatever its mode says. That is harmless when the other user is trusted (one that
+/// deploys the app, say), so it is a warning, not an error. The app's own user is whoever owns
+/// a file it creates: a temporary file, removed again at once (if it cannot be created, the
+/// first write will say why, and there is nothing to compare).
+#[cfg(unix)]
+fn warn_if_foreign(inner: &Inner, folder: &fs::Metadata) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok((path, file)) = inner.temp_file() else {
+        return;
+    };
+    let ours = file.metadata().map(|meta| meta.uid());
+    drop(file);
+    let _ = fs::remove_file(&path);
+    if let Ok(ours) = ours
+        && folder.uid() != ours
+        && folder.uid() != 0
+    {
+        tracing::warn!(
+            folder_owner = folder.uid(),
+            app_user = ours,
+            "the session folder belongs to another user, who can plant and read session files \
+             in it; chown it to the app's user"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_foreign(_inner: &Inner, _folder: &fs::Metadata) {}
 
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> io::Result<()> {
