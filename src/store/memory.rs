@@ -3,12 +3,22 @@
 //! # Sweeping without stalls
 //!
 //! Each shard keeps, next to its map, an index of keys by the minute their deadline falls in. A
-//! write adds the key to a bucket only when its deadline moves into another minute (at most once a
-//! minute per session), and never searches the index. A sweep takes buckets whose minute is over
+//! write adds the key to a bucket when the session is created or renamed, or its deadline moves
+//! into another minute, and never searches the index. A sweep takes buckets whose minute is over
 //! and checks their keys in chunks of [`SWEEP_CHUNK`], releasing the shard's lock between chunks:
 //! a request waits at most for one chunk, however many sessions the store holds. A key whose
 //! session was refreshed, rotated or deleted since it was filed is simply dropped from the old
 //! bucket when the sweep reaches it.
+//!
+//! Such stale entries would otherwise stay until their minute is over, up to a whole idle window
+//! (24 hours by default): a stream of sessions created and deleted at once (a login and a logout)
+//! would grow the index without the store's count of sessions, and its limit, seeing it. So each
+//! shard counts its index entries, and when they outnumber its records by more than
+//! [`COMPACT_SLACK`] past twice as many, every change that adds an entry or removes a record
+//! also checks [`SWEEP_CHUNK`] entries, round the index from where the last check stopped, and
+//! drops those that no longer lead to their record's deadline. More than half of the entries are
+//! stale then, so each check drops about half a chunk, and the index stays within about twice
+//! the records.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -50,11 +60,26 @@ fn default_shards() -> usize {
 /// How many index entries a sweep checks per hold of a shard's lock.
 pub(crate) const SWEEP_CHUNK: usize = 256;
 
+/// How many stale deadline-index entries a shard keeps, past as many as it has records, before
+/// each change also drops some (see the module docs).
+const COMPACT_SLACK: usize = 4 * SWEEP_CHUNK;
+
+/// The most chunks of index entries a full store looks at in each shard to make room (see
+/// [`MemoryStore::with_max_sessions`]).
+const ROOM_CHUNKS: usize = 4;
+
+/// How many chunks [`MemoryStore`]'s `delete_expired` sweeps between two yields to the runtime.
+const CHUNKS_PER_YIELD: usize = 16;
+
+/// The most shards [`MemoryStore::with_shards`] uses: a key's shard is chosen by two of its bytes.
+const MAX_SHARDS: usize = 1 << 16;
+
 /// Sessions kept in memory, in a map split into shards with one lock each.
 ///
 /// Good for tests, development and single-process apps that accept losing sessions on restart.
-/// Every operation holds one shard's lock for the time of a hash-map operation, so requests of
-/// different sessions rarely wait on each other. Two things are shared by all shards: an operation
+/// Every operation holds one shard's lock for the time of a hash-map operation (a load also
+/// copies the session's values out under it, so a session holding megabytes holds up its shard
+/// that long), so requests of different sessions rarely wait on each other. Two things are shared by all shards: an operation
 /// that changes a session's owner also takes the owner index's lock, inside the shard's, and
 /// creating or deleting a session updates the count of sessions (one atomic operation). Change
 /// sets are merged under the shard lock, so concurrent requests of one session that write
@@ -62,8 +87,9 @@ pub(crate) const SWEEP_CHUNK: usize = 256;
 ///
 /// Expired records are dropped when a load finds them, and by
 /// [`delete_expired`](SessionStore::delete_expired), which finds them through a per-shard index of
-/// deadlines (by minute) and holds a shard's lock for at most 256 index entries at a time, so a
-/// sweep never stalls requests whatever the number of sessions. Run
+/// deadlines (by minute) and holds a shard's lock for at most 256 index entries at a time, and
+/// yields to the runtime every 16 such chunks, so a sweep never stalls requests whatever the
+/// number of sessions, on a current-thread runtime too. Run
 /// [`spawn_cleanup`](crate::spawn_cleanup) so that sessions nobody comes back to do not accumulate.
 ///
 /// Memory: a session holding one small value costs about 450 bytes of process memory, the
@@ -239,9 +265,14 @@ impl Stored {
 #[derive(Default)]
 struct Shard {
     records: KeyMap<Box<Stored>>,
-    /// Keys by the minute (Unix time / 60) their deadline falls in. A key may be filed under an
-    /// old minute too; the sweep drops such stale entries.
+    /// Keys by the minute (Unix time / 60) their deadline falls in. Every record has its key
+    /// filed under its deadline's minute. A key may be filed under another minute too, or have
+    /// no record: such stale entries are dropped by the sweep, or by [`Shard::compact`].
     by_minute: BTreeMap<i64, Vec<SessionKey>>,
+    /// How many keys `by_minute` holds in all.
+    entries: usize,
+    /// Where the next [`Shard::compact`] starts: a minute, and a position in its bucket.
+    cursor: (i64, usize),
 }
 
 fn minute(at: OffsetDateTime) -> i64 {
@@ -254,6 +285,65 @@ impl Shard {
         let target = minute(after);
         if before.map(minute) != Some(target) {
             self.by_minute.entry(target).or_default().push(key);
+            self.entries += 1;
+            self.compact_if_bloated();
+        }
+    }
+
+    /// Whether `key`, found in the bucket of minute `at`, leads to its record's deadline.
+    fn is_current(&self, key: &SessionKey, at: i64) -> bool {
+        self.records
+            .get(key)
+            .is_some_and(|r| minute(r.deadline()) == at)
+    }
+
+    /// Call after a change that made an index entry stale: [`Shard::compact`] when the index
+    /// holds more than twice as many entries as there are records, and [`COMPACT_SLACK`] more.
+    fn compact_if_bloated(&mut self) {
+        let allowed = self
+            .records
+            .len()
+            .saturating_mul(2)
+            .saturating_add(COMPACT_SLACK);
+        if self.entries > allowed {
+            self.compact();
+        }
+    }
+
+    /// Checks up to [`SWEEP_CHUNK`] index entries, from [`Shard::cursor`] on and round to the
+    /// first bucket, and drops those that are not current (see [`Shard::is_current`]).
+    fn compact(&mut self) {
+        let mut budget = SWEEP_CHUNK;
+        let mut wrapped = false;
+        while budget > 0 {
+            let (from, position) = self.cursor;
+            let Some((&at, _)) = self.by_minute.range(from..).next() else {
+                if wrapped {
+                    return;
+                }
+                wrapped = true;
+                self.cursor = (i64::MIN, 0);
+                continue;
+            };
+            let mut keys = self.by_minute.remove(&at).unwrap_or_default();
+            let mut i = if at == from { position } else { 0 };
+            while i < keys.len() && budget > 0 {
+                budget -= 1;
+                if self.is_current(&keys[i], at) {
+                    i += 1;
+                } else {
+                    keys.swap_remove(i);
+                    self.entries -= 1;
+                }
+            }
+            self.cursor = if i < keys.len() {
+                (at, i)
+            } else {
+                (at.saturating_add(1), 0)
+            };
+            if !keys.is_empty() {
+                self.by_minute.insert(at, keys);
+            }
         }
     }
 }
@@ -289,7 +379,8 @@ impl MemoryStore {
         Self::with_shards(default_shards())
     }
 
-    /// An empty store with `shards` shards (at least 1).
+    /// An empty store with `shards` shards (at least 1, at most 65,536: a key's shard is chosen
+    /// by two bytes of it, so more could never be used).
     ///
     /// More shards mean less waiting when many cores write sessions at once; fewer mean each
     /// shard's hot data stays in cache. A shard's table grows by doubling while its lock is held,
@@ -298,7 +389,7 @@ impl MemoryStore {
     /// shards and 0.5–1.8 ms with 256. An app that keeps millions of sessions in memory and cares
     /// about its slowest requests more than its average should ask for 256.
     pub fn with_shards(shards: usize) -> Self {
-        let shards = (0..shards.max(1))
+        let shards = (0..shards.clamp(1, MAX_SHARDS))
             .map(|_| Mutex::new(Shard::default()))
             .collect();
         Self {
@@ -327,7 +418,8 @@ impl MemoryStore {
     /// requests create sessions at once, and holds `max` when they fill it. A full store first
     /// deletes up to 256 expired sessions (those whose deadline fell in an earlier minute), from
     /// the new session's shard or, if that has none, from the next shard that has some, and
-    /// refuses the session only if it found none.
+    /// refuses the session only if it found none. It looks at no more than 1,024 entries of each
+    /// shard's index of deadlines for them, so the search costs a request a bounded time.
     ///
     /// # Performance impact
     ///
@@ -407,72 +499,100 @@ impl MemoryStore {
     }
 
     /// Sweeps expired sessions to make room for a new one under `key`: up to [`SWEEP_CHUNK`]
-    /// from the key's shard or, if that has none, from the next shard that has some.
+    /// from the key's shard or, if that has none, from the next shard that has some, looking at
+    /// no more than [`ROOM_CHUNKS`] chunks of each shard's index.
     fn make_room(&self, key: &SessionKey, now: OffsetDateTime) {
         let shards = &self.inner.shards;
         let from_the_keys = shards.iter().cycle().skip(self.shard_index(key));
         for shard in from_the_keys.take(shards.len()) {
-            if self.sweep_shard(shard, now, SWEEP_CHUNK) > 0 {
+            if self.sweep_shard(shard, now, SWEEP_CHUNK, ROOM_CHUNKS) > 0 {
                 break;
             }
         }
     }
 
-    /// Sweeps one shard: at most `limit` deletions, [`SWEEP_CHUNK`] index entries per lock hold.
-    fn sweep_shard(&self, shard: &Mutex<Shard>, now: OffsetDateTime, limit: usize) -> usize {
-        let current = minute(now);
+    /// Sweeps one shard: at most `limit` deletions and `chunks` holds of its lock.
+    fn sweep_shard(
+        &self,
+        shard: &Mutex<Shard>,
+        now: OffsetDateTime,
+        limit: usize,
+        chunks: usize,
+    ) -> usize {
         let mut deleted = 0;
-        while deleted < limit {
-            let mut guard = lock(shard);
-            let shard = &mut *guard;
-            let Some(mut bucket) = shard.by_minute.first_entry() else {
-                break;
-            };
-            if *bucket.key() >= current {
-                // Deadlines in this minute (or later) may still be ahead of `now`.
-                break;
-            }
-            let keys = bucket.get_mut();
-            let take = keys.len().min(SWEEP_CHUNK);
-            let chunk: Vec<SessionKey> = keys.drain(keys.len() - take..).collect();
-            if keys.is_empty() {
-                bucket.remove();
-            }
-            let mut removed = 0;
-            let mut owners_gone = Vec::new();
-            for (i, key) in chunk.iter().enumerate() {
-                let expired = shard.records.get(key).is_some_and(|r| !r.is_live(now));
-                if !expired {
-                    continue; // refreshed, rotated or deleted since it was filed
-                }
-                if deleted + removed == limit {
-                    // Over the limit: put the rest back for the next call.
-                    shard
-                        .by_minute
-                        .entry(current - 1)
-                        .or_default()
-                        .extend_from_slice(&chunk[i..]);
-                    break;
-                }
-                if let Some(record) = shard.records.remove(key) {
-                    removed += 1;
-                    if let Some(owner) = record.owner {
-                        owners_gone.push((*key, owner));
-                    }
-                }
-            }
+        for _ in 0..chunks {
+            let (removed, more) = self.sweep_chunk(shard, now, limit - deleted);
             deleted += removed;
-            self.free_places(removed);
-            if !owners_gone.is_empty() {
-                // Still under the shard's lock; once for the chunk.
-                let mut owners = lock(&self.inner.owners);
-                for (key, owner) in &owners_gone {
-                    unindex_owner(&mut owners, key, owner);
-                }
+            if !more || deleted >= limit {
+                break;
             }
-            drop(guard);
         }
         deleted
+    }
+
+    /// One hold of the shard's lock: checks up to [`SWEEP_CHUNK`] index entries whose minute is
+    /// over and deletes the expired records they lead to, at most `limit`. Returns how many it
+    /// deleted, and whether entries whose minute is over may remain.
+    fn sweep_chunk(
+        &self,
+        shard: &Mutex<Shard>,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> (usize, bool) {
+        let current = minute(now);
+        let mut guard = lock(shard);
+        let shard = &mut *guard;
+        let Some(mut bucket) = shard.by_minute.first_entry() else {
+            return (0, false);
+        };
+        let at = *bucket.key();
+        if at >= current {
+            // Deadlines in this minute (or later) may still be ahead of `now`.
+            return (0, false);
+        }
+        let keys = bucket.get_mut();
+        let take = keys.len().min(SWEEP_CHUNK);
+        let chunk: Vec<SessionKey> = keys.drain(keys.len() - take..).collect();
+        if keys.is_empty() {
+            bucket.remove();
+        }
+        shard.entries -= take;
+        let mut removed = Vec::new();
+        let mut owners_gone = Vec::new();
+        for (i, key) in chunk.iter().enumerate() {
+            let expired = shard.records.get(key).is_some_and(|r| !r.is_live(now));
+            if !expired {
+                continue; // refreshed, rotated or deleted since it was filed
+            }
+            if removed.len() == limit {
+                // Over the limit: put the rest back for the next call, where they were (the
+                // stale ones are dropped now).
+                let rest: Vec<SessionKey> = chunk[i..]
+                    .iter()
+                    .filter(|key| shard.is_current(key, at))
+                    .copied()
+                    .collect();
+                shard.entries += rest.len();
+                shard.by_minute.entry(at).or_default().extend(rest);
+                break;
+            }
+            if let Some(mut record) = shard.records.remove(key) {
+                if let Some(owner) = record.owner.take() {
+                    owners_gone.push((*key, owner));
+                }
+                removed.push(record);
+            }
+        }
+        self.free_places(removed.len());
+        if !owners_gone.is_empty() {
+            // Still under the shard's lock; once for the chunk.
+            let mut owners = lock(&self.inner.owners);
+            for (key, owner) in &owners_gone {
+                unindex_owner(&mut owners, key, owner);
+            }
+        }
+        drop(guard); // before the removed records are freed
+        (removed.len(), true)
     }
 }
 
@@ -500,6 +620,7 @@ impl ImmediateStore for MemoryStore {
                 if let Some(dead) = &dead {
                     self.free_places(1);
                     self.index_owner(key, dead.owner.as_deref(), None);
+                    shard.compact_if_bloated();
                 }
                 drop(shard); // before `dead` is freed
                 Ok(None)
@@ -603,6 +724,7 @@ impl ImmediateStore for MemoryStore {
         if let Some(record) = &removed {
             self.free_places(1);
             self.index_owner(key, record.owner.as_deref(), None);
+            shard.compact_if_bloated();
         }
         drop(shard); // before `removed` is freed
         Ok(())
@@ -636,6 +758,7 @@ impl ImmediateStore for MemoryStore {
             let Some(stored) = shard.records.remove(from) else {
                 return Ok(Renamed::Gone);
             };
+            shard.compact_if_bloated();
             stored
         };
         let old_owner = stored.owner.clone();
@@ -733,13 +856,26 @@ impl SessionStore for MemoryStore {
         self.rename_now(from, to, changes, now)
     }
 
+    /// Yields to the runtime every [`CHUNKS_PER_YIELD`] chunks, so that a long sweep (many
+    /// expired sessions, or many stale index entries) lets requests on the same thread run.
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         let mut deleted = 0;
+        let mut chunks = 0usize;
         for shard in self.inner.shards.iter() {
-            if deleted >= limit {
-                break;
+            loop {
+                if deleted >= limit {
+                    return Ok(deleted);
+                }
+                let (removed, more) = self.sweep_chunk(shard, now, limit - deleted);
+                deleted += removed;
+                if !more {
+                    break;
+                }
+                chunks += 1;
+                if chunks.is_multiple_of(CHUNKS_PER_YIELD) {
+                    tokio::task::yield_now().await;
+                }
             }
-            deleted += self.sweep_shard(shard, now, limit - deleted);
         }
         Ok(deleted)
     }
@@ -796,6 +932,7 @@ impl SessionStore for MemoryStore {
                 let removed = shard.records.remove(&key);
                 self.free_places(1);
                 self.index_owner(&key, Some(owner), None);
+                shard.compact_if_bloated();
                 drop(shard); // before `removed` is freed
                 drop(removed);
                 deleted += 1;
@@ -948,7 +1085,7 @@ mod tests {
         }
         let later = now + Duration::minutes(5);
         let shard = &store.inner.shards[0];
-        assert_eq!(store.sweep_shard(shard, later, 100), 100);
+        assert_eq!(store.sweep_shard(shard, later, 100, usize::MAX), 100);
         assert_eq!(store.len(), SWEEP_CHUNK * 3 + 7 - 100);
         assert_eq!(
             store.delete_expired(later, usize::MAX).await.unwrap(),
@@ -1027,6 +1164,127 @@ mod tests {
             .map(|s| lock(s).records.len())
             .sum();
         assert_eq!(store.inner.sessions.load(Ordering::Relaxed), records);
+        assert_deadline_index(store);
+    }
+
+    /// Asserts that each shard counts its deadline-index entries right, and that every record
+    /// is filed under its deadline's minute (what the sweep relies on to find it).
+    fn assert_deadline_index(store: &MemoryStore) {
+        for shard in store.inner.shards.iter() {
+            let shard = lock(shard);
+            let filed: HashSet<(i64, SessionKey)> = shard
+                .by_minute
+                .iter()
+                .flat_map(|(at, keys)| keys.iter().map(move |key| (*at, *key)))
+                .collect();
+            let entries: usize = shard.by_minute.values().map(Vec::len).sum();
+            assert_eq!(shard.entries, entries, "the count of index entries");
+            assert!(shard.by_minute.values().all(|keys| !keys.is_empty()));
+            for (key, record) in &shard.records {
+                assert!(
+                    filed.contains(&(minute(record.deadline()), *key)),
+                    "a record not filed under its deadline's minute"
+                );
+            }
+        }
+    }
+
+    /// Sessions created and deleted at once (a login, then a logout) leave index entries that no
+    /// record needs. They are dropped long before their minute is over: the index stays within
+    /// twice the records and `COMPACT_SLACK`, whatever the churn, and every live record stays
+    /// filed, so the sweep still finds it.
+    #[test]
+    fn churn_does_not_grow_the_deadline_index() {
+        let store = MemoryStore::with_shards(1);
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut kept = Vec::new();
+        for i in 0..20_000u32 {
+            let key = SessionId::generate().unwrap().key();
+            let ttl = Duration::minutes(i64::from(1 + i % 90));
+            store.create_now(&key, &record(now, ttl), now).unwrap();
+            match i % 4 {
+                0 => store.delete_now(&key).unwrap(),
+                1 => {
+                    let to = SessionId::generate().unwrap().key();
+                    let renamed = store.rename_now(&key, &to, &ChangeSet::default(), now);
+                    assert_eq!(renamed.unwrap(), Renamed::Applied);
+                    store.delete_now(&to).unwrap();
+                }
+                2 => {
+                    // Moves the deadline to another minute: the old entry goes stale.
+                    let later = now + Duration::minutes(120);
+                    let moved = ChangeSet {
+                        idle_deadline: Some(later),
+                        ..ChangeSet::default()
+                    };
+                    assert_eq!(store.save_now(&key, &moved, now).unwrap(), Saved::Applied);
+                    kept.push(key);
+                }
+                _ => kept.push(key),
+            }
+            // Over the threshold, each change checks a chunk, which may happen to hold no stale
+            // entry; a round of the whole index drops them all, so the excess stays small.
+            let shard = lock(&store.inner.shards[0]);
+            assert!(
+                shard.entries <= 2 * shard.records.len() + COMPACT_SLACK + SWEEP_CHUNK,
+                "{} index entries for {} records",
+                shard.entries,
+                shard.records.len()
+            );
+        }
+        assert_eq!(store.len(), kept.len());
+        assert_counted(&store);
+        let much_later = now + Duration::hours(3);
+        let swept = futures_sweep(&store, much_later);
+        assert_eq!(
+            swept,
+            kept.len(),
+            "every live record was still found by the sweep"
+        );
+        assert!(store.is_empty());
+        assert_eq!(lock(&store.inner.shards[0]).entries, 0);
+    }
+
+    fn futures_sweep(store: &MemoryStore, now: OffsetDateTime) -> usize {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(store.delete_expired(now, usize::MAX))
+            .unwrap()
+    }
+
+    /// A long sweep yields to the runtime now and then, so a request on the same thread (a
+    /// current-thread runtime) is not held up until the whole sweep is done.
+    #[tokio::test]
+    async fn a_long_sweep_lets_other_tasks_run() {
+        let store = MemoryStore::with_shards(1);
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        for _ in 0..SWEEP_CHUNK * CHUNKS_PER_YIELD * 2 {
+            let key = SessionId::generate().unwrap().key();
+            store
+                .create_now(&key, &record(now, Duration::minutes(1)), now)
+                .unwrap();
+        }
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let other = tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+        let later = now + Duration::minutes(5);
+        let deleted = store.delete_expired(later, usize::MAX).await.unwrap();
+        assert_eq!(deleted, SWEEP_CHUNK * CHUNKS_PER_YIELD * 2);
+        assert!(
+            ran.load(Ordering::SeqCst),
+            "the other task ran during the sweep"
+        );
+        other.await.unwrap();
+    }
+
+    #[test]
+    fn more_shards_than_a_key_can_choose_are_not_made() {
+        assert_eq!(
+            MemoryStore::with_shards(1 << 20).inner.shards.len(),
+            1 << 16
+        );
+        assert_eq!(MemoryStore::with_shards(0).inner.shards.len(), 1);
     }
 
     /// Asserts that the owner index lists exactly the keys of the records that have an owner.

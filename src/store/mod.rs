@@ -737,6 +737,9 @@ pub fn spawn_cleanup_with_clock<S: SessionStore>(
                 {
                     return;
                 }
+                // A store whose sweep never waits (the memory store's, mostly) would otherwise
+                // hold its thread for every batch of the period: requests on it go first.
+                tokio::task::yield_now().await;
             }
             if total > 0 {
                 tracing::debug!(deleted = total, "expired sessions removed");
@@ -782,6 +785,8 @@ mod tests {
     struct Plain {
         inner: MemoryStore,
         fail_deletes: AtomicBool,
+        /// When set, sweeps count themselves here and report a full batch, without waiting.
+        full_sweeps: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     }
 
     impl SessionStore for Plain {
@@ -824,6 +829,10 @@ mod tests {
             self.inner.delete(k).await
         }
         async fn delete_expired(&self, n: OffsetDateTime, l: usize) -> Result<usize, StoreError> {
+            if let Some(sweeps) = &self.full_sweeps {
+                sweeps.fetch_add(1, Ordering::SeqCst);
+                return Ok(l);
+            }
             self.inner.delete_expired(n, l).await
         }
         async fn list_owner(
@@ -836,6 +845,32 @@ mod tests {
         async fn delete_owner(&self, o: &str) -> Result<usize, StoreError> {
             self.inner.delete_owner(o).await
         }
+    }
+
+    /// The cleanup task yields between batches, so that a store whose sweep never waits does
+    /// not hold a current-thread runtime for a whole period's batches.
+    #[tokio::test]
+    async fn the_cleanup_task_lets_other_tasks_run_between_batches() {
+        let sweeps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let store = Plain {
+            full_sweeps: Some(sweeps.clone()),
+            ..Plain::default()
+        };
+        let config = crate::CleanupConfig::default().period(std::time::Duration::from_millis(1));
+        let max_batches = config.max_batches;
+        let task = crate::spawn_cleanup(store, config);
+        let seen = loop {
+            tokio::task::yield_now().await;
+            let seen = sweeps.load(Ordering::SeqCst);
+            if seen > 0 {
+                break seen;
+            }
+        };
+        assert!(
+            seen < max_batches,
+            "{seen} batches ran before another task could"
+        );
+        task.stop().await;
     }
 
     #[tokio::test]
