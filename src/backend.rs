@@ -59,6 +59,14 @@ impl Backend {
     pub(crate) fn is_client(&self) -> bool {
         matches!(self.0, Kind::Client(_))
     }
+
+    /// Whether a client-side token could be a sealed value (see [`ClientStore::plausible`]).
+    pub(crate) fn plausible(&self, token: &str) -> bool {
+        match &self.0 {
+            Kind::Client(store) => store.plausible(token),
+            Kind::Server(_) => true,
+        }
+    }
 }
 
 /// What opening a client-side token gave.
@@ -94,6 +102,12 @@ pub(crate) trait ClientStore: Send + Sync + 'static {
         record: &Record,
         now: OffsetDateTime,
     ) -> Result<String, StoreError>;
+
+    /// Whether `value` could be a sealed value at all (its alphabet and length), checked only
+    /// when a request presents several cookies of the name, so that planted junk does not take
+    /// the place of the real one (see `SessionService::incoming`). One value alone goes to
+    /// [`open`](Self::open), which checks this itself.
+    fn plausible(&self, value: &str) -> bool;
 
     /// Revokes every session of `owner` (through the app's revocation hook), if configured.
     fn revoke_owner<'a>(

@@ -46,7 +46,8 @@ impl<S> SessionService<S> {
     }
 
     /// The token the request presents: with cookies, more than one when the request has several
-    /// cookies of the name (looking at no more than [`MAX_PRESENTED`]).
+    /// cookies of the name (see [`MAX_PRESENTED`]). An empty value counts as no token, as it does
+    /// in the header transport: it is what a removal leaves in a client that keeps it.
     fn incoming(&self, headers: &HeaderMap) -> Incoming {
         let name = match &self.config.transport {
             Transport::Cookie => &self.config.cookie_name,
@@ -56,21 +57,41 @@ impl<S> SessionService<S> {
                 return self.parse(value.filter(|v| !v.is_empty()));
             }
         };
-        let (found, n) = cookies_named(headers, name);
-        let values = &found[..n];
-        let first = self.parse(values.first().copied());
-        if values.len() < 2 {
-            return first;
-        }
-        // Several: the first token, then the other well-formed ones without repeats.
-        let mut tokens = vec![first];
-        for (i, value) in values.iter().enumerate().skip(1) {
-            if values[..i].contains(value) {
+        let mut values = cookie_values(headers, name).filter(|v| !v.is_empty());
+        let Some(first) = values.next() else {
+            return Incoming::Absent;
+        };
+        let Some(second) = values.next() else {
+            return self.parse(Some(first));
+        };
+        self.several([first, second].into_iter().chain(values))
+    }
+
+    /// The tokens of several cookies of the session's name: the first [`MAX_PRESENTED`]
+    /// distinct ones that are well-formed, after [`Incoming::Malformed`] if the first value is
+    /// not. Malformed values and repeats take no place, so junk cookies sent first (planted by a
+    /// sibling sub-domain, say) cannot crowd out the real one.
+    fn several<'h>(&self, values: impl Iterator<Item = &'h [u8]>) -> Incoming {
+        let mut tokens = Vec::new();
+        let mut kept: Vec<&[u8]> = Vec::new();
+        for (i, value) in values.enumerate() {
+            if kept.contains(&value) {
                 continue;
             }
-            match self.parse(Some(value)) {
+            let token = match self.parse(Some(value)) {
+                Incoming::Token(token) if !self.backend.plausible(&token) => Incoming::Malformed,
+                token => token,
+            };
+            match token {
+                Incoming::Malformed if i == 0 => tokens.push(Incoming::Malformed),
                 Incoming::Malformed => {}
-                token => tokens.push(token),
+                token => {
+                    tokens.push(token);
+                    kept.push(value);
+                    if kept.len() == MAX_PRESENTED {
+                        break;
+                    }
+                }
             }
         }
         if tokens.len() == 1 {
@@ -108,20 +129,19 @@ impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
     }
 }
 
-/// How many cookies of the session's name one request may present. A browser sends more than one
-/// when it holds cookies of that name for different domains or paths (after the app changed its
-/// cookie's `Domain` or `Path`, or when a sibling sub-domain sets one): the first that names a live
-/// session is used, so a stale or planted cookie sent first cannot lock the visitor out. The cap
-/// bounds the store loads one request can cause.
+/// How many distinct, well-formed cookies of the session's name one request may present. A
+/// browser sends more than one when it holds cookies of that name for different domains or paths
+/// (after the app changed its cookie's `Domain` or `Path`, or when a sibling sub-domain sets one):
+/// the first that names a live session is used, so stale or planted cookies sent first cannot
+/// lock the visitor out unless they are this many well-formed tokens (for a server store, IDs;
+/// a sibling sub-domain can only plant IDs it made up, or copied). Malformed values and repeats
+/// take no place. The cap bounds the store loads one request can cause.
 pub(crate) const MAX_PRESENTED: usize = 3;
 
-/// The values of the first [`MAX_PRESENTED`] cookies called `name` in the request's `Cookie`
-/// headers, in order, and how many there are (SECURITY.md 7: the only place a cookie-transported
-/// token is read from).
-fn cookies_named<'h>(headers: &'h HeaderMap, name: &str) -> ([&'h [u8]; MAX_PRESENTED], usize) {
-    let mut found: [&[u8]; MAX_PRESENTED] = [&[]; MAX_PRESENTED];
-    let mut n = 0;
-    for header in headers.get_all(COOKIE) {
+/// The values of the cookies called `name` in the request's `Cookie` headers, in order
+/// (SECURITY.md 7: the only place a cookie-transported token is read from).
+fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+    headers.get_all(COOKIE).into_iter().flat_map(move |header| {
         let bytes = header.as_bytes();
         // Splitting a `str` at a byte finds each `;` a word at a time, and the UTF-8 check is as
         // fast for ASCII: worth it for a long sealed cookie. Other headers go byte by byte.
@@ -129,17 +149,8 @@ fn cookies_named<'h>(headers: &'h HeaderMap, name: &str) -> ([&'h [u8]; MAX_PRES
             Ok(text) => Pairs::Text(text.split(';')),
             Err(_) => Pairs::Bytes(bytes.split(is_semicolon as fn(&u8) -> bool)),
         };
-        for value in pairs.filter_map(|pair| cookie_value(pair, name)) {
-            if let Some(slot) = found.get_mut(n) {
-                *slot = value;
-                n += 1;
-            }
-            if n == MAX_PRESENTED {
-                return (found, n);
-            }
-        }
-    }
-    (found, n)
+        pairs.filter_map(move |pair| cookie_value(pair, name))
+    })
 }
 
 /// The `name=value` pairs of one `Cookie` header.
@@ -701,9 +712,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-        let (found, n) = cookies_named(headers, name);
-        found[..n].first().copied()
+    fn find_cookie<'h>(headers: &'h HeaderMap, name: &'h str) -> Option<&'h [u8]> {
+        cookie_values(headers, name).next()
     }
 
     #[test]
@@ -745,15 +755,9 @@ mod tests {
         assert_eq!(find_cookie(&headers, "missing"), None);
         headers.append(COOKIE, HeaderValue::from_static("id=third"));
         assert_eq!(
-            cookies_named(&headers, "id"),
-            ([&b"abc"[..], b"second", b"third"], 3),
+            cookie_values(&headers, "id").collect::<Vec<_>>(),
+            [&b"abc"[..], b"second", b"third"],
             "the cookies of the name, in order, across headers"
-        );
-        headers.append(COOKIE, HeaderValue::from_static("id=fourth"));
-        assert_eq!(
-            cookies_named(&headers, "id").1,
-            MAX_PRESENTED,
-            "no more than that"
         );
     }
 

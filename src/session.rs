@@ -1689,16 +1689,22 @@ impl Session {
     /// [`ImmediateStore`](crate::ImmediateStore); otherwise a boxed future that makes the store
     /// calls.
     pub(crate) fn finish(&self, server_error: bool) -> Finish {
+        // A failed request persists nothing: no need to load what it changed without loading.
+        // (A load then could only fail, and put the layer's error response in place of the
+        // handler's own.)
+        let persists = !server_error || self.0.config.persist_on_5xx;
         let needs_load = {
             let state = self.state();
-            (!state.loaded && state.modified()) || state.saving
+            (persists && !state.loaded && state.modified()) || state.saving
         };
         if needs_load {
             let session = self.clone();
             return Finish::Pending(Box::pin(async move {
                 // A save still in flight (made by a handle the handler passed on) finishes first.
                 drop(session.0.load_lock.lock().await);
-                session.load().await?;
+                if persists {
+                    session.load().await?;
+                }
                 let now = session.0.config.clock.now();
                 let (plan, read) = session.plan(now, server_error);
                 session.execute(plan, read, now).await

@@ -41,6 +41,44 @@ fn app(store: &Faulty) -> harness::App {
     harness::default_app(tower_satchel::IntoBackend::into_backend(store.clone()))
 }
 
+/// A handler that changes the session without loading it (`destroy` on the handle from the
+/// request's extensions), then fails with a 5xx: nothing is persisted, so the store is not even
+/// read, and the handler's own error response goes out even while the store is down.
+#[tokio::test]
+async fn a_failed_request_that_never_loaded_its_session_costs_no_load() {
+    let store = Faulty::default();
+    let token = app(&store).start().await;
+    let router = Router::new()
+        .route(
+            "/",
+            get(
+                |axum::Extension(session): axum::Extension<Session>| async move {
+                    session.destroy();
+                    (StatusCode::INTERNAL_SERVER_ERROR, "the handler failed")
+                },
+            ),
+        )
+        .layer(SessionLayer::new(store.clone()));
+    store.fail.store(true, Ordering::SeqCst);
+    let before = store.calls();
+    let resp = router
+        .oneshot(
+            Request::get("/")
+                .header(header::COOKIE, format!("id={token}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"the handler failed");
+    assert_eq!(store.calls(), before, "no store call");
+    store.fail.store(false, Ordering::SeqCst);
+    assert_eq!(app(&store).get("/get/n", Some(&token)).await.body, "1");
+}
+
 #[tokio::test]
 async fn malformed_tokens_never_reach_the_store() {
     let store = Faulty::default();
@@ -1161,7 +1199,8 @@ async fn a_session_of_an_abandoned_request_refuses_changes() {
 /// its cookie, or one planted by a sibling sub-domain) sends them all, in an order the app does not
 /// choose. The first that names a live session is used, so a stale or planted one sent first does
 /// not lock the visitor out; malformed ones cost no store call, repeats are loaded once, and at most
-/// three cookies are looked at.
+/// three distinct well-formed cookies are looked at (malformed, empty and repeated ones take no
+/// place, so junk sent first cannot crowd out the real one).
 #[tokio::test]
 async fn the_first_of_several_same_name_cookies_that_names_a_live_session_is_used() {
     let store = Faulty::default();
@@ -1174,7 +1213,7 @@ async fn the_first_of_several_same_name_cookies_that_names_a_live_session_is_use
         HeaderValue::from_str(&pairs.join("; theme=dark; ")).unwrap()
     };
     // (cookies, whether the live session is found, loads made)
-    let cases: [(&[&str], bool, usize); 7] = [
+    let cases: [(&[&str], bool, usize); 11] = [
         (&[&live], true, 1),
         (&[&live, &stale], true, 1),
         (&[&stale, &live], true, 2),
@@ -1182,6 +1221,10 @@ async fn the_first_of_several_same_name_cookies_that_names_a_live_session_is_use
         (&[&stale, &stale, &live], true, 2),
         (&[&stale, "../x", &other], false, 2),
         (&[&stale, &other, &unknown(), &live], false, 3),
+        (&["a", "../b", "c", "d", &live], true, 1),
+        (&[&stale, &stale, &stale, &stale, &live], true, 2),
+        (&["", "", "", &live], true, 1),
+        (&[&stale, "x", &stale, "y", &other, &live], true, 3),
     ];
     for (case, (values, found, loads)) in cases.into_iter().enumerate() {
         let before = store.calls().0;
@@ -1202,6 +1245,21 @@ async fn the_first_of_several_same_name_cookies_that_names_a_live_session_is_use
     assert_eq!(resp.body, "2");
     assert_eq!(app.get("/get/n", Some(&live)).await.body, "2");
     assert_eq!(app.get("/arrival", Some(&stale)).await.body, "Expired");
+    // An empty value is no token (what a removal leaves in a client that keeps it), not a
+    // malformed one; alone or with junk after it.
+    for values in [&[""][..], &["", ""]] {
+        let resp = app.get_raw_cookie("/arrival", cookie(values)).await;
+        assert_eq!(resp.body, "New", "{values:?}");
+    }
+    let resp = app.get_raw_cookie("/arrival", cookie(&["", "junk"])).await;
+    assert_eq!(resp.body, "Invalid");
+    let resp = app
+        .get_raw_cookie("/arrival", cookie(&["junk", &stale]))
+        .await;
+    assert_eq!(
+        resp.body, "Invalid",
+        "the first value's arrival when none is live"
+    );
     let resp = app
         .get_raw_cookie("/arrival", cookie(&[&stale, &live]))
         .await;

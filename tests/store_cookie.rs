@@ -477,6 +477,9 @@ async fn the_first_of_several_same_name_cookies_that_opens_is_used() {
         format!("id={forged}; id={token}"),
         format!("id={other_key}; id={token}"),
         format!("id=; id={token}"),
+        // Junk that could not be a sealed value (wrong alphabet, too short) takes no place among
+        // the three cookies looked at: planted first, it cannot crowd out the real one.
+        format!("id=x; id=a.b; id={}; id=\"\"; id={token}", "%".repeat(80)),
     ] {
         let resp = site
             .get_raw_cookie("/get/n", HeaderValue::from_str(&cookie).unwrap())
