@@ -7,9 +7,12 @@
 //! ```
 //!
 //! `$ADDR` sets the address; `$SESSION_STORE` picks the store (memory, file, redis, postgres,
-//! sqlite, cookie), see `examples/support`; `SESSION_STORE=none` serves the same routes without
-//! a session layer, as the baseline of `benches/load.sh` (`$BARE_SPIN_NS` adds a busy-wait to
-//! `GET /` there, for that script's calibration).
+//! sqlite, cookie), see `examples/support`.
+//!
+//! Benchmark-only extras, not part of the example's documented surface (the routes and variables
+//! above) and free to change: `SESSION_STORE=none` serves the same routes with no session layer
+//! and no counting (every answer is `1`), the baseline of `benches/load.sh`; with it,
+//! `$BARE_SPIN_NS` adds a busy-wait to `GET /`, for that script's calibration.
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! Login, logout and "log out everywhere".
 //!
-//! - `POST /login` (form field `username`) rotates the session ID and stores the user;
+//! - `POST /login` (form field `username`) rotates the session ID and stores the user (dropping
+//!   the session's data first if another user was logged in);
 //! - `GET /me` answers 200 with the username, or 401;
 //! - `POST /logout` destroys the session;
 //! - `POST /logout-everywhere` revokes every session of the user.
@@ -9,6 +10,16 @@
 //! cargo run --example login
 //! curl -c jar -d username=alice localhost:3000/login; curl -b jar localhost:3000/me
 //! ```
+//!
+//! **No credential check.** `/login` accepts any username, with no password: whoever posts a name
+//! is logged in as that user. This example shows the session calls around a login, not how to
+//! authenticate; a real app verifies credentials where [`login`] marks the spot.
+//!
+//! **CSRF.** The default `SameSite=Lax` keeps modern browsers from sending the cookie with a
+//! cross-site POST, but it stops neither login CSRF (a cross-site form that logs the victim into
+//! the attacker's account) nor forms posted from a sibling sub-domain, which is the same site.
+//! Give every state-changing form, login included, a CSRF token or check `Origin` /
+//! `Sec-Fetch-Site`; with `SameSite=None` that is a must. This example has neither.
 
 mod support;
 
@@ -34,8 +45,21 @@ async fn login(
     if username.is_empty() {
         return Ok((StatusCode::BAD_REQUEST, "username required".to_owned()));
     }
+    // A real app verifies the credentials here (a password hash, a one-time code) and, when they
+    // fail, answers one generic failure (401, "wrong username or password") that tells neither
+    // which part was wrong nor whether the account exists.
     session.cycle_id();
+    // `cycle_id` keeps the data: when another user was logged in over this session, start from
+    // an empty one, so that nothing of theirs carries over. An anonymous visitor's data is kept.
+    if session
+        .get::<String>("user")?
+        .is_some_and(|user| user != username)
+    {
+        session.clear();
+    }
     session.insert("user", username)?;
+    // A real app passes a stable user ID (the account's key), not a name that can change or be
+    // taken by someone else later.
     session.set_owner(username);
     Ok((StatusCode::OK, format!("logged in as {username}")))
 }
@@ -53,6 +77,9 @@ async fn me(session: Session) -> Result<impl IntoResponse, SessionError> {
 
 /// Logs out this browser.
 async fn logout(session: Session) -> StatusCode {
+    // With `SESSION_STORE=cookie` this only replaces the cookie in this browser: a copy of the old
+    // one stays valid until its deadline. Only `/logout-everywhere` can void it, through the
+    // cookie store's revocation hook (`CookieStore::revocation`, see `support/cookie.rs`).
     session.destroy();
     StatusCode::NO_CONTENT
 }
