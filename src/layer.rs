@@ -264,6 +264,21 @@ impl<S> Layer<S> for SessionLayer {
     }
 }
 
+/// Headers that cannot carry the session token ([`SessionLayerBuilder::header_transport`]): the
+/// layer writes or reads them itself (it would overwrite the app's `Set-Cookie` headers, say,
+/// or never find the token in a request), or they frame the message.
+const RESERVED_HEADERS: [&str; 9] = [
+    "cookie",
+    "set-cookie",
+    "vary",
+    "cache-control",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "host",
+];
+
 /// Builds a [`SessionLayer`]. Every setter states its default; [`build`](Self::build) refuses
 /// combinations browsers would reject or that would weaken the cookie.
 pub struct SessionLayerBuilder {
@@ -360,7 +375,9 @@ impl SessionLayerBuilder {
     /// crate); `None` omits it. Default: `Some(SameSite::Lax)`.
     ///
     /// `SameSite::None` sends the cookie on cross-site requests (needs `Secure`, and CSRF
-    /// protection of your own).
+    /// protection of your own). Omitting the attribute weakens the default too: browsers that do
+    /// not treat a cookie without it as `Lax` (Safari, and Firefox by default) then send it with
+    /// cross-site POSTs, so forms need CSRF protection of your own as well.
     #[must_use]
     pub fn same_site(mut self, same_site: Option<SameSite>) -> Self {
         self.config.same_site = same_site;
@@ -384,7 +401,9 @@ impl SessionLayerBuilder {
     /// destroys it carries the header with an empty value.
     /// A browser script on another origin reads that header only if the app's CORS layer lists
     /// it in `Access-Control-Expose-Headers` (and allows it in `Access-Control-Allow-Headers`).
-    /// Default: cookies.
+    /// [`build`](Self::build) refuses a header the layer or HTTP uses itself (`Cookie`,
+    /// `Set-Cookie`, `Vary`, `Cache-Control`, `Content-Length`, `Content-Type`,
+    /// `Transfer-Encoding`, `Connection`, `Host`). Default: cookies.
     #[must_use]
     pub fn header_transport(mut self, header: HeaderName) -> Self {
         self.config.transport = Transport::Header(header);
@@ -458,7 +477,9 @@ impl SessionLayerBuilder {
     }
 
     /// Renders the response when the store fails: on load (through the extractor's rejection), in
-    /// the layer's save after the handler, and in a store failure a handler returns from
+    /// the layer's save after the handler (where any failure of that save goes through it: the
+    /// store's, or the OS random source's for a new ID, whose [`SessionErrorKind`](crate::SessionErrorKind) says which),
+    /// and in a store failure a handler returns from
     /// [`Session::load`](crate::Session::load), [`save`](crate::Session::save) or
     /// [`revoke_owner`](crate::Session::revoke_owner) with `?`. Default: `500 Internal Server
     /// Error`, empty from the layer's save, with a short plain-text message from the extractor
@@ -597,6 +618,14 @@ impl SessionLayerBuilder {
             return Err(ConfigError::new(
                 "a fixed date cannot be the default expiry of every new session; set it per session",
             ));
+        }
+        if let Transport::Header(name) = &c.transport
+            && RESERVED_HEADERS.contains(&name.as_str())
+        {
+            return Err(ConfigError::new(format!(
+                "the header {name:?} cannot carry the session token: the layer or HTTP itself \
+                 uses it; pick a name of your own (e.g. x-session)"
+            )));
         }
         Ok(SessionLayer {
             config: Arc::new(self.config.finish()),
@@ -790,6 +819,26 @@ mod tests {
         assert!(builder().path("app").build().is_err());
         assert!(builder().path("/a;b").build().is_err());
         assert!(builder().domain("a;b").build().is_err());
+    }
+
+    #[test]
+    fn headers_the_layer_or_http_uses_cannot_carry_the_token() {
+        for name in RESERVED_HEADERS {
+            let error = builder()
+                .header_transport(HeaderName::from_static(name))
+                .build()
+                .expect_err("a reserved header is refused");
+            assert!(
+                error.to_string().contains("cannot carry"),
+                "{name}: {error}"
+            );
+        }
+        assert!(
+            builder()
+                .header_transport(HeaderName::from_static("x-session"))
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -53,10 +53,12 @@ pub(crate) fn fill(out: &mut [u8]) -> Result<(), getrandom::Error> {
             pool.pid = pid;
         }
         let end = pool.next + out.len();
-        if let Some(taken) = pool.bytes.get_mut(pool.next..end) {
-            out.copy_from_slice(taken);
-            taken.fill(0);
-        }
+        let Some(taken) = pool.bytes.get_mut(pool.next..end) else {
+            // Cannot happen (the refill above leaves room); never hand out `out` unfilled.
+            return getrandom::fill(out);
+        };
+        out.copy_from_slice(taken);
+        taken.fill(0);
         pool.next = end;
         Ok(())
     })

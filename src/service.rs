@@ -559,7 +559,9 @@ enum Carrier {
 
 /// Where the layers built in this process send their tokens. A layer whose commit fails finds
 /// inner layers' tokens in the failed response by these names; a record kept per response of
-/// what each layer set would instead cost every response that sets a token.
+/// what each layer set would instead cost every response that sets a token. It holds each
+/// distinct name once and is never pruned: an app that builds layers under ever new names (one
+/// per tenant, say) grows it by a name each, scanned only when a commit fails.
 static CARRIERS: Mutex<Vec<Carrier>> = Mutex::new(Vec::new());
 
 fn carriers() -> MutexGuard<'static, Vec<Carrier>> {
@@ -583,7 +585,10 @@ pub(crate) fn register_carrier(config: &Config) {
 }
 
 /// Copies into `error` (this layer's error response) the session tokens other layers set on
-/// `failed` (the response it replaces), with their `Vary` and `Cache-Control: no-store`.
+/// `failed` (the response it replaces), with their `Vary` and `Cache-Control: no-store`. They are
+/// found by name: every `Set-Cookie` named like another layer's cookie, and every header named
+/// like another layer's token header, of any layer built in this process. A cookie the handler
+/// itself set under such a name is carried too; on a store failure, that is a harmless excess.
 fn carry_inner_tokens(config: &Config, failed: &HeaderMap, error: &mut HeaderMap) {
     let own = carrier(config);
     let mut carried = false;
@@ -644,12 +649,19 @@ fn token_header(config: &Config, value: String, max_age: Option<Duration>) -> Op
 
 /// `name=value; Max-Age=n` followed by the attributes the cookie crate rendered when the layer was
 /// built. Token values are base64url (IDs) or the cookie store's sealed base64url, so they need no
-/// quoting; anything else would fail `HeaderValue` validation rather than corrupt the header.
+/// quoting. `HeaderValue` would not catch a value that did (it accepts `;`, `,`, `"` and spaces,
+/// which would add attributes), so debug builds check the alphabet.
 ///
 /// The string is allocated at exactly its length: `HeaderValue` then takes the buffer over as it
 /// is, where spare capacity would cost it a second allocation.
 fn set_cookie(config: &Config, value: &str, max_age: Option<Duration>) -> String {
     use std::fmt::Write as _;
+    debug_assert!(
+        value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "a session token is base64url"
+    );
     const MAX_AGE: &str = "; Max-Age=";
     let seconds = max_age.map(Duration::whole_seconds);
     let len = config.cookie_name.len()

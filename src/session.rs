@@ -2334,9 +2334,11 @@ impl SessionError {
         )
     }
 
+    /// A broken `Future` contract (a wrapper polling the response future again), not a store
+    /// failure: `Closed`, like other uses of a request that is over.
     pub(crate) fn completed_twice() -> Self {
         Self::new(
-            SessionErrorKind::Store,
+            SessionErrorKind::Closed,
             "session response future polled after completion",
         )
     }

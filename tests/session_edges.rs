@@ -1080,6 +1080,35 @@ fn a_commit_dropped_outside_a_runtime_is_abandoned_cleanly() {
     assert_eq!(seen, "1", "nothing written, nothing lost");
 }
 
+/// A response future polled again after it completed (a wrapper breaking the `Future` contract)
+/// answers with an error response of kind `Closed`, not a store error, and calls no store.
+#[tokio::test]
+async fn a_response_future_polled_again_answers_closed() {
+    use tower::{Layer, Service};
+    use tower_satchel::{SessionError, SessionErrorKind};
+    let store = Faulty::default();
+    let mut service = SessionLayer::new(store.clone()).layer(tower::service_fn(
+        |request: Request<Body>| async move {
+            let session = request.extensions().get::<Session>().unwrap().clone();
+            session.load().await.unwrap();
+            session.insert("n", 1).unwrap();
+            Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+        },
+    ));
+    let service = service.ready().await.unwrap();
+    let mut future = Box::pin(service.call(Request::get("/").body(Body::empty()).unwrap()));
+    let first = future.as_mut().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let calls = store.calls();
+    let again = std::future::poll_fn(|cx| future.as_mut().poll(cx))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let error = again.extensions().get::<SessionError>().unwrap();
+    assert_eq!(error.kind(), SessionErrorKind::Closed);
+    assert_eq!(store.calls(), calls);
+}
+
 /// A `tracing` writer that keeps what is logged, for the tests that check a log line.
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
