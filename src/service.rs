@@ -57,14 +57,33 @@ impl<S> SessionService<S> {
                 return self.parse(value.filter(|v| !v.is_empty()));
             }
         };
-        let mut values = cookie_values(headers, name).filter(|v| !v.is_empty());
-        let Some(first) = values.next() else {
-            return Incoming::Absent;
-        };
-        let Some(second) = values.next() else {
-            return self.parse(Some(first));
-        };
-        self.several([first, second].into_iter().chain(values))
+        // The common case, one cookie of the name, in one tight pass over the header.
+        let (mut first, mut second) = (None, None);
+        for_each_cookie(headers, name, |value| {
+            if value.is_empty() {
+                return true;
+            }
+            if first.is_none() {
+                first = Some(value);
+                return true;
+            }
+            second = Some(value);
+            false
+        });
+        match (first, second) {
+            (None, _) => Incoming::Absent,
+            (Some(first), None) => self.parse(Some(first)),
+            (Some(_), Some(_)) => {
+                let mut values = Vec::new();
+                for_each_cookie(headers, name, |value| {
+                    if !value.is_empty() {
+                        values.push(value);
+                    }
+                    true
+                });
+                self.several(values.into_iter())
+            }
+        }
     }
 
     /// The tokens of several cookies of the session's name: the first [`MAX_PRESENTED`]
@@ -138,10 +157,15 @@ impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
 /// take no place. The cap bounds the store loads one request can cause.
 pub(crate) const MAX_PRESENTED: usize = 3;
 
-/// The values of the cookies called `name` in the request's `Cookie` headers, in order
-/// (SECURITY.md 7: the only place a cookie-transported token is read from).
-fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
-    headers.get_all(COOKIE).into_iter().flat_map(move |header| {
+/// Calls `visit` with the value of each cookie called `name` in the request's `Cookie` headers,
+/// in order, until it answers `false` (SECURITY.md 7: the only place a cookie-transported token
+/// is read from).
+fn for_each_cookie<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    mut visit: impl FnMut(&'h [u8]) -> bool,
+) {
+    for header in headers.get_all(COOKIE) {
         let bytes = header.as_bytes();
         // Splitting a `str` at a byte finds each `;` a word at a time, and the UTF-8 check is as
         // fast for ASCII: worth it for a long sealed cookie. Other headers go byte by byte.
@@ -149,8 +173,14 @@ fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Ite
             Ok(text) => Pairs::Text(text.split(';')),
             Err(_) => Pairs::Bytes(bytes.split(is_semicolon as fn(&u8) -> bool)),
         };
-        pairs.filter_map(move |pair| cookie_value(pair, name))
-    })
+        for pair in pairs {
+            if let Some(value) = cookie_value(pair, name)
+                && !visit(value)
+            {
+                return;
+            }
+        }
+    }
 }
 
 /// The `name=value` pairs of one `Cookie` header.
@@ -724,8 +754,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn find_cookie<'h>(headers: &'h HeaderMap, name: &'h str) -> Option<&'h [u8]> {
-        cookie_values(headers, name).next()
+    fn cookie_values<'h>(headers: &'h HeaderMap, name: &str) -> Vec<&'h [u8]> {
+        let mut values = Vec::new();
+        for_each_cookie(headers, name, |value| {
+            values.push(value);
+            true
+        });
+        values
+    }
+
+    fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+        cookie_values(headers, name).first().copied()
     }
 
     #[test]
@@ -767,7 +806,7 @@ mod tests {
         assert_eq!(find_cookie(&headers, "missing"), None);
         headers.append(COOKIE, HeaderValue::from_static("id=third"));
         assert_eq!(
-            cookie_values(&headers, "id").collect::<Vec<_>>(),
+            cookie_values(&headers, "id"),
             [&b"abc"[..], b"second", b"third"],
             "the cookies of the name, in order, across headers"
         );
