@@ -267,7 +267,7 @@ impl<S> Layer<S> for SessionLayer {
 /// Headers that cannot carry the session token ([`SessionLayerBuilder::header_transport`]): the
 /// layer writes or reads them itself (it would overwrite the app's `Set-Cookie` headers, say,
 /// or never find the token in a request), or they frame the message.
-const RESERVED_HEADERS: [&str; 9] = [
+const RESERVED_HEADERS: [&str; 14] = [
     "cookie",
     "set-cookie",
     "vary",
@@ -277,6 +277,11 @@ const RESERVED_HEADERS: [&str; 9] = [
     "transfer-encoding",
     "connection",
     "host",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
 ];
 
 /// Builds a [`SessionLayer`]. Every setter states its default; [`build`](Self::build) refuses
@@ -326,9 +331,10 @@ impl SessionLayerBuilder {
     /// A browser that holds cookies of this name for different domains or paths sends them all
     /// (after the app changed its cookie's `Domain` or `Path`, or when a sibling sub-domain set
     /// one), in an order the app does not choose. The layer uses the first that names a live
-    /// session, looking at no more than three, so a stale or planted cookie sent first cannot lock
-    /// the visitor out. A `__Host-` name keeps sibling sub-domains from setting such cookies at
-    /// all.
+    /// session, looking at no more than three distinct well-formed ones (empty, malformed and
+    /// repeated values take no place), so a stale cookie sent first cannot lock the visitor
+    /// out. A sibling sub-domain that means harm can still plant three well-formed ones; a
+    /// `__Host-` name keeps sibling sub-domains from setting such cookies at all.
     #[must_use]
     pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
         self.config.cookie_name = name.into();
@@ -403,7 +409,8 @@ impl SessionLayerBuilder {
     /// it in `Access-Control-Expose-Headers` (and allows it in `Access-Control-Allow-Headers`).
     /// [`build`](Self::build) refuses a header the layer or HTTP uses itself (`Cookie`,
     /// `Set-Cookie`, `Vary`, `Cache-Control`, `Content-Length`, `Content-Type`,
-    /// `Transfer-Encoding`, `Connection`, `Host`). Default: cookies.
+    /// `Transfer-Encoding`, `Connection`, `Host`, and the other hop-by-hop headers HTTP/2
+    /// refuses). Default: cookies.
     #[must_use]
     pub fn header_transport(mut self, header: HeaderName) -> Self {
         self.config.transport = Transport::Header(header);

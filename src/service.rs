@@ -73,46 +73,41 @@ impl<S> SessionService<S> {
         match (first, second) {
             (None, _) => Incoming::Absent,
             (Some(first), None) => self.parse(Some(first)),
-            (Some(_), Some(_)) => {
-                let mut values = Vec::new();
-                for_each_cookie(headers, name, |value| {
-                    if !value.is_empty() {
-                        values.push(value);
-                    }
-                    true
-                });
-                self.several(values.into_iter())
-            }
+            (Some(_), Some(_)) => self.several(headers, name),
         }
     }
 
     /// The tokens of several cookies of the session's name: the first [`MAX_PRESENTED`]
     /// distinct ones that are well-formed, after [`Incoming::Malformed`] if the first value is
-    /// not. Malformed values and repeats take no place, so junk cookies sent first (planted by a
-    /// sibling sub-domain, say) cannot crowd out the real one.
-    fn several<'h>(&self, values: impl Iterator<Item = &'h [u8]>) -> Incoming {
+    /// not. Malformed values, empty ones and repeats take no place, so junk cookies sent first
+    /// cannot crowd out the real one (well-formed ones planted on purpose still can, see
+    /// [`MAX_PRESENTED`]).
+    fn several(&self, headers: &HeaderMap, name: &str) -> Incoming {
         let mut tokens = Vec::new();
         let mut kept: Vec<&[u8]> = Vec::new();
-        for (i, value) in values.enumerate() {
-            if kept.contains(&value) {
-                continue;
+        let mut first = true;
+        for_each_cookie(headers, name, |value| {
+            if value.is_empty() || kept.contains(&value) {
+                return true;
             }
-            let token = match self.parse(Some(value)) {
-                Incoming::Token(token) if !self.backend.plausible(&token) => Incoming::Malformed,
-                token => token,
+            let token = match std::str::from_utf8(value) {
+                // Checked before `parse` copies it.
+                Ok(text) if self.backend.is_client() && !self.backend.plausible(text) => {
+                    Incoming::Malformed
+                }
+                _ => self.parse(Some(value)),
             };
             match token {
-                Incoming::Malformed if i == 0 => tokens.push(Incoming::Malformed),
+                Incoming::Malformed if first => tokens.push(Incoming::Malformed),
                 Incoming::Malformed => {}
                 token => {
                     tokens.push(token);
                     kept.push(value);
-                    if kept.len() == MAX_PRESENTED {
-                        break;
-                    }
                 }
             }
-        }
+            first = false;
+            kept.len() < MAX_PRESENTED
+        });
         if tokens.len() == 1 {
             return tokens.swap_remove(0);
         }
@@ -152,9 +147,11 @@ impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
 /// browser sends more than one when it holds cookies of that name for different domains or paths
 /// (after the app changed its cookie's `Domain` or `Path`, or when a sibling sub-domain sets one):
 /// the first that names a live session is used, so stale or planted cookies sent first cannot
-/// lock the visitor out unless they are this many well-formed tokens (for a server store, IDs;
-/// a sibling sub-domain can only plant IDs it made up, or copied). Malformed values and repeats
-/// take no place. The cap bounds the store loads one request can cause.
+/// lock the visitor out unless they are this many distinct well-formed tokens. That stops stale
+/// and accidental ones, not a sibling sub-domain that means harm: it can make up three
+/// well-formed IDs (or values of a sealed cookie's alphabet and length). A `__Host-` cookie name
+/// keeps it from setting any. Malformed values, empty ones and repeats take no place. The cap
+/// bounds the store loads one request can cause.
 pub(crate) const MAX_PRESENTED: usize = 3;
 
 /// Calls `visit` with the value of each cookie called `name` in the request's `Cookie` headers,
@@ -284,6 +281,9 @@ pin_project! {
     ///   at `warn`). They are abandoned too when the runtime shuts down before they are done
     ///   (`main` returning right after a graceful shutdown, say); that is logged at `warn` as
     ///   well, in the request's span.
+    /// - Abandoned in any of these ways, the calls stop where they stand, possibly half-done:
+    ///   what the paragraph above guards against (a `destroy` made, the session that was to
+    ///   follow it not stored) can then happen.
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,

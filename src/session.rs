@@ -49,7 +49,7 @@ use crate::store::{BoxFuture, Renamed, Saved, StoreError, StoreErrorKind};
 #[non_exhaustive]
 pub enum Arrival {
     /// No session token came with the request: a new visitor (or one whose cookie the browser
-    /// already dropped).
+    /// already dropped). An empty cookie or token header counts as none.
     #[default]
     New,
     /// The token named a live session.

@@ -1196,7 +1196,7 @@ impl IntoBackend for CookieStore {
 impl ClientStore for CookieStore {
     fn plausible(&self, value: &str) -> bool {
         // Unpadded base64url of at least `MIN_SEALED_LEN` bytes.
-        value.len() >= (MIN_SEALED_LEN * 4).div_ceil(3)
+        value.len() >= base64_len(MIN_SEALED_LEN)
             && value
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

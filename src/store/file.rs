@@ -1341,8 +1341,7 @@ fn warn_if_foreign(inner: &Inner, folder: &fs::Metadata) {
     drop(file);
     let _ = fs::remove_file(&path);
     if let Ok(ours) = ours
-        && folder.uid() != ours
-        && folder.uid() != 0
+        && foreign(folder.uid(), ours)
     {
         tracing::warn!(
             folder_owner = folder.uid(),
@@ -1355,6 +1354,13 @@ fn warn_if_foreign(inner: &Inner, folder: &fs::Metadata) {
 
 #[cfg(not(unix))]
 fn warn_if_foreign(_inner: &Inner, _folder: &fs::Metadata) {}
+
+/// Whether a folder owned by `folder_owner` belongs to another user than the app's (`app_user`):
+/// neither the app's own user nor root, who can do anything anyway.
+#[cfg(unix)]
+fn foreign(folder_owner: u32, app_user: u32) -> bool {
+    folder_owner != app_user && folder_owner != 0
+}
 
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -1373,6 +1379,16 @@ mod tests {
     use super::*;
     use crate::{Expiry, SessionId};
     use time::Duration;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_folder_is_foreign_when_another_user_than_root_owns_it() {
+        assert!(!foreign(1000, 1000), "the app's own");
+        assert!(!foreign(0, 1000), "root's");
+        assert!(foreign(1001, 1000), "another user's");
+        assert!(foreign(65534, 0), "another user's, the app running as root");
+        assert!(!foreign(0, 0));
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

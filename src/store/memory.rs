@@ -77,9 +77,10 @@ const MAX_SHARDS: usize = 1 << 16;
 /// Sessions kept in memory, in a map split into shards with one lock each.
 ///
 /// Good for tests, development and single-process apps that accept losing sessions on restart.
-/// Every operation holds one shard's lock for the time of a hash-map operation (a load also
-/// copies the session's values out under it, so a session holding megabytes holds up its shard
-/// that long), so requests of different sessions rarely wait on each other. Two things are shared by all shards: an operation
+/// Every operation holds one shard's lock briefly, so requests of different sessions rarely wait
+/// on each other: for a hash-map operation, plus copying the session's values out on a load (a
+/// session holding megabytes holds up its shard that long), plus, while the shard's index of
+/// deadlines holds many stale entries, a check of 256 of them on a write (see below). Two things are shared by all shards: an operation
 /// that changes a session's owner also takes the owner index's lock, inside the shard's, and
 /// creating or deleting a session updates the count of sessions (one atomic operation). Change
 /// sets are merged under the shard lock, so concurrent requests of one session that write
@@ -572,8 +573,10 @@ impl MemoryStore {
                     .filter(|key| shard.is_current(key, at))
                     .copied()
                     .collect();
-                shard.entries += rest.len();
-                shard.by_minute.entry(at).or_default().extend(rest);
+                if !rest.is_empty() {
+                    shard.entries += rest.len();
+                    shard.by_minute.entry(at).or_default().extend(rest);
+                }
                 break;
             }
             if let Some(mut record) = shard.records.remove(key) {
@@ -1087,6 +1090,9 @@ mod tests {
         let shard = &store.inner.shards[0];
         assert_eq!(store.sweep_shard(shard, later, 100, usize::MAX), 100);
         assert_eq!(store.len(), SWEEP_CHUNK * 3 + 7 - 100);
+        // The keys left over by the limit went back under their own minute: the index still
+        // files every record where its deadline falls.
+        assert_counted(&store);
         assert_eq!(
             store.delete_expired(later, usize::MAX).await.unwrap(),
             SWEEP_CHUNK * 3 + 7 - 100,
@@ -1095,6 +1101,40 @@ mod tests {
         assert!(store.is_empty());
         assert!(lock(shard).by_minute.is_empty(), "the index empties too");
         assert_counted(&store);
+    }
+
+    /// A sweep that reaches its limit in a chunk that also holds a stale entry puts back only
+    /// the current ones, under their own minute, and leaves no empty bucket behind.
+    #[test]
+    fn a_sweep_stopped_by_its_limit_keeps_the_index_whole() {
+        let store = MemoryStore::with_shards(1);
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let key = || SessionId::generate().unwrap().key();
+        let (a, moved) = (key(), key());
+        for k in [&a, &moved] {
+            store
+                .create_now(k, &record(now, Duration::minutes(1)), now)
+                .unwrap();
+        }
+        // One of them moves to a later minute (still over by the sweep's time): its first entry
+        // goes stale.
+        let later_deadline = ChangeSet {
+            idle_deadline: Some(now + Duration::minutes(3)),
+            ..ChangeSet::default()
+        };
+        assert_eq!(
+            store.save_now(&moved, &later_deadline, now).unwrap(),
+            Saved::Applied
+        );
+        let sweep_at = now + Duration::minutes(10);
+        let shard = &store.inner.shards[0];
+        // The first sweep deletes `a`, and reaches its limit at `moved`'s stale entry.
+        for _ in 0..2 {
+            assert_eq!(store.sweep_shard(shard, sweep_at, 1, usize::MAX), 1);
+            assert_counted(&store);
+        }
+        assert!(store.is_empty());
+        assert_eq!(lock(shard).entries, 0);
     }
 
     /// Polls the key's record without ever waiting for its shard's lock, until `seen` holds for
