@@ -248,8 +248,12 @@ async fn saves_never_recreate_a_key_deleted_behind_the_store() {
 
 #[tokio::test]
 async fn scripts_are_sent_again_after_a_script_flush() {
-    let url = single_url();
-    let store = single_store().await;
+    // A server of its own: on the shared one, another test's script call between the flush and
+    // the save would load the script again, and the reload path would go untested (and a flush
+    // of `$REDIS_URL`'s server would touch someone else's).
+    let server = RedisServer::start();
+    let url = server.url();
+    let store = RedisStore::open(&url).await.unwrap();
     let mut conn = raw(&url).await;
     let now = now();
     let key = SessionId::generate().unwrap().key();
@@ -1300,8 +1304,9 @@ async fn a_cluster_rename_stalled_on_the_new_keys_master_fails_cleanly() {
         }
     };
 
-    // Frozen past the response timeout: the rename fails.
-    let quick = cluster_store_with_timeout(&cluster, &prefix, StdDuration::from_secs(1)).await;
+    // Frozen past the response timeout: the rename fails. The save and load below must run
+    // while it waits: 3 s leaves them room on a loaded machine.
+    let quick = cluster_store_with_timeout(&cluster, &prefix, StdDuration::from_secs(3)).await;
     assert!(quick.create(&from, &stored, now).await.unwrap());
     frozen.freeze();
     let renaming = {

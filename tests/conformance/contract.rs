@@ -170,8 +170,21 @@ pub async fn save_of_an_expired_record_is_gone<S: SessionStore>(store: S) {
     short.idle_deadline = now + Duration::seconds(30);
     assert!(store.create(&k, &short, now).await.unwrap());
     let later = now + Duration::seconds(31);
+    // Expired by the caller's clock only (a Redis record's TTL follows the real one, so it is
+    // still stored there): a touch or a save that only moves the deadline must not revive it.
+    let revived = later + Duration::hours(1);
+    assert_eq!(
+        store.touch(&k, revived, short.expiry, later).await.unwrap(),
+        Saved::Gone
+    );
+    let mut deadline_only = ChangeSet::default();
+    deadline_only.idle_deadline = Some(revived);
+    assert_eq!(
+        store.save(&k, &deadline_only, later).await.unwrap(),
+        Saved::Gone
+    );
     let mut changes = set(&[("x", json!(1))]);
-    changes.idle_deadline = Some(later + Duration::hours(1));
+    changes.idle_deadline = Some(revived);
     assert_eq!(store.save(&k, &changes, later).await.unwrap(), Saved::Gone);
     assert_eq!(store.load(&k, later).await.unwrap(), None);
 }
@@ -701,7 +714,9 @@ const RACES: usize = 100;
 pub async fn rename_is_one_step_for_a_concurrent_save<S: SessionStore>(store: S) {
     let store = Arc::new(store);
     let now = now();
-    let (mut carried, mut refused) = (0, 0);
+    // Which way each round goes depends on the store and the scheduler (on a current-thread
+    // runtime an immediate store's save always comes second): each round checks that the
+    // outcome it got is whole, whichever it is.
     for _ in 0..RACES {
         let (from, to) = (key(), key());
         assert!(store.create(&from, &record(now), now).await.unwrap());
@@ -726,18 +741,15 @@ pub async fn rename_is_one_step_for_a_concurrent_save<S: SessionStore>(store: S)
                     Some(&json!("concurrent")),
                     "a save answered Applied was lost by the rename"
                 );
-                carried += 1;
             }
             // After it: refused, and not written anywhere.
             Saved::Gone => {
                 assert!(!moved.data.contains_key("x"));
-                refused += 1;
             }
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(store.load(&from, now).await.unwrap(), None);
     }
-    assert_eq!(carried + refused, RACES);
 }
 
 pub async fn rename_is_one_step_for_a_concurrent_revocation<S: SessionStore>(store: S) {

@@ -96,9 +96,10 @@ pub async fn an_unknown_token_is_not_adopted(b: Backend, side: Side) {
     assert_eq!(resp.body, "1");
     let issued = resp.expect_token();
     assert_ne!(issued, planted, "the planted token must not be adopted");
-    // Nothing was stored under the planted value (SECURITY.md 3).
+    // Nothing was stored under the planted value (SECURITY.md 3), not even an empty session.
     let resp = app.get("/get/n", Some(&planted)).await;
     assert_eq!(resp.body, "null");
+    assert_eq!(app.get("/arrival", Some(&planted)).await.body, expected);
     assert_eq!(app.get("/get/n", Some(&issued)).await.body, "1");
 }
 
@@ -276,6 +277,7 @@ pub async fn a_write_with_an_ended_token_gets_a_new_id(b: Backend, side: Side) {
     assert_eq!(resp.body, "1", "a fresh session");
     assert_ne!(resp.expect_token(), expired);
     assert_eq!(app.get("/get/n", Some(&expired)).await.body, "null");
+    assert_eq!(app.get("/arrival", Some(&expired)).await.body, "Expired");
 
     let destroyed = app.start().await;
     app.get("/destroy", Some(&destroyed)).await;
@@ -285,6 +287,7 @@ pub async fn a_write_with_an_ended_token_gets_a_new_id(b: Backend, side: Side) {
             assert_eq!(resp.body, "1", "a fresh session");
             assert_ne!(resp.expect_token(), destroyed);
             assert_eq!(app.get("/get/n", Some(&destroyed)).await.body, "null");
+            assert_eq!(app.get("/arrival", Some(&destroyed)).await.body, "Expired");
         }
         // Documented exception: a copy of a destroyed sealed session stays valid.
         Side::Client => assert_eq!(resp.body, "2"),
@@ -324,7 +327,7 @@ pub async fn absolute_lifetime_is_enforced_despite_activity(b: Backend, side: Si
 
 /// An absolute lifetime shortened after a session began ends it once it is older than that
 /// (SECURITY.md 9): what an operator does after a suspected theft.
-pub async fn a_shortened_absolute_lifetime_holds_for_existing_sessions(b: Backend, _: Side) {
+pub async fn a_shortened_absolute_lifetime_holds_for_existing_sessions(b: Backend, side: Side) {
     let expiry = Expiry::OnInactivity(Duration::days(1));
     let before = app(b.clone(), |l| l.expiry(expiry));
     let token = before.start().await;
@@ -334,6 +337,15 @@ pub async fn a_shortened_absolute_lifetime_holds_for_existing_sessions(b: Backen
     after.clock.advance(Duration::minutes(30));
     let resp = after.get("/incr/n", Some(&token)).await;
     assert_eq!(resp.body, "2", "alive within the new lifetime");
+    // The cookie store reseals on every write; a server store sends a cookie only when a touch
+    // is due, but whenever it does, its Max-Age must follow the new lifetime.
+    if side == Side::Client {
+        let max_age = resp.set_cookie().and_then(|c| c.max_age());
+        assert!(
+            max_age.is_some(),
+            "the cookie store resealed, with a Max-Age"
+        );
+    }
     if let Some(max_age) = resp.set_cookie().and_then(|c| c.max_age()) {
         // Stores keep whole seconds: the lifetime is held to the second, with one to spare.
         assert!(
@@ -1076,6 +1088,42 @@ pub async fn save_after_a_concurrent_destroy_reports_the_end(b: Backend, side: S
             assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
         }
         // Documented exception: nothing is written before the response.
+        Side::Client => assert_eq!(late.body, "ok"),
+    }
+}
+
+/// A request that loaded the session before another request rotated its ID (a login in another
+/// tab), and writes after: its write finds the old ID gone, says so, and neither brings the old ID
+/// back nor reaches the new one (DESIGN.md §3). The rotated session goes on under its new ID.
+pub async fn a_write_after_a_concurrent_rotation_does_not_revive_the_old_id(
+    b: Backend,
+    side: Side,
+) {
+    let app = default_app(b);
+    let old = app.start().await;
+    let slow = {
+        let app: App = app.clone();
+        let old = old.clone();
+        tokio::spawn(async move { app.get("/wait-save/late", Some(&old)).await })
+    };
+    app.signals.loaded.notified().await;
+    let rotated = app.get("/cycle", Some(&old)).await;
+    let new = follow(&rotated, &old);
+    assert_ne!(new, old);
+    app.signals.go.notify_one();
+    let late = slow.await.unwrap();
+    assert_eq!(late.status, StatusCode::OK);
+    match side {
+        Side::Server => {
+            assert_eq!(late.body, "Ended");
+            assert!(late.token().is_none(), "no cookie for the old ID");
+            assert_eq!(app.get("/arrival", Some(&old)).await.body, "Expired");
+            assert_eq!(app.get("/get/late", Some(&old)).await.body, "null");
+            assert_eq!(app.get("/get/late", Some(&new)).await.body, "null");
+            assert_eq!(app.get("/get/n", Some(&new)).await.body, "1");
+        }
+        // Documented exception: a sealed session is written into the response only, so the
+        // late request's cookie is a session of its own.
         Side::Client => assert_eq!(late.body, "ok"),
     }
 }

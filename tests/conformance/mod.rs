@@ -122,6 +122,7 @@ macro_rules! server_store_conformance {
             cycle_id_saved_then_a_server_error_moves_to_the_new_id,
             destroy_saved_ends_the_session_before_the_response,
             save_after_a_concurrent_destroy_reports_the_end,
+            a_write_after_a_concurrent_rotation_does_not_revive_the_old_id,
         );
     };
 }

@@ -180,7 +180,9 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if ping(port) {
-                return Some(server);
+                // The one answering may be another test's server, which took the port between
+                // `free_port` and this start (ours then exits): use it only if it is ours.
+                return (server_pid(port) == Some(server.redis_pid)).then_some(server);
             }
             if !server.is_running() {
                 // Most likely the port was taken meanwhile: the caller tries another.
@@ -321,6 +323,32 @@ fn ping(port: u16) -> bool {
     }
     let mut buf = [0u8; 7];
     stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// The process ID of the server listening on `port` (`INFO server`).
+fn server_pid(port: u16) -> Option<u32> {
+    let stream = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(200),
+    )
+    .ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    (&stream).write_all(b"INFO server\r\n").ok()?;
+    let mut reader = BufReader::new(&stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    let len: usize = header.trim().strip_prefix('$')?.parse().ok()?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8(body)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A Redis Cluster of 3 masters, each with `replicas` replicas.
