@@ -485,13 +485,19 @@ impl SessionLayerBuilder {
 
     /// Renders the response when the store fails: on load (through the extractor's rejection), in
     /// the layer's save after the handler (where any failure of that save goes through it: the
-    /// store's, or the OS random source's for a new ID, whose [`SessionErrorKind`](crate::SessionErrorKind) says which),
-    /// and in a store failure a handler returns from
-    /// [`Session::load`](crate::Session::load), [`save`](crate::Session::save) or
-    /// [`revoke_owner`](crate::Session::revoke_owner) with `?`. Default: `500 Internal Server
-    /// Error`, empty from the layer's save, with a short plain-text message from the extractor
-    /// or a handler's `?`. The [`SessionError`] is also put in the response's extensions for
-    /// outer layers.
+    /// store's, or the OS random source's for a new ID, whose
+    /// [`SessionErrorKind`](crate::SessionErrorKind) says which), and in a store failure a
+    /// handler returns from [`Session::load`](crate::Session::load),
+    /// [`save`](crate::Session::save) or [`revoke_owner`](crate::Session::revoke_owner) with `?`.
+    /// Default: `500 Internal Server Error`, empty from the layer's save, with a short plain-text
+    /// message from the extractor or a handler's `?`. The [`SessionError`] is also put in the
+    /// response's extensions for outer layers.
+    ///
+    /// The handler sees the error only. To render it by request (JSON under `/api`, a page
+    /// elsewhere), leave this unset and look for the error in the response's extensions in a
+    /// middleware outside the layer, as in the second example. Keep the response's headers: an
+    /// error response can carry cookies that must reach the client (a rotation another layer
+    /// or an explicit `save` made).
     ///
     /// # Examples
     ///
@@ -508,6 +514,35 @@ impl SessionLayerBuilder {
     ///     })
     ///     .build()?;
     /// # let _ = layer; Ok(()) }
+    /// ```
+    ///
+    /// Rendering by request, in an axum middleware outside the layer:
+    ///
+    /// ```
+    /// use axum::body::Body;
+    /// use axum::extract::Request;
+    /// use axum::middleware::{self, Next};
+    /// use axum::response::Response;
+    /// use axum::Router;
+    /// use http::header::{CONTENT_TYPE, HeaderValue};
+    /// use tower_satchel::{MemoryStore, SessionError, SessionLayer};
+    ///
+    /// async fn session_errors(request: Request, next: Next) -> Response {
+    ///     let api = request.uri().path().starts_with("/api/");
+    ///     let response = next.run(request).await;
+    ///     if !api || response.extensions().get::<SessionError>().is_none() {
+    ///         return response;
+    ///     }
+    ///     // The status and every header stay; only the body changes.
+    ///     let (mut parts, _) = response.into_parts();
+    ///     parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    ///     Response::from_parts(parts, Body::from(r#"{"error":"session unavailable"}"#))
+    /// }
+    ///
+    /// let app: Router = Router::new()
+    ///     .layer(SessionLayer::new(MemoryStore::new()))
+    ///     .layer(middleware::from_fn(session_errors));
+    /// # let _ = app;
     /// ```
     #[must_use]
     pub fn error_handler(

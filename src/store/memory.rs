@@ -80,11 +80,11 @@ const MAX_SHARDS: usize = 1 << 16;
 /// Every operation holds one shard's lock briefly, so requests of different sessions rarely wait
 /// on each other: for a hash-map operation, plus copying the session's values out on a load (a
 /// session holding megabytes holds up its shard that long), plus, while the shard's index of
-/// deadlines holds many stale entries, a check of 256 of them on a write (see below). Two things are shared by all shards: an operation
-/// that changes a session's owner also takes the owner index's lock, inside the shard's, and
-/// creating or deleting a session updates the count of sessions (one atomic operation). Change
-/// sets are merged under the shard lock, so concurrent requests of one session that write
-/// different keys both keep their writes.
+/// deadlines holds many stale entries, a check of 256 of them on a write (see the module docs).
+/// Two things are shared by all shards: an operation that changes a session's owner also takes
+/// the owner index's lock, inside the shard's, and creating or deleting a session updates the
+/// count of sessions (one atomic operation). Change sets are merged under the shard lock, so
+/// concurrent requests of one session that write different keys both keep their writes.
 ///
 /// Expired records are dropped when a load finds them, and by
 /// [`delete_expired`](SessionStore::delete_expired), which finds them through a per-shard index of
