@@ -859,8 +859,8 @@ impl SessionStore for MemoryStore {
         self.rename_now(from, to, changes, now)
     }
 
-    /// Yields to the runtime every [`CHUNKS_PER_YIELD`] chunks, so that a long sweep (many
-    /// expired sessions, or many stale index entries) lets requests on the same thread run.
+    // Yields to the runtime every `CHUNKS_PER_YIELD` chunks, so that a long sweep (many expired
+    // sessions, or many stale index entries) lets requests on the same thread run.
     async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
         let mut deleted = 0;
         let mut chunks = 0usize;
