@@ -468,10 +468,15 @@ mod tests {
             let mut record = sample();
             record.data.insert("tree".into(), nested(levels));
             // Refusing to encode is fine (the store reports an error and keeps what it had);
-            // encoding what cannot be read back loses the session on its next load.
-            if let Ok(bytes) = record.encode() {
-                let back = Record::decode(&bytes);
-                assert!(back.is_ok(), "{levels} levels: encoded, but {back:?}");
+            // encoding what cannot be read back loses the session on its next load. Up to the
+            // limit it must encode; past it, it must be refused.
+            match record.encode() {
+                Ok(bytes) => {
+                    assert!(levels <= MAX_VALUE_DEPTH, "{levels} levels encoded");
+                    let back = Record::decode(&bytes);
+                    assert!(back.is_ok(), "{levels} levels: encoded, but {back:?}");
+                }
+                Err(_) => assert!(levels > MAX_VALUE_DEPTH, "{levels} levels refused"),
             }
         }
     }

@@ -907,12 +907,30 @@ mod tests {
 
     #[test]
     fn vary_is_added_once() {
-        let mut headers = HeaderMap::new();
-        headers.insert(VARY, HeaderValue::from_static("Accept-Encoding, Cookie"));
-        add_vary(&mut headers, HeaderValue::from_static("cookie"));
-        assert_eq!(headers.get_all(VARY).iter().count(), 1);
-        let mut headers = HeaderMap::new();
-        add_vary(&mut headers, HeaderValue::from_static("cookie"));
-        assert_eq!(headers.get(VARY), Some(&HeaderValue::from_static("cookie")));
+        let vary_after = |before: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for value in before {
+                headers.append(VARY, HeaderValue::from_static(value));
+            }
+            add_vary(&mut headers, HeaderValue::from_static("cookie"));
+            headers
+                .get_all(VARY)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        // The handler's own values stay as they are; `cookie` is added unless already there
+        // (in any case, in a list) or `*` covers it.
+        assert_eq!(vary_after(&[]), ["cookie"]);
+        assert_eq!(
+            vary_after(&["Accept-Encoding, Cookie"]),
+            ["Accept-Encoding, Cookie"]
+        );
+        assert_eq!(
+            vary_after(&["Accept-Encoding"]),
+            ["Accept-Encoding", "cookie"]
+        );
+        assert_eq!(vary_after(&["*"]), ["*"]);
+        assert_eq!(vary_after(&["Origin", "COOKIE"]), ["Origin", "COOKIE"]);
     }
 }

@@ -946,6 +946,44 @@ impl Session {
         }
     }
 
+    /// The ID whose cookie a [`Session::save`] left for the response to refresh (a new
+    /// `Max-Age` for the ID the client sent), if any. Another request may have ended or rotated
+    /// that session since the save, and sent a new cookie: this one, sent later, would put the
+    /// retired ID back over it. A commit that makes a store call of its own finds out (and
+    /// [`forget_pending_for`](Self::forget_pending_for) drops the cookie); one that makes none
+    /// checks with [`Session::check_refresh`].
+    fn refresh_to_check(&self) -> Option<SessionId> {
+        if !self.0.pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let state = self.state();
+        let Some(TokenAction::Set { value, .. }) = state.pending.as_deref() else {
+            return None;
+        };
+        let presented = |incoming: &Incoming| match incoming {
+            Incoming::Id(id) if id.expose() == *value => Some(id.clone()),
+            _ => None,
+        };
+        match &self.0.incoming {
+            Incoming::Several(tokens) => tokens.iter().find_map(presented),
+            incoming => presented(incoming),
+        }
+    }
+
+    /// Drops the refresh cookie of [`refresh_to_check`](Self::refresh_to_check) unless the
+    /// store still holds the session `id` (a failed check drops it too: the cookie is only a
+    /// refresh, and the next due request sends another).
+    fn check_refresh(&self, id: &SessionId, found: &Result<Option<Record>, StoreError>) {
+        if !matches!(found, Ok(Some(_))) {
+            tracing::debug!(
+                scope = self.0.config.scope,
+                session = %id.log_tag(),
+                "the session a save refreshed ended before the response; its cookie is not sent"
+            );
+            self.forget_pending_for(id);
+        }
+    }
+
     /// The token a [`Session::save`] left for the response, unless `committed` carries a newer
     /// one. Called by the service with what the layer's own save gave.
     pub(crate) fn with_saved_token(&self, mut committed: Committed) -> Committed {
@@ -1712,10 +1750,26 @@ impl Session {
         }
         let now = self.0.config.clock.now();
         match self.plan(now, server_error) {
-            (Plan::Nothing, read) => Finish::Ready(Ok(Committed {
-                token: TokenAction::Keep,
-                read,
-            })),
+            (Plan::Nothing, read) => {
+                let committed = Committed {
+                    token: TokenAction::Keep,
+                    read,
+                };
+                let (Some(id), Kind::Server(store)) = (self.refresh_to_check(), &self.0.backend.0)
+                else {
+                    return Finish::Ready(Ok(committed));
+                };
+                if let Some(immediate) = store.immediate() {
+                    self.check_refresh(&id, &immediate.load_now(&id.key(), now));
+                    return Finish::Ready(Ok(committed));
+                }
+                let (session, store) = (self.clone(), store.clone());
+                Finish::Pending(Box::pin(async move {
+                    let found = store.load(&id.key(), now).await;
+                    session.check_refresh(&id, &found);
+                    Ok(committed)
+                }))
+            }
             (plan, read) => {
                 // A save, a touch or a new session's create with an ImmediateStore is made here and
                 // now; every other store call goes into the boxed future of `execute`.
@@ -1845,7 +1899,14 @@ impl Session {
         let session = self.clone();
         let done = move |token| Ok(Committed { token, read });
         match (plan, self.0.backend.0.clone()) {
-            (Plan::Nothing, _) => Box::pin(async move { done(TokenAction::Keep) }),
+            (Plan::Nothing, Kind::Server(store)) => Box::pin(async move {
+                if let Some(id) = session.refresh_to_check() {
+                    let found = store.load(&id.key(), now).await;
+                    session.check_refresh(&id, &found);
+                }
+                done(TokenAction::Keep)
+            }),
+            (Plan::Nothing, Kind::Client(_)) => Box::pin(async move { done(TokenAction::Keep) }),
             (
                 Plan::Seal {
                     record,

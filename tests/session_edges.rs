@@ -21,6 +21,7 @@ use time::Duration;
 use tower::ServiceExt;
 use tower_satchel::{
     Arrival, Clock, Expiry, ManualClock, MemoryStore, ScopedSession, Session, SessionLayer,
+    SessionStore,
 };
 
 async fn send(router: &Router, path: &str, cookie: Option<&str>) -> Response<Body> {
@@ -221,13 +222,28 @@ async fn a_saved_cookie_is_not_sent_for_a_session_that_ended_meanwhile() {
                 }
             }),
         )
+        .route(
+            "/alone",
+            get(|session: Session| async move {
+                session.save().await.unwrap();
+                session.insert("late", true).unwrap();
+                "done"
+            }),
+        )
         .layer(layer());
+    // Without the concurrent login, the refresh cookie the save owes does go out.
+    clock.advance(Duration::minutes(7));
+    let response = send(&slow, "/alone", Some(&cookie)).await;
+    let refreshed = set_cookie(&response).expect("the save's refresh cookie");
+    assert_eq!(format!("id={}", refreshed.value()), cookie);
+    assert_eq!(refreshed.max_age(), Some(Duration::hours(1)));
     clock.advance(Duration::minutes(7));
     let response = send(&slow, "/", Some(&cookie)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
         set_cookie(&response).is_none(),
-        "the retired ID was sent again"
+        "the retired ID was sent again: {:?} (old {cookie})",
+        set_cookie(&response)
     );
 }
 
@@ -592,7 +608,11 @@ async fn a_handle_kept_past_the_response_knows_the_id_the_cookie_carries() {
 
 /// A router whose `/rotate` handler loads the session, signals `loaded`, waits for `go`, then
 /// calls `cycle_id` and writes `user`; meanwhile the test sends other requests of the session.
-fn rotation_router(loaded: Arc<tokio::sync::Notify>, go: Arc<tokio::sync::Notify>) -> Router {
+fn rotation_router(
+    store: &MemoryStore,
+    loaded: Arc<tokio::sync::Notify>,
+    go: Arc<tokio::sync::Notify>,
+) -> Router {
     Router::new()
         .route("/start", start_route())
         .route(
@@ -629,13 +649,15 @@ fn rotation_router(loaded: Arc<tokio::sync::Notify>, go: Arc<tokio::sync::Notify
                 format!("{:?} {:?} {:?}", get("n"), get("cart"), get("user"))
             }),
         )
-        .layer(SessionLayer::new(MemoryStore::new()))
+        .layer(SessionLayer::new(store.clone()))
 }
 
 /// Starts a session, then a `/rotate` request of it, and returns once that request has loaded
 /// the session: the router, the session's cookie, the `Notify` that lets the rotation go on, and
 /// the rotating request.
-async fn start_rotation() -> (
+async fn start_rotation(
+    store: &MemoryStore,
+) -> (
     Router,
     String,
     Arc<tokio::sync::Notify>,
@@ -643,7 +665,7 @@ async fn start_rotation() -> (
 ) {
     let loaded = Arc::new(tokio::sync::Notify::new());
     let go = Arc::new(tokio::sync::Notify::new());
-    let router = rotation_router(loaded.clone(), go.clone());
+    let router = rotation_router(store, loaded.clone(), go.clone());
     let response = send(&router, "/start", None).await;
     let old = format!("id={}", set_cookie(&response).unwrap().value());
     let rotation = tokio::spawn({
@@ -656,7 +678,8 @@ async fn start_rotation() -> (
 
 #[tokio::test]
 async fn a_rotation_keeps_what_a_concurrent_request_saved() {
-    let (router, old, go, rotation) = start_rotation().await;
+    let store = MemoryStore::new();
+    let (router, old, go, rotation) = start_rotation(&store).await;
     // Saved while the rotating request runs, after it loaded the session.
     assert_eq!(
         send(&router, "/cart", Some(&old)).await.status(),
@@ -681,7 +704,8 @@ async fn a_rotation_keeps_what_a_concurrent_request_saved() {
 
 #[tokio::test]
 async fn a_rotation_does_not_revive_a_session_ended_meanwhile() {
-    let (router, old, go, rotation) = start_rotation().await;
+    let store = MemoryStore::new();
+    let (router, old, go, rotation) = start_rotation(&store).await;
     // Logged out elsewhere while the rotating request runs.
     send(&router, "/logout", Some(&old)).await;
     go.notify_one();
@@ -695,6 +719,7 @@ async fn a_rotation_does_not_revive_a_session_ended_meanwhile() {
         text(send(&router, "/dump", Some(&old)).await).await,
         "None None None"
     );
+    assert!(store.is_empty(), "no session under a new ID either");
 }
 
 /// The session shared across sub-domains (the outer layer).
@@ -1245,6 +1270,7 @@ async fn a_rotation_the_client_walked_away_from_is_finished() {
             get(|session: Session| async move {
                 session.cycle_id();
                 session.insert("n", 2).unwrap();
+                session.set_owner("walker");
                 "rotated"
             }),
         )
@@ -1260,4 +1286,16 @@ async fn a_rotation_the_client_walked_away_from_is_finished() {
         1,
         "the session lives on under the new ID only"
     );
+    // With the request's change: the owner it set finds it, and its `n` is 2.
+    let now = time::OffsetDateTime::now_utc();
+    let listed = SessionStore::list_owner(&plain.inner, "walker", now)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "one session of the owner: {listed:?}");
+    let moved = &listed[0];
+    let record = SessionStore::load(&plain.inner, &moved.key, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.data.get("n"), Some(&serde_json::json!(2)));
 }

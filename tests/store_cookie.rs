@@ -866,7 +866,7 @@ async fn a_lower_configured_limit_is_enforced() {
 fn seal_refuses_exactly_what_exceeds_4096_bytes_of_name_and_value() {
     let store = store();
     let mut record = record();
-    let mut largest = 0;
+    let (mut largest, mut refused) = (0, false);
     for size in (2800..3200).step_by(1) {
         record.data.insert("blob".into(), json!("x".repeat(size)));
         match store.seal("session", &record, t0()) {
@@ -882,10 +882,12 @@ fn seal_refuses_exactly_what_exceeds_4096_bytes_of_name_and_value() {
                     .data
                     .insert("blob".into(), json!("x".repeat(size + 1)));
                 assert!(store.seal("session", &record, t0()).is_err());
+                refused = true;
                 break;
             }
         }
     }
+    assert!(refused, "some size up to 3,200 bytes was refused");
     assert!(
         largest > 4090,
         "the limit is used up to its last bytes: {largest}"
@@ -1041,6 +1043,15 @@ async fn without_a_hook_revoke_owner_is_unsupported() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let error = response
+        .extensions()
+        .get::<tower_satchel::SessionError>()
+        .expect("the error in the response's extensions");
+    assert_eq!(
+        error.store_error().map(tower_satchel::StoreError::kind),
+        Some(StoreErrorKind::Unsupported),
+        "{error}"
+    );
 }
 
 // -------------------------------------------------------------------------------------------------

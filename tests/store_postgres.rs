@@ -1,6 +1,6 @@
 //! The PostgreSQL store: the conformance suite against a real server, plus concurrency, two app
-//! instances, a server restart, a frozen server, a full disk, a missing table, and what the rows
-//! hold.
+//! instances, a server restart, a frozen server, a full disk, a missing table, unreadable rows,
+//! and what the rows hold.
 //!
 //! Needs a PostgreSQL server at `$DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! where the user may create schemas; each store gets its own schema, dropped afterwards. The
@@ -20,6 +20,7 @@ use std::time::Duration as StdDuration;
 use axum::http::StatusCode;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
+use support_sql::pg::table_of;
 use support_sql::{app, pg, unique};
 use time::{Duration, OffsetDateTime};
 use tower_satchel::{
@@ -43,7 +44,10 @@ fn now() -> OffsetDateTime {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_id_writes_nothing() {
     let store = pg::store().await;
-    support_sql::an_unknown_id_writes_nothing(store.store.clone()).await;
+    support_sql::an_unknown_id_writes_nothing(store.store.clone(), async || {
+        pg::count_rows(&store).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,14 +225,6 @@ async fn rows_hold_the_hashed_id_and_never_the_session_id() {
     );
 }
 
-/// `"schema"."tower_satchel_sessions"` of a test store, from its schema SQL.
-fn table_of(store: &PostgresStore) -> String {
-    let sql = store.schema_sql();
-    let start =
-        sql.find("CREATE TABLE IF NOT EXISTS ").unwrap() + "CREATE TABLE IF NOT EXISTS ".len();
-    sql[start..].split_whitespace().next().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_after_expiry_does_not_revive_the_row() {
     let store = pg::store().await;
@@ -247,6 +243,109 @@ async fn a_save_after_expiry_does_not_revive_the_row() {
         assert_eq!(owner, None);
     })
     .await;
+}
+
+/// A `tracing` writer that keeps what is logged.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// A row the store cannot read reads as no session (DESIGN §5), with a warning naming the problem
+/// and the session's log tag (never its key). `jsonb` holds only valid JSON and the table's CHECK
+/// only an object in `data`, so the damage is of content: data nested deeper than the store
+/// reads, an expiry that is no policy, a negative format version, and a newer one (as a newer
+/// release sharing the table would write). `load` only reads, so the row stays (a newer
+/// release's session in particular), and revoking its owner still deletes it. Other sessions are
+/// unaffected.
+#[tokio::test(flavor = "current_thread")]
+async fn unreadable_rows_read_as_no_session_are_logged_and_kept() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let store = pg::store().await;
+    let table = table_of(&store);
+    let now = now();
+    let good = conformance::contract::key();
+    assert!(
+        store
+            .create(&good, &conformance::contract::record(now), now)
+            .await
+            .unwrap()
+    );
+    let newer = format!("version = {}", tower_satchel::RECORD_VERSION + 1);
+    let damages = [
+        // Nested deeper than serde_json reads (128 levels); the table's CHECK keeps anything but
+        // an object out of `data`.
+        (
+            "data = jsonb_build_object('deep', (repeat('[', 200) || repeat(']', 200))::jsonb)",
+            "data is not a JSON object",
+        ),
+        ("expiry = '{\"Someday\": 1}'", "unreadable expiry"),
+        ("version = -1", "negative record version"),
+        (
+            newer.as_str(),
+            "record format version newer than this crate",
+        ),
+    ];
+    for (damage, problem) in damages {
+        let key = conformance::contract::key();
+        let record = conformance::contract::owned(now, "mallory");
+        assert!(store.create(&key, &record, now).await.unwrap());
+        let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET {damage} WHERE id = $1"
+        )))
+        .bind(key.as_bytes().as_slice())
+        .execute(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(changed.rows_affected(), 1, "{damage}");
+
+        assert_eq!(store.load(&key, now).await.unwrap(), None, "{damage}");
+        let text = logs.text();
+        let line = text
+            .lines()
+            .find(|line| line.contains(&key.log_tag().to_string()))
+            .unwrap_or_else(|| panic!("{damage}: no line with the session's tag in\n{text}"));
+        assert!(line.contains("WARN"), "{damage}: {line}");
+        assert!(line.contains("unreadable session row"), "{damage}: {line}");
+        assert!(line.contains(problem), "{damage}: {line}");
+        assert!(!text.contains(&key.to_hex()), "{damage}: the key leaked");
+        let kept: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE id = $1 AND {damage}"
+        )))
+        .bind(key.as_bytes().as_slice())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(kept, 1, "{damage}: the row was not kept as it was");
+    }
+    assert!(store.load(&good, now).await.unwrap().is_some());
+    assert_eq!(store.delete_owner("mallory").await.unwrap(), damages.len());
+    assert_eq!(
+        pg::count_rows(&store).await,
+        1,
+        "only the readable session is left"
+    );
 }
 
 /// A session row locked by a long transaction elsewhere: the request that needs to write it gets
@@ -318,13 +417,22 @@ async fn with_its_own_pool_a_timed_out_write_is_never_applied() {
 }
 
 /// A write that had to wait for a pooled connection first: the store must not give up on it
-/// while the server (`statement_timeout`, set by `connect`) may still apply it. The session row
-/// is locked elsewhere; the app holds every connection of the store's pool for 600 ms of the
-/// store's 1 s timeout, then the lock is released 600 ms after the statement was sent, before
-/// the server's 900 ms limit ends it. Whatever the save answers must be what the row holds: an
-/// error with the write applied anyway is what `with_timeout` promises never happens.
+/// while the server (`statement_timeout`, set by `connect`) may still apply it, so its limit for
+/// the statement starts when the statement is sent, as the server's does (`with_timeout`).
+///
+/// The store's timeout is 4 s (the server's 3.6 s). The session row is locked elsewhere, and the
+/// app holds every connection of the store's pool for the first 2.5 s of the save: the save sends
+/// nothing meanwhile. Once it has a connection, its `UPDATE` waits for the lock, which is released
+/// 2 s after the server shows it waiting. By then the save has taken 4.5 s, more than the store's
+/// timeout: a store counting from the start of the wait would have given up with an error 1.5 s
+/// after sending, and the server, whose limit was not reached, would then have applied the write
+/// anyway. The save must instead wait, succeed and its write be there. (The margins are wide: the
+/// server's limit is 1.6 s away when the lock goes, the store's own 2 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_sent_after_waiting_for_a_connection_is_not_applied_behind_an_error() {
+async fn a_write_sent_after_waiting_for_a_connection_gets_the_whole_timeout() {
+    const TIMEOUT: StdDuration = StdDuration::from_secs(4);
+    const HOLD: StdDuration = StdDuration::from_millis(2500);
+    const LOCKED_AFTER_SENT: StdDuration = StdDuration::from_secs(2);
     let schema = unique("satchel_test");
     let _cleanup = pg::drop_schema_later(schema.clone());
     let store = PostgresStore::connect(&pg::url())
@@ -332,7 +440,7 @@ async fn a_write_sent_after_waiting_for_a_connection_is_not_applied_behind_an_er
         .unwrap()
         .with_schema(&schema)
         .unwrap()
-        .with_timeout(StdDuration::from_millis(1000));
+        .with_timeout(TIMEOUT);
     store.migrate().await.unwrap();
     let now = now();
     let key = conformance::contract::key();
@@ -342,48 +450,83 @@ async fn a_write_sent_after_waiting_for_a_connection_is_not_applied_behind_an_er
             .await
             .unwrap()
     );
-    let admin_pool = pg::pool(1).await;
+    let table = table_of(&store);
+    let admin_pool = pg::pool(2).await;
     let mut admin = admin_pool.begin().await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {} FOR UPDATE",
-        table_of(&store)
+        "SELECT id FROM {table} FOR UPDATE"
     )))
     .fetch_all(&mut *admin)
     .await
     .unwrap();
+    // The store's `UPDATE` of this table while the server runs it: whether it waits for a lock.
+    let update_waits_for_lock = async || -> Option<bool> {
+        sqlx::query_scalar(
+            "SELECT wait_event_type IS NOT DISTINCT FROM 'Lock' FROM pg_stat_activity \
+             WHERE state = 'active' AND starts_with(query, 'UPDATE ' || $1)",
+        )
+        .bind(&table)
+        .fetch_optional(&admin_pool)
+        .await
+        .unwrap()
+    };
     let mut held = Vec::new();
     for _ in 0..store.pool().options().get_max_connections() {
         held.push(store.pool().acquire().await.unwrap());
     }
 
-    let started = std::time::Instant::now();
+    let (began_tx, began) = tokio::sync::oneshot::channel();
     let save = tokio::spawn({
         let store = store.clone();
         async move {
             let mut changes = ChangeSet::default();
             changes.set.insert("late".into(), json!(true));
-            store.save(&key, &changes, now).await
+            let began = std::time::Instant::now();
+            began_tx.send(began).unwrap();
+            let saved = store.save(&key, &changes, now).await;
+            (saved, began.elapsed())
         }
     });
-    tokio::time::sleep(StdDuration::from_millis(600)).await;
-    drop(held);
-    tokio::time::sleep(StdDuration::from_millis(1200).saturating_sub(started.elapsed())).await;
-    admin.rollback().await.unwrap();
-    let saved = save.await.unwrap();
-    tokio::time::sleep(StdDuration::from_millis(500)).await;
-    let applied = store
-        .load(&key, now)
-        .await
-        .unwrap()
-        .unwrap()
-        .data
-        .contains_key("late");
+    let began = began.await.unwrap();
+    tokio::time::sleep_until((began + HOLD).into()).await;
+    // Every connection was held all along: the save still waits for one and has sent nothing.
+    assert!(!save.is_finished(), "{:?}", save.await.unwrap());
     assert_eq!(
-        saved.is_ok(),
-        applied,
-        "the save answered {saved:?}, and the write was {}applied",
-        if applied { "" } else { "not " }
+        update_waits_for_lock().await,
+        None,
+        "sent without a connection"
     );
+    drop(held);
+
+    // It gets one and its statement reaches the server, where it waits for the lock.
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+    while update_waits_for_lock().await != Some(true) {
+        assert!(!save.is_finished(), "{:?}", save.await.unwrap());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the save's statement never waited for the lock"
+        );
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    tokio::time::sleep(LOCKED_AFTER_SENT).await;
+    // Longer than the store's timeout since the save began, and still waiting.
+    assert!(began.elapsed() > TIMEOUT);
+    assert!(
+        !save.is_finished(),
+        "the store gave up on a statement sent {LOCKED_AFTER_SENT:?} ago: {:?}",
+        save.await.unwrap()
+    );
+    assert_eq!(update_waits_for_lock().await, Some(true));
+    admin.rollback().await.unwrap();
+
+    let (saved, took) = save.await.unwrap();
+    assert!(
+        matches!(saved, Ok(Saved::Applied)),
+        "the save answered {saved:?} after {took:?}"
+    );
+    assert!(took > TIMEOUT, "{took:?}");
+    let record = store.load(&key, now).await.unwrap().unwrap();
+    assert_eq!(record.data.get("late"), Some(&json!(true)));
 }
 
 /// A store timeout beyond what PostgreSQL accepts for `statement_timeout` (an `int` of
@@ -564,12 +707,8 @@ async fn nul_characters_are_an_encoding_error_unless_in_a_removed_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cleanup_task_deletes_expired_rows_in_batches() {
     let store = pg::store().await;
-    let table = table_of(&store);
     support_sql::the_cleanup_task_deletes_expired_rows(store.store.clone(), async || {
-        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
+        pg::count_rows(&store).await
     })
     .await;
 }

@@ -57,7 +57,8 @@ async fn the_app_still_gets_pool_connections_while_the_store_is_saturated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_id_writes_nothing() {
     let store = lite::store().await;
-    support_sql::an_unknown_id_writes_nothing(store.store.clone()).await;
+    support_sql::an_unknown_id_writes_nothing(store.store.clone(), async || count(&store).await)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -260,11 +260,19 @@ pub mod pg {
         (store, drop_schema_later(schema))
     }
 
-    /// Rows in the store's table (by schema name), for white-box checks.
-    pub async fn count_rows(pool: &PgPool, schema: &str) -> i64 {
-        let sql = format!("SELECT count(*) FROM \"{schema}\".tower_satchel_sessions");
+    /// `"schema"."tower_satchel_sessions"` of a test store, from its schema SQL.
+    pub fn table_of(store: &PostgresStore) -> String {
+        let sql = store.schema_sql();
+        let start =
+            sql.find("CREATE TABLE IF NOT EXISTS ").unwrap() + "CREATE TABLE IF NOT EXISTS ".len();
+        sql[start..].split_whitespace().next().unwrap().to_owned()
+    }
+
+    /// Rows in the store's table, whatever their deadline, counted in SQL for white-box checks.
+    pub async fn count_rows(store: &PostgresStore) -> i64 {
+        let sql = format!("SELECT count(*) FROM {}", table_of(store));
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
+            .fetch_one(store.pool())
             .await
             .unwrap()
     }
@@ -306,19 +314,27 @@ pub mod lite {
 }
 
 /// A request naming an ID nobody issued loads it and writes nothing: no row, not even an expired
-/// placeholder (SECURITY.md 3). Every row, whatever its deadline, is one `delete_expired` far
-/// in the future would count.
-pub async fn an_unknown_id_writes_nothing<S: SessionStore + Clone>(store: S) {
+/// placeholder (SECURITY.md 3). `rows` counts the rows of the store's table in SQL, whatever their
+/// deadline.
+pub async fn an_unknown_id_writes_nothing<S: SessionStore + Clone>(
+    store: S,
+    rows: impl AsyncFn() -> i64,
+) {
     let app = app(store.clone());
+    // The count sees rows the app writes: a session started by the app is one.
+    let started = app.get("/incr", None).await;
+    assert_eq!(started.body, "1");
+    assert!(started.token.is_some(), "a new session gets a cookie");
+    assert_eq!(rows().await, 1);
     let planted = SessionId::generate().unwrap();
     let resp = app.get("/keys", Some(&planted.expose())).await;
     assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.body, "", "an unknown ID is an empty session");
     assert!(
         resp.token.is_none(),
         "no cookie for a session that does not exist"
     );
-    let far = OffsetDateTime::now_utc() + Duration::days(365 * 5000);
-    assert_eq!(store.delete_expired(far, 1_000_000).await.unwrap(), 0);
+    assert_eq!(rows().await, 1, "the unknown ID left a row behind");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -578,11 +594,13 @@ where
     let other = app_a.get("/login/alice", None).await.token.unwrap();
     let now = OffsetDateTime::now_utc();
     assert_eq!(admin.list_owner("alice", now).await.unwrap().len(), 2);
-    // The old ID was retired on B; A does not adopt it.
-    assert!(
-        app_a.get("/incr", Some(&token)).await.token.is_some(),
-        "old ID adopted"
-    );
+    // The old ID was retired on B; A does not adopt it: its request starts a fresh session (the
+    // old one counted to 3) under a new ID, not the old one nor the one B issued.
+    let stale = app_a.get("/incr", Some(&token)).await;
+    assert_eq!(stale.body, "1", "old ID adopted");
+    let fresh = stale.token.expect("a fresh session gets a cookie");
+    assert_ne!(fresh, token, "old ID adopted");
+    assert_ne!(fresh, alice);
     // Destroy on A is seen on B.
     assert_eq!(
         app_a.get("/destroy", Some(&other)).await.status,
@@ -683,8 +701,79 @@ pub async fn writes_after_expiry_are_refused<S: SessionStore>(
     assert!(store.create(&key, &record(later), later).await.unwrap());
 }
 
+/// A store that records every `delete_expired` call: the limit asked for and how many rows it
+/// deleted.
+#[derive(Clone)]
+pub struct SweepLog<S> {
+    pub store: S,
+    pub sweeps: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+}
+
+impl<S: SessionStore> SessionStore for SweepLog<S> {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<Record>, StoreError> {
+        self.store.load(key, now).await
+    }
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.store.create(key, record, now).await
+    }
+    async fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.store.save(key, changes, now).await
+    }
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        idle: OffsetDateTime,
+        basis: Expiry,
+        now: OffsetDateTime,
+    ) -> Result<Saved, StoreError> {
+        self.store.touch(key, idle, basis, now).await
+    }
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.store.delete(key).await
+    }
+    async fn rename(
+        &self,
+        from: &SessionKey,
+        to: &SessionKey,
+        changes: &ChangeSet,
+        now: OffsetDateTime,
+    ) -> Result<Renamed, StoreError> {
+        self.store.rename(from, to, changes, now).await
+    }
+    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
+        let deleted = self.store.delete_expired(now, limit).await?;
+        self.sweeps.lock().unwrap().push((limit, deleted));
+        Ok(deleted)
+    }
+    async fn list_owner(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        self.store.list_owner(owner, now).await
+    }
+    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
+        self.store.delete_owner(owner).await
+    }
+}
+
 /// 25 sessions expiring in 30 s and one live for 2 h; the cleanup task, on a clock a minute
-/// later and in batches of 10, deletes the 25 (counted by `rows`) and leaves the live one.
+/// later and in batches of 10, deletes the 25 (counted by `rows`) in batches of 10, 10 and 5,
+/// and leaves the live one.
 pub async fn the_cleanup_task_deletes_expired_rows<S>(store: S, rows: impl AsyncFn() -> i64)
 where
     S: SessionStore + Clone + Send + Sync + 'static,
@@ -700,9 +789,14 @@ where
     let mut long = record(now);
     long.idle_deadline = now + Duration::hours(2);
     assert!(store.create(&live, &long, now).await.unwrap());
+    assert_eq!(rows().await, 26);
 
+    let logged = SweepLog {
+        store: store.clone(),
+        sweeps: Arc::default(),
+    };
     let task = spawn_cleanup_with_clock(
-        store.clone(),
+        logged.clone(),
         CleanupConfig::default()
             .period(StdDuration::from_millis(50))
             .batch(10),
@@ -725,4 +819,10 @@ where
             .unwrap()
             .is_some()
     );
+    // Each sweep asked for the configured batch and the store deleted no more: 10, 10, then the
+    // last 5 (later sweeps find nothing).
+    let sweeps = logged.sweeps.lock().unwrap().clone();
+    assert!(sweeps.iter().all(|&(limit, _)| limit == 10), "{sweeps:?}");
+    let deleted: Vec<usize> = sweeps.iter().map(|&(_, n)| n).filter(|&n| n > 0).collect();
+    assert_eq!(deleted, [10, 10, 5], "{sweeps:?}");
 }
