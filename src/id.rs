@@ -217,6 +217,13 @@ fn log_secret() -> Option<&'static [u8; 32]> {
     Some(SECRET.get_or_init(|| secret))
 }
 
+/// Whether `text` holds only characters of the URL-safe base64 alphabet (`A-Z a-z 0-9 - _`), as
+/// every session token does: session IDs, and the cookie store's sealed values.
+pub(crate) fn is_base64url(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -278,8 +285,7 @@ mod tests {
     #[test]
     fn any_ascii_byte_outside_the_alphabet_is_rejected_at_any_position() {
         let good = SessionId::generate().unwrap().expose();
-        for byte in (0u8..0x80).filter(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'))
-        {
+        for byte in (0u8..0x80).filter(|b| !is_base64url(&char::from(*b).to_string())) {
             for at in 0..ENCODED_LEN {
                 let mut bad = good.clone().into_bytes();
                 bad[at] = byte;

@@ -687,9 +687,7 @@ fn token_header(config: &Config, value: String, max_age: Option<Duration>) -> Op
 fn set_cookie(config: &Config, value: &str, max_age: Option<Duration>) -> String {
     use std::fmt::Write as _;
     debug_assert!(
-        value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        crate::id::is_base64url(value),
         "a session token is base64url"
     );
     const MAX_AGE: &str = "; Max-Age=";

@@ -1751,23 +1751,18 @@ impl Session {
         let now = self.0.config.clock.now();
         match self.plan(now, server_error) {
             (Plan::Nothing, read) => {
-                let committed = Committed {
+                if let (Some(id), Kind::Server(store)) =
+                    (self.refresh_to_check(), &self.0.backend.0)
+                {
+                    match store.immediate() {
+                        Some(store) => self.check_refresh(&id, &store.load_now(&id.key(), now)),
+                        // `execute` checks it, as after a load.
+                        None => return Finish::Pending(self.execute(Plan::Nothing, read, now)),
+                    }
+                }
+                Finish::Ready(Ok(Committed {
                     token: TokenAction::Keep,
                     read,
-                };
-                let (Some(id), Kind::Server(store)) = (self.refresh_to_check(), &self.0.backend.0)
-                else {
-                    return Finish::Ready(Ok(committed));
-                };
-                if let Some(immediate) = store.immediate() {
-                    self.check_refresh(&id, &immediate.load_now(&id.key(), now));
-                    return Finish::Ready(Ok(committed));
-                }
-                let (session, store) = (self.clone(), store.clone());
-                Finish::Pending(Box::pin(async move {
-                    let found = store.load(&id.key(), now).await;
-                    session.check_refresh(&id, &found);
-                    Ok(committed)
                 }))
             }
             (plan, read) => {

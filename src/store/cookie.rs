@@ -1196,10 +1196,7 @@ impl IntoBackend for CookieStore {
 impl ClientStore for CookieStore {
     fn plausible(&self, value: &str) -> bool {
         // Unpadded base64url of at least `MIN_SEALED_LEN` bytes.
-        value.len() >= base64_len(MIN_SEALED_LEN)
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        value.len() >= base64_len(MIN_SEALED_LEN) && crate::id::is_base64url(value)
     }
 
     fn open<'a>(
