@@ -1362,3 +1362,122 @@ async fn a_cluster_rename_stalled_on_the_new_keys_master_fails_cleanly() {
     assert!(!kept.data.contains_key("moved"));
     assert_eq!(patient.load(&second_to, later).await.unwrap(), None);
 }
+
+/// A TCP proxy to Redis on `upstream` that relays both ways until the client sends the `nth`
+/// command holding `trigger`. Then, once: with `deliver`, that command goes through to Redis and the
+/// client's connection is cut before the answer comes back (a connection that drops after
+/// Redis ran a command); without, the connection is cut before the command goes through. Later
+/// connections are relayed as usual. Returns the proxy's port.
+async fn cutting_proxy(upstream: u16, trigger: Vec<u8>, nth: usize, deliver: bool) -> u16 {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                .await
+                .unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let cut = Arc::new(AtomicBool::new(false));
+            let (hits, trigger, cut_up) = (hits.clone(), trigger.clone(), cut.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = client_read.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let chunk = &buf[..n];
+                    let hit = chunk
+                        .windows(trigger.len())
+                        .any(|w| w == trigger.as_slice());
+                    if hit && hits.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+                        // No answer reaches the client from here on.
+                        cut_up.store(true, Ordering::SeqCst);
+                        if deliver {
+                            let _ = server_write.write_all(chunk).await;
+                            // Time for Redis to run it before the connection goes.
+                            tokio::time::sleep(StdDuration::from_millis(100)).await;
+                        }
+                        return; // drops both halves this task holds
+                    }
+                    if server_write.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 || cut.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A rename whose last step Redis runs but whose answer is lost (the connection drops): the
+/// rename asks whether it ran, finds that it did, and answers `Applied`, the session whole under
+/// its new key. Before, it took the rename back, deleting the new record: the session was lost.
+/// A last step that never reached Redis is taken back as before: the session stays under its
+/// old key, writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_whose_last_answer_is_lost_keeps_the_session() {
+    let server = RedisServer::start();
+    let direct = RedisStore::open(&server.url()).await.unwrap();
+    let now = now();
+    let stored = record(now, Duration::hours(1), None);
+    // Load the scripts into the server first, as a running app has: a cut `EVALSHA` must be one
+    // that runs.
+    let (a, b) = (fresh_key(), fresh_key());
+    assert!(direct.create(&a, &stored, now).await.unwrap());
+    let warm = direct.rename(&a, &b, &setting("warm", json!(1)), now).await;
+    assert_eq!(warm.unwrap(), Renamed::Applied);
+
+    for deliver in [true, false] {
+        let (from, to) = (fresh_key(), fresh_key());
+        assert!(direct.create(&from, &stored, now).await.unwrap());
+        // The session's key goes in the first step (the fence) and the last: cut at the last.
+        let trigger = format!("s:{{{}}}", from.to_hex()).into_bytes();
+        let port = cutting_proxy(server.port, trigger, 2, deliver).await;
+        let cut = RedisStore::open(&format!("redis://127.0.0.1:{port}/"))
+            .await
+            .unwrap();
+        let renamed = cut
+            .rename(&from, &to, &setting("moved", json!(true)), now)
+            .await;
+        if deliver {
+            assert_eq!(renamed.unwrap(), Renamed::Applied, "the rename was done");
+            let moved = direct
+                .load(&to, now)
+                .await
+                .unwrap()
+                .expect("the session, moved");
+            assert_eq!(moved.data.get("moved"), Some(&json!(true)));
+            assert_eq!(direct.load(&from, now).await.unwrap(), None);
+        } else {
+            assert!(renamed.is_err(), "{renamed:?}");
+            assert_eq!(direct.load(&to, now).await.unwrap(), None, "taken back");
+            assert_eq!(direct.load(&from, now).await.unwrap(), Some(stored.clone()));
+            assert_eq!(
+                direct
+                    .save(&from, &setting("after", json!(1)), now)
+                    .await
+                    .unwrap(),
+                Saved::Applied,
+                "the fence was released"
+            );
+        }
+    }
+}

@@ -221,17 +221,37 @@ redis.call('HSET', KEYS[1], 'f', ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 ";
 
-/// Step 3 of a rename, on the old key, once the new record is written. KEYS[1] session; ARGV[1]
-/// the fence. 1 when the session still carried this fence and is deleted (the rename is done);
-/// 0 when it is gone (deleted or revoked meanwhile); -1 when it is there without this fence (a
-/// write broke the fence once its time had passed, or another rename replaced it).
+/// Step 3 of a rename, on the old key, once the new record is written. KEYS[1] session, KEYS[2]
+/// its rename marker (see [`RENAME_MARKER_MS`]); ARGV[1] the fence. 1 when the session still
+/// carried this fence and is deleted (the rename is done), leaving the marker; 1 too when the
+/// marker says this rename was done already (the cluster client sends a script again when the
+/// connection dropped before its reply came); 0 when it is gone (deleted or revoked meanwhile);
+/// -1 when it is there without this fence (a write broke the fence once its time had passed, or
+/// another rename replaced it). The marker is written before the delete: under `maxmemory`,
+/// Redis refuses a script at its first write, and nothing is deleted then.
 const LUA_RENAME_COMMIT: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
 local f = redis.call('HGET', KEYS[1], 'f')
 if f == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
   redis.call('DEL', KEYS[1])
   return 1
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return -1
+";
+
+/// After step 3 of a rename failed without an answer (a timeout, a dropped connection), whether
+/// it ran: KEYS[1] session, KEYS[2] its rename marker; ARGV[1] the fence. 1 when the marker says
+/// it did (the rename is done); 0 when the session still carries this fence (it did not; the
+/// fence is removed, so it cannot run later either); -1 otherwise (the session is gone, or a
+/// write broke the fence: the rename did not happen).
+const LUA_RENAME_SETTLE: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+if redis.call('HGET', KEYS[1], 'f') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'f')
+  return 0
+end
 return -1
 ";
 
@@ -303,6 +323,7 @@ struct Scripts {
     delete_if_owner: Lua,
     rename_fence: Lua,
     rename_commit: Lua,
+    rename_settle: Lua,
     rename_release: Lua,
     index_add: Lua,
     index_remove: Lua,
@@ -318,6 +339,7 @@ impl Scripts {
             delete_if_owner: Lua::new(LUA_DELETE_IF_OWNER),
             rename_fence: Lua::new(LUA_RENAME_FENCE),
             rename_commit: Lua::new(LUA_RENAME_COMMIT),
+            rename_settle: Lua::new(LUA_RENAME_SETTLE),
             rename_release: Lua::new(LUA_RENAME_RELEASE),
             index_add: Lua::new(LUA_INDEX_ADD),
             index_remove: Lua::new(LUA_INDEX_REMOVE),
@@ -452,8 +474,9 @@ impl Conn {
 /// 2. The change set is applied to that copy, and the result is written under the new key by the
 ///    create script (an expired record there is replaced; a live one answers
 ///    [`Renamed::Taken`], after the fence is released).
-/// 3. A script on the old key deletes it if it still carries this rename's fence: the rename is
-///    done ([`Renamed::Applied`]). If the session was deleted meanwhile (a logout, a revocation),
+/// 3. A script on the old key deletes it if it still carries this rename's fence, and leaves a
+///    marker in its place (`<prefix>r:{<old key>}`, for a minute): the rename is done
+///    ([`Renamed::Applied`]). If the session was deleted meanwhile (a logout, a revocation),
 ///    the new record is deleted again and the answer is [`Renamed::Gone`]: a session that ended
 ///    is never brought back under a new ID (SECURITY.md 11, 12).
 ///
@@ -469,9 +492,13 @@ impl Conn {
 ///
 /// If a step fails (Redis unreachable, a timeout), the rename removes what it wrote, best effort
 /// (the fence, the new record and its index entry), and answers the error; the session stays
-/// under its old key, and the layer keeps the old cookie. One case loses the session: when the
-/// reply to step 3 is lost after Redis ran it, the old key is gone, and the new one is deleted
-/// as its ID was never given out; the user signs in again. If the app process dies between
+/// under its old key, and the layer keeps the old cookie. Step 3 may have run although its
+/// answer never came (lost with a dropped connection, or Redis stalled past the timeout and ran
+/// it afterwards): the rename then asks, by the marker, and answers [`Renamed::Applied`] if it
+/// ran (a retried step 3 finds the marker too, and answers the same). Only if that question
+/// goes unanswered as well does the rename keep the new record and answer the error: the old
+/// ID then names no session if step 3 ran (the user signs in again), and the new record, which
+/// no client holds, expires at the session's deadline. If the app process dies between
 /// steps 1 and 3, the fence runs out after five seconds (until then the session's writes are
 /// refused, its reads work), and a record may be left under the new key: no client has its ID,
 /// so it is never used, and it expires at the session's deadline (while the old key still
@@ -732,6 +759,12 @@ impl RedisStore {
     /// The Redis key of a session: `<prefix>s:{<hex>}`.
     fn session_key(&self, key: &SessionKey) -> Vec<u8> {
         key_name(&self.prefix, b's', key)
+    }
+
+    /// The Redis key of the marker a done rename leaves on its old key (see
+    /// [`LUA_RENAME_COMMIT`]): `<prefix>r:{<key hex>}`, in the session key's cluster slot.
+    fn rename_marker_key(&self, key: &SessionKey) -> Vec<u8> {
+        key_name(&self.prefix, b'r', key)
     }
 
     /// The Redis key of an owner's index: `<prefix>o:{<hex of SHA-256(owner)>}`.
@@ -1062,12 +1095,17 @@ impl RedisStore {
         // The old key goes if it still carries the fence; meanwhile, the index entry gets its
         // real score, so the index can expire (best effort, as in `save`).
         let refine = named_owner.zip(absolute);
+        let marker_key = self.rename_marker_key(from);
         let (committed, ()) = join2(
             self.eval(
                 &self.scripts.rename_commit,
-                from_key.len() + fence.len(),
+                from_key.len() + marker_key.len() + fence.len(),
                 |cmd| {
-                    cmd.arg(1).arg(&from_key).arg(&fence);
+                    cmd.arg(2)
+                        .arg(&from_key)
+                        .arg(&marker_key)
+                        .arg(&fence)
+                        .arg(RENAME_MARKER_MS);
                 },
             ),
             async {
@@ -1079,7 +1117,17 @@ impl RedisStore {
             },
         )
         .await;
-        let committed = committed.map_err(backend("Redis session rename failed"))?;
+        let committed = match committed {
+            Ok(reply) => reply,
+            // No answer: the commit may have run all the same (its reply lost, or Redis stalled
+            // past the timeout and ran it afterwards). Undoing blindly would then delete the
+            // only copy of the session: ask first.
+            Err(error) => {
+                return self
+                    .settle_rename(to, &from_key, &marker_key, &fence, done, error)
+                    .await;
+            }
+        };
         // Answered: the fence is gone with the session, or is not this rename's any more.
         done.fence = None;
         match int_reply(&committed) {
@@ -1090,6 +1138,53 @@ impl RedisStore {
                 "Redis session rename outlasted its fence and a write to the session came first; \
                  the session stays under its old ID",
             )),
+        }
+    }
+
+    /// After step 3 of a rename went unanswered (`error`): asks Redis whether it ran (see
+    /// [`LUA_RENAME_SETTLE`]). Done, the rename answers `Applied`. Not done, the fence is
+    /// released and `done` takes back the rest. Unknown (Redis does not answer this either),
+    /// the new record and its index entry are kept, as they may be the session's only copy,
+    /// and the fence runs out by itself.
+    async fn settle_rename(
+        &self,
+        to: &SessionKey,
+        from_key: &[u8],
+        marker_key: &[u8],
+        fence: &str,
+        done: &mut Undo,
+        error: ::redis::RedisError,
+    ) -> Result<Renamed, StoreError> {
+        let failed = backend("Redis session rename failed")(error);
+        let settled = self
+            .eval(
+                &self.scripts.rename_settle,
+                from_key.len() + marker_key.len() + fence.len(),
+                |cmd| {
+                    cmd.arg(2).arg(from_key).arg(marker_key).arg(fence);
+                },
+            )
+            .await;
+        match settled.as_ref().map(int_reply) {
+            Ok(Some(1)) => {
+                tracing::info!(session = %to.log_tag(), "session rename done, its answer lost on the way");
+                *done = Undo::default();
+                Ok(Renamed::Applied)
+            }
+            Ok(Some(0 | -1)) => {
+                done.fence = None;
+                Err(failed)
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    session = %to.log_tag(),
+                    "session rename unanswered, and whether it was done is unknown: its new \
+                     record is kept; the old ID works again once the fence runs out, or names \
+                     no session if the rename was done"
+                );
+                *done = Undo::default();
+                Err(failed)
+            }
         }
     }
 
@@ -1133,6 +1228,10 @@ impl RedisStore {
 /// How long an index entry of a session that does not exist is kept: the entry is written just
 /// before the session, so a session that is missing this soon after may still be on its way.
 const INDEX_GRACE_MS: i64 = 10 * 60 * 1000;
+
+/// How long the marker of a done rename stays on its old key (see [`LUA_RENAME_COMMIT`]): long
+/// after any retry of the commit, or the check that follows an unanswered one, can arrive.
+const RENAME_MARKER_MS: i64 = 60_000;
 
 /// How long a rename holds the session it moves (see "Renaming" on [`RedisStore`]): ample for
 /// its three round trips, short enough that a rename that died blocks the session's writes only
