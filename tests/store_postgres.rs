@@ -306,6 +306,12 @@ async fn unreadable_rows_read_as_no_session_are_logged_and_kept() {
             newer.as_str(),
             "record format version newer than this crate",
         ),
+        // Timestamps past the years sqlx can decode into `time` (it panicked on them).
+        ("idle_deadline = 'infinity'", "a timestamp out of range"),
+        (
+            "created_at = '12000-01-01 00:00:00+00'",
+            "a timestamp out of range",
+        ),
     ];
     for (damage, problem) in damages {
         let key = conformance::contract::key();
@@ -340,12 +346,62 @@ async fn unreadable_rows_read_as_no_session_are_logged_and_kept() {
         assert_eq!(kept, 1, "{damage}: the row was not kept as it was");
     }
     assert!(store.load(&good, now).await.unwrap().is_some());
+    // An absolute deadline of `infinity` is as good as none: the session reads.
+    let endless = conformance::contract::key();
+    assert!(
+        store
+            .create(&endless, &conformance::contract::record(now), now)
+            .await
+            .unwrap()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET absolute_deadline = 'infinity' WHERE id = $1"
+    )))
+    .bind(endless.as_bytes().as_slice())
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let loaded = store.load(&endless, now).await.unwrap().expect("a session");
+    assert_eq!(loaded.absolute_deadline, None);
+    // The owner's list leaves out what it cannot read, without failing (or panicking).
+    let listed = store.list_owner("mallory", now).await.unwrap();
+    assert!(listed.len() < damages.len(), "{listed:?}");
     assert_eq!(store.delete_owner("mallory").await.unwrap(), damages.len());
     assert_eq!(
         pg::count_rows(&store).await,
-        1,
-        "only the readable session is left"
+        2,
+        "only the readable sessions are left"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_row_is_neither_read_nor_written() {
+    let store = pg::store().await;
+    let table = table_of(&store);
+    let pool = store.pool().clone();
+    support_sql::a_newer_row_is_neither_read_nor_written(
+        store.store.clone(),
+        async |key| {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {table} SET version = version + 1 WHERE id = $1"
+            )))
+            .bind(key.as_bytes().as_slice())
+            .execute(&pool)
+            .await
+            .unwrap();
+        },
+        async |key| {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT version || data::text || idle_deadline::text || expiry::text \
+                 || coalesce(owner, '') FROM {table} WHERE id = $1"
+            )))
+            .bind(key.as_bytes().as_slice())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
 }
 
 /// A session row locked by a long transaction elsewhere: the request that needs to write it gets

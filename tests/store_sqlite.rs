@@ -178,6 +178,33 @@ async fn corrupt_rows_read_as_no_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_row_is_neither_read_nor_written() {
+    let store = lite::store().await;
+    let pool = store.pool().clone();
+    support_sql::a_newer_row_is_neither_read_nor_written(
+        store.store.clone(),
+        async |key| {
+            sqlx::query("UPDATE tower_satchel_sessions SET version = version + 1 WHERE id = ?1")
+                .bind(key.as_bytes().as_slice())
+                .execute(&pool)
+                .await
+                .unwrap();
+        },
+        async |key| {
+            sqlx::query_scalar(
+                "SELECT version || data || idle_deadline || expiry || coalesce(owner, '') \
+                 FROM tower_satchel_sessions WHERE id = ?1",
+            )
+            .bind(key.as_bytes().as_slice())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cleanup_task_deletes_expired_rows_in_batches() {
     let store = lite::store().await;
     support_sql::the_cleanup_task_deletes_expired_rows(store.store.clone(), async || {

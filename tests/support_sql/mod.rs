@@ -826,3 +826,47 @@ where
     let deleted: Vec<usize> = sweeps.iter().map(|&(_, n)| n).filter(|&n| n > 0).collect();
     assert_eq!(deleted, [10, 10, 5], "{sweeps:?}");
 }
+
+/// A row written by a newer version of the crate (a rolling upgrade) reads as no session, and no
+/// write of this version changes it: a save (with values or only metadata), a touch and a rename
+/// answer "gone", and the row is left as it was. `make_newer` raises the row's format version
+/// with SQL; `dump` reads the whole row back as text.
+pub async fn a_newer_row_is_neither_read_nor_written<S: SessionStore>(
+    store: S,
+    make_newer: impl AsyncFn(&SessionKey),
+    dump: impl AsyncFn(&SessionKey) -> String,
+) {
+    let now =
+        OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+    let key = SessionId::generate().unwrap().key();
+    let mut record = Record::new(
+        now,
+        now + Duration::hours(1),
+        None,
+        Expiry::OnInactivity(Duration::hours(1)),
+    );
+    record.data.insert("kept".into(), serde_json::json!(1));
+    assert!(store.create(&key, &record, now).await.unwrap());
+    make_newer(&key).await;
+    let before = dump(&key).await;
+    assert_eq!(store.load(&key, now).await.unwrap(), None);
+    let later = now + Duration::hours(2);
+    let mut values = ChangeSet::default();
+    values.set.insert("x".into(), serde_json::json!(1));
+    let mut metadata = ChangeSet::default();
+    metadata.idle_deadline = Some(later);
+    for changes in [&values, &metadata] {
+        assert_eq!(store.save(&key, changes, now).await.unwrap(), Saved::Gone);
+    }
+    assert_eq!(
+        store.touch(&key, later, record.expiry, now).await.unwrap(),
+        Saved::Gone
+    );
+    let to = SessionId::generate().unwrap().key();
+    assert_eq!(
+        store.rename(&key, &to, &values, now).await.unwrap(),
+        Renamed::Gone
+    );
+    assert_eq!(store.load(&to, now).await.unwrap(), None);
+    assert_eq!(dump(&key).await, before, "the row was written");
+}

@@ -210,8 +210,11 @@ impl Statements {
             schema: schema.map(str::to_owned),
             table_name: table_name.to_owned(),
             load: format!(
-                "SELECT version, data, created_at, idle_deadline, absolute_deadline, expiry, owner \
-                 FROM {t} WHERE id = $1 AND expires_at > $2"
+                "SELECT version, data, {created_at}, {idle_deadline}, {absolute_deadline}, \
+                 expiry, owner FROM {t} WHERE id = $1 AND expires_at > $2",
+                created_at = in_range("created_at"),
+                idle_deadline = in_range("idle_deadline"),
+                absolute_deadline = in_range("absolute_deadline"),
             )
             .into(),
             create: format!(
@@ -239,7 +242,7 @@ impl Statements {
                  THEN COALESCE($5, idle_deadline) ELSE idle_deadline END, \
                  expiry = COALESCE($6, expiry), \
                  owner = CASE WHEN $7 THEN $8 ELSE owner END \
-                 WHERE id = $1 AND expires_at > $9 \
+                 WHERE id = $1 AND expires_at > $9 AND version <= {RECORD_VERSION} \
                  RETURNING $5::timestamptz IS NULL OR {deadline_applies}",
                 deadline_applies = "$6::jsonb IS NOT NULL OR $10::jsonb IS NULL OR expiry = $10"
             )
@@ -248,7 +251,8 @@ impl Statements {
             touch: format!(
                 "UPDATE {t} SET idle_deadline = CASE WHEN expiry = $4 THEN $2 \
                  ELSE idle_deadline END \
-                 WHERE id = $1 AND expires_at > $3 RETURNING expiry = $4"
+                 WHERE id = $1 AND expires_at > $3 AND version <= {RECORD_VERSION} \
+                 RETURNING expiry = $4"
             )
             .into(),
             // `save` that also moves the row to the key $2 (the parameters after $1 shift by
@@ -264,7 +268,7 @@ impl Statements {
                  THEN COALESCE($6, idle_deadline) ELSE idle_deadline END, \
                  expiry = COALESCE($7, expiry), \
                  owner = CASE WHEN $8 THEN $9 ELSE owner END \
-                 WHERE id = $1 AND expires_at > $10"
+                 WHERE id = $1 AND expires_at > $10 AND version <= {RECORD_VERSION}"
             )
             .into(),
             clear_expired: format!("DELETE FROM {t} WHERE id = $1 AND expires_at <= $2").into(),
@@ -276,8 +280,10 @@ impl Statements {
             )
             .into(),
             list_owner: format!(
-                "SELECT id, created_at, expires_at FROM {t} \
-                 WHERE owner = $1 AND expires_at > $2 ORDER BY created_at, id"
+                "SELECT id, {created_at}, {expires_at} FROM {t} \
+                 WHERE owner = $1 AND expires_at > $2 ORDER BY created_at, id",
+                created_at = in_range("created_at"),
+                expires_at = in_range("expires_at"),
             )
             .into(),
             delete_owner: format!("DELETE FROM {t} WHERE owner = $1").into(),
@@ -715,15 +721,33 @@ fn record_from_row(row: &PgRow) -> Result<Result<Record, &'static str>, sqlx::Er
         Err(e) if is_corrupt_content(&e) => return Ok(Err("unreadable expiry")),
         Err(e) => return Err(e),
     };
+    // NULL past `time`'s years (see `in_range`); a missing absolute deadline is NULL too, and
+    // one out of range, later than year 9999 or `infinity`, amounts to none.
+    let (Some(created_at), Some(idle_deadline)) =
+        (row.try_get("created_at")?, row.try_get("idle_deadline")?)
+    else {
+        return Ok(Err("a timestamp out of range"));
+    };
     Ok(Ok(Record {
         version,
         data,
-        created_at: row.try_get("created_at")?,
-        idle_deadline: row.try_get("idle_deadline")?,
+        created_at,
+        idle_deadline,
         absolute_deadline: row.try_get("absolute_deadline")?,
         expiry,
         owner: row.try_get("owner")?,
     }))
+}
+
+/// The column `column`, or NULL where it lies outside the years 1 to 9999 (`infinity`, say,
+/// which an operator may write to make a session last): sqlx decodes a `timestamptz` into
+/// `time`'s types by adding to an epoch, which panics past `time`'s range. A session row with
+/// such a timestamp then reads as unreadable rather than end the request in a panic.
+fn in_range(column: &str) -> String {
+    format!(
+        "CASE WHEN {column} BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59+00' \
+         THEN {column} END AS {column}"
+    )
 }
 
 /// Whether a JSON value holds a NUL character in a string or an object key.
@@ -956,14 +980,23 @@ impl SessionStore for PostgresStore {
                 tracing::warn!("session row with a malformed id skipped");
                 continue;
             };
+            let created_at: Option<OffsetDateTime> = row
+                .try_get("created_at")
+                .map_err(|e| self.error("list_owner", e))?;
+            let deadline: Option<OffsetDateTime> = row
+                .try_get("expires_at")
+                .map_err(|e| self.error("list_owner", e))?;
+            let (Some(created_at), Some(deadline)) = (created_at, deadline) else {
+                tracing::warn!(
+                    session = %SessionKey::from_bytes(bytes).log_tag(),
+                    "session row with a timestamp out of range left out of its owner's list"
+                );
+                continue;
+            };
             sessions.push(SessionInfo {
                 key: SessionKey::from_bytes(bytes),
-                created_at: row
-                    .try_get("created_at")
-                    .map_err(|e| self.error("list_owner", e))?,
-                deadline: row
-                    .try_get("expires_at")
-                    .map_err(|e| self.error("list_owner", e))?,
+                created_at,
+                deadline,
             });
         }
         Ok(sessions)

@@ -177,7 +177,7 @@ impl Statements {
                  THEN coalesce(?2, idle_deadline) ELSE idle_deadline END, \
                  expiry = coalesce(?3, expiry), \
                  owner = CASE WHEN ?4 THEN ?5 ELSE owner END \
-                 WHERE id = ?1 AND expires_at > ?6 \
+                 WHERE id = ?1 AND expires_at > ?6 AND version <= {RECORD_VERSION} \
                  RETURNING ?2 IS NULL OR ?3 IS NOT NULL OR ?7 IS NULL OR expiry = ?7"
             )
             .into(),
@@ -185,7 +185,8 @@ impl Statements {
             touch: format!(
                 "UPDATE {t} SET idle_deadline = CASE WHEN expiry = ?4 THEN ?2 \
                  ELSE idle_deadline END \
-                 WHERE id = ?1 AND expires_at > ?3 RETURNING expiry = ?4"
+                 WHERE id = ?1 AND expires_at > ?3 AND version <= {RECORD_VERSION} \
+                 RETURNING expiry = ?4"
             )
             .into(),
             clear_expired: format!("DELETE FROM {t} WHERE id = ?1 AND expires_at <= ?2").into(),
