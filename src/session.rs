@@ -974,14 +974,22 @@ impl Session {
     /// store still holds the session `id` (a failed check drops it too: the cookie is only a
     /// refresh, and the next due request sends another).
     fn check_refresh(&self, id: &SessionId, found: &Result<Option<Record>, StoreError>) {
-        if !matches!(found, Ok(Some(_))) {
-            tracing::debug!(
-                scope = self.0.config.scope,
+        let scope = self.0.config.scope;
+        match found {
+            Ok(Some(_)) => return,
+            Ok(None) => tracing::debug!(
+                scope,
                 session = %id.log_tag(),
                 "the session a save refreshed ended before the response; its cookie is not sent"
-            );
-            self.forget_pending_for(id);
+            ),
+            Err(error) => tracing::warn!(
+                scope,
+                session = %id.log_tag(),
+                %error,
+                "session store failed on the check of a refreshed cookie; the cookie is not sent"
+            ),
         }
+        self.forget_pending_for(id);
     }
 
     /// The token a [`Session::save`] left for the response, unless `committed` carries a newer

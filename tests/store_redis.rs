@@ -1481,3 +1481,26 @@ async fn a_rename_whose_last_answer_is_lost_keeps_the_session() {
         }
     }
 }
+
+/// The owner index is kept by the layer's clock, which may run behind the wall clock (a host
+/// whose clock is late, or a test's): pruning it by the wall clock dropped the entries of live
+/// sessions whose absolute deadline, by the layer's clock still ahead, had passed by the wall's,
+/// and "log out everywhere" then missed them (SECURITY.md 12).
+#[tokio::test]
+async fn the_owner_index_is_pruned_by_the_layers_clock() {
+    let store = single_store().await;
+    let behind = now() - Duration::days(1);
+    let live = fresh_key();
+    let mut record = record(behind, Duration::hours(1), Some(Duration::hours(2)));
+    record.owner = Some("alice".into());
+    assert!(store.create(&live, &record, behind).await.unwrap());
+    // A save that names the owner for a session that is gone prunes the index on its way out.
+    let mut owned = ChangeSet::default();
+    owned.owner = Some(Some("alice".into()));
+    assert_eq!(
+        store.save(&fresh_key(), &owned, behind).await.unwrap(),
+        Saved::Gone
+    );
+    assert_eq!(store.delete_owner("alice").await.unwrap(), 1);
+    assert_eq!(store.load(&live, behind).await.unwrap(), None);
+}

@@ -555,9 +555,16 @@ impl Conn {
 /// - **Memory policy**: prefer `maxmemory-policy noeviction`: a full Redis then refuses the writes
 ///   that would grow it (new sessions, saves), which become error responses, while sessions still
 ///   load and logging out (a delete) still works; the test suite checks this against a Redis over
-///   its `maxmemory`. Under an eviction policy Redis may silently drop sessions (users
+///   its `maxmemory`. Deadline refreshes are writes too: while Redis stays full, active sessions
+///   are not extended and end at their idle deadline. Under an eviction policy Redis may silently drop sessions (users
 ///   logged out) and owner indexes (after which "log out everywhere" misses sessions); give sessions
 ///   a Redis of their own or enough memory.
+/// - **Failover**: a replica's index entries may trail its master's (replication is
+///   asynchronous), so a failover can lose the entry of a session written just before it, which
+///   "log out everywhere" then misses until the session expires. A connection to a standalone
+///   Redis that was demoted to a replica (behind a DNS name that now points elsewhere) keeps
+///   getting `READONLY` errors for its writes until it reconnects: point the URL at a proxy or
+///   Sentinel-aware endpoint that closes old connections, or restart the app.
 /// - **Clocks**: TTLs are set relative to the layer's clock, so a Redis whose clock differs from the
 ///   app's does not shorten or extend sessions.
 /// - **Cleanup**: Redis expires sessions by itself, so [`spawn_cleanup`](crate::spawn_cleanup) is
@@ -700,6 +707,10 @@ impl RedisStore {
     }
 
     /// Connects through an existing cluster client.
+    ///
+    /// Give the client a response timeout (`ClusterClientBuilder::response_timeout`, as
+    /// [`open_cluster`](Self::open_cluster) does): a `ClusterClient` built with the defaults has
+    /// none, and a node that stops answering then holds its requests forever.
     ///
     /// # Errors
     ///
@@ -858,22 +869,29 @@ impl RedisStore {
     }
 
     /// Removes the members of `sessions` from the index `index`.
-    async fn index_remove(&self, index: &[u8], sessions: &[&Indexed]) -> Result<(), StoreError> {
+    async fn index_remove(
+        &self,
+        index: &[u8],
+        sessions: &[&Indexed],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let members: Vec<&[u8]> = sessions
             .iter()
             .flat_map(|s| s.members.iter().map(Vec::as_slice))
             .collect();
-        self.index_remove_members(index, &members).await
+        self.index_remove_members(index, &members, now_ms).await
     }
 
     /// Removes `members` from the index `index`, and sets the index's TTL again (see
-    /// [`LUA_INDEX_REMOVE`]).
+    /// [`LUA_INDEX_REMOVE`]) from `now_ms`: the layer's clock, as the entries' scores are (the
+    /// wall clock only where the caller has no other, in `delete_owner`).
     async fn index_remove_members(
         &self,
         index: &[u8],
         members: &[&[u8]],
+        now_ms: i64,
     ) -> Result<(), StoreError> {
-        let now = wall_ms();
+        let now = now_ms;
         for chunk in members.chunks(1000) {
             let bytes = index.len() + chunk.iter().map(|m| m.len()).sum::<usize>();
             self.eval(&self.scripts.index_remove, bytes, |cmd| {
@@ -900,6 +918,7 @@ impl RedisStore {
                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
             )
             .await
+            .and_then(Value::extract_error)
             .map_err(backend("Redis CLUSTER SLOTS failed"))?;
         let mut seen: Vec<Vec<u8>> = Vec::new();
         let mut targets = Vec::new();
@@ -925,6 +944,14 @@ impl RedisStore {
             if let Ok(slot) = u16::try_from(start) {
                 targets.push(Some(slot));
             }
+        }
+        // A cluster always has a master: none found is a reply this code cannot read, and a
+        // sweep that scanned nothing must not pass for one that found nothing expired.
+        if targets.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Backend,
+                "unexpected CLUSTER SLOTS reply from Redis: no master found",
+            ));
         }
         Ok(targets)
     }
@@ -1190,7 +1217,7 @@ impl RedisStore {
 
     /// Takes back what a rename that does not complete did (see [`Undo`]), best effort: a
     /// failure is logged, and the fence runs out by itself.
-    async fn undo_rename(&self, to: &SessionKey, done: Undo) {
+    async fn undo_rename(&self, to: &SessionKey, done: Undo, now_ms: i64) {
         let release = async {
             if let Some((from_key, fence)) = &done.fence
                 && let Err(error) = self
@@ -1215,7 +1242,7 @@ impl RedisStore {
             // After the record: the index never misses a live session.
             if let Some((owner, member)) = &done.entry
                 && let Err(error) = self
-                    .index_remove_members(&self.owner_key(owner), &[member.as_bytes()])
+                    .index_remove_members(&self.owner_key(owner), &[member.as_bytes()], now_ms)
                     .await
             {
                 tracing::debug!(session = %to.log_tag(), %error, "owner index entry of an incomplete rename not removed");
@@ -1731,7 +1758,7 @@ impl SessionStore for RedisStore {
                 // index from ever expiring. Best effort: a failure leaves it to the next listing.
                 if let (Some(owner), Some(member)) = (new_owner, &member)
                     && let Err(error) = self
-                        .index_remove_members(&self.owner_key(owner), &[member.as_bytes()])
+                        .index_remove_members(&self.owner_key(owner), &[member.as_bytes()], now_ms)
                         .await
                 {
                     tracing::debug!(session = %key.log_tag(), %error, "owner index entry of an ended session not removed");
@@ -1808,7 +1835,9 @@ impl SessionStore for RedisStore {
         let mut done = Undo::default();
         let outcome = self.rename_steps(from, to, changes, now, &mut done).await;
         if !matches!(outcome, Ok(Renamed::Applied)) {
-            self.undo_rename(to, done).await;
+            // `rename_steps` failed at once on a time `to_ms` refuses; the wall clock will do.
+            let now_ms = to_ms(now).unwrap_or_else(|_| wall_ms());
+            self.undo_rename(to, done, now_ms).await;
         }
         outcome
     }
@@ -1927,7 +1956,7 @@ impl SessionStore for RedisStore {
             }
         }
         if !gone.is_empty() {
-            self.index_remove(&index, &gone).await?;
+            self.index_remove(&index, &gone, to_ms(now)?).await?;
         }
         listed.retain(|s| !copies.contains(&s.key));
         listed.sort_by_key(|s| s.created_at);
@@ -1957,7 +1986,7 @@ impl SessionStore for RedisStore {
                 if members.is_empty() {
                     return Ok(());
                 }
-                self.index_remove_members(&self.owner_key(owner), &members)
+                self.index_remove_members(&self.owner_key(owner), &members, wall_ms())
                     .await
             })
             .await;
