@@ -404,6 +404,52 @@ async fn a_newer_row_is_neither_read_nor_written() {
     .await;
 }
 
+/// A connection whose server turned read-only (a primary demoted at a failover, behind the same
+/// address) fails its write, and is then closed rather than put back in the pool, where a ping
+/// would have passed it: the next write gets a new connection and succeeds. Here the pool's
+/// first connection is made read-only by hand, its later ones are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_turned_read_only_is_not_reused() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let migrated = pg::store().await;
+    let schema = table_of(&migrated)
+        .split('.')
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(move |conn, _| {
+            let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+            Box::pin(async move {
+                if first {
+                    sqlx::query("SET default_transaction_read_only = on")
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&pg::url())
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool).with_schema(&schema).unwrap();
+    let now = now();
+    let key = conformance::contract::key();
+    let record = conformance::contract::record(now);
+    let error = store.create(&key, &record, now).await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Backend, "{error}");
+    assert!(
+        store.create(&key, &record, now).await.unwrap(),
+        "a new connection wrote it"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(store.load(&key, now).await.unwrap(), Some(record));
+}
+
 /// A session row locked by a long transaction elsewhere: the request that needs to write it gets
 /// a store error once the store's timeout passes, rather than waiting for that transaction. With
 /// the app's own pool (no `statement_timeout`), the server still applies the write later.

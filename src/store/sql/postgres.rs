@@ -615,8 +615,22 @@ impl PostgresStore {
         let handoff = self.handoff.as_deref();
         let mut held = self.run(op, handoff::checkout(&self.pool, handoff)).await?;
         // After a failed statement, or one given up on, `checkin` lets the connection go back to
-        // the pool, which tests it before reuse.
-        let result = self.run(op, f(&mut held.conn)).await;
+        // the pool, which tests it before reuse: with a ping, which a server that turned
+        // read-only (a primary demoted at a failover, behind the same address) or is shutting
+        // down still answers. Such a connection is closed instead, so the next operation opens
+        // a new one, to wherever the address now leads.
+        let conn = &mut held.conn;
+        let result = self
+            .run(op, async {
+                let result = f(conn).await;
+                if let Err(error) = &result
+                    && needs_a_new_connection(error)
+                {
+                    conn.close_on_drop();
+                }
+                result
+            })
+            .await;
         handoff::checkin(&self.pool, handoff, held, result.is_ok());
         result
     }
@@ -636,6 +650,18 @@ impl PostgresStore {
         };
         store_error("PostgresStore", &self.sql.table, op, failure, error)
     }
+}
+
+/// Whether `error` says the connection's server will not take this store's writes any more:
+/// read-only (SQLSTATE 25006, a demoted primary), shutting down or refusing connections (57P01 to
+/// 57P03), or a connection exception (class 08).
+fn needs_a_new_connection(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    db.code().is_some_and(|code| {
+        matches!(&*code, "25006" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
+    })
 }
 
 /// Refuses what `jsonb` and `text` cannot hold before it reaches the server.
