@@ -1086,6 +1086,7 @@ impl RedisStore {
                 done.fence = None;
                 return Ok(Renamed::Gone);
             }
+            reply if !is_hash_reply(&reply) => return Err(unexpected_reply("session rename")),
             reply => match decode_hash(reply) {
                 Ok(Some(record)) => record,
                 Ok(None) => return Ok(Renamed::Gone),
@@ -1609,6 +1610,69 @@ async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
     .await
 }
 
+/// The answer of [`LUA_SAVE`]: the outcome, and the session's absolute deadline when the script
+/// gave it (`<deadline>:<status>`). Any other reply is an error, not a guess: a save reported
+/// applied must have been.
+fn save_reply(reply: Value) -> Result<(Saved, Option<i64>), StoreError> {
+    let status = |code: &[u8]| match code {
+        b"1" => Some(Saved::Applied),
+        b"2" => Some(Saved::PolicyChanged),
+        _ => None,
+    };
+    let parsed = match reply {
+        Value::Int(0) => Some((Saved::Gone, None)),
+        Value::Int(1) => Some((Saved::Applied, None)),
+        Value::Int(2) => Some((Saved::PolicyChanged, None)),
+        Value::Int(_) => None,
+        other => into_bytes(other).and_then(|text| {
+            let at = text.iter().position(|&b| b == b':')?;
+            Some((status(&text[at + 1..])?, Some(parse_i64(&text[..at])?)))
+        }),
+    };
+    parsed.ok_or_else(|| unexpected_reply("session save"))
+}
+
+/// What [`LUA_DELETE_IF_OWNER`] answered for one session.
+#[derive(Debug, PartialEq)]
+enum Revoked {
+    /// Deleted; with the fence it carried when a rename held it.
+    Deleted(Option<Vec<u8>>),
+    /// No such session (yet).
+    Missing,
+    /// Owned by someone else now.
+    Other,
+}
+
+/// Reads a [`LUA_DELETE_IF_OWNER`] answer: 1 or a fence deleted, 0 missing, -1 another owner's.
+/// Anything else is an error, so that a revocation never counts what it did not delete.
+fn revoked_reply(reply: Value) -> Result<Revoked, StoreError> {
+    match reply {
+        Value::Int(1) => Ok(Revoked::Deleted(None)),
+        Value::Int(0) => Ok(Revoked::Missing),
+        Value::Int(-1) => Ok(Revoked::Other),
+        Value::BulkString(fence) => Ok(Revoked::Deleted(Some(fence))),
+        _ => Err(unexpected_reply("owner revocation")),
+    }
+}
+
+/// A reply of a shape the command never gives: a protocol mix-up, an error, not a result.
+fn unexpected_reply(what: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Backend,
+        format!("unexpected Redis reply to a {what}"),
+    )
+}
+
+/// Whether `value` is a hash as `HGETALL` (or a script returning it) gives one: a list or a
+/// map, empty for no key. Anything else is no answer to read a session from.
+fn is_hash_reply(value: &Value) -> bool {
+    match value {
+        Value::Array(_) | Value::Map(_) => true,
+        Value::Attribute { data, .. } => is_hash_reply(data),
+        _ => false,
+    }
+}
+
 fn int_reply(value: &Value) -> Option<i64> {
     match value {
         Value::Int(n) => Some(*n),
@@ -1630,6 +1694,9 @@ impl SessionStore for RedisStore {
             .query(&cmd)
             .await
             .map_err(backend("Redis session load failed"))?;
+        if !is_hash_reply(&value) {
+            return Err(unexpected_reply("session load"));
+        }
         match decode_hash(value) {
             Ok(Some(record)) if record.is_live(now) => Ok(Some(record)),
             Ok(_) => Ok(None),
@@ -1752,8 +1819,8 @@ impl SessionStore for RedisStore {
             })
             .await
             .map_err(backend("Redis session save failed"))?;
-        match reply {
-            Value::Int(0) => {
+        match save_reply(reply)? {
+            (Saved::Gone, _) => {
                 // Gone: the entry indexed above names no session, and at +inf it would keep the
                 // index from ever expiring. Best effort: a failure leaves it to the next listing.
                 if let (Some(owner), Some(member)) = (new_owner, &member)
@@ -1765,27 +1832,16 @@ impl SessionStore for RedisStore {
                 }
                 Ok(Saved::Gone)
             }
-            Value::Int(2) => Ok(Saved::PolicyChanged),
-            Value::Int(_) => Ok(Saved::Applied),
-            other => {
+            (saved, absolute) => {
                 // The owner was set and the session has an absolute deadline: give the index
                 // entry its real score, so the index can expire. Best effort: a failure only
                 // leaves the entry at +inf, which is pruned when the index is next listed.
-                let reply = into_bytes(other).unwrap_or_default();
-                let (absolute, status) = match reply.iter().position(|&b| b == b':') {
-                    Some(at) => (parse_i64(&reply[..at]), &reply[at + 1..]),
-                    None => (None, &b""[..]),
-                };
                 if let (Some(owner), Some(member), Some(absolute)) = (new_owner, &member, absolute)
                     && let Err(error) = self.index_add(owner, member, Some(absolute), now_ms).await
                 {
                     tracing::debug!(session = %key.log_tag(), %error, "owner index score not refined");
                 }
-                Ok(if status == b"2" {
-                    Saved::PolicyChanged
-                } else {
-                    Saved::Applied
-                })
+                Ok(saved)
             }
         }
     }
@@ -2028,8 +2084,8 @@ impl SessionStore for RedisStore {
                 for (key, reply) in chunk.iter().zip(replies) {
                     let reply = reply.map_err(backend("Redis owner revocation failed"))?;
                     let indexed = named.get(key);
-                    match reply {
-                        Value::Int(0) => match indexed {
+                    match revoked_reply(reply)? {
+                        Revoked::Missing => match indexed {
                             // Missing, and maybe on its way: tried once more.
                             Some(indexed) if indexed.settled(wall) => {
                                 prune.extend(indexed.members.iter().cloned());
@@ -2041,17 +2097,13 @@ impl SessionStore for RedisStore {
                             }
                         },
                         // Owned by someone else (it may move back): its entries stay.
-                        Value::Int(n) if n != 1 => {}
-                        reply => {
+                        Revoked::Other => {}
+                        Revoked::Deleted(fence) => {
                             deleted.insert(*key);
                             if let Some(indexed) = indexed {
                                 prune.extend(indexed.members.iter().cloned());
                             }
                             // Deleted while a rename held it: the copy is tried too.
-                            let fence = match reply {
-                                Value::Int(_) => None,
-                                fence => into_bytes(fence),
-                            };
                             if let Some(to) = fence.as_deref().and_then(fence_target) {
                                 moving.push((*key, to));
                                 tried.insert(to);
@@ -2085,6 +2137,76 @@ mod tests {
     use super::*;
     use serde_json::json;
     use time::Duration;
+
+    /// Only the answers the save script gives are read; any other is an error, never a save
+    /// reported applied.
+    #[test]
+    fn save_replies_of_another_shape_are_errors() {
+        let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+        assert_eq!(save_reply(Value::Int(0)).unwrap(), (Saved::Gone, None));
+        assert_eq!(save_reply(Value::Int(1)).unwrap(), (Saved::Applied, None));
+        assert_eq!(
+            save_reply(Value::Int(2)).unwrap(),
+            (Saved::PolicyChanged, None)
+        );
+        assert_eq!(
+            save_reply(bulk("1700000000000:1")).unwrap(),
+            (Saved::Applied, Some(1_700_000_000_000))
+        );
+        assert_eq!(
+            save_reply(bulk("1700000000000:2")).unwrap(),
+            (Saved::PolicyChanged, Some(1_700_000_000_000))
+        );
+        for odd in [
+            Value::Nil,
+            Value::Okay,
+            Value::Int(7),
+            Value::Int(-1),
+            Value::Array(vec![]),
+            bulk(""),
+            bulk("1700000000000"),
+            bulk("1700000000000:9"),
+            bulk("soon:1"),
+        ] {
+            let error = save_reply(odd.clone()).unwrap_err();
+            assert_eq!(error.kind(), StoreErrorKind::Backend, "{odd:?}");
+        }
+    }
+
+    /// Only the answers the revocation script gives are read; any other is an error, never a
+    /// session counted as deleted.
+    #[test]
+    fn revocation_replies_of_another_shape_are_errors() {
+        assert_eq!(
+            revoked_reply(Value::Int(1)).unwrap(),
+            Revoked::Deleted(None)
+        );
+        assert_eq!(
+            revoked_reply(Value::BulkString(b"123:ab".to_vec())).unwrap(),
+            Revoked::Deleted(Some(b"123:ab".to_vec()))
+        );
+        assert_eq!(revoked_reply(Value::Int(0)).unwrap(), Revoked::Missing);
+        assert_eq!(revoked_reply(Value::Int(-1)).unwrap(), Revoked::Other);
+        for odd in [Value::Nil, Value::Okay, Value::Int(2), Value::Array(vec![])] {
+            assert!(revoked_reply(odd.clone()).is_err(), "{odd:?}");
+        }
+    }
+
+    /// A load or rename reads a session only from a list or map; any other reply is an error,
+    /// not "no session" (which would start a fresh one over the real one's cookie).
+    #[test]
+    fn only_lists_and_maps_are_hashes() {
+        assert!(is_hash_reply(&Value::Array(vec![])));
+        assert!(is_hash_reply(&Value::Map(vec![])));
+        for odd in [
+            Value::Nil,
+            Value::Okay,
+            Value::Int(1),
+            Value::BulkString(b"x".to_vec()),
+        ] {
+            assert!(!is_hash_reply(&odd), "{odd:?}");
+        }
+    }
 
     fn hash_reply(record: &Record) -> Value {
         let mut items = vec![("m", pack_meta(record).unwrap().into_bytes())];
