@@ -175,6 +175,30 @@ async fn corrupt_rows_read_as_no_session() {
     let mut changes = ChangeSet::default();
     changes.set.insert("x".into(), json!(1));
     assert_eq!(store.save(&key, &changes, now).await.unwrap(), Saved::Gone);
+    // A value of another type than the column's (SQLite keeps whatever it is given): no
+    // session too, not an error that would answer every request of its cookie with a 500.
+    for damage in [
+        "version = 'one'",
+        "idle_deadline = 'later'",
+        "created_at = x'00'",
+        "data = x'7b7d'",
+    ] {
+        let key = conformance::contract::key();
+        assert!(
+            store
+                .create(&key, &conformance::contract::record(now), now)
+                .await
+                .unwrap()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE tower_satchel_sessions SET {damage} WHERE id = ?1"
+        )))
+        .bind(key.as_bytes().as_slice())
+        .execute(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(store.load(&key, now).await.unwrap(), None, "{damage}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -432,32 +432,46 @@ impl SqliteStore {
     }
 }
 
-/// Decodes a row of [`COLUMNS`]. The inner `Err` is a row whose content is unusable.
+/// Decodes a row of [`COLUMNS`]. The inner `Err` is a row whose content is unusable, a value of
+/// the wrong type included (SQLite keeps whatever a column is given: text written by hand into
+/// `version`, say).
 fn record_from_row(row: &SqliteRow) -> Result<Result<Record, &'static str>, sqlx::Error> {
-    let version: i64 = row.try_get("version")?;
+    const WRONG_TYPE: &str = "a column holds a value of the wrong type";
+    let Some(version) = column::<i64>(row, "version")? else {
+        return Ok(Err(WRONG_TYPE));
+    };
     let Ok(version) = u32::try_from(version) else {
         return Ok(Err("record version out of range"));
     };
     if version > RECORD_VERSION {
         return Ok(Err("record format version newer than this crate"));
     }
-    let data: String = row.try_get("data")?;
+    let (Some(data), Some(expiry), Some(created_at), Some(idle_deadline)) = (
+        column::<String>(row, "data")?,
+        column::<String>(row, "expiry")?,
+        column::<i64>(row, "created_at")?,
+        column::<i64>(row, "idle_deadline")?,
+    ) else {
+        return Ok(Err(WRONG_TYPE));
+    };
+    let (Some(absolute_deadline), Some(owner)) = (
+        column::<Option<i64>>(row, "absolute_deadline")?,
+        column::<Option<String>>(row, "owner")?,
+    ) else {
+        return Ok(Err(WRONG_TYPE));
+    };
     let Ok(data) = serde_json::from_str::<Map<String, Value>>(&data) else {
         return Ok(Err("data is not a JSON object"));
     };
-    let expiry: String = row.try_get("expiry")?;
     let Ok(expiry) = serde_json::from_str::<Expiry>(&expiry) else {
         return Ok(Err("unreadable expiry"));
     };
-    let created_at = from_micros(row.try_get("created_at")?);
-    let idle_deadline = from_micros(row.try_get("idle_deadline")?);
-    let absolute_deadline = row
-        .try_get::<Option<i64>, _>("absolute_deadline")?
-        .map(from_micros);
-    let (Some(created_at), Some(idle_deadline)) = (created_at, idle_deadline) else {
+    let (Some(created_at), Some(idle_deadline)) =
+        (from_micros(created_at), from_micros(idle_deadline))
+    else {
         return Ok(Err("time out of range"));
     };
-    let absolute_deadline = match absolute_deadline {
+    let absolute_deadline = match absolute_deadline.map(from_micros) {
         None => None,
         Some(Some(at)) => Some(at),
         Some(None) => return Ok(Err("time out of range")),
@@ -469,8 +483,20 @@ fn record_from_row(row: &SqliteRow) -> Result<Result<Record, &'static str>, sqlx
         idle_deadline,
         absolute_deadline,
         expiry,
-        owner: row.try_get("owner")?,
+        owner,
     }))
+}
+
+/// The column `name` of `row`, or `None` when it holds a value of another type.
+fn column<'r, T>(row: &'r SqliteRow, name: &str) -> Result<Option<T>, sqlx::Error>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    match row.try_get(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(sqlx::Error::ColumnDecode { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// Returns `result`, closing `conn` instead of returning it to the pool when `result` is an error
