@@ -70,6 +70,21 @@ fn quote_ident(what: &str, name: &str) -> Result<String, ConfigError> {
     }
 }
 
+/// Refuses a name starting with `prefix`, which the database keeps for itself (`sqlite_` for
+/// SQLite's tables, `pg_` for PostgreSQL's schemas, in any case): such a name would only fail
+/// at `migrate`, with the database's message.
+fn reserved_prefix<'n>(what: &str, name: &'n str, prefix: &str) -> Result<&'n str, ConfigError> {
+    let reserved = name
+        .get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix));
+    if reserved {
+        return Err(ConfigError::new(format!(
+            "the SQL {what} name {name:?} starts with {prefix:?}, which the database reserves"
+        )));
+    }
+    Ok(name)
+}
+
 /// What went wrong, as far as a SQL store can tell from a sqlx error.
 enum Failure {
     /// The table (or its schema) does not exist.
@@ -168,6 +183,15 @@ mod tests {
             &"x".repeat(MAX_IDENT + 1),
         ] {
             assert!(quote_ident("table", bad).is_err(), "{bad:?} accepted");
+        }
+        for reserved in ["sqlite_sessions", "SQLite_x", "sqlite_"] {
+            assert!(
+                reserved_prefix("table", reserved, "sqlite_").is_err(),
+                "{reserved}"
+            );
+        }
+        for fine in ["sqlit", "my_sqlite_sessions", "pg"] {
+            assert_eq!(reserved_prefix("table", fine, "sqlite_").unwrap(), fine);
         }
     }
 }

@@ -14,7 +14,9 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
 use super::handoff::{self, Handoff};
-use super::{DEFAULT_TABLE, Failure, deadline_up, quote_ident, saved_from, store_error};
+use super::{
+    DEFAULT_TABLE, Failure, deadline_up, quote_ident, reserved_prefix, saved_from, store_error,
+};
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
@@ -200,7 +202,7 @@ impl Statements {
         let table = match schema {
             Some(schema) => format!(
                 "{}.{}",
-                quote_ident("schema", schema)?,
+                quote_ident("schema", reserved_prefix("schema", schema, "pg_")?)?,
                 quote_ident("table", table_name)?
             ),
             None => quote_ident("table", table_name)?,
@@ -453,7 +455,8 @@ impl PostgresStore {
     /// # Errors
     ///
     /// A [`ConfigError`] unless the name is 1 to 48 ASCII letters, digits or underscores, not
-    /// starting with a digit. Names are used exactly as written (quoted, so case-sensitive).
+    /// starting with a digit, nor (for a schema) with `pg_`, which PostgreSQL reserves. Names are
+    /// used exactly as written (quoted, so case-sensitive).
     pub fn with_schema(self, schema: &str) -> Result<Self, ConfigError> {
         let sql = Statements::new(Some(schema), &self.sql.table_name)?;
         Ok(Self {

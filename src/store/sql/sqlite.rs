@@ -15,7 +15,9 @@ use sqlx::{AssertSqlSafe, Connection, Row, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use super::handoff::{self, Handoff};
-use super::{DEFAULT_TABLE, Failure, deadline_up, quote_ident, saved_from, store_error};
+use super::{
+    DEFAULT_TABLE, Failure, deadline_up, quote_ident, reserved_prefix, saved_from, store_error,
+};
 use crate::Expiry;
 use crate::id::SessionKey;
 use crate::layer::ConfigError;
@@ -143,7 +145,7 @@ const COLUMNS: &str = "version, data, created_at, idle_deadline, absolute_deadli
 
 impl Statements {
     fn new(table_name: &str) -> Result<Self, ConfigError> {
-        let table = quote_ident("table", table_name)?;
+        let table = quote_ident("table", reserved_prefix("table", table_name, "sqlite_")?)?;
         let t = &table;
         Ok(Self {
             table_name: table_name.to_owned(),
@@ -367,7 +369,8 @@ impl SqliteStore {
     /// # Errors
     ///
     /// A [`ConfigError`] unless the name is 1 to 48 ASCII letters, digits or underscores, not
-    /// starting with a digit. Names are used exactly as written.
+    /// starting with a digit, nor with `sqlite_`, which SQLite reserves. Names are used exactly
+    /// as written.
     pub fn with_table(self, table: &str) -> Result<Self, ConfigError> {
         let sql = Statements::new(table)?;
         Ok(Self {
