@@ -56,6 +56,46 @@ async fn hundred_concurrent_requests_of_one_session_keep_every_key() {
     support_sql::hundred_concurrent_requests_keep_every_key(app(store)).await;
 }
 
+/// `migrate` is not cut off by the short `statement_timeout` of the store's connections: here it
+/// waits 300 ms for the migration lock another server holds, with a `statement_timeout` of 50
+/// ms on its pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_waits_past_the_statement_timeout() {
+    let schema = unique("satchel_test");
+    let _cleanup = pg::drop_schema_later(schema.clone());
+    let url = pg::url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let short = format!("{url}{sep}options=-c%20statement_timeout%3D50");
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&short)
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool).with_schema(&schema).unwrap();
+    // Another server's migration, holding the lock (the key `migrate` uses, "satchel1").
+    let other = pg::pool(1).await;
+    let mut held = other.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(0x7361_7463_6865_6c31_i64)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(StdDuration::from_millis(300)).await;
+        held.rollback().await.unwrap();
+    });
+    store.migrate().await.unwrap();
+    release.await.unwrap();
+    let now = now();
+    let key = conformance::contract::key();
+    assert!(
+        store
+            .create(&key, &conformance::contract::record(now), now)
+            .await
+            .unwrap()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_app_instances_with_their_own_pools_share_one_database() {
     let schema = unique("satchel_test");

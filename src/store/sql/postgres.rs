@@ -549,6 +549,11 @@ impl PostgresStore {
     /// even one that exists, and to own the table to add an index); an administrator can apply
     /// [`schema_sql`](Self::schema_sql) instead, after which `migrate` only checks;
     /// [`StoreErrorKind::Backend`] when the server cannot be reached or fails otherwise.
+    ///
+    /// It runs without the store's timeout and the server's `statement_timeout`: building a
+    /// missing index on a large table takes as long as it takes, and blocks writes to the table
+    /// meanwhile. On a large live table, build it first yourself with
+    /// `CREATE INDEX CONCURRENTLY` (the names are in [`schema_sql`](Self::schema_sql)).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let fail = |e| self.error("migrate", e);
         let [table, expires_at, owner] = self.sql.schema_objects();
@@ -566,8 +571,11 @@ impl PostgresStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(fail)?;
-        // Quiet the "already exists, skipping" notices of every start-up after the first.
-        sqlx::query("SET LOCAL client_min_messages = warning")
+        // Quiet the "already exists, skipping" notices of every start-up after the first. And
+        // no `statement_timeout`: the one `connect` sets for session statements (a few seconds)
+        // would cut off an index built on a large existing table, or the wait for the lock
+        // another server's migration holds.
+        sqlx::raw_sql("SET LOCAL client_min_messages = warning; SET LOCAL statement_timeout = 0")
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
