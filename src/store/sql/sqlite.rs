@@ -71,6 +71,13 @@ use crate::store::{Renamed, Saved, SessionInfo, SessionStore, StoreError, StoreE
 /// - A pool of your own should use WAL journal mode and a busy timeout (as
 ///   [`SqliteStore::connect`] does), or concurrent requests fail with "database is locked".
 /// - Keep the file on a local disk: SQLite's locking is unreliable on network file systems.
+/// - There is no per-operation timeout as the PostgreSQL store has (`with_timeout`): an
+///   operation waits at most for a pooled connection (10 seconds with
+///   [`SqliteStore::connect`], the pool's `acquire_timeout` with your own) and for a lock held
+///   by another connection (the busy timeout, 5 seconds with `connect`), but a disk that stops
+///   answering holds it until the disk does. Put a timeout layer in front of the app if that
+///   matters; its requests then get the timeout layer's error, and their commits run on (see
+///   [`ResponseFuture`](crate::ResponseFuture)).
 /// - A full disk makes new sessions and saves fail with store errors (error responses, no
 ///   cookie) while sessions still load; once there is space again, writes succeed with no restart.
 ///   A connection whose transaction failed is closed rather than reused, because SQLite may have
