@@ -970,6 +970,17 @@ impl Session {
         }
     }
 
+    /// Drops the refresh cookie of [`refresh_to_check`](Self::refresh_to_check), if any: after
+    /// a store call that could not tell whether the session still stands, or found another
+    /// request's policy in place. A cookie for an ID the client was not sent yet (a session a
+    /// `save` created or rotated to) stays: its session stands, and only this response can
+    /// give the client its ID.
+    fn drop_unchecked_refresh(&self) {
+        if let Some(id) = self.refresh_to_check() {
+            self.forget_pending_for(&id);
+        }
+    }
+
     /// Drops the refresh cookie of [`refresh_to_check`](Self::refresh_to_check) unless the
     /// store still holds the session `id` (a failed check drops it too: the cookie is only a
     /// refresh, and the next due request sends another).
@@ -1847,8 +1858,12 @@ impl Session {
                 None => TokenAction::Keep,
             },
             // The deadline stayed as another request set it with a new policy, whose cookie
-            // that request sent: one worked out from the old policy would undo it.
-            Ok(Saved::PolicyChanged) => TokenAction::Keep,
+            // that request sent: one worked out from the old policy would undo it, and so would
+            // the refresh an earlier `save` left.
+            Ok(Saved::PolicyChanged) => {
+                self.drop_unchecked_refresh();
+                TokenAction::Keep
+            }
             Ok(Saved::Gone) => {
                 // Deleted meanwhile (logout elsewhere, rotation, expiry): never resurrect it
                 // (SECURITY.md 11). No removal cookie either: it could clobber the new cookie a
@@ -1859,6 +1874,8 @@ impl Session {
             }
             Err(error) => {
                 tracing::error!(scope, session = %id.log_tag(), %error, "session store failed on save");
+                // Whether the session still stands is unknown: a refresh is not sent unchecked.
+                self.drop_unchecked_refresh();
                 return Err(SessionError::store(error));
             }
         })
@@ -1880,11 +1897,17 @@ impl Session {
                 self.forget_pending_for(id);
                 TokenAction::Keep
             }
+            Ok(Saved::PolicyChanged) => {
+                self.drop_unchecked_refresh();
+                TokenAction::Keep
+            }
             Ok(_) => TokenAction::Keep,
             Err(error) => {
-                // A failed touch loses nothing: the deadline is refreshed next time.
+                // A failed touch loses nothing: the deadline is refreshed next time. Nor is a
+                // refresh an earlier `save` left sent unchecked.
                 let scope = self.0.config.scope;
                 tracing::warn!(scope, session = %id.log_tag(), %error, "session touch failed");
+                self.drop_unchecked_refresh();
                 TokenAction::Keep
             }
         }

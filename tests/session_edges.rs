@@ -252,6 +252,65 @@ async fn saved_cookie_of_an_ended_session(store: impl SessionStore + Clone) {
     );
 }
 
+/// A refresh cookie a `save` left is not sent once the layer's own save fails: whether the
+/// session still stands is unknown then (another request may have rotated it). A new session's
+/// cookie is still sent, as its session stands and only this response can give its ID.
+#[tokio::test]
+async fn a_saved_refresh_is_not_sent_after_a_failed_commit() {
+    for immediate in [false, true] {
+        let store = Faulty {
+            immediate,
+            ..Faulty::default()
+        };
+        let clock = ManualClock::starting_now();
+        let fail = store.fail_writes.clone();
+        let router = Router::new()
+            .route("/start", start_route())
+            .route(
+                "/arrival",
+                get(|session: Session| async move { format!("{:?}", session.arrival()) }),
+            )
+            .route(
+                "/save-then-fail",
+                get(move |session: Session| {
+                    let fail = fail.clone();
+                    async move {
+                        session.insert("seen", true).unwrap();
+                        session.save().await.unwrap();
+                        fail.store(true, Ordering::SeqCst);
+                        session.insert("n", 2).unwrap();
+                        "done"
+                    }
+                }),
+            )
+            .layer(
+                SessionLayer::builder(store.clone())
+                    .expiry(Expiry::OnInactivity(Duration::hours(1)))
+                    .clock(clock.clone())
+                    .build()
+                    .unwrap(),
+            );
+        // A returning session, due for a refresh: the save leaves one, the commit fails.
+        let response = send(&router, "/start", None).await;
+        let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+        clock.advance(Duration::minutes(7));
+        let response = send(&router, "/save-then-fail", Some(&cookie)).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(set_cookie(&response).is_none(), "immediate: {immediate}");
+        // A new session: the save created it, and its cookie goes out with the error.
+        store.fail_writes.store(false, Ordering::SeqCst);
+        let response = send(&router, "/save-then-fail", None).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let created = set_cookie(&response).expect("the new session's cookie");
+        store.fail_writes.store(false, Ordering::SeqCst);
+        let back = format!("id={}", created.value());
+        assert_eq!(
+            text(send(&router, "/arrival", Some(&back)).await).await,
+            "Returning"
+        );
+    }
+}
+
 /// `/start` (a session with `n` = 1), `/login` (`cycle_id`, `user` = alice, `save`, answering the
 /// kind of the save's error) and `/who` (`n` and `user`) over `store`.
 fn rotating_app(store: &Faulty) -> Router {

@@ -490,6 +490,62 @@ async fn a_connection_that_turned_read_only_is_not_reused() {
     assert_eq!(store.load(&key, now).await.unwrap(), Some(record));
 }
 
+/// A statement the store gives up on (its timeout passed while the row was locked elsewhere)
+/// does not take its connection back to the pool with it: there the ping before reuse would wait
+/// for that statement, and with a pool of one the next operation would wait for the lock too.
+/// It gets a new connection and answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_given_up_on_is_not_reused() {
+    let migrated = pg::store().await;
+    let schema = table_of(&migrated)
+        .split('.')
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let store = PostgresStore::new(pg::pool(1).await)
+        .with_schema(&schema)
+        .unwrap()
+        .with_timeout(StdDuration::from_millis(300));
+    let now = now();
+    let (locked, other) = (conformance::contract::key(), conformance::contract::key());
+    for key in [&locked, &other] {
+        assert!(
+            store
+                .create(key, &conformance::contract::record(now), now)
+                .await
+                .unwrap()
+        );
+    }
+    let admin_pool = pg::pool(1).await;
+    let mut admin = admin_pool.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM {} WHERE id = $1 FOR UPDATE",
+        table_of(&migrated)
+    )))
+    .bind(locked.as_bytes().as_slice())
+    .fetch_all(&mut *admin)
+    .await
+    .unwrap();
+    let error = store
+        .save(&locked, &ChangeSet::default(), now)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("no answer within 300 ms"),
+        "{error}"
+    );
+    // The lock is still held: the next operation runs on a new connection.
+    let started = std::time::Instant::now();
+    assert!(store.load(&other, now).await.unwrap().is_some());
+    assert!(
+        started.elapsed() < StdDuration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    admin.rollback().await.unwrap();
+}
+
 /// A session row locked by a long transaction elsewhere: the request that needs to write it gets
 /// a store error once the store's timeout passes, rather than waiting for that transaction. With
 /// the app's own pool (no `statement_timeout`), the server still applies the write later.

@@ -1504,3 +1504,25 @@ async fn the_owner_index_is_pruned_by_the_layers_clock() {
     assert_eq!(store.delete_owner("alice").await.unwrap(), 1);
     assert_eq!(store.load(&live, behind).await.unwrap(), None);
 }
+
+/// A save that sets the owner of a session whose absolute deadline is far off (past the year
+/// 5138, when its milliseconds reach 15 digits) is applied and answered so: the save script
+/// gave the deadline back in exponent form (`2.53402300799e+14`), which the store refused
+/// although Redis had written the change.
+#[tokio::test]
+async fn a_save_naming_the_owner_of_a_far_off_session_is_applied() {
+    let store = single_store().await;
+    let now = now();
+    let key = fresh_key();
+    let far = OffsetDateTime::new_utc(
+        time::Date::from_calendar_date(9999, time::Month::December, 1).unwrap(),
+        time::Time::MIDNIGHT,
+    );
+    let record = record(now, Duration::hours(1), Some(far - now));
+    assert!(store.create(&key, &record, now).await.unwrap());
+    let mut owned = setting("n", json!(1));
+    owned.owner = Some(Some("alice".into()));
+    assert_eq!(store.save(&key, &owned, now).await.unwrap(), Saved::Applied);
+    let listed = store.list_owner("alice", now).await.unwrap();
+    assert_eq!(listed.len(), 1);
+}

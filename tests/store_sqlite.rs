@@ -199,6 +199,20 @@ async fn corrupt_rows_read_as_no_session() {
         .unwrap();
         assert_eq!(store.load(&key, now).await.unwrap(), None, "{damage}");
     }
+    // Nor does such a row fail its owner's whole listing: it is left out.
+    let listed = conformance::contract::key();
+    let owned = conformance::contract::owned(now, "mallory");
+    let damaged = conformance::contract::key();
+    for key in [&listed, &damaged] {
+        assert!(store.create(key, &owned, now).await.unwrap());
+    }
+    sqlx::query("UPDATE tower_satchel_sessions SET created_at = 'earlier' WHERE id = ?1")
+        .bind(damaged.as_bytes().as_slice())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let sessions = store.list_owner("mallory", now).await.unwrap();
+    assert_eq!(sessions.iter().map(|s| s.key).collect::<Vec<_>>(), [listed]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,7 +162,8 @@ if new_idle ~= '' then
   i = tonumber(new_idle)
   expire_at(key, deadline(i, a), now)
 end
-if ARGV[4] == '1' and a then return tostring(a) .. ':' .. status end
+-- The stored digits: `tostring` prints large numbers in exponent form.
+if ARGV[4] == '1' and a then return a_text .. ':' .. status end
 return status
 ";
 
@@ -559,6 +560,13 @@ impl Conn {
 ///   are not extended and end at their idle deadline. Under an eviction policy Redis may silently drop sessions (users
 ///   logged out) and owner indexes (after which "log out everywhere" misses sessions); give sessions
 ///   a Redis of their own or enough memory.
+/// - **Keys and ACLs**: the store uses `<prefix>s:{…}` (sessions), `<prefix>o:{…}` (owner
+///   indexes) and `<prefix>r:{…}` (the one-minute marker a rename leaves, see
+///   [Renaming](#renaming)). A Redis user restricted by key pattern needs all three
+///   (`~<prefix>*`), and `EVAL`/`EVALSHA`; without the last pattern, every login fails. Under
+///   `volatile-ttl` eviction the short-lived markers go first, and a rename whose answer was
+///   lost can then no longer tell that it ran (the session is lost, the user signs in again):
+///   one more reason for `noeviction`.
 /// - **Failover**: a replica's index entries may trail its master's (replication is
 ///   asynchronous), so a failover can lose the entry of a session written just before it, which
 ///   "log out everywhere" then misses until the session expires. A connection to a standalone
@@ -2156,6 +2164,11 @@ mod tests {
         assert_eq!(
             save_reply(bulk("1700000000000:2")).unwrap(),
             (Saved::PolicyChanged, Some(1_700_000_000_000))
+        );
+        // Year 9999, 15 digits.
+        assert_eq!(
+            save_reply(bulk("253402300799000:1")).unwrap(),
+            (Saved::Applied, Some(253_402_300_799_000))
         );
         for odd in [
             Value::Nil,

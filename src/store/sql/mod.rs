@@ -71,12 +71,22 @@ fn quote_ident(what: &str, name: &str) -> Result<String, ConfigError> {
 }
 
 /// Refuses a name starting with `prefix`, which the database keeps for itself (`sqlite_` for
-/// SQLite's tables, `pg_` for PostgreSQL's schemas, in any case): such a name would only fail
-/// at `migrate`, with the database's message.
-fn reserved_prefix<'n>(what: &str, name: &'n str, prefix: &str) -> Result<&'n str, ConfigError> {
-    let reserved = name
-        .get(..prefix.len())
-        .is_some_and(|start| start.eq_ignore_ascii_case(prefix));
+/// SQLite's tables, in any case; `pg_` for PostgreSQL's schemas, in lower case: the names are
+/// quoted, so `PG_x` is another name): such a name would only fail at `migrate`, with the
+/// database's message.
+fn reserved_prefix<'n>(
+    what: &str,
+    name: &'n str,
+    prefix: &str,
+    any_case: bool,
+) -> Result<&'n str, ConfigError> {
+    let reserved = name.get(..prefix.len()).is_some_and(|start| {
+        if any_case {
+            start.eq_ignore_ascii_case(prefix)
+        } else {
+            start == prefix
+        }
+    });
     if reserved {
         return Err(ConfigError::new(format!(
             "the SQL {what} name {name:?} starts with {prefix:?}, which the database reserves"
@@ -186,12 +196,17 @@ mod tests {
         }
         for reserved in ["sqlite_sessions", "SQLite_x", "sqlite_"] {
             assert!(
-                reserved_prefix("table", reserved, "sqlite_").is_err(),
+                reserved_prefix("table", reserved, "sqlite_", true).is_err(),
                 "{reserved}"
             );
         }
         for fine in ["sqlit", "my_sqlite_sessions", "pg"] {
-            assert_eq!(reserved_prefix("table", fine, "sqlite_").unwrap(), fine);
+            assert_eq!(
+                reserved_prefix("table", fine, "sqlite_", true).unwrap(),
+                fine
+            );
         }
+        assert!(reserved_prefix("schema", "pg_sessions", "pg_", false).is_err());
+        assert!(reserved_prefix("schema", "PG_sessions", "pg_", false).is_ok());
     }
 }

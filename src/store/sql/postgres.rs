@@ -202,7 +202,7 @@ impl Statements {
         let table = match schema {
             Some(schema) => format!(
                 "{}.{}",
-                quote_ident("schema", reserved_prefix("schema", schema, "pg_")?)?,
+                quote_ident("schema", reserved_prefix("schema", schema, "pg_", false)?)?,
                 quote_ident("table", table_name)?
             ),
             None => quote_ident("table", table_name)?,
@@ -552,8 +552,10 @@ impl PostgresStore {
     ///
     /// It runs without the store's timeout and the server's `statement_timeout`: building a
     /// missing index on a large table takes as long as it takes, and blocks writes to the table
-    /// meanwhile. On a large live table, build it first yourself with
-    /// `CREATE INDEX CONCURRENTLY` (the names are in [`schema_sql`](Self::schema_sql)).
+    /// meanwhile; so does waiting for a long transaction that holds the table, as the index
+    /// build queues behind it and the session writes behind the build. On a large live table,
+    /// build it first yourself with `CREATE INDEX CONCURRENTLY` (the names are in
+    /// [`schema_sql`](Self::schema_sql)).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let fail = |e| self.error("migrate", e);
         let [table, expires_at, owner] = self.sql.schema_objects();
@@ -630,10 +632,16 @@ impl PostgresStore {
         // read-only (a primary demoted at a failover, behind the same address) or is shutting
         // down still answers. Such a connection is closed instead, so the next operation opens
         // a new one, to wherever the address now leads.
+        // A statement given up on by the store's timeout is closed too: its connection would
+        // otherwise go back with the statement still running, and the ping before its reuse wait
+        // for it, holding a place in the pool for as long as the server takes (a blackholed
+        // primary: until TCP gives up).
         let conn = &mut held.conn;
+        let mut answered = false;
         let result = self
             .run(op, async {
                 let result = f(conn).await;
+                answered = true;
                 if let Err(error) = &result
                     && needs_a_new_connection(error)
                 {
@@ -642,6 +650,9 @@ impl PostgresStore {
                 result
             })
             .await;
+        if !answered {
+            held.conn.close_on_drop();
+        }
         handoff::checkin(&self.pool, handoff, held, result.is_ok());
         result
     }
@@ -782,7 +793,7 @@ fn record_from_row(row: &PgRow) -> Result<Result<Record, &'static str>, sqlx::Er
 /// such a timestamp then reads as unreadable rather than end the request in a panic.
 fn in_range(column: &str) -> String {
     format!(
-        "CASE WHEN {column} BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59+00' \
+        "CASE WHEN {column} >= '0001-01-01 00:00:00+00' AND {column} < '10000-01-01 00:00:00+00' \
          THEN {column} END AS {column}"
     )
 }

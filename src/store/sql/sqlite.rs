@@ -152,7 +152,10 @@ const COLUMNS: &str = "version, data, created_at, idle_deadline, absolute_deadli
 
 impl Statements {
     fn new(table_name: &str) -> Result<Self, ConfigError> {
-        let table = quote_ident("table", reserved_prefix("table", table_name, "sqlite_")?)?;
+        let table = quote_ident(
+            "table",
+            reserved_prefix("table", table_name, "sqlite_", true)?,
+        )?;
         let t = &table;
         Ok(Self {
             table_name: table_name.to_owned(),
@@ -801,14 +804,15 @@ impl SessionStore for SqliteStore {
             .await?;
         let mut sessions = Vec::with_capacity(rows.len());
         for row in rows {
-            let read = |name: &str| -> Result<i64, StoreError> {
-                row.try_get(name).map_err(|e| self.error("list_owner", e))
+            // A value of another type than its column's (see `record_from_row`) is `None`.
+            let read = |name: &str| -> Result<Option<i64>, StoreError> {
+                column(&row, name).map_err(|e| self.error("list_owner", e))
             };
             let id: Vec<u8> = row.try_get("id").map_err(|e| self.error("list_owner", e))?;
             let (Ok(bytes), Some(created_at), Some(deadline)) = (
                 <[u8; 32]>::try_from(id.as_slice()),
-                from_micros(read("created_at")?),
-                from_micros(read("expires_at")?),
+                read("created_at")?.and_then(from_micros),
+                read("expires_at")?.and_then(from_micros),
             ) else {
                 tracing::warn!("unreadable session row skipped in an owner listing");
                 continue;
