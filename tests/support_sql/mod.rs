@@ -65,65 +65,81 @@ impl Drop for Cleanup {
     }
 }
 
-impl<S: SessionStore> SessionStore for Guarded<S> {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: OffsetDateTime,
-    ) -> Result<Option<Record>, StoreError> {
-        self.store.load(key, now).await
-    }
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.store.create(key, record, now).await
-    }
-    async fn save(
-        &self,
-        key: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.store.save(key, changes, now).await
-    }
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        idle: OffsetDateTime,
-        basis: Expiry,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.store.touch(key, idle, basis, now).await
-    }
-    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.store.delete(key).await
-    }
-    async fn rename(
-        &self,
-        from: &SessionKey,
-        to: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Renamed, StoreError> {
-        self.store.rename(from, to, changes, now).await
-    }
-    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
-        self.store.delete_expired(now, limit).await
-    }
-    async fn list_owner(
-        &self,
-        owner: &str,
-        now: OffsetDateTime,
-    ) -> Result<Vec<SessionInfo>, StoreError> {
-        self.store.list_owner(owner, now).await
-    }
-    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
-        self.store.delete_owner(owner).await
-    }
+/// Implements `SessionStore` for a wrapper with a `store` field by handing every call on to it;
+/// `delete_expired` runs `$sweep`, with `$this`, `$now` and `$limit` bound.
+macro_rules! forwarding_store {
+    ($wrapper:ident, |$this:ident, $now:ident, $limit:ident| $sweep:expr) => {
+        impl<S: SessionStore> SessionStore for $wrapper<S> {
+            async fn load(
+                &self,
+                key: &SessionKey,
+                now: OffsetDateTime,
+            ) -> Result<Option<Record>, StoreError> {
+                self.store.load(key, now).await
+            }
+            async fn create(
+                &self,
+                key: &SessionKey,
+                record: &Record,
+                now: OffsetDateTime,
+            ) -> Result<bool, StoreError> {
+                self.store.create(key, record, now).await
+            }
+            async fn save(
+                &self,
+                key: &SessionKey,
+                changes: &ChangeSet,
+                now: OffsetDateTime,
+            ) -> Result<Saved, StoreError> {
+                self.store.save(key, changes, now).await
+            }
+            async fn touch(
+                &self,
+                key: &SessionKey,
+                idle: OffsetDateTime,
+                basis: Expiry,
+                now: OffsetDateTime,
+            ) -> Result<Saved, StoreError> {
+                self.store.touch(key, idle, basis, now).await
+            }
+            async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+                self.store.delete(key).await
+            }
+            async fn rename(
+                &self,
+                from: &SessionKey,
+                to: &SessionKey,
+                changes: &ChangeSet,
+                now: OffsetDateTime,
+            ) -> Result<Renamed, StoreError> {
+                self.store.rename(from, to, changes, now).await
+            }
+            async fn delete_expired(
+                &self,
+                $now: OffsetDateTime,
+                $limit: usize,
+            ) -> Result<usize, StoreError> {
+                let $this = self;
+                $sweep
+            }
+            async fn list_owner(
+                &self,
+                owner: &str,
+                now: OffsetDateTime,
+            ) -> Result<Vec<SessionInfo>, StoreError> {
+                self.store.list_owner(owner, now).await
+            }
+            async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
+                self.store.delete_owner(owner).await
+            }
+        }
+    };
 }
+
+forwarding_store!(Guarded, |this, now, limit| this
+    .store
+    .delete_expired(now, limit)
+    .await);
 
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL
@@ -709,67 +725,11 @@ pub struct SweepLog<S> {
     pub sweeps: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
 }
 
-impl<S: SessionStore> SessionStore for SweepLog<S> {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: OffsetDateTime,
-    ) -> Result<Option<Record>, StoreError> {
-        self.store.load(key, now).await
-    }
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.store.create(key, record, now).await
-    }
-    async fn save(
-        &self,
-        key: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.store.save(key, changes, now).await
-    }
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        idle: OffsetDateTime,
-        basis: Expiry,
-        now: OffsetDateTime,
-    ) -> Result<Saved, StoreError> {
-        self.store.touch(key, idle, basis, now).await
-    }
-    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.store.delete(key).await
-    }
-    async fn rename(
-        &self,
-        from: &SessionKey,
-        to: &SessionKey,
-        changes: &ChangeSet,
-        now: OffsetDateTime,
-    ) -> Result<Renamed, StoreError> {
-        self.store.rename(from, to, changes, now).await
-    }
-    async fn delete_expired(&self, now: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
-        let deleted = self.store.delete_expired(now, limit).await?;
-        self.sweeps.lock().unwrap().push((limit, deleted));
-        Ok(deleted)
-    }
-    async fn list_owner(
-        &self,
-        owner: &str,
-        now: OffsetDateTime,
-    ) -> Result<Vec<SessionInfo>, StoreError> {
-        self.store.list_owner(owner, now).await
-    }
-    async fn delete_owner(&self, owner: &str) -> Result<usize, StoreError> {
-        self.store.delete_owner(owner).await
-    }
-}
+forwarding_store!(SweepLog, |this, now, limit| {
+    let deleted = this.store.delete_expired(now, limit).await?;
+    this.sweeps.lock().unwrap().push((limit, deleted));
+    Ok(deleted)
+});
 
 /// 25 sessions expiring in 30 s and one live for 2 h; the cleanup task, on a clock a minute
 /// later and in batches of 10, deletes the 25 (counted by `rows`) in batches of 10, 10 and 5,
