@@ -452,12 +452,7 @@ async fn a_newer_row_is_neither_read_nor_written() {
 async fn a_connection_that_turned_read_only_is_not_reused() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let migrated = pg::store().await;
-    let schema = table_of(&migrated)
-        .split('.')
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
+    let schema = pg::schema_of(&migrated);
     let connections = Arc::new(AtomicUsize::new(0));
     let counter = connections.clone();
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -497,12 +492,7 @@ async fn a_connection_that_turned_read_only_is_not_reused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_given_up_on_is_not_reused() {
     let migrated = pg::store().await;
-    let schema = table_of(&migrated)
-        .split('.')
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
+    let schema = pg::schema_of(&migrated);
     let store = PostgresStore::new(pg::pool(1).await)
         .with_schema(&schema)
         .unwrap()

@@ -284,6 +284,18 @@ pub mod pg {
         sql[start..].split_whitespace().next().unwrap().to_owned()
     }
 
+    /// The schema of a test store (see [`table_of`]), unquoted: for another store on the same
+    /// table, over a pool made otherwise.
+    pub fn schema_of(store: &PostgresStore) -> String {
+        let table = table_of(store);
+        table
+            .split('.')
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    }
+
     /// Rows in the store's table, whatever their deadline, counted in SQL for white-box checks.
     pub async fn count_rows(store: &PostgresStore) -> i64 {
         let sql = format!("SELECT count(*) FROM {}", table_of(store));
