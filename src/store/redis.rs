@@ -899,11 +899,10 @@ impl RedisStore {
         members: &[&[u8]],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let now = now_ms;
         for chunk in members.chunks(1000) {
             let bytes = index.len() + chunk.iter().map(|m| m.len()).sum::<usize>();
             self.eval(&self.scripts.index_remove, bytes, |cmd| {
-                cmd.arg(1).arg(index).arg(now);
+                cmd.arg(1).arg(index).arg(now_ms);
                 for member in chunk {
                     cmd.arg(*member);
                 }
