@@ -222,9 +222,7 @@ async fn the_owner_index_is_shared_by_stores_on_one_folder() {
     assert_eq!(b.list_owner("alice", now).await.unwrap().len(), 2);
 
     // A marker whose record is gone (a crash between the two writes) is dropped by a listing.
-    let owner_dir = dir
-        .join(".owners")
-        .join(SessionKey::from_bytes(Sha256::digest(b"alice").into()).to_hex());
+    let owner_dir = owner_dir(&dir, "alice");
     let stale = key();
     fs::write(owner_dir.join(stale.to_hex()), b"").unwrap();
     let listed = b.list_owner("alice", now).await.unwrap();
@@ -274,10 +272,15 @@ fn rotation(now: time::OffsetDateTime, owner: Option<&str>) -> ChangeSet {
     changes
 }
 
-/// The owner index folder of `owner` in the store folder `dir`.
+/// The owner index folder of `owner` in the store folder `dir`, for a store with the default
+/// prefix (none) and suffix (`.json`): named by the SHA-256 of the prefix and the suffix, each
+/// after its length in one byte, then the owner.
 fn owner_dir(dir: &Path, owner: &str) -> PathBuf {
+    let mut hasher = Sha256::new();
+    hasher.update(b"\x00\x05.json");
+    hasher.update(owner.as_bytes());
     dir.join(".owners")
-        .join(SessionKey::from_bytes(Sha256::digest(owner.as_bytes()).into()).to_hex())
+        .join(SessionKey::from_bytes(hasher.finalize().into()).to_hex())
 }
 
 /// The keys `owner`'s index folder holds markers for, sorted.
@@ -1444,9 +1447,7 @@ async fn the_cleanup_task_removes_expired_session_files_and_their_owner_entries(
     task.stop().await;
     assert!(gone(), "expired session files remain");
     assert!(store.path_of(&live).exists());
-    let owner_dir = dir
-        .join(".owners")
-        .join(SessionKey::from_bytes(Sha256::digest(b"alice").into()).to_hex());
+    let owner_dir = owner_dir(&dir, "alice");
     assert!(
         !owner_dir.exists(),
         "owner entries of expired sessions remain"

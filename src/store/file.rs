@@ -9,9 +9,9 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration as StdDuration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -36,6 +36,14 @@ const STRIPES: usize = 1 << (4 * STRIPE_HEX);
 const STALE_TEMP: StdDuration = StdDuration::from_secs(3600);
 /// Longest accepted file name prefix or suffix.
 const MAX_AFFIX: usize = 32;
+/// Default of [`FileStoreBuilder::lock_timeout`].
+const DEFAULT_LOCK_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+/// Largest session file written or read: a larger session is refused when saved
+/// ([`StoreErrorKind::TooLarge`]), and a larger file found at a session's path (put there by
+/// hand) is a read error, never read whole into memory.
+const MAX_FILE: u64 = 16 << 20;
+/// Longest pause between two attempts to take a lock held elsewhere.
+const MAX_LOCK_PAUSE: StdDuration = StdDuration::from_millis(5);
 
 /// Sessions kept as one file per session in a folder: they survive restarts, and several processes
 /// on one machine can share the folder.
@@ -65,7 +73,7 @@ const MAX_AFFIX: usize = 32;
 ///   <prefix><key hex><suffix>       one session: the record as JSON, mode 0600
 ///   .tmp-<secs>-<pid>-<n>           a write in progress (renamed over the session file)
 ///   .locks/<3 hex digits>           4096 lock files, never deleted
-///   .owners/<SHA-256 of owner>/<key hex>   owner index: one empty marker per session
+///   .owners/<SHA-256 of prefix, suffix and owner>/<key hex>   owner index: one empty marker per session
 /// ```
 ///
 /// Anything else in the folder is ignored. The lock files must stay while any process uses the
@@ -104,6 +112,11 @@ const MAX_AFFIX: usize = 32;
 ///   owner's sessions); never neither. A failure before the old file is deleted (disk full,
 ///   read-only folder) is a [`StoreError`], and the new file is deleted again: the session stays
 ///   under its old key, unchanged.
+/// - A lock is waited for at most [`FileStoreBuilder::lock_timeout`] (default 10 s). Longer, and
+///   the operation fails with a [`StoreError`] (the request gets an error response) rather than
+///   hang: a process sharing the folder that was stopped (`SIGSTOP`, `docker pause`, a debugger)
+///   or is stuck on a stalled disk while holding a lock blocks nothing for good. The cleanup does
+///   not wait at all: it skips a session whose lock is held, and the next sweep removes it.
 /// - Loads take no lock: a file rename is atomic, so a load sees the old record or the new one.
 /// - A file that cannot be decoded (truncated, random bytes) reads as "no session", is logged at
 ///   `warn` and removed. A record written by a newer version of this crate is logged and left
@@ -126,8 +139,10 @@ const MAX_AFFIX: usize = 32;
 ///
 /// # Owner index
 ///
-/// `.owners/<SHA-256 of the owner>/` holds an empty file per session of that owner, named by the
-/// session's key. The marker is written *before* the record that names the owner and removed
+/// `.owners/<SHA-256 of the prefix, the suffix and the owner>/` holds an empty file per session
+/// of that owner, named by the session's key. Stores with different prefixes or suffixes in one
+/// folder (two apps, or a change of suffix) keep separate indexes, so neither takes the other's
+/// markers for stale ones. The marker is written *before* the record that names the owner and removed
 /// *after* it, under the session's lock, so a crash can leave a stale marker but never a session
 /// missing from its owner's list: [`delete_owner`](SessionStore::delete_owner) ("log out
 /// everywhere") cannot miss one (SECURITY.md 12). A rename likewise writes the new key's marker
@@ -152,8 +167,12 @@ const MAX_AFFIX: usize = 32;
 ///   with `sync_folder`).
 /// - The cleanup lists the whole folder on each sweep and reads the metadata of every session
 ///   file (not its contents): a few microseconds per session, about half a second for 100,000
-///   sessions, on a blocking thread and without holding any lock except while deleting. Run it
-///   every minute or so ([`CleanupConfig`](crate::CleanupConfig)'s default), not more often.
+///   sessions, on a blocking thread and without holding any lock except while deleting. A batch
+///   that reaches its limit leaves a place to resume from, so a sweep of many batches lists the
+///   folder about once, not once per batch. Run it every minute or so
+///   ([`CleanupConfig`](crate::CleanupConfig)'s default), not more often.
+/// - A session file holds at most 16 MiB; a larger session is refused when saved
+///   ([`StoreErrorKind::TooLarge`]).
 ///
 /// # Performance
 ///
@@ -165,7 +184,10 @@ const MAX_AFFIX: usize = 32;
 ///
 /// # Deployment notes
 ///
-/// Keep the folder out of any web root and backups that do not keep modification times. Several
+/// Keep the folder out of any web root, out of backups that do not keep modification times, and
+/// out of reach of temporary-file cleaners (`systemd-tmpfiles` ages out files under `/tmp` and
+/// `/var/tmp`): lock files are never modified, so a cleaner that removes them lets two writers in
+/// at once (a warning is logged when one is found missing). Several
 /// processes may share it (e.g. a zero-downtime restart that overlaps the old and new process).
 /// Run [`spawn_cleanup`](crate::spawn_cleanup) in one or more of them; concurrent sweeps are safe.
 #[derive(Clone)]
@@ -178,9 +200,16 @@ struct Inner {
     prefix: String,
     suffix: String,
     sync_folder: bool,
+    lock_timeout: StdDuration,
     /// One lock per lock file, so threads of this process queue here rather than relying on how a
     /// file system implements `flock` between threads of one process.
     stripes: Box<[Mutex<()>]>,
+    /// One bit per lock file this process has opened: one found missing after that was removed
+    /// by someone else, which is worth a warning.
+    opened: Box<[AtomicU64]>,
+    /// Where the next batch of a sweep resumes: entries of the folder listing the previous batch
+    /// passed over without deleting them.
+    sweep_resume: AtomicUsize,
 }
 
 /// Settings for a [`FileStore`], from [`FileStore::builder`].
@@ -191,6 +220,7 @@ pub struct FileStoreBuilder {
     prefix: String,
     suffix: String,
     sync_folder: bool,
+    lock_timeout: StdDuration,
 }
 
 impl FileStoreBuilder {
@@ -225,6 +255,18 @@ impl FileStoreBuilder {
     /// One more `fsync` per save, create and delete, two more per rename.
     pub fn sync_folder(mut self, sync: bool) -> Self {
         self.sync_folder = sync;
+        self
+    }
+
+    /// How long an operation waits for a session's lock before it fails. Default: 10 seconds.
+    ///
+    /// A lock is held for one read-modify-write (a few milliseconds with its `fsync`), so a long
+    /// wait means a process sharing the folder is stopped or stuck while holding it. Without a
+    /// limit, every request of the sessions behind that lock would hang with it, each holding one
+    /// of Tokio's blocking threads. Past the limit the operation fails with a
+    /// [`StoreErrorKind::Backend`] error, which the layer turns into an error response.
+    pub fn lock_timeout(mut self, timeout: StdDuration) -> Self {
+        self.lock_timeout = timeout;
         self
     }
 
@@ -271,7 +313,12 @@ impl FileStoreBuilder {
             prefix: self.prefix,
             suffix: self.suffix,
             sync_folder: self.sync_folder,
+            lock_timeout: self.lock_timeout,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            opened: (0..STRIPES.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            sweep_resume: AtomicUsize::new(0),
         };
         warn_if_foreign(&inner, &meta);
         Ok(FileStore {
@@ -305,6 +352,7 @@ impl fmt::Debug for FileStore {
             .field("prefix", &self.inner.prefix)
             .field("suffix", &self.inner.suffix)
             .field("sync_folder", &self.inner.sync_folder)
+            .field("lock_timeout", &self.inner.lock_timeout)
             .finish()
     }
 }
@@ -341,6 +389,7 @@ impl FileStore {
             prefix: String::new(),
             suffix: ".json".to_owned(),
             sync_folder: false,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
 
@@ -383,6 +432,24 @@ struct Locked<'a> {
     _stripe: MutexGuard<'a, ()>,
 }
 
+/// Pauses between attempts to take a lock: from 50 µs, doubling up to [`MAX_LOCK_PAUSE`].
+#[derive(Default)]
+struct Pause(StdDuration);
+
+impl Pause {
+    /// Sleeps before the next attempt (never past `deadline`); `false`, without sleeping, once
+    /// `deadline` has passed.
+    fn wait(&mut self, deadline: Instant) -> bool {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        self.0 = (self.0 * 2).clamp(StdDuration::from_micros(50), MAX_LOCK_PAUSE);
+        std::thread::sleep(self.0.min(deadline - now));
+        true
+    }
+}
+
 /// The lock file guarding `key`: the number its first [`STRIPE_HEX`] hex digits spell.
 fn stripe_of(key: &SessionKey) -> usize {
     let [a, b, ..] = *key.as_bytes();
@@ -418,14 +485,24 @@ impl Inner {
     }
 
     fn owner_dir(&self, owner: &str) -> PathBuf {
-        let digest: [u8; 32] = Sha256::digest(owner.as_bytes()).into();
+        // The prefix and suffix (at most 32 bytes each, so one length byte each keeps them
+        // apart) go in too: a store of another configuration sharing the folder has its own
+        // index, and never takes this one's markers for stale ones (its sessions' files have
+        // other names).
+        let mut hasher = Sha256::new();
+        for affix in [&self.prefix, &self.suffix] {
+            hasher.update([u8::try_from(affix.len()).unwrap_or(u8::MAX)]);
+            hasher.update(affix.as_bytes());
+        }
+        hasher.update(owner.as_bytes());
+        let digest: [u8; 32] = hasher.finalize().into();
         self.dir
             .join(OWNER_DIR)
             .join(SessionKey::from_bytes(digest).to_hex())
     }
 
     fn lock(&self, key: &SessionKey) -> Result<Locked<'_>, StoreError> {
-        self.lock_stripe(stripe_of(key))
+        self.lock_stripe(stripe_of(key), Instant::now() + self.lock_timeout)
     }
 
     /// Locks the sessions under `a` and `b` together, for a rename: the lock with the lower
@@ -436,53 +513,119 @@ impl Inner {
         a: &SessionKey,
         b: &SessionKey,
     ) -> Result<(Locked<'_>, Option<Locked<'_>>), StoreError> {
+        let deadline = Instant::now() + self.lock_timeout;
         let (a, b) = (stripe_of(a), stripe_of(b));
-        let first = self.lock_stripe(a.min(b))?;
+        let first = self.lock_stripe(a.min(b), deadline)?;
         let second = if a == b {
             None
         } else {
-            Some(self.lock_stripe(a.max(b))?)
+            Some(self.lock_stripe(a.max(b), deadline)?)
         };
         Ok((first, second))
     }
 
-    fn lock_stripe(&self, stripe: usize) -> Result<Locked<'_>, StoreError> {
-        let guard = self
-            .stripes
-            .get(stripe)
-            .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        let Some(guard) = guard else {
+    /// [`try_lock_stripe`](Self::try_lock_stripe), with running out of time an error.
+    fn lock_stripe(&self, stripe: usize, deadline: Instant) -> Result<Locked<'_>, StoreError> {
+        self.try_lock_stripe(stripe, deadline)?.ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Backend,
+                format!(
+                    "file store: a session's lock stayed held past the lock timeout ({:?}); \
+                     is a process sharing the folder stopped or stuck?",
+                    self.lock_timeout
+                ),
+            )
+        })
+    }
+
+    /// Takes the stripe's lock inside this process, then the `flock` on its lock file, trying
+    /// again after a short pause while either is held elsewhere; `None` once `deadline` passes
+    /// first. (Neither `Mutex` nor `flock` can wait with a limit, and an unlimited wait would
+    /// hang with a stopped process that holds the lock.)
+    fn try_lock_stripe(
+        &self,
+        stripe: usize,
+        deadline: Instant,
+    ) -> Result<Option<Locked<'_>>, StoreError> {
+        let Some(mutex) = self.stripes.get(stripe) else {
             return Err(StoreError::new(
                 StoreErrorKind::Backend,
                 "file store: lock index out of range",
             ));
         };
+        let mut pause = Pause::default();
+        let guard = loop {
+            match mutex.try_lock() {
+                Ok(guard) => break guard,
+                Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    if !pause.wait(deadline) {
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let file = self.open_lock_file(stripe)?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    if !pause.wait(deadline) {
+                        return Ok(None);
+                    }
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(io_error("cannot lock a lock file", e));
+                }
+            }
+        }
+        Ok(Some(Locked {
+            _file: file,
+            _stripe: guard,
+        }))
+    }
+
+    /// Opens the lock file of `stripe`, creating it (and its folder) when missing.
+    fn open_lock_file(&self, stripe: usize) -> Result<File, StoreError> {
         let dir = self.dir.join(LOCK_DIR);
         let path = dir.join(format!("{stripe:03x}"));
-        let open = || {
+        let open = |create: bool| {
             let mut options = OpenOptions::new();
-            options.read(true).write(true).create(true).truncate(false);
+            options
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false);
             private_file(&mut options);
             options.open(&path)
         };
-        let file = match open() {
+        let (word, bit) = (stripe / 64, 1u64 << (stripe % 64));
+        let seen = self.opened.get(word);
+        let file = match open(false) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // The lock folder was removed under us (e.g. someone cleaned the folder by hand,
-                // or a temporary-file cleaner removed the whole folder): create it again, with
-                // the session folder if that went too, so that writes work again.
+                if seen.is_some_and(|seen| seen.load(Ordering::Relaxed) & bit != 0) {
+                    // This process used it before: someone removed it (a temporary-file
+                    // cleaner, or a clean-up by hand). Another process may still hold a lock
+                    // on the removed file, which no longer excludes anyone.
+                    tracing::warn!(
+                        folder = %self.dir.display(),
+                        "a lock file of the session folder was removed while in use, and is \
+                         created again; keep the folder away from temporary-file cleaners"
+                    );
+                }
+                // Created again, with the lock folder (and the session folder) if they went
+                // too, so that writes work again.
                 create_private_dir(&dir)
                     .map_err(|e| io_error("cannot create the lock folder", e))?;
-                open()
+                open(true)
             }
             other => other,
         }
         .map_err(|e| io_error("cannot open a lock file", e))?;
-        file.lock()
-            .map_err(|e| io_error("cannot lock a lock file", e))?;
-        Ok(Locked {
-            _file: file,
-            _stripe: guard,
-        })
+        if let Some(seen) = seen {
+            seen.fetch_or(bit, Ordering::Relaxed);
+        }
+        Ok(file)
     }
 
     /// Reads the session file at `path`. Takes no lock: files are only ever replaced by rename.
@@ -495,11 +638,30 @@ impl Inner {
         let meta = file
             .metadata()
             .map_err(|e| io_error("cannot read a session file's metadata", e))?;
-        // Sized from the metadata, but bounded: a huge stray file must not become one allocation.
-        let expected = usize::try_from(meta.len()).unwrap_or(0).min(1 << 20);
+        // No session file this store writes is larger than `MAX_FILE`: a larger one was put
+        // there by hand, and is not read into memory (nor deleted as corrupt: it may be a
+        // misplaced file someone wants back).
+        let too_large = || {
+            StoreError::new(
+                StoreErrorKind::Backend,
+                format!(
+                    "file store: a file at a session's path is larger than {} MiB",
+                    MAX_FILE >> 20
+                ),
+            )
+        };
+        if meta.len() > MAX_FILE {
+            return Err(too_large());
+        }
+        let expected = usize::try_from(meta.len()).unwrap_or(0);
         let mut bytes = Vec::with_capacity(expected + 1);
-        file.read_to_end(&mut bytes)
+        (&mut file)
+            .take(MAX_FILE + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| io_error("cannot read a session file", e))?;
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(too_large()); // grew after the metadata was read
+        }
         let mut record = match Record::decode(&bytes) {
             Ok(record) => record,
             Err(error) => {
@@ -540,6 +702,15 @@ impl Inner {
             )
             .with_source(e)
         })?;
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(StoreError::new(
+                StoreErrorKind::TooLarge,
+                format!(
+                    "file store: the session is larger than {} MiB",
+                    MAX_FILE >> 20
+                ),
+            ));
+        }
         let deadline = to_system_time(record.deadline()).ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::Encoding,
@@ -927,7 +1098,22 @@ impl Inner {
         let stale_before = unix_secs(SystemTime::now())
             .saturating_sub(i64::try_from(STALE_TEMP.as_secs()).unwrap_or(i64::MAX));
         let entries = fs::read_dir(&self.dir).map_err(|e| io_error("cannot list the folder", e))?;
-        for entry in entries {
+        // The previous batch stopped at its limit: resume where it did, rather than reading the
+        // metadata of every live file it passed again (which made a sweep of many batches cost
+        // the square of the backlog). Positions are counted in the listing, less the files the
+        // batch removed. Files other requests create or delete meanwhile move positions a
+        // little: a few files are looked at twice, or left to the next sweep.
+        let resume = self.sweep_resume.swap(0, Ordering::Relaxed);
+        let mut removed = 0;
+        for (position, entry) in entries.enumerate() {
+            if position < resume {
+                continue;
+            }
+            if deleted >= limit {
+                self.sweep_resume
+                    .store(position - removed, Ordering::Relaxed);
+                break;
+            }
             let entry = entry.map_err(|e| io_error("cannot list the folder", e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
@@ -937,7 +1123,10 @@ impl Inner {
                 let started = rest.split('-').next().and_then(|s| s.parse::<i64>().ok());
                 if started.is_some_and(|s| s < stale_before) {
                     match ignore_missing(fs::remove_file(entry.path())) {
-                        Ok(()) => tracing::debug!("stale temporary session file removed"),
+                        Ok(()) => {
+                            removed += 1;
+                            tracing::debug!("stale temporary session file removed");
+                        }
                         Err(e) => {
                             let error = io_error("cannot remove a stale temporary file", e);
                             tracing::warn!(%error, "stale temporary session file not removed");
@@ -969,15 +1158,15 @@ impl Inner {
             // One file that cannot be read or removed (left by another user, say) must not stop
             // the sweep at it for good: it is logged and skipped, and the sweep goes on.
             match self.sweep_one(&key, &entry.path(), now) {
-                Ok(true) => deleted += 1,
+                Ok(true) => {
+                    deleted += 1;
+                    removed += 1;
+                }
                 Ok(false) => {}
                 Err(error) => {
                     tracing::warn!(session = %key.log_tag(), %error, "expired session file not removed by the cleanup");
                     failed.get_or_insert(error);
                 }
-            }
-            if deleted >= limit {
-                break;
             }
         }
         // Nothing removed and something failed: the folder itself may be the problem, and the
@@ -989,20 +1178,29 @@ impl Inner {
     }
 
     /// Removes the session file `path` of `key` if it is expired at `now` (or corrupt): whether it
-    /// did.
+    /// did. A session whose lock is held right now is left to the next sweep: the cleanup never
+    /// waits for a lock (a process holding one may be stuck, and `CleanupTask::stop` would wait
+    /// with it).
     fn sweep_one(
         &self,
         key: &SessionKey,
         path: &Path,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let _locked = self.lock(key)?;
+        let Some(_locked) = self.try_lock_stripe(stripe_of(key), Instant::now())? else {
+            tracing::debug!(session = %key.log_tag(), "session locked; left to the next sweep");
+            return Ok(false);
+        };
         match self.read(path)? {
             Found::Record { record, .. } if !record.is_live(now) => {
-                self.remove(key, path, || Ok(()))?;
-                if let Some(owner) = record.owner.as_deref() {
-                    self.remove_marker(owner, key)?;
-                }
+                // Once the file is gone, the session is removed whatever becomes of its marker
+                // (a stale one is dropped by its owner's next listing).
+                self.remove(key, path, || {
+                    record
+                        .owner
+                        .as_deref()
+                        .map_or(Ok(()), |owner| self.remove_marker(owner, key))
+                })?;
                 Ok(true)
             }
             Found::Corrupt(error) => {
@@ -1510,6 +1708,222 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn whole_seconds_now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp()).unwrap()
+    }
+
+    /// A record created at `now` that ends at `now + hours`, owned by `owner` if given.
+    fn record_until(now: OffsetDateTime, hours: i64, owner: Option<&str>) -> Record {
+        let mut record = Record::new(
+            now,
+            now + Duration::hours(hours),
+            None,
+            Expiry::OnInactivity(Duration::hours(hours)),
+        );
+        record.owner = owner.map(str::to_owned);
+        record
+    }
+
+    #[tokio::test]
+    async fn stores_with_other_file_names_keep_owner_indexes_of_their_own() {
+        let dir = temp_dir("owner-affix");
+        let a = FileStore::builder(&dir).prefix("a_").open().unwrap();
+        let b = FileStore::builder(&dir).prefix("b_").open().unwrap();
+        let c = FileStore::builder(&dir)
+            .prefix("b_")
+            .suffix(".s")
+            .open()
+            .unwrap();
+        let now = whole_seconds_now();
+        let key = SessionId::generate().unwrap().key();
+        assert!(
+            b.create(&key, &record_until(now, 1, Some("alice")), now)
+                .await
+                .unwrap()
+        );
+        // The other configurations neither list it nor take its marker for a stale one.
+        for other in [&a, &c] {
+            assert!(other.list_owner("alice", now).await.unwrap().is_empty());
+            assert_eq!(other.delete_owner("alice").await.unwrap(), 0);
+        }
+        assert_eq!(b.list_owner("alice", now).await.unwrap().len(), 1);
+        assert_eq!(
+            b.delete_owner("alice").await.unwrap(),
+            1,
+            "log out everywhere"
+        );
+        assert!(b.load(&key, now).await.unwrap().is_none());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_elsewhere_fails_after_the_timeout_and_the_cleanup_skips_it() {
+        let dir = temp_dir("lock-timeout");
+        let store = FileStore::builder(&dir)
+            .lock_timeout(StdDuration::from_millis(200))
+            .open()
+            .unwrap();
+        let now = whole_seconds_now();
+        let key = SessionId::generate().unwrap().key();
+        assert!(
+            store
+                .create(&key, &record_until(now, 1, None), now)
+                .await
+                .unwrap()
+        );
+        // What a stopped process sharing the folder leaves: its `flock` on the lock file (an
+        // open file of its own, so it excludes this process's too).
+        let lock_file = dir.join(LOCK_DIR).join(format!("{:03x}", stripe_of(&key)));
+        let holder = OpenOptions::new().write(true).open(&lock_file).unwrap();
+        holder.lock().unwrap();
+        let error = tokio::time::timeout(StdDuration::from_secs(10), store.delete(&key))
+            .await
+            .expect("a delete still waits for the lock after 10 s")
+            .unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Backend);
+        assert!(error.to_string().contains("lock timeout"), "{error}");
+        assert!(store.path_of(&key).exists(), "deleted without its lock");
+        // The cleanup does not wait at all: the expired session is left to a later sweep.
+        let later = now + Duration::hours(2);
+        let swept =
+            tokio::time::timeout(StdDuration::from_secs(10), store.delete_expired(later, 10))
+                .await
+                .expect("the cleanup still waits for the lock after 10 s");
+        assert_eq!(swept.unwrap(), 0);
+        assert!(store.path_of(&key).exists());
+        drop(holder);
+        assert_eq!(store.delete_expired(later, 10).await.unwrap(), 1);
+        assert!(!store.path_of(&key).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_of_several_batches_resumes_where_the_last_one_stopped() {
+        let dir = temp_dir("sweep-resume");
+        let store = FileStore::new(&dir).unwrap();
+        let now = whole_seconds_now();
+        let mut live = Vec::new();
+        for i in 0..60 {
+            let key = SessionId::generate().unwrap().key();
+            let hours = if i % 2 == 0 { 1 } else { 3 };
+            assert!(
+                store
+                    .create(&key, &record_until(now, hours, None), now)
+                    .await
+                    .unwrap()
+            );
+            if hours == 3 {
+                live.push(key);
+            }
+        }
+        let later = now + Duration::hours(2);
+        let mut batches = Vec::new();
+        loop {
+            let deleted = store.delete_expired(later, 7).await.unwrap();
+            batches.push(deleted);
+            let resume = store.inner.sweep_resume.load(Ordering::Relaxed);
+            if deleted < 7 {
+                assert_eq!(resume, 0, "a sweep that reached the end starts over");
+                break;
+            }
+            // Past the files this batch looked at, less the ones it removed (the lock folder,
+            // the owner index and the live files it passed stay in the listing).
+            assert!(
+                resume > 0,
+                "batch {} left no place to resume from",
+                batches.len()
+            );
+        }
+        assert_eq!(batches, [7, 7, 7, 7, 2]);
+        for key in &live {
+            assert!(store.load(key, later).await.unwrap().is_some());
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_counts_a_deleted_session_whose_marker_stays() {
+        let dir = temp_dir("sweep-marker");
+        let store = FileStore::new(&dir).unwrap();
+        let now = whole_seconds_now();
+        let key = SessionId::generate().unwrap().key();
+        assert!(
+            store
+                .create(&key, &record_until(now, 1, Some("alice")), now)
+                .await
+                .unwrap()
+        );
+        // A marker that cannot be removed (a folder in its place: no `unlink`, even for root).
+        let marker = store.inner.owner_dir("alice").join(key.to_hex());
+        fs::remove_file(&marker).unwrap();
+        fs::create_dir_all(marker.join("x")).unwrap();
+        let later = now + Duration::hours(2);
+        assert_eq!(store.delete_expired(later, 10).await.unwrap(), 1);
+        assert!(!store.path_of(&key).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn sessions_over_the_size_limit_are_refused_and_such_files_not_read() {
+        let dir = temp_dir("size");
+        let store = FileStore::new(&dir).unwrap();
+        let now = whole_seconds_now();
+        let key = SessionId::generate().unwrap().key();
+        let mut big = record_until(now, 1, None);
+        let length = usize::try_from(MAX_FILE).unwrap();
+        big.data.insert("x".to_owned(), "a".repeat(length).into());
+        let error = store.create(&key, &big, now).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::TooLarge);
+        assert!(!store.path_of(&key).exists());
+        // A file that large at a session's path (put there by hand): an error, and kept.
+        fs::write(store.path_of(&key), vec![b' '; length + 1]).unwrap();
+        let error = store.load(&key, now).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Backend);
+        assert!(store.path_of(&key).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_lock_file_removed_while_in_use_is_created_again_with_a_warning() {
+        use std::sync::Arc;
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Lines {
+            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let dir = temp_dir("lock-removed");
+        let store = FileStore::new(&dir).unwrap();
+        let now = whole_seconds_now();
+        let key = SessionId::generate().unwrap().key();
+        assert!(
+            store
+                .create(&key, &record_until(now, 1, None), now)
+                .await
+                .unwrap()
+        );
+        let logged = || String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(!logged().contains("lock file"), "{}", logged());
+        fs::remove_dir_all(dir.join(LOCK_DIR)).unwrap();
+        store.delete(&key).await.unwrap();
+        assert!(logged().contains("lock file"), "no warning: {}", logged());
+        assert!(dir.join(LOCK_DIR).is_dir());
         let _ = fs::remove_dir_all(&dir);
     }
 }
