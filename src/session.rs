@@ -166,7 +166,7 @@ struct State {
     /// When the cookie store opened (and checked for revocation) the sealed session this request
     /// started from: its next seal carries this time, not the commit's, so a revocation that
     /// lands while the request runs still refuses the cookie it writes. Not when the request
-    /// sets an owner or rotates (see `Session::plan_with`).
+    /// sets another owner (see `Session::plan_with`).
     opened_at: Option<OffsetDateTime>,
     /// A rotation whose store call went unanswered (a store error, or a [`Session::save`]
     /// dropped while it waited): the key it moved from and the new ID, where the store may have
@@ -1642,11 +1642,17 @@ impl Session {
                 );
             }
             // As of when the cookie was opened (see `State::opened_at`), unless the request
-            // logs in (a new owner) or rotates: those start afresh, and must outlast a
-            // revocation the handler itself just made (a password change that keeps this
-            // browser signed in).
+            // logs in (an owner other than the one the cookie had): a login starts afresh, and
+            // must outlast a revocation the handler itself just made (signing in after "log
+            // out everywhere"). A rotation, or setting the owner the session already has, keeps
+            // the opening time: either would otherwise let a request in flight when its owner's
+            // sessions were revoked write a cookie that passes the revocation.
+            let new_owner = matches!(
+                &state.owner,
+                Some(owner) if owner.as_deref() != live.record.owner.as_deref()
+            );
             let sealed_at = match state.opened_at {
-                Some(opened) if !state.cycle && state.owner.is_none() => opened.min(now),
+                Some(opened) if !new_owner => opened.min(now),
                 _ => now,
             };
             return (
@@ -2186,15 +2192,29 @@ impl Session {
                     }),
                 )
             }
-            (Some(record), Kind::Client(store)) => (
-                TokenAction::Set {
-                    value: store
-                        .seal(config.token_name(), &record, now)
-                        .map_err(SessionError::store)?,
-                    max_age: max_age_for(&record, now),
-                },
-                None,
-            ),
+            (Some(record), Kind::Client(store)) => {
+                let value = match store.seal(config.token_name(), &record, now) {
+                    Ok(value) => value,
+                    Err(error) => {
+                        if remove_token {
+                            // Nothing on the server ends a sealed session: the cookie the
+                            // client holds must go even though the values set after `destroy`
+                            // cannot be kept, or the logout would leave it logged in. The error
+                            // response carries the removal (see `with_saved_token`).
+                            self.state().pending = Some(Box::new(TokenAction::Remove));
+                            self.0.pending.store(true, Ordering::Release);
+                        }
+                        return Err(SessionError::store(error));
+                    }
+                };
+                (
+                    TokenAction::Set {
+                        value,
+                        max_age: max_age_for(&record, now),
+                    },
+                    None,
+                )
+            }
             (None, _) if remove_token => (TokenAction::Remove, None),
             (None, _) => (TokenAction::Keep, None),
         })

@@ -277,9 +277,11 @@ impl fmt::Debug for KeyRing {
 ///
 /// - A request of a revoked session that is already in flight when the revocation lands (it
 ///   opened its cookie before) still answers, with its changes; the cookie it writes is sealed
-///   as of when it opened the old one, so the revocation refuses it too. Not when that request
-///   sets an owner, rotates or starts anew after `destroy`: those are sealed when written, so a
-///   login or a password change that revokes the owner's other sessions keeps its own.
+///   as of when it opened the old one, so the revocation refuses it too, whether or not it
+///   rotates the ID. Not when that request sets an owner other than the cookie's (a login) or
+///   starts anew after `destroy` (as [`revoke_owner`](crate::Session::revoke_owner) does): those
+///   are sealed when written, so a login, or a password change that revokes the owner's
+///   sessions and signs this browser in again, keeps its own.
 /// - Sealing times come from each server's clock: with clocks `s` seconds apart, a cookie sealed
 ///   up to `s` seconds before the revocation may pass, and one sealed up to `s` seconds after it
 ///   (a login right after "log out everywhere", on a server whose clock is behind) may be
@@ -811,8 +813,8 @@ fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), serde_json::E
     match &record.owner {
         Some(owner) => {
             // An owner of 4 GiB cannot fit a cookie; the size check refuses it right after.
-            let len = u32::try_from(owner.len()).unwrap_or(u32::MAX - 1);
-            out.extend_from_slice(&(len + 1).to_be_bytes());
+            let len = u32::try_from(owner.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.saturating_add(1).to_be_bytes());
             out.extend_from_slice(owner.as_bytes());
         }
         None => out.extend_from_slice(&0u32.to_be_bytes()),
@@ -938,7 +940,8 @@ impl CookieStore {
     }
 
     /// The most bytes a compressed cookie may inflate to; beyond it the cookie is rejected
-    /// unread, and a session larger than this is refused when sealed. Default: 64 KiB.
+    /// unread. A session larger than this is sealed uncompressed (the cap does not apply to it,
+    /// but the cookie's size limit does). Default: 64 KiB.
     #[must_use]
     pub fn max_inflated_size(self, bytes: usize) -> Self {
         self.update(|inner| inner.max_inflated = bytes)
@@ -983,7 +986,7 @@ impl CookieStore {
     /// # Errors
     ///
     /// [`StoreErrorKind::TooLarge`](crate::StoreErrorKind::TooLarge) when name and value would
-    /// exceed the size limit, or the record exceeds the inflate cap;
+    /// exceed the size limit;
     /// [`StoreErrorKind::Encoding`](crate::StoreErrorKind::Encoding) if the record cannot be
     /// serialized; [`StoreErrorKind::Backend`](crate::StoreErrorKind::Backend) if the OS random
     /// source fails.
@@ -1005,16 +1008,11 @@ impl CookieStore {
                 .with_source(e)
         })?;
         let record_len = buf.len() - RECORD_START;
-        if let Some(level) = inner.compression {
-            if record_len > inner.max_inflated {
-                return Err(StoreError::new(
-                    StoreErrorKind::TooLarge,
-                    format!(
-                        "the session is {record_len} bytes, over the cookie store's inflate cap of {}",
-                        inner.max_inflated
-                    ),
-                ));
-            }
+        // A record over the inflate cap is not compressed: it could not be opened. Sealed as it
+        // is, it may still fit the cookie (the size check below decides).
+        if let Some(level) = inner.compression
+            && record_len <= inner.max_inflated
+        {
             if let Some(compressed) = deflate(&buf[RECORD_START..], level)
                 && compressed.len() < record_len
             {
