@@ -175,6 +175,84 @@ async fn untouched_and_read_only_requests_do_not_write() {
     assert_eq!(store.calls(), (6, 1, 1), "one touch once due");
 }
 
+/// SECURITY.md 20: a 5xx response persists nothing. Counted at the store, not seen from the
+/// response: a session created, saved, rotated or touched without a cookie going out would pass
+/// every check made over HTTP (an orphaned record, a deadline moved). Each request is then made
+/// without the failure, to show that it does reach the store.
+#[tokio::test]
+async fn server_errors_reach_the_store_with_no_write_touch_or_rename() {
+    for immediate in [false, true] {
+        let store = faulty(immediate);
+        let app = app(&store); // 24 h of inactivity, touch after 10 %
+        // A read-only route that fails (the harness has none), on the same store and clock.
+        let reading = Router::new()
+            .route(
+                "/read-fail",
+                get(|session: Session| async move {
+                    let len = session.len();
+                    (StatusCode::INTERNAL_SERVER_ERROR, len.to_string())
+                }),
+            )
+            .route("/read", read_keys())
+            .layer(
+                SessionLayer::builder(store.clone())
+                    .clock(app.clock.clone())
+                    .build()
+                    .unwrap(),
+            );
+        let token = app.start().await;
+        // Past 10 % of the window: each request below that loads the session is due a touch.
+        app.clock.advance(Duration::hours(3));
+        let cases = [
+            ("a new visitor who inserts", "/fail/n/100", None),
+            (
+                "a returning visitor who inserts",
+                "/fail/n/100",
+                Some(&token),
+            ),
+            ("cycle_id, then a failure", "/cycle-fail", Some(&token)),
+            ("a read-only request, touch due", "/read-fail", Some(&token)),
+        ];
+        for (case, path, token) in cases {
+            let what = format!("{case} (immediate {immediate})");
+            let (records, (loads, writes, touches)) = (store.inner.len(), store.calls());
+            let status = if path == "/read-fail" {
+                let resp = get_with_cookie(&reading, path, token.unwrap()).await;
+                let status = resp.status();
+                assert_eq!(body_text(resp).await, "1", "{what}: the session was read");
+                status
+            } else {
+                app.get(path, token.map(String::as_str)).await.status
+            };
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{what}");
+            let (loads_after, writes_after, touches_after) = store.calls();
+            assert_eq!(
+                writes_after, writes,
+                "{what}: a create, save, delete or rename"
+            );
+            assert_eq!(touches_after, touches, "{what}: a touch");
+            assert_eq!(store.inner.len(), records, "{what}: the number of records");
+            // A returning visitor's session was loaded: the request did get that far.
+            assert_eq!(loads_after - loads, usize::from(token.is_some()), "{what}");
+        }
+        // The same requests without the failure reach the store: the touch that was due all
+        // along (first, before any other read), a create, a save, a rename.
+        let (records, (_, writes, touches)) = (store.inner.len(), store.calls());
+        let resp = get_with_cookie(&reading, "/read", &token).await;
+        assert!(resp.headers().get(header::SET_COOKIE).is_some(), "touched");
+        assert_eq!(store.calls().2, touches + 1, "the touch was due");
+        assert_eq!(body_text(resp).await, "n", "the session's keys, unchanged");
+        assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
+        assert_eq!(app.get("/incr/n", None).await.body, "1");
+        assert_eq!(store.inner.len(), records + 1, "a new visitor's create");
+        assert_eq!(app.get("/incr/n", Some(&token)).await.body, "2");
+        let rotated = app.get("/cycle", Some(&token)).await.expect_token();
+        assert_eq!(store.calls().1, writes + 3, "a create, a save, a rename");
+        assert_eq!(store.inner.len(), records + 1, "the rename kept one record");
+        assert_eq!(app.get("/get/n", Some(&rotated)).await.body, "2");
+    }
+}
+
 #[tokio::test]
 async fn a_failing_store_on_load_rejects_without_running_the_handler() {
     let store = Faulty::default();
@@ -644,13 +722,35 @@ async fn arrival_tells_new_returning_expired_and_invalid_apart() {
         tower_satchel::IntoBackend::into_backend(store.clone()),
         |l| l.expiry(tower_satchel::Expiry::OnInactivity(Duration::minutes(5))),
     );
-    assert_eq!(app.get("/arrival", None).await.body, "New");
+    // `/arrival` answers `Session::arrival()` in `Debug` form: each answer is checked against the
+    // variant itself.
+    let arrival = |a: Arrival| format!("{a:?}");
+    assert_eq!(app.get("/arrival", None).await.body, arrival(Arrival::New));
     let token = app.start().await;
-    assert_eq!(app.get("/arrival", Some(&token)).await.body, "Returning");
-    assert_eq!(app.get("/arrival", Some("garbage")).await.body, "Invalid");
+    assert_eq!(
+        app.get("/arrival", Some(&token)).await.body,
+        arrival(Arrival::Returning)
+    );
+    assert_eq!(
+        app.get("/arrival", Some("garbage")).await.body,
+        arrival(Arrival::Invalid)
+    );
     app.clock.advance(Duration::minutes(6));
-    assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
-    let _ = Arrival::New;
+    assert_eq!(
+        app.get("/arrival", Some(&token)).await.body,
+        arrival(Arrival::Expired)
+    );
+    // The four are told apart: no two answers alike.
+    let all = [
+        Arrival::New,
+        Arrival::Returning,
+        Arrival::Expired,
+        Arrival::Invalid,
+    ]
+    .map(arrival);
+    let distinct: std::collections::BTreeSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "{all:?}");
+    assert_eq!(Arrival::default(), Arrival::New, "no token: a new visitor");
 }
 
 #[tokio::test]

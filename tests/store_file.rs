@@ -1100,27 +1100,36 @@ async fn a_change_in_place_is_reported_made_when_the_owner_index_cannot_be_tidie
     assert!(markers(&dir, "bob").is_empty());
 }
 
-/// A request naming an ID nobody issued writes nothing to the folder (SECURITY.md 3).
+/// A request naming an ID nobody issued writes nothing to the folder (SECURITY.md 3): not a
+/// session file, and nothing in `.locks/` or `.owners/` either (which exist from the start, so
+/// only a listing of every level shows what appears in them), nor does any file change.
 #[tokio::test]
 async fn an_unknown_id_writes_nothing() {
     let dir = fresh_dir("unknown");
     let store = FileStore::new(&dir).unwrap();
     let app = harness::default_app(store.clone().into_backend());
-    let listing = || {
-        let mut names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        names
-    };
-    let before = listing();
+    // A live session with an owner: the owner index and a lock file have something in them.
+    let live = app.get("/owner/alice", None).await.expect_token();
+    // Another fresh folder: nothing under `dir` is skipped.
+    let nothing = fresh_dir("unknown-skip-nothing");
+    let before = snapshot(&dir, &nothing);
+    assert!(
+        before.keys().any(|p| p.starts_with(dir.join(".locks")))
+            && before.keys().any(|p| p.starts_with(dir.join(".owners"))),
+        "the snapshot sees into the index folders: {before:?}"
+    );
     let planted = SessionId::generate().unwrap();
-    let resp = app.get("/read", Some(&planted.expose())).await;
-    assert_eq!(resp.status, StatusCode::OK);
-    assert!(resp.token().is_none());
-    assert_eq!(listing(), before);
+    let token = planted.expose();
+    for route in ["/read", "/get/n", "/arrival", "/noop"] {
+        let resp = app.get(route, Some(&token)).await;
+        assert_eq!(resp.status, StatusCode::OK, "{route}");
+        assert!(resp.token().is_none(), "{route}");
+    }
+    // Untouched, a new visitor's request writes nothing either.
+    assert!(app.get("/noop", None).await.token().is_none());
+    assert_eq!(snapshot(&dir, &nothing), before);
     assert!(!store.path_of(&planted.key()).exists());
+    assert_eq!(app.get("/whose", Some(&live)).await.body, "alice");
 }
 
 /// A session file that cannot be read fails the request (SECURITY.md 28): no empty session in

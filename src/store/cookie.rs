@@ -1012,14 +1012,12 @@ impl CookieStore {
         // is, it may still fit the cookie (the size check below decides).
         if let Some(level) = inner.compression
             && record_len <= inner.max_inflated
+            && let Some(compressed) = deflate(&buf[RECORD_START..], level)
+            && compressed.len() < record_len
         {
-            if let Some(compressed) = deflate(&buf[RECORD_START..], level)
-                && compressed.len() < record_len
-            {
-                buf.truncate(RECORD_START);
-                buf.extend_from_slice(&compressed);
-                buf[1] |= FLAG_DEFLATE;
-            }
+            buf.truncate(RECORD_START);
+            buf.extend_from_slice(&compressed);
+            buf[1] |= FLAG_DEFLATE;
         }
         let size = cookie_name.len() + base64_len(buf.len() + TAG_LEN);
         if size > inner.max_size {

@@ -16,8 +16,19 @@ fn follow(resp: &Resp, token: &str) -> String {
     resp.token().unwrap_or_else(|| token.to_owned())
 }
 
+/// A request whose handler never touches the session sends no cookie and writes nothing. The
+/// suite sees a store only through the layer, so what it checks here is what HTTP shows: no
+/// cookie, no `Vary`, and no store write to a live session (a touch would have moved its idle
+/// deadline). That a new visitor's untouched request leaves no record behind (which no response
+/// can show) is counted at the store by `tests/layer.rs`
+/// (`untouched_and_read_only_requests_do_not_write`) and `tests/store_file.rs`
+/// (`an_unknown_id_writes_nothing`).
 pub async fn untouched_requests_get_no_cookie_and_no_store_record(b: Backend, _: Side) {
-    let app = default_app(b);
+    // Every read touches (`touch_after(0.0)`), so a store write would show in the deadline.
+    let app = app(b, |l| {
+        l.expiry(Expiry::OnInactivity(Duration::minutes(10)))
+            .touch_after(0.0)
+    });
     let resp = app.get("/noop", None).await;
     assert_eq!(resp.status, StatusCode::OK);
     assert!(resp.set_cookie().is_none());
@@ -27,9 +38,16 @@ pub async fn untouched_requests_get_no_cookie_and_no_store_record(b: Backend, _:
     );
     // An untouched request with a live session's token changes nothing either.
     let token = app.start().await;
+    app.clock.advance(Duration::minutes(9));
     let resp = app.get("/noop", Some(&token)).await;
+    assert_eq!(resp.body, "noop");
     assert!(resp.set_cookie().is_none());
     assert!(resp.vary().is_empty());
+    // Had it touched the session (as a read at minute 9 does, see `idle_timeout_is_enforced`),
+    // the session would live to minute 19: it ends at minute 10 as if the request never came.
+    app.clock.advance(Duration::minutes(2));
+    assert_eq!(app.get("/arrival", Some(&token)).await.body, "Expired");
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "null");
 }
 
 pub async fn reading_a_new_session_sets_vary_but_no_cookie(b: Backend, _: Side) {
@@ -92,8 +110,12 @@ pub async fn an_unknown_token_is_not_adopted(b: Backend, side: Side) {
         Side::Client => "Invalid",
     };
     assert_eq!(resp.body, expected);
+    // The answer depended on the cookie, though it named no session (SECURITY.md 19).
+    assert_eq!(resp.vary(), vec!["cookie"]);
+    assert!(resp.set_cookie().is_none(), "reading creates nothing");
     let resp = app.get("/incr/n", Some(&planted)).await;
     assert_eq!(resp.body, "1");
+    assert_eq!(resp.vary(), vec!["cookie"]);
     let issued = resp.expect_token();
     assert_ne!(issued, planted, "the planted token must not be adopted");
     // Nothing was stored under the planted value (SECURITY.md 3), not even an empty session.
@@ -103,9 +125,10 @@ pub async fn an_unknown_token_is_not_adopted(b: Backend, side: Side) {
     assert_eq!(app.get("/get/n", Some(&issued)).await.body, "1");
 }
 
-pub async fn garbled_tokens_get_a_fresh_session(b: Backend, _: Side) {
+pub async fn garbled_tokens_get_a_fresh_session(b: Backend, side: Side) {
     let app = default_app(b);
     let long = "A".repeat(5000);
+    let mut issued = std::collections::HashSet::new();
     let values: Vec<&[u8]> = vec![
         b"",
         b"abc",
@@ -126,15 +149,33 @@ pub async fn garbled_tokens_get_a_fresh_session(b: Backend, _: Side) {
         assert_eq!(resp.status, StatusCode::OK, "{value:?}");
         // An empty value, quoted or not, is no token at all.
         let empty = value.is_empty() || value == b"\"\"";
-        assert!(
-            resp.body == if empty { "New" } else { "Invalid" },
-            "{value:?} gave {}",
-            resp.body
-        );
-        let resp = app.get_raw_cookie("/incr/n", header).await;
+        let arrival = if empty { "New" } else { "Invalid" };
+        assert!(resp.body == arrival, "{value:?} gave {}", resp.body);
+        // Read, so the answer depends on the cookie (SECURITY.md 19); nothing to set.
+        assert_eq!(resp.vary(), vec!["cookie"], "{value:?}");
+        assert!(resp.set_cookie().is_none(), "{value:?}");
+        let resp = app.get_raw_cookie("/incr/n", header.clone()).await;
         assert_eq!(resp.body, "1", "{value:?}");
+        assert_eq!(resp.vary(), vec!["cookie"], "{value:?}");
+        assert_eq!(resp.cache_control(), Some("no-store"), "{value:?}");
         let token = resp.expect_token();
-        assert_ne!(token.as_bytes(), value);
+        // A session of its own, that its new token opens (a server store's token is an ID it
+        // issued), while the garbled value still opens nothing: nothing was stored under it.
+        if side == Side::Server {
+            assert!(SessionId::parse(&token).is_some(), "{value:?} gave {token}");
+        }
+        assert!(
+            issued.insert(token.clone()),
+            "{value:?}: a token given before"
+        );
+        assert_eq!(app.get("/get/n", Some(&token)).await.body, "1", "{value:?}");
+        let again = app.get_raw_cookie("/arrival", header.clone()).await;
+        assert_eq!(again.body, arrival, "{value:?} adopted");
+        assert_eq!(
+            app.get_raw_cookie("/get/n", header).await.body,
+            "null",
+            "{value:?}"
+        );
     }
 }
 
@@ -162,6 +203,7 @@ pub async fn cycle_id_then_server_error_keeps_the_old_session(b: Backend, _: Sid
     let resp = app.get("/cycle-fail", Some(&old)).await;
     assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(resp.set_cookie().is_none(), "a 5xx must not rotate");
+    assert_eq!(resp.vary(), vec!["cookie"], "the session was read");
     let resp = app.get("/incr/n", Some(&old)).await;
     assert_eq!(resp.body, "2", "the old session still works");
     let token = follow(&resp, &old);
@@ -226,16 +268,22 @@ async fn assert_replay_after_destroy(app: &App, token: &str, side: Side) {
     }
 }
 
+/// SECURITY.md 20 as HTTP shows it; that nothing reaches the store is counted there, in
+/// `tests/layer.rs` (`server_errors_reach_the_store_with_no_write_touch_or_rename`).
 pub async fn server_errors_persist_nothing(b: Backend, _: Side) {
     let app = default_app(b);
     let token = app.start().await;
     let resp = app.get("/fail/n/100", Some(&token)).await;
     assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(resp.set_cookie().is_none());
+    // The failed handler read the session: its answer may depend on it (SECURITY.md 19).
+    assert_eq!(resp.vary(), vec!["cookie"]);
     assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
     // A new visitor whose first request fails gets no session at all.
     let resp = app.get("/fail/n/100", None).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(resp.set_cookie().is_none());
+    assert_eq!(resp.vary(), vec!["cookie"]);
 }
 
 pub async fn server_errors_persist_when_configured(b: Backend, _: Side) {
