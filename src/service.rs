@@ -356,7 +356,17 @@ where
                     session,
                     config,
                 } => {
-                    let mut response = ready!(future.poll(cx))?;
+                    let mut response = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(error) => {
+                            // No response, so nothing is saved: a handle the handler passed on
+                            // must refuse changes from now on, as when the request is dropped.
+                            if let Some(session) = session.take() {
+                                session.close();
+                            }
+                            return Poll::Ready(Err(error));
+                        }
+                    };
                     let Some(session) = session.take() else {
                         return Poll::Ready(Ok(response));
                     };

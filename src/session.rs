@@ -187,6 +187,9 @@ struct State {
     /// Counts the changes that are not to a value (`clear`, `cycle_id`, `destroy`, the expiry
     /// and the owner), so that a save can tell whether one came while it waited.
     reshaped: u32,
+    /// `reshaped` as the last `clear` (or `destroy`) left it, so that a save can tell whether
+    /// the `clear` it took is still the latest.
+    cleared_at: u32,
     transient: HashMap<String, Box<dyn Any + Send + Sync>>,
 }
 
@@ -208,8 +211,15 @@ impl State {
 
     fn current_expiry(&self, config: &Config) -> Expiry {
         self.expiry
-            .or_else(|| self.live.as_ref().map(|l| l.record.expiry))
+            .or_else(|| self.kept_live().map(|l| l.record.expiry))
             .unwrap_or(config.default_expiry)
+    }
+
+    /// The stored session the commit builds on: none once destroyed, as what is set after
+    /// `destroy` becomes a new session (created now, with the layer's default expiry unless set
+    /// again).
+    fn kept_live(&self) -> Option<&Live> {
+        self.live.as_ref().filter(|_| !self.destroyed)
     }
 
     fn current_owner(&self) -> Option<String> {
@@ -244,7 +254,7 @@ impl State {
         let expiry = self.current_expiry(config);
         let idle = config.idle_deadline(expiry, now);
         let owner = self.current_owner();
-        match &self.live {
+        match self.kept_live() {
             Some(live) => Record {
                 version: live.record.version,
                 data,
@@ -273,6 +283,7 @@ impl State {
         self.data.clear();
         self.dirty.clear();
         self.cleared = true;
+        self.cleared_at = self.reshaped;
         self.owner = Some(None);
         self.expiry = None;
     }
@@ -766,16 +777,17 @@ impl Session {
         };
         let _one_at_a_time = self.0.load_lock.lock().await;
         let now = self.0.config.clock.now();
-        let (plan, generation, reshaped) = {
+        let (plan, generation, reshaped, cleared_at) = {
             let mut state = self.state();
             if state.closed {
                 return Err(SessionError::closed());
             }
             state.saving = true;
             let (generation, reshaped) = (state.generation, state.reshaped);
+            let cleared_at = state.cleared_at;
             // Copy, not move: the handle goes on reading its data.
             let plan = self.plan_with(&mut state, now, false, true).0;
-            (plan, generation, reshaped)
+            (plan, generation, reshaped, cleared_at)
         };
         // Clears `saving` however this ends, dropped halfway included.
         let _saving = Saving(self);
@@ -904,8 +916,13 @@ impl Session {
                     state.settle();
                 } else {
                     // A `clear`, a new owner or the like came meanwhile, and its flag is set:
-                    // the keys saved go again with it.
+                    // the keys saved go again with it. A `clear` this save took is done, though:
+                    // sent again, it would erase what other requests wrote since. Only one made
+                    // meanwhile stays.
                     state.mark_unsaved(changes);
+                    if state.cleared_at == cleared_at {
+                        state.cleared = false;
+                    }
                 }
             }
             Stored::Replaced(live, changes) => {
@@ -987,7 +1004,14 @@ impl Session {
     fn check_refresh(&self, id: &SessionId, found: &Result<Option<Record>, StoreError>) {
         let scope = self.0.config.scope;
         match found {
-            Ok(Some(_)) => return,
+            // Its `Max-Age` was worked out from the policy this request holds: another request
+            // that set a new one since sent its own cookie, which this one must not undo.
+            Ok(Some(stored)) if stored.expiry == self.expiry() => return,
+            Ok(Some(_)) => tracing::debug!(
+                scope,
+                session = %id.log_tag(),
+                "another request changed the session's expiry after a save refreshed its cookie; the cookie is not sent"
+            ),
             Ok(None) => tracing::debug!(
                 scope,
                 session = %id.log_tag(),
@@ -1243,6 +1267,7 @@ impl Session {
         state.data.clear();
         state.dirty.clear();
         state.cleared = true;
+        state.cleared_at = state.reshaped;
     }
 
     /// Gives the session a new ID at the end of the request, keeping its data: call it on login and
@@ -1485,6 +1510,18 @@ impl Session {
         if !state.closed {
             state.generation = state.generation.wrapping_add(1);
             state.reshaped = state.reshaped.wrapping_add(1);
+            // A cookie a `save` left for it names a session that no longer exists: a response
+            // that commits nothing (a 5xx) would still send it. (A client that holds no cookie
+            // then needs no removal either.)
+            let stale = match (&state.live, state.pending.as_deref()) {
+                (Some(Live { id: Some(id), .. }), Some(TokenAction::Set { value, .. })) => {
+                    *value == id.expose()
+                }
+                _ => false,
+            };
+            if stale {
+                state.pending = None;
+            }
             state.destroy();
         }
     }
@@ -1776,6 +1813,10 @@ impl Session {
         let now = self.0.config.clock.now();
         match self.plan(now, server_error) {
             (Plan::Nothing, read) => {
+                if self.state().rotating_to.is_some() {
+                    // `execute` settles it.
+                    return Finish::Pending(self.execute(Plan::Nothing, read, now));
+                }
                 if let (Some(id), Kind::Server(store)) =
                     (self.refresh_to_check(), &self.0.backend.0)
                 {
@@ -1932,6 +1973,14 @@ impl Session {
         let done = move |token| Ok(Committed { token, read });
         match (plan, self.0.backend.0.clone()) {
             (Plan::Nothing, Kind::Server(store)) => Box::pin(async move {
+                let unanswered = session.state().rotating_to.take();
+                if let Some(rotation) = unanswered {
+                    let (old, id) = *rotation;
+                    let token = session
+                        .settle_rotation(store.as_ref(), &old, &id, now)
+                        .await?;
+                    return done(token);
+                }
                 if let Some(id) = session.refresh_to_check() {
                     let found = store.load(&id.key(), now).await;
                     session.check_refresh(&id, &found);
@@ -2123,6 +2172,40 @@ impl Session {
             }
         }
         Err(collisions())
+    }
+
+    /// Settles a rotation from `old` to `id` whose store call went unanswered, for a commit that
+    /// makes no rotation of its own (a 5xx, after a [`Session::save`] that failed or was
+    /// dropped). If the store made the move, the session is under `id` only, and the client gets
+    /// its cookie: the move stands, as a save's writes do, and the client's cookie now names no
+    /// session. If the store left a copy under `id` beside the old session, the copy goes and the
+    /// old ID goes on working. If nothing is under `id`, the move never happened.
+    async fn settle_rotation(
+        &self,
+        store: &dyn crate::store::DynStore,
+        old: &SessionKey,
+        id: &SessionId,
+        now: OffsetDateTime,
+    ) -> Result<TokenAction, SessionError> {
+        let scope = self.0.config.scope;
+        let failed = |error: StoreError| {
+            tracing::error!(scope, session = %old.log_tag(), %error, "session store failed on the check of an unanswered rotation");
+            SessionError::store(error)
+        };
+        let Some(mut moved) = store.load(&id.key(), now).await.map_err(failed)? else {
+            return Ok(TokenAction::Keep);
+        };
+        if store.load(old, now).await.map_err(failed)?.is_some() {
+            store.delete(&id.key()).await.map_err(failed)?;
+            tracing::debug!(scope, session = %old.log_tag(), "copy of an unanswered rotation deleted; the session keeps its ID");
+            return Ok(TokenAction::Keep);
+        }
+        tracing::debug!(scope, from = %old.log_tag(), to = %id.log_tag(), "an unanswered rotation was made; its cookie goes out");
+        self.0.config.cap_absolute(&mut moved);
+        Ok(TokenAction::Set {
+            value: id.expose(),
+            max_age: max_age_for(&moved, now),
+        })
     }
 
     /// Whether the session is already under `id`, moved there from `old` by an earlier rename

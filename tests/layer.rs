@@ -1620,3 +1620,31 @@ async fn a_failed_commit_after_a_save_still_sends_the_saved_cookie() {
         assert_eq!(body_text(resp).await, "a", "the saved session, without b");
     }
 }
+
+/// When the inner service fails (no response), nothing is saved, and a handle it passed on
+/// refuses changes from then on, even while the response future is still held.
+#[tokio::test]
+async fn an_inner_service_error_closes_the_session_at_once() {
+    use tower::Layer;
+    let kept: Arc<std::sync::Mutex<Option<Session>>> = Arc::default();
+    let slot = kept.clone();
+    let inner = tower::service_fn(move |request: Request<Body>| {
+        let slot = slot.clone();
+        async move {
+            let session = request.extensions().get::<Session>().unwrap().clone();
+            session.load().await.unwrap();
+            session.insert("x", 1).unwrap();
+            *slot.lock().unwrap() = Some(session);
+            Err::<Response<Body>, _>(std::io::Error::other("inner failure"))
+        }
+    });
+    let store = MemoryStore::new();
+    let service = SessionLayer::new(store.clone()).layer(inner);
+    let mut future =
+        std::pin::pin!(service.oneshot(Request::get("/").body(Body::empty()).unwrap()));
+    assert!((&mut future).await.is_err());
+    let session = kept.lock().unwrap().take().unwrap();
+    let error = session.insert("y", 2).unwrap_err();
+    assert_eq!(error.kind(), SessionErrorKind::Closed);
+    assert_eq!(store.len(), 0, "nothing saved");
+}

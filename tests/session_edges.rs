@@ -1363,3 +1363,291 @@ async fn a_rotation_the_client_walked_away_from_is_finished() {
         .unwrap();
     assert_eq!(record.data.get("n"), Some(&serde_json::json!(2)));
 }
+
+/// [`rotating_app`] whose `/login-or-fail` answers 500 when its `save` fails (the usual `?`).
+fn failing_login_app(store: &Faulty) -> Router {
+    Router::new()
+        .route("/start", start_route())
+        .route(
+            "/who",
+            get(|session: Session| async move {
+                let n = session.get::<i64>("n").unwrap();
+                format!("{n:?} {:?}", session.get::<String>("user").unwrap())
+            }),
+        )
+        .route(
+            "/login-or-fail",
+            get(|session: Session| async move {
+                session.cycle_id();
+                session.insert("user", "alice").unwrap();
+                match session.save().await {
+                    Ok(()) => (StatusCode::OK, "in"),
+                    Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+                }
+            }),
+        )
+        .layer(SessionLayer::new(store.clone()))
+}
+
+/// A rotation whose answer was lost, by a `save` whose handler then answers 500: the store made
+/// the move, so the client gets the new ID's cookie with the error (its old cookie names no
+/// session any more), rather than being logged out with the session left under an ID no one
+/// holds.
+#[tokio::test]
+async fn a_lost_rotation_then_a_server_error_sends_the_new_cookie() {
+    let store = Faulty::default();
+    let router = failing_login_app(&store);
+    let response = send(&router, "/start", None).await;
+    let old = format!("id={}", set_cookie(&response).unwrap().value());
+    store.lose_rename_replies.store(1, Ordering::SeqCst);
+    let response = send(&router, "/login-or-fail", Some(&old)).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let new = format!(
+        "id={}",
+        set_cookie(&response)
+            .expect("the moved session's cookie")
+            .value()
+    );
+    assert_ne!(new, old);
+    assert_eq!(
+        text(send(&router, "/who", Some(&new)).await).await,
+        r#"Some(1) Some("alice")"#
+    );
+    assert_eq!(store.inner.len(), 1);
+}
+
+/// A rotation cut short (a copy under the new ID, the old session still there), then a 500: the
+/// old ID keeps working, as after any failed rotation, and the copy goes.
+#[tokio::test]
+async fn a_rotation_cut_short_then_a_server_error_keeps_the_old_session_alone() {
+    let store = Faulty::default();
+    let router = failing_login_app(&store);
+    let response = send(&router, "/start", None).await;
+    let old = format!("id={}", set_cookie(&response).unwrap().value());
+    store.half_renames.store(1, Ordering::SeqCst);
+    let response = send(&router, "/login-or-fail", Some(&old)).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(set_cookie(&response).is_none());
+    assert_eq!(
+        text(send(&router, "/who", Some(&old)).await).await,
+        "Some(1) None"
+    );
+    assert_eq!(store.inner.len(), 1, "the copy under the new ID is gone");
+}
+
+/// A session a `save` created and `revoke_owner` then deleted, in a request that answers 500:
+/// no cookie for the deleted session goes out.
+#[tokio::test]
+async fn a_saved_session_revoked_in_a_failing_request_sends_no_cookie() {
+    for immediate in [false, true] {
+        let store = Faulty {
+            immediate,
+            ..Faulty::default()
+        };
+        let router = Router::new()
+            .route(
+                "/",
+                get(|session: Session| async move {
+                    session.set_owner("u1");
+                    session.insert("x", 1).unwrap();
+                    session.save().await.unwrap();
+                    session.revoke_owner().await.unwrap();
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }),
+            )
+            .layer(SessionLayer::new(store.clone()));
+        let response = send(&router, "/", None).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            set_cookie(&response).is_none(),
+            "immediate: {immediate}: {:?}",
+            set_cookie(&response)
+        );
+        assert_eq!(store.inner.len(), 0);
+    }
+}
+
+/// After `destroy`, what the handler sets goes to a new session with the layer's expiry: the
+/// handle reports that expiry and its deadline, not the destroyed session's.
+#[tokio::test]
+async fn after_destroy_the_handle_reports_the_new_sessions_expiry() {
+    let clock = ManualClock::starting_now();
+    let router = Router::new()
+        .route(
+            "/remember",
+            get(|session: Session| async move {
+                session.set_expiry(Expiry::OnInactivity(Duration::days(30)));
+                session.insert("n", 1).unwrap();
+                "remembered"
+            }),
+        )
+        .route(
+            "/logout",
+            get(|session: Session| async move {
+                session.load().await.unwrap();
+                session.destroy();
+                session.insert("flash", 1).unwrap();
+                format!(
+                    "{:?} {}",
+                    session.expiry(),
+                    session.expires_at().unix_timestamp()
+                )
+            }),
+        )
+        .layer(
+            SessionLayer::builder(MemoryStore::new())
+                .expiry(Expiry::OnInactivity(Duration::days(1)))
+                .clock(clock.clone())
+                .build()
+                .unwrap(),
+        );
+    let response = send(&router, "/remember", None).await;
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    let response = send(&router, "/logout", Some(&cookie)).await;
+    let new = set_cookie(&response).unwrap();
+    assert_eq!(new.max_age(), Some(Duration::days(1)));
+    let window = Duration::days(1);
+    let body = text(response).await;
+    let (expiry, deadline) = body.rsplit_once(' ').unwrap();
+    assert_eq!(expiry, format!("{:?}", Expiry::OnInactivity(window)));
+    let deadline: i64 = deadline.parse().unwrap();
+    assert!(
+        ((clock.now() + window).unix_timestamp() - deadline).abs() <= 1,
+        "{deadline}"
+    );
+}
+
+/// A refresh cookie a `save` left (its `Max-Age` from the policy it loaded) is not sent when
+/// another request set a new expiry meanwhile and sent its own cookie: SECURITY.md 15, `Max-Age`
+/// no later than the server's deadline.
+#[tokio::test]
+async fn a_saved_refresh_is_not_sent_after_another_request_changed_the_expiry() {
+    saved_refresh_after_a_new_expiry(MemoryStore::new()).await;
+    saved_refresh_after_a_new_expiry(Faulty::default()).await;
+}
+
+async fn saved_refresh_after_a_new_expiry(store: impl SessionStore + Clone) {
+    let clock = ManualClock::starting_now();
+    let layer = || {
+        SessionLayer::builder(store.clone())
+            .expiry(Expiry::OnInactivity(Duration::hours(1)))
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let at = clock.now() + Duration::minutes(40);
+    let other = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/until",
+            get(move |session: Session| async move {
+                session.set_expiry(Expiry::AtDateTime(at));
+                "fixed"
+            }),
+        )
+        .layer(layer());
+    let response = send(&other, "/start", None).await;
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    let change = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow = {
+        let (other, cookie, change) = (other.clone(), cookie.clone(), change.clone());
+        Router::new()
+            .route(
+                "/",
+                get(move |session: Session| {
+                    let (other, cookie, change) = (other.clone(), cookie.clone(), change.clone());
+                    async move {
+                        // Due for a refresh: the save owes the response a cookie.
+                        session.save().await.unwrap();
+                        if change.load(Ordering::SeqCst) {
+                            let fixed = send(&other, "/until", Some(&cookie)).await;
+                            assert!(set_cookie(&fixed).is_some());
+                        }
+                        "done"
+                    }
+                }),
+            )
+            .layer(layer())
+    };
+    // Without the other request, the refresh goes out.
+    clock.advance(Duration::minutes(7));
+    let response = send(&slow, "/", Some(&cookie)).await;
+    assert_eq!(
+        set_cookie(&response).and_then(|c| c.max_age()),
+        Some(Duration::hours(1))
+    );
+    clock.advance(Duration::minutes(7));
+    change.store(true, Ordering::SeqCst);
+    let response = send(&slow, "/", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        set_cookie(&response).is_none(),
+        "a cookie worked out from the old expiry: {:?}",
+        set_cookie(&response)
+    );
+}
+
+/// A `clear` a save took is not sent again by the layer because the owner changed while the
+/// save waited: sent again, it would erase what other requests wrote in between. The owner set
+/// meanwhile is saved.
+#[tokio::test]
+async fn a_saved_clear_is_not_repeated_after_the_owner_changed_during_the_save() {
+    let plain = Faulty::default();
+    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+    let gated = Faulty {
+        inner: plain.inner.clone(),
+        save_gate: Some(gate.clone()),
+        ..Faulty::default()
+    };
+    let router = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/other",
+            get(|session: Session| async move {
+                session.insert("other", true).unwrap();
+                "written"
+            }),
+        )
+        .route(
+            "/dump",
+            get(|session: Session| async move {
+                let mut keys = session.keys();
+                keys.sort();
+                format!("{} {:?}", keys.join(","), session.owner())
+            }),
+        )
+        .layer(SessionLayer::new(plain.clone()));
+    let response = send(&router, "/start", None).await;
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    let (other, other_cookie) = (router.clone(), cookie.clone());
+    let clearing = Router::new()
+        .route(
+            "/reset",
+            get(move |session: Session| {
+                let (gate, other, other_cookie) =
+                    (gate.clone(), other.clone(), other_cookie.clone());
+                async move {
+                    session.clear();
+                    session.insert("a", 1).unwrap();
+                    let during = async {
+                        gate.0.notified().await;
+                        session.set_owner("alice");
+                        gate.1.notify_one();
+                    };
+                    let (saved, ()) = tokio::join!(session.save(), during);
+                    saved.unwrap();
+                    let response = send(&other, "/other", Some(&other_cookie)).await;
+                    assert_eq!(response.status(), StatusCode::OK);
+                    gate.1.notify_one();
+                    "reset"
+                }
+            }),
+        )
+        .layer(SessionLayer::new(gated));
+    let response = send(&clearing, "/reset", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        text(send(&router, "/dump", Some(&cookie)).await).await,
+        r#"a,other Some("alice")"#
+    );
+}
