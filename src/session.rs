@@ -1278,6 +1278,12 @@ impl Session {
     /// out with any response); a request still holding the old ID afterwards finds no session.
     /// Rotation never extends the absolute lifetime (SECURITY.md 9).
     ///
+    /// If that `save` fails because the store's answer was lost (a dropped connection, a
+    /// timeout), the store may have made the move anyway. A response that then commits (2xx)
+    /// finishes the rotation; one that does not (5xx) looks: if the session moved, its new ID
+    /// goes out with the error response, and if the store left only a copy under the new ID, the
+    /// copy is deleted and the old ID goes on working.
+    ///
     /// The new record is the old one as the store holds it at that moment, with this request's
     /// changes applied: what concurrent requests of the session saved before moves to the new ID
     /// too, and a save that comes after finds the old ID gone. If the session ended meanwhile
