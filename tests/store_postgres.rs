@@ -1,6 +1,6 @@
 //! The PostgreSQL store: the conformance suite against a real server, plus concurrency, two app
-//! instances, a server restart, a frozen server, a full disk, a missing table, unreadable rows,
-//! and what the rows hold.
+//! instances, a server restart, a frozen server, a full disk, a missing table, reads that fail,
+//! unreadable rows, and what the rows hold.
 //!
 //! Needs a PostgreSQL server at `$DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! where the user may create schemas; each store gets its own schema, dropped afterwards. The
@@ -24,7 +24,8 @@ use support_sql::pg::table_of;
 use support_sql::{app, pg, unique};
 use time::{Duration, OffsetDateTime};
 use tower_satchel::{
-    ChangeSet, PostgresStore, Saved, SessionErrorKind, SessionId, SessionStore, StoreErrorKind,
+    ChangeSet, PostgresStore, Saved, Session, SessionError, SessionErrorKind, SessionId,
+    SessionLayer, SessionStore, StoreErrorKind,
 };
 
 mod postgres {
@@ -308,8 +309,10 @@ impl Logs {
 /// A row the store cannot read reads as no session (DESIGN §5), with a warning naming the problem
 /// and the session's log tag (never its key). `jsonb` holds only valid JSON and the table's CHECK
 /// only an object in `data`, so the damage is of content: data nested deeper than the store
-/// reads, an expiry that is no policy, a negative format version, and a newer one (as a newer
-/// release sharing the table would write). `load` only reads, so the row stays (a newer
+/// reads or holding a number past `f64`, an expiry that is no policy (another shape, a window
+/// that is no `i64` of seconds, a date past `time`'s years), timestamps before year 1 or after
+/// 9999, a negative format version, and a newer one (as a newer release sharing the table would
+/// write). `load` only reads, so the row stays (a newer
 /// release's session in particular), and revoking its owner still deletes it. Other sessions are
 /// unaffected.
 #[tokio::test(flavor = "current_thread")]
@@ -352,6 +355,33 @@ async fn unreadable_rows_read_as_no_session_are_logged_and_kept() {
             "created_at = '12000-01-01 00:00:00+00'",
             "a timestamp out of range",
         ),
+        ("created_at = '-infinity'", "a timestamp out of range"),
+        (
+            "created_at = '0001-12-31 23:59:59+00 BC'",
+            "a timestamp out of range",
+        ),
+        // Numbers `jsonb` keeps and serde_json cannot read: past `f64`, past `i64`, a float
+        // for the seconds of a window, a date past `time`'s years.
+        ("data = '{\"n\": [1, -1e400]}'", "data is not a JSON object"),
+        ("expiry = '{\"OnInactivity\": 1e30}'", "unreadable expiry"),
+        (
+            "expiry = '{\"OnInactivity\": 18446744073709551616}'",
+            "unreadable expiry",
+        ),
+        ("expiry = '{\"OnInactivity\": 1.5}'", "unreadable expiry"),
+        (
+            "expiry = '{\"AtDateTime\": 9223372036854775807}'",
+            "unreadable expiry",
+        ),
+        // JSON of another shape.
+        ("expiry = 'null'", "unreadable expiry"),
+        ("expiry = '[\"OnSessionEnd\"]'", "unreadable expiry"),
+        ("expiry = '{\"OnInactivity\": \"1h\"}'", "unreadable expiry"),
+        ("version = -2147483648", "negative record version"),
+        (
+            "version = 2147483647",
+            "record format version newer than this crate",
+        ),
     ];
     for (damage, problem) in damages {
         let key = conformance::contract::key();
@@ -386,6 +416,8 @@ async fn unreadable_rows_read_as_no_session_are_logged_and_kept() {
         assert_eq!(kept, 1, "{damage}: the row was not kept as it was");
     }
     assert!(store.load(&good, now).await.unwrap().is_some());
+    // The cleanup reads no row, and leaves unreadable rows that have not expired.
+    assert_eq!(store.delete_expired(now, 100).await.unwrap(), 0);
     // An absolute deadline of `infinity` is as good as none: the session reads.
     let endless = conformance::contract::key();
     assert!(
@@ -1627,4 +1659,97 @@ async fn a_full_disk_gives_error_responses_and_loses_nothing() {
     drop((app, store, admin));
     drop(cluster);
     drop(disk);
+}
+
+/// `GET path` with `token` through a layer over `store`, as `support_sql::app` sends it, keeping
+/// what `TestApp` boils down: the number of `Set-Cookie` headers (a removal cookie included) and
+/// the session error the layer attached.
+async fn send_keeping_headers(
+    store: &PostgresStore,
+    path: &str,
+    token: &str,
+) -> (StatusCode, usize, Option<SessionError>) {
+    use axum::routing::get;
+    use tower::ServiceExt;
+    let layer = SessionLayer::new(store.clone());
+    let cookie = format!("{}={token}", layer.cookie_name());
+    let router = axum::Router::new()
+        .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
+        .route(
+            "/incr",
+            get(|s: Session| async move {
+                s.update("n", |n: &mut u64| *n += 1)?;
+                Ok::<_, SessionError>("ok")
+            }),
+        )
+        .layer(layer);
+    let request = axum::http::Request::get(path)
+        .header(axum::http::header::COOKIE, cookie)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let cookies = response
+        .headers()
+        .get_all(axum::http::header::SET_COOKIE)
+        .iter()
+        .count();
+    let error = response.extensions().get::<SessionError>().cloned();
+    (response.status(), cookies, error)
+}
+
+/// SECURITY.md 28 when reading fails while the server is up: the session table renamed, or a
+/// column it reads renamed (an operator's botched migration). A load is then an error, never "no
+/// session": a request of a live session, even one that only reads (`/keys`, where an empty
+/// session would answer 200 and write nothing), gets an error response with the store error
+/// and no `Set-Cookie` at all (no fresh session, no removal of the real one). Once the schema
+/// is put back, the same cookie's session is there with its data, with no restart. (The restart
+/// tests cover a server that is down, where every write fails too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_read_gives_error_responses_then_recovers() {
+    let store = pg::store().await;
+    let table = table_of(&store);
+    let schema = table.split('.').next().unwrap().to_owned();
+    let app = app(store.clone());
+    let first = app.get("/incr", None).await;
+    assert_eq!(first.body, "1");
+    let token = first.token.unwrap();
+    let key = SessionId::parse(&token).unwrap().key();
+    let breakages = [
+        (
+            format!("ALTER TABLE {table} RENAME TO moved_away"),
+            format!("ALTER TABLE {schema}.moved_away RENAME TO tower_satchel_sessions"),
+        ),
+        (
+            format!("ALTER TABLE {table} RENAME COLUMN data TO moved_away"),
+            format!("ALTER TABLE {table} RENAME COLUMN moved_away TO data"),
+        ),
+    ];
+    for (n, (break_it, mend_it)) in breakages.into_iter().enumerate() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(break_it.clone()))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(store.load(&key, now()).await.is_err(), "{break_it}");
+        for path in ["/keys", "/incr"] {
+            let (status, cookies, error) = send_keeping_headers(&store, path, &token).await;
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{break_it}: {path}"
+            );
+            assert_eq!(cookies, 0, "{break_it}: {path} set a cookie");
+            assert!(
+                error.is_some_and(|e| e.kind() == SessionErrorKind::Store),
+                "{break_it}: {path}"
+            );
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(mend_it.clone()))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(app.get("/keys", Some(&token)).await.body, "n", "{mend_it}");
+        let resp = app.get("/incr", Some(&token)).await;
+        assert_eq!(resp.body, (n + 2).to_string(), "{mend_it}");
+        assert_eq!(resp.token, None, "{mend_it}: a new session was minted");
+    }
 }

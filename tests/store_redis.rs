@@ -64,20 +64,196 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// A request naming an ID nobody issued writes nothing to Redis under the store's prefix
-/// (SECURITY.md 3).
-#[tokio::test]
-async fn an_unknown_id_writes_nothing() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
+/// Where a test that looks at raw keys runs: the Redis shared by this binary, or its shared
+/// 3-master cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Single,
+    Cluster,
+}
+
+/// A connection past the store, to read and plant raw keys: to the single Redis, or a cluster
+/// connection that sends each command to the master holding its key's slot.
+enum Raw {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Raw {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl Target {
+    /// A fresh store on the target under a prefix of its own, and that prefix.
+    async fn store(self) -> (RedisStore, String) {
+        match self {
+            Self::Single => store_with_prefix(&single_url()).await,
+            Self::Cluster => {
+                let store = support_redis::cluster_store().await;
+                assert!(store.is_cluster());
+                let prefix = store.prefix().to_owned();
+                (store, prefix)
+            }
+        }
+    }
+
+    /// A raw connection to the target.
+    async fn conn(self) -> Raw {
+        match self {
+            Self::Single => Raw::Single(raw(&single_url()).await),
+            Self::Cluster => Raw::Cluster(
+                redis::cluster::ClusterClient::new(cluster().urls())
+                    .unwrap()
+                    .get_async_connection()
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// The URL of every server that holds keys: the single Redis, or every master of the cluster.
+    fn servers(self) -> Vec<String> {
+        match self {
+            Self::Single => vec![single_url()],
+            Self::Cluster => cluster_master_urls(),
+        }
+    }
+
+    /// The keys matching `pattern` on each server that holds keys (each master of the cluster
+    /// asked on its own: `KEYS` on a cluster node answers for that node only), sorted.
+    async fn keys_by_server(self, pattern: &str) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        for url in self.servers() {
+            let mut keys: Vec<String> = raw(&url).await.keys(pattern).await.unwrap();
+            keys.sort();
+            out.push((url, keys));
+        }
+        out
+    }
+
+    /// The keys matching `pattern` on all servers together, sorted.
+    async fn keys(self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .keys_by_server(pattern)
+            .await
+            .into_iter()
+            .flat_map(|(_, keys)| keys)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Fails the test if a key matching `pattern` is on any server.
+    async fn assert_no_key(self, pattern: &str) {
+        for (server, keys) in self.keys_by_server(pattern).await {
+            assert!(keys.is_empty(), "`{pattern}` on {server}: {keys:?}");
+        }
+    }
+
+    /// The URL of the server that must hold `key_name`: the single Redis, or the cluster master
+    /// holding its slot.
+    fn server_of(self, key_name: &str) -> String {
+        match self {
+            Self::Single => single_url(),
+            Self::Cluster => format!(
+                "redis://127.0.0.1:{}/",
+                master_port_of(&cluster().nodes[0], key_name)
+            ),
+        }
+    }
+}
+
+/// The URL of every master of the shared cluster, as the cluster lists them (`CLUSTER NODES`),
+/// checked to be every node the tests started (it has no replicas): a key written on any node is
+/// seen by [`Target::keys_by_server`].
+fn cluster_master_urls() -> Vec<String> {
+    let cluster = cluster();
+    let mut masters: Vec<u16> = cluster.nodes[0]
+        .cli(&["cluster", "nodes"])
+        .lines()
+        .filter_map(|line| {
+            // <id> <ip:port@bus> <flags> ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 2 && fields[2].contains("master")).then(|| {
+                let address = fields[1].split('@').next().unwrap();
+                address.rsplit(':').next().unwrap().parse().unwrap()
+            })
+        })
+        .collect();
+    masters.sort_unstable();
+    let mut started: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    started.sort_unstable();
+    assert_eq!(
+        masters, started,
+        "the shared cluster's nodes are its masters"
+    );
+    masters
+        .iter()
+        .map(|port| format!("redis://127.0.0.1:{port}/"))
+        .collect()
+}
+
+/// Runs `$test` (an `async fn(Target)`) as the test `$single` on the single Redis and as the test
+/// `$cluster` on the cluster.
+macro_rules! single_and_cluster {
+    ($test:ident: $single:ident, $cluster:ident) => {
+        #[tokio::test]
+        async fn $single() {
+            $test(Target::Single).await;
+        }
+
+        #[tokio::test]
+        async fn $cluster() {
+            $test(Target::Cluster).await;
+        }
+    };
+}
+
+single_and_cluster!(
+    an_unknown_id_writes_nothing_on: an_unknown_id_writes_nothing,
+    an_unknown_id_writes_nothing_in_a_cluster
+);
+
+/// A request naming an ID nobody issued writes nothing to Redis (SECURITY.md 3): no key under the
+/// store's prefix, nor any key naming the ID's hash, on the server or on any cluster master.
+async fn an_unknown_id_writes_nothing_on(target: Target) {
+    let (store, prefix) = target.store().await;
     let app = Router::new()
         .route("/", get(|s: Session| async move { s.len().to_string() }))
-        .layer(SessionLayer::new(store));
-    let planted = SessionId::generate().unwrap().expose();
+        .layer(SessionLayer::new(store.clone()));
+    let planted = SessionId::generate().unwrap();
+    let token = planted.expose();
     let response = app
         .oneshot(
             Request::get("/")
-                .header(header::COOKIE, format!("id={planted}"))
+                .header(header::COOKIE, format!("id={token}"))
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -85,16 +261,40 @@ async fn an_unknown_id_writes_nothing() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().get(header::SET_COOKIE).is_none());
-    let mut conn = raw(&url).await;
-    let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
-    assert!(keys.is_empty(), "{} keys written", keys.len());
+    target.assert_no_key(&format!("{prefix}*")).await;
+    target
+        .assert_no_key(&format!("*{}*", planted.key().to_hex()))
+        .await;
+
+    // The same look finds what the store does write, on the server that must hold it.
+    let now = now();
+    let key = fresh_key();
+    let rec = record(now, Duration::hours(1), None);
+    assert!(store.create(&key, &rec, now).await.unwrap());
+    let name = session_key_name(&prefix, &key);
+    let found: Vec<(String, Vec<String>)> = target
+        .keys_by_server(&format!("{prefix}*"))
+        .await
+        .into_iter()
+        .filter(|(_, keys)| !keys.is_empty())
+        .collect();
+    assert_eq!(found, vec![(target.server_of(&name), vec![name])]);
 }
 
 fn session_key_name(prefix: &str, key: &SessionKey) -> String {
     format!("{prefix}s:{{{}}}", key.to_hex())
 }
 
-/// Asserts `pttl` (milliseconds) is `expected`, give or take the time the test took.
+/// The ID's own 32 bytes in hex (not their hash): what no key may hold (SECURITY.md 6).
+fn id_hex(id: &SessionId) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(id.expose())
+        .unwrap();
+    assert_eq!(bytes.len(), 32);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A store on `url` under a prefix of its own, and that prefix.
 async fn store_with_prefix(url: &str) -> (RedisStore, String) {
     let prefix = unique_prefix();
@@ -106,6 +306,7 @@ async fn store_with_prefix(url: &str) -> (RedisStore, String) {
     (store, prefix)
 }
 
+/// Asserts `pttl` (milliseconds) is `expected`, give or take the time the test took.
 fn assert_ttl(pttl: i64, expected: Duration) {
     let expected = expected.whole_milliseconds() as i64;
     assert!(
@@ -114,11 +315,15 @@ fn assert_ttl(pttl: i64, expected: Duration) {
     );
 }
 
-#[tokio::test]
-async fn redis_ttl_always_matches_the_session_deadline() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+single_and_cluster!(
+    redis_ttl_always_matches_the_session_deadline_on:
+        redis_ttl_always_matches_the_session_deadline,
+        redis_ttl_always_matches_the_session_deadline_in_a_cluster
+);
+
+async fn redis_ttl_always_matches_the_session_deadline_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let now = now();
     let key = SessionId::generate().unwrap().key();
     let name = session_key_name(&prefix, &key);
@@ -166,17 +371,31 @@ async fn redis_ttl_always_matches_the_session_deadline() {
     );
 }
 
-#[tokio::test]
-async fn keys_are_namespaced_hashes_and_never_hold_the_id() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
+single_and_cluster!(
+    keys_are_namespaced_hashes_and_never_hold_the_id_on:
+        keys_are_namespaced_hashes_and_never_hold_the_id,
+        keys_are_namespaced_hashes_and_never_hold_the_id_in_a_cluster
+);
+
+/// Every key a login writes is `<prefix><kind>:{<hash>}` (SECURITY.md 6), on the server or on
+/// whichever cluster masters hold them; no key on any of them names the ID or the owner, and
+/// neither the session's fields nor the owner index's entries hold the ID.
+async fn keys_are_namespaced_hashes_and_never_hold_the_id_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let owner = format!("alice-{}@example.com", &fresh_key().to_hex()[..8]);
     let app = Router::new()
         .route(
             "/",
-            get(|s: Session| async move {
-                s.insert("x", "y")?;
-                s.set_owner("alice@example.com");
-                Ok::<_, SessionError>("ok")
+            get({
+                let owner = owner.clone();
+                move |s: Session| {
+                    let owner = owner.clone();
+                    async move {
+                        s.insert("x", "y")?;
+                        s.set_owner(owner);
+                        Ok::<_, SessionError>("ok")
+                    }
+                }
             }),
         )
         .layer(SessionLayer::new(store));
@@ -188,34 +407,61 @@ async fn keys_are_namespaced_hashes_and_never_hold_the_id() {
     let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
     let token = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
     let id = SessionId::parse(token).unwrap();
+    let session = session_key_name(&prefix, &id.key());
 
-    let mut conn = raw(&url).await;
-    let mut keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
-    keys.sort();
+    let mut conn = target.conn().await;
+    let keys = target.keys(&format!("{prefix}*")).await;
     assert_eq!(keys.len(), 2, "the session and its owner index: {keys:?}");
-    assert!(keys.contains(&session_key_name(&prefix, &id.key())));
-    assert!(keys.iter().any(|k| k.starts_with(&format!("{prefix}o:{{"))));
+    assert!(keys.contains(&session));
+    let index = keys
+        .iter()
+        .find(|k| k.starts_with(&format!("{prefix}o:{{")))
+        .expect("the owner index");
     for key in &keys {
+        // The hash (SHA-256: 64 lowercase hex digits) in braces: it alone picks the cluster slot.
+        let rest = key.strip_prefix(&prefix).unwrap();
+        let hash = rest
+            .strip_prefix("s:{")
+            .or_else(|| rest.strip_prefix("o:{"))
+            .and_then(|r| r.strip_suffix('}'));
+        assert!(
+            hash.is_some_and(|h| h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            "not <prefix><kind>:{{<hash>}}: {key}"
+        );
         assert!(!key.contains(token), "a Redis key holds the session ID");
         assert!(!key.contains("alice"), "a Redis key holds the owner");
     }
-    let fields: Vec<(String, String)> = conn
-        .hgetall(session_key_name(&prefix, &id.key()))
-        .await
-        .unwrap();
+    // Under any prefix, on every server: no key holds the ID (its bytes rather than their hash)
+    // or the owner.
+    target.assert_no_key(&format!("*{}*", id_hex(&id))).await;
+    target.assert_no_key(&format!("*{owner}*")).await;
+
+    let fields: Vec<(String, String)> = conn.hgetall(&session).await.unwrap();
     assert!(
         fields
             .iter()
             .all(|(f, v)| !f.contains(token) && !v.contains(token))
     );
     assert!(fields.contains(&("d:x".to_owned(), "\"y\"".to_owned())));
+    let entries: Vec<String> = conn.zrange(index, 0, -1).await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].starts_with(&id.key().to_hex()), "{entries:?}");
+    assert!(!entries[0].contains(token), "the owner index holds the ID");
 }
 
-#[tokio::test]
-async fn saves_never_recreate_a_key_deleted_behind_the_store() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+single_and_cluster!(
+    saves_never_recreate_a_key_deleted_behind_the_store_on:
+        saves_never_recreate_a_key_deleted_behind_the_store,
+        saves_never_recreate_a_key_deleted_behind_the_store_in_a_cluster
+);
+
+/// A session deleted behind the store's back (SECURITY.md 11): a save or a touch answers `Gone`
+/// and writes nothing, under the session's key or any other of the store's, on any server.
+async fn saves_never_recreate_a_key_deleted_behind_the_store_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let now = now();
     let key = SessionId::generate().unwrap().key();
     assert!(
@@ -225,7 +471,9 @@ async fn saves_never_recreate_a_key_deleted_behind_the_store() {
             .unwrap()
     );
     let name = session_key_name(&prefix, &key);
-    let _: () = conn.del(&name).await.unwrap();
+    assert_eq!(target.keys(&format!("{prefix}*")).await, vec![name.clone()]);
+    let deleted: usize = conn.del(&name).await.unwrap();
+    assert_eq!(deleted, 1);
     let mut changes = ChangeSet::default();
     changes.set.insert("x".into(), json!(1));
     changes.idle_deadline = Some(now + Duration::hours(1));
@@ -244,6 +492,8 @@ async fn saves_never_recreate_a_key_deleted_behind_the_store() {
     );
     let exists: bool = conn.exists(&name).await.unwrap();
     assert!(!exists, "a save or touch brought a deleted session back");
+    target.assert_no_key(&format!("{prefix}*")).await;
+    target.assert_no_key(&format!("*{}*", key.to_hex())).await;
 }
 
 #[tokio::test]
@@ -278,11 +528,11 @@ async fn scripts_are_sent_again_after_a_script_flush() {
     assert_eq!(loaded.data.get("after-flush"), Some(&json!(true)));
 }
 
-#[tokio::test]
-async fn unreadable_records_are_no_session_not_an_error() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+single_and_cluster!(unreadable_records_are_no_session_not_an_error_on: unreadable_records_are_no_session_not_an_error, unreadable_records_are_no_session_not_an_error_in_a_cluster);
+
+async fn unreadable_records_are_no_session_not_an_error_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let key = SessionId::generate().unwrap().key();
     let _: () = conn
         .hset_multiple(
@@ -316,11 +566,13 @@ async fn records_with_awkward_owners_and_names_load_back_unchanged() {
     }
 }
 
-#[tokio::test]
-async fn the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_safely() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+single_and_cluster!(the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_safely_on: the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_safely, the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_safely_in_a_cluster);
+
+async fn the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_safely_on(
+    target: Target,
+) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let now = now();
     let (k1, k2) = (
         SessionId::generate().unwrap().key(),
@@ -332,7 +584,7 @@ async fn the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_s
     r2.owner = Some("bob".into());
     assert!(store.create(&k1, &r1, now).await.unwrap());
     assert!(store.create(&k2, &r2, now).await.unwrap());
-    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
+    let index: Vec<String> = target.keys(&format!("{prefix}o:*")).await;
     assert_eq!(index.len(), 1);
     assert_ttl(conn.pttl(&index[0]).await.unwrap(), Duration::days(2));
 
@@ -363,7 +615,7 @@ async fn the_owner_index_expires_with_the_last_absolute_deadline_and_is_pruned_s
 /// owner's index (the only one under `prefix`).
 async fn owned_session_index(
     store: &RedisStore,
-    conn: &mut redis::aio::MultiplexedConnection,
+    target: Target,
     prefix: &str,
     owner: &str,
     now: OffsetDateTime,
@@ -372,18 +624,18 @@ async fn owned_session_index(
     owned.owner = Some(owner.into());
     let key = SessionId::generate().unwrap().key();
     assert!(store.create(&key, &owned, now).await.unwrap());
-    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
+    let index: Vec<String> = target.keys(&format!("{prefix}o:*")).await;
     assert_eq!(index.len(), 1);
     index.into_iter().next().unwrap()
 }
 
-#[tokio::test]
-async fn a_login_saved_to_an_ended_session_leaves_the_owner_index_expiring() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+single_and_cluster!(a_login_saved_to_an_ended_session_leaves_the_owner_index_expiring_on: a_login_saved_to_an_ended_session_leaves_the_owner_index_expiring, a_login_saved_to_an_ended_session_leaves_the_owner_index_expiring_in_a_cluster);
+
+async fn a_login_saved_to_an_ended_session_leaves_the_owner_index_expiring_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let now = now();
-    let index = owned_session_index(&store, &mut conn, &prefix, "alice", now).await;
+    let index = owned_session_index(&store, target, &prefix, "alice", now).await;
 
     // A logout wins the race against a login of the same session.
     let k2 = SessionId::generate().unwrap().key();
@@ -402,13 +654,13 @@ async fn a_login_saved_to_an_ended_session_leaves_the_owner_index_expiring() {
     assert_ttl(conn.pttl(&index).await.unwrap(), Duration::days(1));
 }
 
-#[tokio::test]
-async fn pruning_the_last_entry_without_a_deadline_lets_the_owner_index_expire() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+single_and_cluster!(pruning_the_last_entry_without_a_deadline_lets_the_owner_index_expire_on: pruning_the_last_entry_without_a_deadline_lets_the_owner_index_expire, pruning_the_last_entry_without_a_deadline_lets_the_owner_index_expire_in_a_cluster);
+
+async fn pruning_the_last_entry_without_a_deadline_lets_the_owner_index_expire_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let now = now();
-    let index = owned_session_index(&store, &mut conn, &prefix, "carol", now).await;
+    let index = owned_session_index(&store, target, &prefix, "carol", now).await;
     // An entry with no deadline, of a session long gone (as a crashed login leaves): the index
     // cannot expire while it is there.
     let long_gone = format!("{}:0", SessionId::generate().unwrap().key().to_hex());
@@ -946,14 +1198,16 @@ fn rename_fence(until: OffsetDateTime, to: &SessionKey) -> String {
     format!("{ms}:{}", to.to_hex())
 }
 
+single_and_cluster!(writes_during_a_rename_are_gone_while_reads_work_and_a_revocation_counts_it_once_on: writes_during_a_rename_are_gone_while_reads_work_and_a_revocation_counts_it_once, writes_during_a_rename_are_gone_while_reads_work_and_a_revocation_counts_it_once_in_a_cluster);
+
 /// A session whose rename has not completed (its fence on the old key and its copy under the new
 /// key, written here as the rename writes them): writes are refused, reads work, the owner's
 /// listing shows it once, and a revocation deletes both and counts one session.
-#[tokio::test]
-async fn writes_during_a_rename_are_gone_while_reads_work_and_a_revocation_counts_it_once() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+async fn writes_during_a_rename_are_gone_while_reads_work_and_a_revocation_counts_it_once_on(
+    target: Target,
+) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let now = now();
     let (from, to) = (fresh_key(), fresh_key());
     let mut stored = record(now, Duration::hours(1), Some(Duration::days(1)));
@@ -1011,14 +1265,14 @@ async fn writes_during_a_rename_are_gone_while_reads_work_and_a_revocation_count
     assert_eq!(store.load(&to, now).await.unwrap(), None);
 }
 
+single_and_cluster!(an_abandoned_rename_fence_runs_out_on: an_abandoned_rename_fence_runs_out, an_abandoned_rename_fence_runs_out_in_a_cluster);
+
 /// A rename that died after setting its fence (the process crashed) blocks the session's
 /// writes only until the fence runs out; then the next write removes it, or a new rename
 /// replaces it.
-#[tokio::test]
-async fn an_abandoned_rename_fence_runs_out() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+async fn an_abandoned_rename_fence_runs_out_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let now = now();
     let later = now + Duration::seconds(6);
     let (written, renamed) = (fresh_key(), fresh_key());
@@ -1113,14 +1367,14 @@ async fn a_create_finding_its_own_record_reports_it_made() {
     assert_eq!(store.load(&key, now).await.unwrap(), Some(stored));
 }
 
+single_and_cluster!(a_rename_finding_its_own_fence_goes_on_on: a_rename_finding_its_own_fence_goes_on, a_rename_finding_its_own_fence_goes_on_in_a_cluster);
+
 /// The first step of a rename sent twice (the cluster client sends a script again when the
 /// connection dropped before its reply): the fence the first run set is this rename's own, and
 /// the rename goes on.
-#[tokio::test]
-async fn a_rename_finding_its_own_fence_goes_on() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+async fn a_rename_finding_its_own_fence_goes_on_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let now = now();
     // A new session, fenced as if a rename to `to` had made its first step.
     let mut fenced_for = async |to: &SessionKey| {
@@ -1151,14 +1405,14 @@ async fn a_rename_finding_its_own_fence_goes_on() {
     assert_eq!(renamed, Renamed::Gone);
 }
 
+single_and_cluster!(a_rename_that_fails_midway_leaves_the_session_under_its_old_key_on: a_rename_that_fails_midway_leaves_the_session_under_its_old_key, a_rename_that_fails_midway_leaves_the_session_under_its_old_key_in_a_cluster);
+
 /// A rename that fails after fencing the session (the new key cannot be written, or the owner
 /// index cannot) releases the fence and leaves the session under its old key, unchanged and
 /// writable at once.
-#[tokio::test]
-async fn a_rename_that_fails_midway_leaves_the_session_under_its_old_key() {
-    let url = single_url();
-    let (store, prefix) = store_with_prefix(&url).await;
-    let mut conn = raw(&url).await;
+async fn a_rename_that_fails_midway_leaves_the_session_under_its_old_key_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
     let now = now();
     let from = fresh_key();
     let mut stored = record(now, Duration::hours(1), Some(Duration::days(1)));
@@ -1189,7 +1443,7 @@ async fn a_rename_that_fails_midway_leaves_the_session_under_its_old_key() {
     );
 
     // The owner index cannot be written: the rename fails the same way.
-    let index: Vec<String> = conn.keys(format!("{prefix}o:*")).await.unwrap();
+    let index: Vec<String> = target.keys(&format!("{prefix}o:*")).await;
     assert_eq!(index.len(), 1);
     let _: () = conn.del(&index[0]).await.unwrap();
     let _: () = conn.set(&index[0], "not an index").await.unwrap();
@@ -1213,6 +1467,57 @@ async fn a_rename_that_fails_midway_leaves_the_session_under_its_old_key() {
             .unwrap(),
         Saved::Applied
     );
+}
+
+single_and_cluster!(
+    a_done_rename_leaves_the_new_key_and_a_marker_that_runs_out_on:
+        a_done_rename_leaves_the_new_key_and_a_marker_that_runs_out,
+        a_done_rename_leaves_the_new_key_and_a_marker_that_runs_out_in_a_cluster
+);
+
+/// A done rename leaves, under the store's prefix on all servers together, the session under its
+/// new key and the marker `<prefix>r:{<old key>}` (in the old key's cluster slot) holding the
+/// rename's fence, for a minute at most; nothing under the old key, and no key holding either ID.
+async fn a_done_rename_leaves_the_new_key_and_a_marker_that_runs_out_on(target: Target) {
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
+    let now = now();
+    let (old_id, new_id) = (
+        SessionId::generate().unwrap(),
+        SessionId::generate().unwrap(),
+    );
+    let (from, to) = (old_id.key(), new_id.key());
+    let stored = record(now, Duration::hours(1), None);
+    assert!(store.create(&from, &stored, now).await.unwrap());
+    assert_eq!(
+        store
+            .rename(&from, &to, &setting("moved", json!(true)), now)
+            .await
+            .unwrap(),
+        Renamed::Applied
+    );
+
+    let marker = format!("{prefix}r:{{{}}}", from.to_hex());
+    let mut expected = vec![marker.clone(), session_key_name(&prefix, &to)];
+    expected.sort();
+    assert_eq!(target.keys(&format!("{prefix}*")).await, expected);
+    let fence: String = conn.get(&marker).await.unwrap();
+    assert_eq!(fence, rename_fence(now + Duration::seconds(5), &to));
+    let pttl: i64 = conn.pttl(&marker).await.unwrap();
+    assert!(
+        (1..=60_000).contains(&pttl),
+        "the marker must run out within a minute: PTTL {pttl} ms"
+    );
+    if target == Target::Cluster {
+        let slot = |name: &str| {
+            let answer = cluster().nodes[0].cli(&["cluster", "keyslot", name]);
+            answer.trim().parse::<u16>().unwrap()
+        };
+        assert_eq!(slot(&marker), slot(&session_key_name(&prefix, &from)));
+    }
+    for id in [&old_id, &new_id] {
+        target.assert_no_key(&format!("*{}*", id_hex(id))).await;
+    }
 }
 
 /// The port of the cluster master that holds `key_name`'s slot, as `node` sees it.

@@ -1,6 +1,6 @@
 //! The SQLite store: the conformance suite against SQLite files, plus concurrency, two pools on
 //! one file, a missing table, persistence across reopening, a full disk, a write lock held
-//! elsewhere, and what the rows hold.
+//! elsewhere, reads that fail, what the rows hold, and rows damaged every which way (fuzzed).
 //!
 //! Needs nothing but a writable temporary folder (SQLite is compiled in); each store gets its own
 //! file, removed afterwards.
@@ -16,10 +16,12 @@ use std::time::Duration as StdDuration;
 
 use axum::http::StatusCode;
 use serde_json::json;
+use sqlx::Connection as _;
 use support_sql::{app, lite};
 use time::{Duration, OffsetDateTime};
 use tower_satchel::{
-    ChangeSet, Saved, SessionErrorKind, SessionId, SessionStore, SqliteStore, StoreErrorKind,
+    ChangeSet, Saved, Session, SessionError, SessionErrorKind, SessionId, SessionLayer,
+    SessionStore, SqliteStore, StoreErrorKind,
 };
 
 mod sqlite {
@@ -433,5 +435,436 @@ async fn a_write_lock_held_elsewhere_gives_error_responses_then_recovers() {
     other.rollback().await.unwrap();
     for n in 2..=10 {
         assert_eq!(app.get("/incr", Some(&token)).await.body, n.to_string());
+    }
+}
+
+/// `GET path` with `token` through a layer over `store`, as `support_sql::app` sends it, keeping
+/// what `TestApp` boils down: the number of `Set-Cookie` headers (a removal cookie included) and
+/// the session error the layer attached.
+async fn send_keeping_headers(
+    store: &SqliteStore,
+    path: &str,
+    token: &str,
+) -> (StatusCode, usize, Option<SessionError>) {
+    use axum::routing::get;
+    use tower::ServiceExt;
+    let layer = SessionLayer::new(store.clone());
+    let cookie = format!("{}={token}", layer.cookie_name());
+    let router = axum::Router::new()
+        .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
+        .route(
+            "/incr",
+            get(|s: Session| async move {
+                s.update("n", |n: &mut u64| *n += 1)?;
+                Ok::<_, SessionError>("ok")
+            }),
+        )
+        .layer(layer);
+    let request = axum::http::Request::get(path)
+        .header(axum::http::header::COOKIE, cookie)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let cookies = response
+        .headers()
+        .get_all(axum::http::header::SET_COOKIE)
+        .iter()
+        .count();
+    let error = response.extensions().get::<SessionError>().cloned();
+    (response.status(), cookies, error)
+}
+
+/// SECURITY.md 28 when reading fails: the session table renamed, or a column it reads renamed, by
+/// another connection (an operator's botched migration). A load is then an error, never "no
+/// session": a request of a live session, even one that only reads (`/keys`, where an empty
+/// session would answer 200 and write nothing), gets an error response with the store error
+/// and no `Set-Cookie` at all (no fresh session, no removal of the real one). Once the schema
+/// is put back, the same cookie's session is there with its data, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_read_gives_error_responses_then_recovers() {
+    let store = lite::store().await;
+    let app = app(store.clone());
+    let first = app.get("/incr", None).await;
+    assert_eq!(first.body, "1");
+    let token = first.token.unwrap();
+    let key = SessionId::parse(&token).unwrap().key();
+    let breakages = [
+        (
+            "ALTER TABLE tower_satchel_sessions RENAME TO moved_away",
+            "ALTER TABLE moved_away RENAME TO tower_satchel_sessions",
+        ),
+        (
+            "ALTER TABLE tower_satchel_sessions RENAME COLUMN data TO moved_away",
+            "ALTER TABLE tower_satchel_sessions RENAME COLUMN moved_away TO data",
+        ),
+    ];
+    // Another connection, as another process would.
+    let mut other = sqlx::SqliteConnection::connect_with(&store.pool().connect_options())
+        .await
+        .unwrap();
+    for (n, (break_it, mend_it)) in breakages.into_iter().enumerate() {
+        sqlx::raw_sql(break_it).execute(&mut other).await.unwrap();
+        assert!(store.load(&key, now()).await.is_err(), "{break_it}");
+        for path in ["/keys", "/incr"] {
+            let (status, cookies, error) = send_keeping_headers(&store, path, &token).await;
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{break_it}: {path}"
+            );
+            assert_eq!(cookies, 0, "{break_it}: {path} set a cookie");
+            assert!(
+                error.is_some_and(|e| e.kind() == SessionErrorKind::Store),
+                "{break_it}: {path}"
+            );
+        }
+        sqlx::raw_sql(mend_it).execute(&mut other).await.unwrap();
+        assert_eq!(app.get("/keys", Some(&token)).await.body, "n", "{mend_it}");
+        let resp = app.get("/incr", Some(&token)).await;
+        assert_eq!(resp.body, (n + 2).to_string(), "{mend_it}");
+        assert_eq!(resp.token, None, "{mend_it}: a new session was minted");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaged rows, fuzzed (SECURITY.md 27)
+
+/// A value of any of SQLite's storage classes, as written into a column by hand.
+#[derive(Clone, Debug)]
+enum Cell {
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    Null,
+}
+
+const COLUMNS: [&str; 7] = [
+    "version",
+    "data",
+    "created_at",
+    "idle_deadline",
+    "absolute_deadline",
+    "expiry",
+    "owner",
+];
+
+/// The microseconds of `time`'s first and last instants (years -9999 and 9999): the time
+/// columns' range.
+fn time_range_micros() -> (i64, i64) {
+    let micros = |date, time| {
+        let at = time::PrimitiveDateTime::new(date, time).assume_utc();
+        i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap()
+    };
+    (
+        micros(time::Date::MIN, time::Time::MIDNIGHT),
+        micros(time::Date::MAX, time::Time::MAX),
+    )
+}
+
+fn from_micros(us: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()
+}
+
+/// Numbers as JSON or SQLite text may spell them: in and out of `i64` and `f64`, NaN-ish words.
+fn number_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|f| format!("{f:e}")),
+        (-5i64..5).prop_map(|n| n.to_string()),
+        proptest::sample::select(vec![
+            "1e400",
+            "-1e400",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "1.5",
+            "-0",
+            "NaN",
+            "inf",
+            "-Infinity",
+            "0x10",
+            " 12 ",
+        ])
+        .prop_map(str::to_owned),
+    ]
+}
+
+/// Text meant for the JSON columns (`data`, `expiry`) or mistaken for a number: policies with
+/// odd numbers, objects with numbers out of range, nesting around serde_json's depth limit, JSON
+/// of another shape, broken JSON, and any text at all.
+fn text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        number_text().prop_map(|n| format!(r#"{{"OnInactivity":{n}}}"#)),
+        number_text().prop_map(|n| format!(r#"{{"AtDateTime":{n}}}"#)),
+        number_text().prop_map(|n| format!(r#"{{"Someday":{n}}}"#)),
+        number_text().prop_map(|n| format!(r#"{{"k":{n},"s":[{n},"x"]}}"#)),
+        number_text(),
+        (100usize..160).prop_map(|d| format!(r#"{{"deep":{}{}}}"#, "[".repeat(d), "]".repeat(d))),
+        proptest::sample::select(vec![
+            r#""OnSessionEnd""#,
+            r#"{"OnSessionEnd":null}"#,
+            "{}",
+            "[]",
+            "null",
+            "{",
+            r#"{"a":1,}"#,
+            "",
+        ])
+        .prop_map(str::to_owned),
+        ".{0,24}",
+    ]
+}
+
+/// Any value of any storage class.
+fn cell() -> impl proptest::strategy::Strategy<Value = Cell> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => any::<i64>().prop_map(Cell::Int),
+        2 => any::<f64>().prop_map(Cell::Real),
+        3 => text().prop_map(Cell::Text),
+        2 => proptest::collection::vec(any::<u8>(), 0..24).prop_map(Cell::Blob),
+        1 => Just(Cell::Null),
+    ]
+}
+
+/// One column and what to write into it: either a value of the column's own storage class at
+/// the edges of what the store reads (format versions around this crate's and around multiples
+/// of 2^32, times around the ends of `time`'s years, at the ends of `i64` and an hour or so
+/// either side of now, JSON text for `data` and `expiry`), or anything at all in any column.
+fn damage() -> impl proptest::strategy::Strategy<Value = (&'static str, Cell)> {
+    use proptest::prelude::*;
+    let now = micros(now());
+    let (first, last) = time_range_micros();
+    let version = i64::from(tower_satchel::RECORD_VERSION);
+    let versions = prop_oneof![
+        -2..=version + 2,
+        (-2i64..=2, -2i64..=2).prop_map(|(k, d)| (k << 32) + d),
+    ];
+    let times = prop_oneof![
+        first - 2..=first + 2,
+        last - 2..=last + 2,
+        proptest::sample::select(vec![i64::MIN, i64::MIN + 1, i64::MAX - 1, i64::MAX]),
+        now - 10_000_000_000..now + 10_000_000_000,
+    ];
+    let time_columns =
+        proptest::sample::select(vec!["created_at", "idle_deadline", "absolute_deadline"]);
+    prop_oneof![
+        1 => versions.prop_map(|v| ("version", Cell::Int(v))),
+        1 => (time_columns, times).prop_map(|(column, t)| (column, Cell::Int(t))),
+        1 => (proptest::sample::select(vec!["data", "expiry"]), text())
+            .prop_map(|(column, t)| (column, Cell::Text(t))),
+        2 => (proptest::sample::select(COLUMNS.to_vec()), cell()),
+    ]
+}
+
+fn micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap()
+}
+
+/// What a damaged row holds, read with SQL: each column's value where its storage class is the
+/// one the store writes, and whether the row is live.
+#[derive(Debug)]
+struct Stored {
+    version: Option<i64>,
+    data: Option<String>,
+    expiry: Option<String>,
+    created_at: Option<i64>,
+    idle_deadline: Option<i64>,
+    absolute_type: String,
+    absolute_deadline: Option<i64>,
+    owner_type: String,
+    owner: Option<String>,
+    expires_at: Option<i64>,
+    live: bool,
+}
+
+impl Stored {
+    async fn read(store: &SqliteStore, key: &tower_satchel::SessionKey, now: i64) -> Self {
+        use sqlx::Row as _;
+        let row = sqlx::query(
+            "SELECT \
+             CASE WHEN typeof(version) = 'integer' THEN version END AS version, \
+             CASE WHEN typeof(data) = 'text' THEN data END AS data, \
+             CASE WHEN typeof(expiry) = 'text' THEN expiry END AS expiry, \
+             CASE WHEN typeof(created_at) = 'integer' THEN created_at END AS created_at, \
+             CASE WHEN typeof(idle_deadline) = 'integer' THEN idle_deadline END \
+                 AS idle_deadline, \
+             typeof(absolute_deadline) AS absolute_type, \
+             CASE WHEN typeof(absolute_deadline) = 'integer' THEN absolute_deadline END \
+                 AS absolute_deadline, \
+             typeof(owner) AS owner_type, \
+             CASE WHEN typeof(owner) = 'text' THEN owner END AS owner, \
+             CASE WHEN typeof(expires_at) = 'integer' THEN expires_at END AS expires_at, \
+             expires_at > ?2 AS live \
+             FROM tower_satchel_sessions WHERE id = ?1",
+        )
+        .bind(key.as_bytes().as_slice())
+        .bind(now)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        Self {
+            version: row.get("version"),
+            data: row.get("data"),
+            expiry: row.get("expiry"),
+            created_at: row.get("created_at"),
+            idle_deadline: row.get("idle_deadline"),
+            absolute_type: row.get("absolute_type"),
+            absolute_deadline: row.get("absolute_deadline"),
+            owner_type: row.get("owner_type"),
+            owner: row.get("owner"),
+            expires_at: row.get("expires_at"),
+            live: row.get("live"),
+        }
+    }
+
+    /// The record the row holds when every column holds a value of its type, in range, and the
+    /// record format is one this crate reads; `None` otherwise: the store's contract reads such
+    /// a row as no session.
+    fn record(&self) -> Option<tower_satchel::Record> {
+        let version = u32::try_from(self.version?)
+            .ok()
+            .filter(|&v| v <= tower_satchel::RECORD_VERSION)?;
+        let data = serde_json::from_str(self.data.as_deref()?).ok()?;
+        let expiry = serde_json::from_str(self.expiry.as_deref()?).ok()?;
+        let absolute = match self.absolute_type.as_str() {
+            "null" => None,
+            "integer" => Some(from_micros(self.absolute_deadline?)?),
+            _ => return None,
+        };
+        let owner = match self.owner_type.as_str() {
+            "null" => None,
+            "text" => Some(self.owner.clone()?),
+            _ => return None,
+        };
+        let mut record = tower_satchel::Record::new(
+            from_micros(self.created_at?)?,
+            from_micros(self.idle_deadline?)?,
+            absolute,
+            expiry,
+        );
+        record.version = version;
+        record.data = data;
+        record.owner = owner;
+        Some(record)
+    }
+
+    /// The owner listing's entry for the row, if any: it reads only the times.
+    fn listed(&self) -> Option<(OffsetDateTime, OffsetDateTime)> {
+        if !self.live || self.owner.as_deref() != Some("mallory") {
+            return None;
+        }
+        Some((
+            from_micros(self.created_at?)?,
+            from_micros(self.expires_at?)?,
+        ))
+    }
+}
+
+/// Writes `damage` over a fresh session row, next to a good one of the same owner, and checks
+/// every store operation that decodes rows against what the row then holds (read back in SQL):
+/// none panics or fails; `load` gives the record exactly when each column holds a value of its
+/// type in range (else no session, not an error that would answer each request of the cookie
+/// with a 500), a data save applies to it exactly then (else `Gone`, with the row left as it
+/// was), the owner listing shows it exactly when its times are readable and skips it otherwise,
+/// and the cleanup deletes it exactly when it has expired. The good row is unaffected.
+async fn check_damaged_row(damage: &[(&str, Cell)]) {
+    let store = lite::store().await;
+    let now = now();
+    let (good, damaged) = (conformance::contract::key(), conformance::contract::key());
+    let record = conformance::contract::owned(now, "mallory");
+    for key in [&good, &damaged] {
+        assert!(store.create(key, &record, now).await.unwrap());
+    }
+    for (column, cell) in damage {
+        let sql = format!("UPDATE tower_satchel_sessions SET {column} = ?1 WHERE id = ?2");
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let query = match cell {
+            Cell::Int(n) => query.bind(*n),
+            Cell::Real(f) => query.bind(*f),
+            Cell::Text(t) => query.bind(t.clone()),
+            Cell::Blob(b) => query.bind(b.clone()),
+            Cell::Null => query.bind(None::<i64>),
+        };
+        if let Err(e) = query
+            .bind(damaged.as_bytes().as_slice())
+            .execute(store.pool())
+            .await
+        {
+            // NULL (NaN binds as NULL) where the schema forbids it: the row keeps its value.
+            assert!(
+                e.to_string().contains("NOT NULL"),
+                "{column} = {cell:?}: {e}"
+            );
+        }
+    }
+    let stored = Stored::read(&store, &damaged, micros(now)).await;
+    let expected = stored.record().filter(|_| stored.live);
+
+    assert_eq!(
+        store.load(&damaged, now).await.unwrap(),
+        expected,
+        "{stored:?}"
+    );
+    assert_eq!(store.load(&good, now).await.unwrap(), Some(record.clone()));
+
+    let mut listed: Vec<_> = store
+        .list_owner("mallory", now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.key, s.created_at, s.deadline))
+        .collect();
+    listed.sort_by_key(|(key, ..)| key.to_hex());
+    let good_deadline = record.idle_deadline.min(record.absolute_deadline.unwrap());
+    let mut want = vec![(good, record.created_at, good_deadline)];
+    want.extend(stored.listed().map(|(c, d)| (damaged, c, d)));
+    want.sort_by_key(|(key, ..)| key.to_hex());
+    assert_eq!(listed, want, "{stored:?}");
+
+    let dump = async || -> String {
+        sqlx::query_scalar(
+            "SELECT quote(version) || quote(data) || quote(created_at) || quote(idle_deadline) \
+             || quote(absolute_deadline) || quote(expiry) || quote(owner) \
+             FROM tower_satchel_sessions WHERE id = ?1",
+        )
+        .bind(damaged.as_bytes().as_slice())
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    let before = dump().await;
+    let mut probe = ChangeSet::default();
+    probe.set.insert("probe".into(), json!(true));
+    let saved = store.save(&damaged, &probe, now).await.unwrap();
+    if let Some(mut expected) = expected {
+        assert_eq!(saved, Saved::Applied, "{stored:?}");
+        expected.data.insert("probe".into(), json!(true));
+        assert_eq!(store.load(&damaged, now).await.unwrap(), Some(expected));
+    } else {
+        assert_eq!(saved, Saved::Gone, "{stored:?}");
+        assert_eq!(dump().await, before, "a save wrote an unreadable row");
+    }
+
+    let deleted = store.delete_expired(now, 100).await.unwrap();
+    assert_eq!(deleted, usize::from(!stored.live), "{stored:?}");
+    assert_eq!(store.load(&good, now).await.unwrap(), Some(record));
+    assert_eq!(count(&store).await, 2 - i64::from(!stored.live));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn damaged_rows_never_panic_and_read_as_no_session(
+        damage in proptest::collection::vec(damage(), 1..=3)
+    ) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(check_damaged_row(&damage));
     }
 }
