@@ -24,8 +24,7 @@ use support_sql::pg::table_of;
 use support_sql::{app, pg, unique};
 use time::{Duration, OffsetDateTime};
 use tower_satchel::{
-    ChangeSet, PostgresStore, Saved, Session, SessionError, SessionErrorKind, SessionId,
-    SessionLayer, SessionStore, StoreErrorKind,
+    ChangeSet, PostgresStore, Saved, SessionErrorKind, SessionId, SessionStore, StoreErrorKind,
 };
 
 mod postgres {
@@ -1661,42 +1660,6 @@ async fn a_full_disk_gives_error_responses_and_loses_nothing() {
     drop(disk);
 }
 
-/// `GET path` with `token` through a layer over `store`, as `support_sql::app` sends it, keeping
-/// what `TestApp` boils down: the number of `Set-Cookie` headers (a removal cookie included) and
-/// the session error the layer attached.
-async fn send_keeping_headers(
-    store: &PostgresStore,
-    path: &str,
-    token: &str,
-) -> (StatusCode, usize, Option<SessionError>) {
-    use axum::routing::get;
-    use tower::ServiceExt;
-    let layer = SessionLayer::new(store.clone());
-    let cookie = format!("{}={token}", layer.cookie_name());
-    let router = axum::Router::new()
-        .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
-        .route(
-            "/incr",
-            get(|s: Session| async move {
-                s.update("n", |n: &mut u64| *n += 1)?;
-                Ok::<_, SessionError>("ok")
-            }),
-        )
-        .layer(layer);
-    let request = axum::http::Request::get(path)
-        .header(axum::http::header::COOKIE, cookie)
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let response = router.oneshot(request).await.unwrap();
-    let cookies = response
-        .headers()
-        .get_all(axum::http::header::SET_COOKIE)
-        .iter()
-        .count();
-    let error = response.extensions().get::<SessionError>().cloned();
-    (response.status(), cookies, error)
-}
-
 /// SECURITY.md 28 when reading fails while the server is up: the session table renamed, or a
 /// column it reads renamed (an operator's botched migration). A load is then an error, never "no
 /// session": a request of a live session, even one that only reads (`/keys`, where an empty
@@ -1731,7 +1694,8 @@ async fn a_failing_read_gives_error_responses_then_recovers() {
             .unwrap();
         assert!(store.load(&key, now()).await.is_err(), "{break_it}");
         for path in ["/keys", "/incr"] {
-            let (status, cookies, error) = send_keeping_headers(&store, path, &token).await;
+            let (status, cookies, error) =
+                support_sql::send_keeping_headers(&*store, path, &token).await;
             assert_eq!(
                 status,
                 StatusCode::INTERNAL_SERVER_ERROR,

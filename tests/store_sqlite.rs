@@ -20,8 +20,7 @@ use sqlx::Connection as _;
 use support_sql::{app, lite};
 use time::{Duration, OffsetDateTime};
 use tower_satchel::{
-    ChangeSet, Saved, Session, SessionError, SessionErrorKind, SessionId, SessionLayer,
-    SessionStore, SqliteStore, StoreErrorKind,
+    ChangeSet, Saved, SessionErrorKind, SessionId, SessionStore, SqliteStore, StoreErrorKind,
 };
 
 mod sqlite {
@@ -438,42 +437,6 @@ async fn a_write_lock_held_elsewhere_gives_error_responses_then_recovers() {
     }
 }
 
-/// `GET path` with `token` through a layer over `store`, as `support_sql::app` sends it, keeping
-/// what `TestApp` boils down: the number of `Set-Cookie` headers (a removal cookie included) and
-/// the session error the layer attached.
-async fn send_keeping_headers(
-    store: &SqliteStore,
-    path: &str,
-    token: &str,
-) -> (StatusCode, usize, Option<SessionError>) {
-    use axum::routing::get;
-    use tower::ServiceExt;
-    let layer = SessionLayer::new(store.clone());
-    let cookie = format!("{}={token}", layer.cookie_name());
-    let router = axum::Router::new()
-        .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
-        .route(
-            "/incr",
-            get(|s: Session| async move {
-                s.update("n", |n: &mut u64| *n += 1)?;
-                Ok::<_, SessionError>("ok")
-            }),
-        )
-        .layer(layer);
-    let request = axum::http::Request::get(path)
-        .header(axum::http::header::COOKIE, cookie)
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let response = router.oneshot(request).await.unwrap();
-    let cookies = response
-        .headers()
-        .get_all(axum::http::header::SET_COOKIE)
-        .iter()
-        .count();
-    let error = response.extensions().get::<SessionError>().cloned();
-    (response.status(), cookies, error)
-}
-
 /// SECURITY.md 28 when reading fails: the session table renamed, or a column it reads renamed, by
 /// another connection (an operator's botched migration). A load is then an error, never "no
 /// session": a request of a live session, even one that only reads (`/keys`, where an empty
@@ -506,7 +469,8 @@ async fn a_failing_read_gives_error_responses_then_recovers() {
         sqlx::raw_sql(break_it).execute(&mut other).await.unwrap();
         assert!(store.load(&key, now()).await.is_err(), "{break_it}");
         for path in ["/keys", "/incr"] {
-            let (status, cookies, error) = send_keeping_headers(&store, path, &token).await;
+            let (status, cookies, error) =
+                support_sql::send_keeping_headers(&*store, path, &token).await;
             assert_eq!(
                 status,
                 StatusCode::INTERNAL_SERVER_ERROR,

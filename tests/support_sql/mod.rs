@@ -368,6 +368,40 @@ pub async fn an_unknown_id_writes_nothing<S: SessionStore + Clone>(
 // ---------------------------------------------------------------------------------------------
 // A small app
 
+/// `GET path` with `token` through a layer over `store`, as [`app`] sends it, keeping
+/// what `TestApp` boils down: the number of `Set-Cookie` headers (a removal cookie included) and
+/// the session error the layer attached.
+pub async fn send_keeping_headers<S: SessionStore + Clone>(
+    store: &S,
+    path: &str,
+    token: &str,
+) -> (StatusCode, usize, Option<SessionError>) {
+    let layer = SessionLayer::new(store.clone());
+    let cookie = format!("{}={token}", layer.cookie_name());
+    let router = Router::new()
+        .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
+        .route(
+            "/incr",
+            get(|s: Session| async move {
+                s.update("n", |n: &mut u64| *n += 1)?;
+                Ok::<_, SessionError>("ok")
+            }),
+        )
+        .layer(layer);
+    let request = Request::get(path)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let cookies = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .count();
+    let error = response.extensions().get::<SessionError>().cloned();
+    (response.status(), cookies, error)
+}
+
 /// The routes the HTTP-level tests use.
 pub fn app(store: impl IntoBackend) -> TestApp {
     let layer = SessionLayer::new(store);
