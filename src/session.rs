@@ -1801,7 +1801,10 @@ impl Session {
         let persists = !server_error || self.0.config.persist_on_5xx;
         let needs_load = {
             let state = self.state();
-            (persists && !state.loaded && state.modified()) || state.saving
+            // A rotation left unanswered is settled by `execute` too (see `settle_rotation`).
+            (persists && !state.loaded && state.modified())
+                || state.saving
+                || state.rotating_to.is_some()
         };
         if needs_load {
             let session = self.clone();
@@ -1819,10 +1822,6 @@ impl Session {
         let now = self.0.config.clock.now();
         match self.plan(now, server_error) {
             (Plan::Nothing, read) => {
-                if self.state().rotating_to.is_some() {
-                    // `execute` settles it.
-                    return Finish::Pending(self.execute(Plan::Nothing, read, now));
-                }
                 if let (Some(id), Kind::Server(store)) =
                     (self.refresh_to_check(), &self.0.backend.0)
                 {
