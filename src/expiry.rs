@@ -74,6 +74,22 @@ impl Expiry {
         !matches!(self, Expiry::OnSessionEnd)
     }
 
+    /// The policy as stores keep it: a window in whole seconds rounded up, a date in whole
+    /// seconds rounded down. The layer takes policies in this form, so that the one a request
+    /// holds compares equal to the one it stored (the file, Redis, SQL and cookie stores keep
+    /// whole seconds; the memory store keeps what it is given).
+    pub(crate) fn stored(self) -> Self {
+        match self {
+            Expiry::OnSessionEnd => Expiry::OnSessionEnd,
+            Expiry::OnInactivity(window) => {
+                Expiry::OnInactivity(Duration::seconds(window_seconds(window)))
+            }
+            Expiry::AtDateTime(at) => Expiry::AtDateTime(
+                OffsetDateTime::from_unix_timestamp(at.unix_timestamp()).unwrap_or(at),
+            ),
+        }
+    }
+
     /// The sliding window, if this policy has one.
     pub(crate) fn window(&self, session_end_idle: Duration) -> Option<Duration> {
         match self {

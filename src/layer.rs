@@ -121,7 +121,9 @@ impl Config {
     /// configured now, in Unix seconds (see [`Config::cap_absolute`]); `None` without one.
     pub(crate) fn absolute_cap(&self, created_at: OffsetDateTime) -> Option<i64> {
         let lifetime = self.absolute_lifetime?;
-        let window = lifetime.whole_seconds() + i64::from(lifetime.subsec_nanoseconds() > 0);
+        let window = lifetime
+            .whole_seconds()
+            .saturating_add(i64::from(lifetime.subsec_nanoseconds() > 0));
         Some(
             created_at
                 .unix_timestamp()
@@ -419,10 +421,11 @@ impl SessionLayerBuilder {
 
     /// The expiry of new sessions. Default: `Expiry::OnInactivity(24 hours)`. A handler can change
     /// it per session with [`Session::set_expiry`]. A fixed date ([`Expiry::AtDateTime`]) can
-    /// only be set per session: [`build`](Self::build) refuses it here.
+    /// only be set per session: [`build`](Self::build) refuses it here. A window is kept in whole
+    /// seconds, rounded up.
     #[must_use]
     pub fn expiry(mut self, expiry: Expiry) -> Self {
-        self.config.default_expiry = expiry;
+        self.config.default_expiry = expiry.stored();
         self
     }
 

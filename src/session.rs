@@ -926,6 +926,8 @@ impl Session {
                 }
             }
             Stored::Replaced(live, changes) => {
+                // A destroy that left no session: an expiry set for the next one still applies.
+                let next_expiry = if live.is_none() { state.expiry } else { None };
                 state.live = live;
                 if settled {
                     state.settle();
@@ -938,6 +940,9 @@ impl Session {
                     // A `clear`, a new owner or the like came meanwhile, and the rotation's
                     // flags stay set: its keys must go again with them.
                     state.mark_unsaved(changes);
+                }
+                if state.expiry.is_none() {
+                    state.expiry = next_expiry;
                 }
             }
         }
@@ -1305,7 +1310,8 @@ impl Session {
     }
 
     /// Sets this session's expiry, e.g. `Expiry::OnInactivity(30 days)` for "remember me".
-    /// Persisted with the session; the absolute lifetime still applies.
+    /// Persisted with the session; the absolute lifetime still applies. Kept in whole seconds,
+    /// as every store keeps it: a window rounded up, a date rounded down.
     ///
     /// Concurrent requests of the session that loaded it before the new expiry was saved do not
     /// undo it: their deadline refresh is worked out from the old expiry, so the store drops it
@@ -1318,7 +1324,8 @@ impl Session {
     /// response carries its own copy, so the browser keeps whichever arrives last.
     pub fn set_expiry(&self, expiry: Expiry) {
         if let Some(mut state) = self.state_to_change("set_expiry") {
-            state.expiry = Some(expiry);
+            // In whole seconds, as the stores keep it (see `Expiry::stored`).
+            state.expiry = Some(expiry.stored());
         }
     }
 
@@ -1405,8 +1412,9 @@ impl Session {
             revoked,
             "sessions of an owner revoked"
         );
-        // The store call above has ended this session too.
-        self.ended_in_store();
+        // The store call above has ended this session too (if the store had it as the owner's:
+        // the commit deletes it otherwise).
+        self.ended_in_store(Some(&owner));
         Ok(revoked)
     }
 
@@ -1504,24 +1512,34 @@ impl Session {
             "session of the owner revoked"
         );
         if self.id().is_some_and(|id| id.key() == *key) {
-            self.ended_in_store();
+            self.ended_in_store(None);
         }
         Ok(true)
     }
 
-    /// Marks the session ended, after a store call ended it: the commit then sends a removal
-    /// cookie and writes nothing. Once closed, the handle stays as it was.
-    fn ended_in_store(&self) {
+    /// Marks the session ended, after a store call ended it (or, with `owner`, ended every
+    /// session of that owner): the commit then sends a removal cookie and writes nothing. Once
+    /// closed, the handle stays as it was.
+    fn ended_in_store(&self, owner: Option<&str>) {
         let mut state = self.state();
         if !state.closed {
             state.generation = state.generation.wrapping_add(1);
             state.reshaped = state.reshaped.wrapping_add(1);
             // A cookie a `save` left for it names a session that no longer exists: a response
             // that commits nothing (a 5xx) would still send it. (A client that holds no cookie
-            // then needs no removal either.)
+            // then needs no removal either.) Not when the store had it without that owner (set
+            // in this request and not saved yet): the store call left it, and on a 5xx, which
+            // deletes nothing, the session and its cookie stand.
             let stale = match (&state.live, state.pending.as_deref()) {
-                (Some(Live { id: Some(id), .. }), Some(TokenAction::Set { value, .. })) => {
+                (
+                    Some(Live {
+                        id: Some(id),
+                        record,
+                    }),
+                    Some(TokenAction::Set { value, .. }),
+                ) => {
                     *value == id.expose()
+                        && owner.is_none_or(|owner| record.owner.as_deref() == Some(owner))
                 }
                 _ => false,
             };

@@ -1601,3 +1601,28 @@ async fn saved_refresh_after_a_new_expiry(store: impl SessionStore + Clone) {
         set_cookie(&response)
     );
 }
+
+/// An absolute lifetime as long as `Duration` goes: no arithmetic overflow (a panic in debug
+/// builds) when loads are held to it.
+#[tokio::test]
+async fn an_enormous_absolute_lifetime_does_not_overflow() {
+    let router = Router::new()
+        .route("/start", start_route())
+        .route(
+            "/n",
+            get(
+                |session: Session| async move { format!("{:?}", session.get::<i64>("n").unwrap()) },
+            ),
+        )
+        .layer(
+            SessionLayer::builder(MemoryStore::new())
+                .absolute_lifetime(Some(Duration::MAX))
+                .build()
+                .unwrap(),
+        );
+    let response = send(&router, "/start", None).await;
+    let cookie = format!("id={}", set_cookie(&response).unwrap().value());
+    let response = send(&router, "/n", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "Some(1)");
+}

@@ -260,6 +260,14 @@ fn routes() -> Router {
             }),
         )
         .route(
+            "/expiry-saved-ms/{ms}",
+            get(|s: Session, Path(ms): Path<i64>| async move {
+                s.set_expiry(Expiry::OnInactivity(Duration::milliseconds(ms)));
+                s.save().await?;
+                Ok::<_, SessionError>("saved".to_owned())
+            }),
+        )
+        .route(
             "/expire-at/{unix}",
             get(|s: Session, Path(unix): Path<i64>| async move {
                 let at = time::OffsetDateTime::from_unix_timestamp(unix).unwrap();

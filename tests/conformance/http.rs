@@ -926,6 +926,28 @@ pub async fn a_cookie_the_browser_still_sends_still_opens(b: Backend, _: Side) {
     }
 }
 
+/// `set_expiry` with a fraction of a second, then `save`: the response carries the cookie with
+/// the new `Max-Age` (the window in whole seconds, rounded up, as every store keeps it), on every
+/// store alike. (A policy kept to other precision than the request's once made the layer take
+/// it for another request's, and withhold the cookie.)
+pub async fn a_fractional_expiry_saved_sends_its_cookie(b: Backend, _: Side) {
+    let app = app(b, |l| l);
+    let token = app.get("/incr/n", None).await.expect_token();
+    let week = 7 * 86_400;
+    let resp = app
+        .get(
+            &format!("/expiry-saved-ms/{}", week * 1000 + 250),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(resp.body, "saved");
+    assert_eq!(
+        resp.set_cookie().and_then(|c| c.max_age()),
+        Some(Duration::seconds(week + 1))
+    );
+    assert_eq!(app.get("/get/n", Some(&token)).await.body, "1");
+}
+
 pub async fn max_age_never_exceeds_the_server_deadline(b: Backend, _: Side) {
     let app = app(b, |l| {
         l.expiry(Expiry::OnInactivity(Duration::days(7)))

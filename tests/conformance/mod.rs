@@ -112,6 +112,7 @@ macro_rules! server_store_conformance {
             browser_session_cookies_have_no_max_age,
             max_age_is_capped_at_400_days,
             max_age_never_exceeds_the_server_deadline,
+            a_fractional_expiry_saved_sends_its_cookie,
             a_cookie_the_browser_still_sends_still_opens,
             a_far_expiry_date_is_reached_by_refreshing_the_cookie,
             header_transport_ignores_cookies,

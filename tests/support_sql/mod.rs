@@ -525,22 +525,32 @@ where
     assert_eq!(handed_on(&store), 0);
     let key = one_session(&store).await;
     let now = crate::conformance::contract::now();
-    let writes: Vec<_> = (0..200)
-        .map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut changes = ChangeSet::default();
-                changes.set.insert(format!("k{i}"), serde_json::json!(i));
-                store.save(&key, &changes, now).await
+    // Operations wait for a hand-on only while the pool is at its limit, which depends on how
+    // the machine schedules them (other tests run beside this one): a few rounds, not one, so
+    // that a busy machine does not fail it. A hand-on that never happens fails every round.
+    for round in 0..10 {
+        let writes: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut changes = ChangeSet::default();
+                    changes
+                        .set
+                        .insert(format!("k{i}"), serde_json::json!(i + round));
+                    store.save(&key, &changes, now).await
+                })
             })
-        })
-        .collect();
-    for write in writes {
-        assert!(matches!(write.await.unwrap(), Ok(Saved::Applied)));
+            .collect();
+        for write in writes {
+            assert!(matches!(write.await.unwrap(), Ok(Saved::Applied)));
+        }
+        let data = store.load(&key, now).await.unwrap().unwrap().data;
+        assert!((0..200).all(|i| data[&format!("k{i}")] == serde_json::json!(i + round)));
+        if handed_on(&store) > 0 {
+            return;
+        }
     }
-    let data = store.load(&key, now).await.unwrap().unwrap().data;
-    assert!((0..200).all(|i| data[&format!("k{i}")] == serde_json::json!(i)));
-    assert!(handed_on(&store) > 0, "{store:?}");
+    panic!("no connection handed on in 10 rounds: {store:?}");
 }
 
 /// Handing connections on never keeps the pool from the app: while 40 tasks keep the store
