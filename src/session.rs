@@ -100,7 +100,8 @@ pub(crate) enum Incoming {
 ///
 /// A handle can outlive its request, moved into a spawned task, a streaming body or a WebSocket
 /// handler (`on_upgrade` runs after the `101` response). Once the handler has produced its
-/// response (or the request was abandoned, when the client went away), the session is closed:
+/// response (or failed with an error, or the request was abandoned, when the client went away),
+/// the session is closed:
 /// reads still answer what the request left, but changes are refused, because nothing would save
 /// them. [`insert`](Session::insert), [`remove`](Session::remove), [`update`](Session::update)
 /// and [`save`](Session::save) return a [`SessionErrorKind::Closed`] error; `clear`, `destroy`,
@@ -715,7 +716,9 @@ impl Session {
     /// created, [`cycle_id`](Session::cycle_id) rotates the ID, [`destroy`](Session::destroy)
     /// deletes the session, and changes are merged into the stored session as a change set. The
     /// cookie this calls for (a new ID, a refreshed `Max-Age`, a removal) is sent with the
-    /// response, whatever the response's status. The app asked for the write, so it stands
+    /// response, whatever the response's status (unless the layer finds before sending it that
+    /// the session ended, or that another request set a new expiry since, whose cookie that
+    /// request sent). The app asked for the write, so it stands
     /// even when the response is a 5xx, unlike changes left to the layer (see
     /// [`persist_on_server_error`](crate::SessionLayerBuilder::persist_on_server_error)).
     ///
@@ -1004,8 +1007,8 @@ impl Session {
     }
 
     /// Drops the refresh cookie of [`refresh_to_check`](Self::refresh_to_check) unless the
-    /// store still holds the session `id` (a failed check drops it too: the cookie is only a
-    /// refresh, and the next due request sends another).
+    /// store still holds the session `id` with the expiry this request holds (a failed check
+    /// drops it too: the cookie is only a refresh, and the next due request sends another).
     fn check_refresh(&self, id: &SessionId, found: &Result<Option<Record>, StoreError>) {
         let scope = self.0.config.scope;
         match found {
@@ -1284,10 +1287,12 @@ impl Session {
     /// Rotation never extends the absolute lifetime (SECURITY.md 9).
     ///
     /// If that `save` fails because the store's answer was lost (a dropped connection, a
-    /// timeout), the store may have made the move anyway. A response that then commits (2xx)
-    /// finishes the rotation; one that does not (5xx) looks: if the session moved, its new ID
-    /// goes out with the error response, and if the store left only a copy under the new ID, the
-    /// copy is deleted and the old ID goes on working.
+    /// timeout), the store may have made the move anyway. A response that then commits (a status
+    /// below 500, or any status with
+    /// [`persist_on_server_error`](crate::SessionLayerBuilder::persist_on_server_error)) finishes
+    /// the rotation; one that does not (a 5xx) looks: if the session moved, its new ID goes out
+    /// with the error response, and if the store left only a copy under the new ID, the copy is
+    /// deleted and the old ID goes on working.
     ///
     /// The new record is the old one as the store holds it at that moment, with this request's
     /// changes applied: what concurrent requests of the session saved before moves to the new ID
@@ -1311,7 +1316,8 @@ impl Session {
 
     /// Sets this session's expiry, e.g. `Expiry::OnInactivity(30 days)` for "remember me".
     /// Persisted with the session; the absolute lifetime still applies. Kept in whole seconds,
-    /// as every store keeps it: a window rounded up, a date rounded down.
+    /// as the stores other than the memory store keep it: a window rounded up, a date rounded
+    /// down (the session may end up to a second before it).
     ///
     /// Concurrent requests of the session that loaded it before the new expiry was saved do not
     /// undo it: their deadline refresh is worked out from the old expiry, so the store drops it
@@ -1390,7 +1396,9 @@ impl Session {
         self.state().current_owner()
     }
 
-    /// Ends every session of this session's owner, this one included ("log out everywhere").
+    /// Ends every session of this session's owner, this one included ("log out everywhere"). If
+    /// the owner was set in this request and not saved yet, the store does not have this session
+    /// as the owner's: it ends when the response commits (not on a 5xx).
     /// Returns how many the store deleted: always 0 with the cookie store and its revocation
     /// hook, which deletes nothing (every cookie of the owner sealed until now is refused from
     /// then on, and the server does not know how many there are).

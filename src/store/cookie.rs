@@ -262,8 +262,9 @@ impl fmt::Debug for KeyRing {
 /// [`revoked_before`](Revocation::revoked_before) when it opens a live session that has an owner,
 /// and refuses the cookie (as [`Arrival::Expired`](crate::Arrival::Expired)) when it was sealed
 /// before that time. [`Session::revoke_owner`](crate::Session::revoke_owner) calls
-/// [`revoke`](Revocation::revoke) with the layer's current time. Every write re-seals the cookie, so
-/// "sealed before" means "not written since"; a session in use on another device is refused on its
+/// [`revoke`](Revocation::revoke) with the layer's current time. A rewritten cookie keeps the time
+/// its request opened the old one (see the limitations below), so "sealed before" means "not
+/// opened by a request that started since"; a session in use on another device is refused on its
 /// next request and gets a fresh session.
 ///
 /// Keep the time where the app keeps its users (a `sessions_valid_after` column, a Redis key), so
@@ -279,7 +280,8 @@ impl fmt::Debug for KeyRing {
 ///   opened its cookie before) still answers, with its changes; the cookie it writes is sealed
 ///   as of when it opened the old one, so the revocation refuses it too, whether or not it
 ///   rotates the ID. Not when that request sets an owner other than the cookie's (a login) or
-///   starts anew after `destroy` (as [`revoke_owner`](crate::Session::revoke_owner) does): those
+///   starts anew after `destroy` (which [`revoke_owner`](crate::Session::revoke_owner) does to
+///   the current session, so call `set_owner` again after it to keep this browser signed in): those
 ///   are sealed when written, so a login, or a password change that revokes the owner's
 ///   sessions and signs this browser in again, keeps its own.
 /// - Sealing times come from each server's clock: with clocks `s` seconds apart, a cookie sealed
@@ -531,7 +533,8 @@ impl Revocation for MemoryRevocations {
 ///   [`StoreErrorKind::TooLarge`](crate::StoreErrorKind::TooLarge): the response becomes a 500 (or
 ///   what the layer's [error handler](crate::SessionLayerBuilder::error_handler) renders, with the
 ///   error in the response's extensions), no `Set-Cookie` is sent, and the browser keeps its
-///   previous cookie. The sealed form costs 42 bytes (header, nonce, sealing time, tag), 38 bytes
+///   previous cookie (except after [`destroy`](crate::Session::destroy): a logout whose new
+///   values do not fit still sends the removal cookie). The sealed form costs 42 bytes (header, nonce, sealing time, tag), 38 bytes
 ///   of metadata (deadlines and policy), the owner and the data as JSON, all grown by a third by
 ///   base64: with the cookie name `id`, about 2.9 KB of session data as JSON fit. A counter
 ///   session (`{"visits":1}`) seals to a 123-character value. Test for it
@@ -980,7 +983,8 @@ impl CookieStore {
 
     /// Seals `record` into a value for the cookie `cookie_name`, under the primary key, as of
     /// `now`: the sealing time a [`Revocation`] hook compares. The layer passes the time it
-    /// opened the cookie the session came from (or the time of the write, for a new session).
+    /// opened the cookie the session came from (or the time of the write, for a new session, a login
+    /// to an owner other than the cookie's, or a session started after `destroy`).
     /// The layer calls it; it is public for tests, tools and benchmarks.
     ///
     /// # Errors

@@ -167,9 +167,10 @@ const MAX_LOCK_PAUSE: StdDuration = StdDuration::from_millis(5);
 ///   with `sync_folder`).
 /// - The cleanup lists the whole folder on each sweep and reads the metadata of every session
 ///   file (not its contents): a few microseconds per session, about half a second for 100,000
-///   sessions, on a blocking thread and without holding any lock except while deleting. A batch
-///   that reaches its limit leaves a place to resume from, so a sweep of many batches lists the
-///   folder about once, not once per batch. Run it every minute or so
+///   sessions, on a blocking thread and without holding any lock except while deleting. Each
+///   batch lists the folder, but one that reaches its limit leaves a place to resume from, so a
+///   sweep reads each file's metadata about once, however many batches it takes. Run it every
+///   minute or so
 ///   ([`CleanupConfig`](crate::CleanupConfig)'s default), not more often.
 /// - A session file holds at most 16 MiB; a larger session is refused when saved
 ///   ([`StoreErrorKind::TooLarge`]).
@@ -187,7 +188,7 @@ const MAX_LOCK_PAUSE: StdDuration = StdDuration::from_millis(5);
 /// Keep the folder out of any web root, out of backups that do not keep modification times, and
 /// out of reach of temporary-file cleaners (`systemd-tmpfiles` ages out files under `/tmp` and
 /// `/var/tmp`): lock files are never modified, so a cleaner that removes them lets two writers in
-/// at once (a warning is logged when one is found missing). Several
+/// at once (a warning is logged when a lock file this process has used is found missing). Several
 /// processes may share it (e.g. a zero-downtime restart that overlaps the old and new process).
 /// Run [`spawn_cleanup`](crate::spawn_cleanup) in one or more of them; concurrent sweeps are safe.
 #[derive(Clone)]
@@ -201,8 +202,9 @@ struct Inner {
     suffix: String,
     sync_folder: bool,
     lock_timeout: StdDuration,
-    /// One lock per lock file, so threads of this process queue here rather than relying on how a
-    /// file system implements `flock` between threads of one process.
+    /// One lock per lock file, so threads of this process take turns here (trying again after
+    /// growing pauses, up to the lock timeout) rather than relying on how a file system
+    /// implements `flock` between threads of one process.
     stripes: Box<[Mutex<()>]>,
     /// One bit per lock file this process has opened: one found missing after that was removed
     /// by someone else, which is worth a warning.
@@ -502,7 +504,7 @@ impl Inner {
     }
 
     fn lock(&self, key: &SessionKey) -> Result<Locked<'_>, StoreError> {
-        self.lock_stripe(stripe_of(key), Instant::now() + self.lock_timeout)
+        self.lock_stripe(stripe_of(key), self.lock_deadline())
     }
 
     /// Locks the sessions under `a` and `b` together, for a rename: the lock with the lower
@@ -513,7 +515,7 @@ impl Inner {
         a: &SessionKey,
         b: &SessionKey,
     ) -> Result<(Locked<'_>, Option<Locked<'_>>), StoreError> {
-        let deadline = Instant::now() + self.lock_timeout;
+        let deadline = self.lock_deadline();
         let (a, b) = (stripe_of(a), stripe_of(b));
         let first = self.lock_stripe(a.min(b), deadline)?;
         let second = if a == b {
@@ -522,6 +524,15 @@ impl Inner {
             Some(self.lock_stripe(a.max(b), deadline)?)
         };
         Ok((first, second))
+    }
+
+    /// When a lock wait that starts now gives up: the lock timeout from now (a timeout too long
+    /// for the clock to add is a year).
+    fn lock_deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.lock_timeout)
+            .or_else(|| now.checked_add(StdDuration::from_secs(365 * 86_400)))
+            .unwrap_or(now)
     }
 
     /// [`try_lock_stripe`](Self::try_lock_stripe), with running out of time an error.
@@ -1797,6 +1808,21 @@ mod tests {
         drop(holder);
         assert_eq!(store.delete_expired(later, 10).await.unwrap(), 1);
         assert!(!store.path_of(&key).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_lock_timeout_too_long_to_add_to_the_clock_still_works() {
+        let dir = temp_dir("lock-forever");
+        let store = FileStore::builder(&dir)
+            .lock_timeout(StdDuration::MAX)
+            .open()
+            .unwrap();
+        let now = whole_seconds_now();
+        let key = SessionId::generate().unwrap().key();
+        let record = record_until(now, 1, None);
+        assert!(store.create(&key, &record, now).await.unwrap());
+        store.delete(&key).await.unwrap();
         let _ = fs::remove_dir_all(&dir);
     }
 
