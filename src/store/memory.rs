@@ -13,8 +13,9 @@
 //! Such stale entries would otherwise stay until their minute is over, up to a whole idle window
 //! (24 hours by default): a stream of sessions created and deleted at once (a login and a logout)
 //! would grow the index without the store's count of sessions, and its limit, seeing it. So each
-//! shard counts its index entries, and when they outnumber its records by more than
-//! [`COMPACT_SLACK`] past twice as many, every change that adds an entry or removes a record
+//! shard counts its index entries, and when they outnumber its records by more than its share of
+//! [`COMPACT_SLACK`] (16,384 entries for the whole store, at least 16 per shard) past twice as
+//! many, every change that adds an entry or removes a record
 //! also checks [`SWEEP_CHUNK`] entries, round the index from where the last check stopped, and
 //! drops those that no longer lead to their record's deadline. More than half of the entries are
 //! stale then, so each check drops about half a chunk, and the index stays within about twice
@@ -60,9 +61,12 @@ fn default_shards() -> usize {
 /// How many index entries a sweep checks per hold of a shard's lock.
 pub(crate) const SWEEP_CHUNK: usize = 256;
 
-/// How many stale deadline-index entries a shard keeps, past as many as it has records, before
-/// each change also drops some (see the module docs).
-const COMPACT_SLACK: usize = 4 * SWEEP_CHUNK;
+/// How many stale deadline-index entries a store keeps in all, past as many as it has records,
+/// before each change also drops some (see the module docs): each shard's share of it, with at
+/// least [`MIN_SHARD_SLACK`] per shard.
+const COMPACT_SLACK: usize = 64 * SWEEP_CHUNK;
+/// The least slack a shard gets, however many shards there are.
+const MIN_SHARD_SLACK: usize = 16;
 
 /// The most chunks of index entries a full store looks at in each shard to make room (see
 /// [`MemoryStore::with_max_sessions`]).
@@ -77,8 +81,9 @@ const MAX_SHARDS: usize = 1 << 16;
 /// Sessions kept in memory, in a map split into shards with one lock each.
 ///
 /// Good for tests, development and single-process apps that accept losing sessions on restart.
-/// Every operation holds one shard's lock briefly, so requests of different sessions rarely wait
-/// on each other: for a hash-map operation, plus copying the session's values out on a load (a
+/// Every operation holds one shard's lock briefly (a rename holds its two keys' shards, the
+/// lower-numbered first), so requests of different sessions rarely wait on each other: for a
+/// hash-map operation, plus copying the session's values out on a load (a
 /// session holding megabytes holds up its shard that long), plus, while the shard's index of
 /// deadlines holds many stale entries, a check of 256 of them on a write (see the module docs).
 /// Two things are shared by all shards: an operation that changes a session's owner also takes
@@ -274,6 +279,8 @@ struct Shard {
     entries: usize,
     /// Where the next [`Shard::compact`] starts: a minute, and a position in its bucket.
     cursor: (i64, usize),
+    /// The stale entries this shard keeps before it compacts: its share of [`COMPACT_SLACK`].
+    slack: usize,
 }
 
 fn minute(at: OffsetDateTime) -> i64 {
@@ -299,13 +306,13 @@ impl Shard {
     }
 
     /// Call after a change that made an index entry stale: [`Shard::compact`] when the index
-    /// holds more than twice as many entries as there are records, and [`COMPACT_SLACK`] more.
+    /// holds more than twice as many entries as there are records, and the shard's slack more.
     fn compact_if_bloated(&mut self) {
         let allowed = self
             .records
             .len()
             .saturating_mul(2)
-            .saturating_add(COMPACT_SLACK);
+            .saturating_add(self.slack);
         if self.entries > allowed {
             self.compact();
         }
@@ -390,8 +397,15 @@ impl MemoryStore {
     /// shards and 0.5–1.8 ms with 256. An app that keeps millions of sessions in memory and cares
     /// about its slowest requests more than its average should ask for 256.
     pub fn with_shards(shards: usize) -> Self {
-        let shards = (0..shards.clamp(1, MAX_SHARDS))
-            .map(|_| Mutex::new(Shard::default()))
+        let shards = shards.clamp(1, MAX_SHARDS);
+        let slack = (COMPACT_SLACK / shards).max(MIN_SHARD_SLACK);
+        let shards = (0..shards)
+            .map(|_| {
+                Mutex::new(Shard {
+                    slack,
+                    ..Shard::default()
+                })
+            })
             .collect();
         Self {
             inner: Arc::new(Inner {
@@ -419,8 +433,9 @@ impl MemoryStore {
     /// requests create sessions at once, and holds `max` when they fill it. A full store first
     /// deletes up to 256 expired sessions (those whose deadline fell in an earlier minute), from
     /// the new session's shard or, if that has none, from the next shard that has some, and
-    /// refuses the session only if it found none. It looks at no more than 1,024 entries of each
-    /// shard's index of deadlines for them, so the search costs a request a bounded time.
+    /// refuses the session if it found none (or a session created meanwhile took the place it
+    /// freed). It looks at no more than 1,024 entries of each shard's index of deadlines for
+    /// them, so the search costs a request a bounded time.
     ///
     /// # Performance impact
     ///
@@ -1231,11 +1246,24 @@ mod tests {
 
     /// Sessions created and deleted at once (a login, then a logout) leave index entries that no
     /// record needs. They are dropped long before their minute is over: the index stays within
-    /// twice the records and `COMPACT_SLACK`, whatever the churn, and every live record stays
+    /// twice the records and the shard's slack, whatever the churn, and every live record stays
     /// filed, so the sweep still finds it.
+    /// The store's slack for stale index entries is shared out among its shards, so that many
+    /// shards do not multiply it (with a least share per shard).
+    #[test]
+    fn the_index_slack_is_shared_among_the_shards() {
+        let slack = |shards| lock(&MemoryStore::with_shards(shards).inner.shards[0]).slack;
+        assert_eq!(slack(1), COMPACT_SLACK);
+        assert_eq!(slack(16), 1024);
+        assert_eq!(slack(256), 64);
+        assert_eq!(slack(MAX_SHARDS), MIN_SHARD_SLACK);
+    }
+
     #[test]
     fn churn_does_not_grow_the_deadline_index() {
         let store = MemoryStore::with_shards(1);
+        // A default store's share per shard (16 shards), so that the churn below passes it.
+        lock(&store.inner.shards[0]).slack = COMPACT_SLACK / 16;
         let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         let mut kept = Vec::new();
         for i in 0..20_000u32 {
@@ -1266,7 +1294,7 @@ mod tests {
             // entry; a round of the whole index drops them all, so the excess stays small.
             let shard = lock(&store.inner.shards[0]);
             assert!(
-                shard.entries <= 2 * shard.records.len() + COMPACT_SLACK + SWEEP_CHUNK,
+                shard.entries <= 2 * shard.records.len() + shard.slack + SWEEP_CHUNK,
                 "{} index entries for {} records",
                 shard.entries,
                 shard.records.len()
