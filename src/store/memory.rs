@@ -58,6 +58,10 @@ fn default_shards() -> usize {
         .clamp(MIN_DEFAULT_SHARDS, MAX_DEFAULT_SHARDS)
 }
 
+/// A change set with more values and removals than this is merged into a stored session in one
+/// pass (see [`Stored::merge`]), not one at a time.
+const MERGE_ABOVE: usize = 8;
+
 /// How many index entries a sweep checks per hold of a shard's lock.
 pub(crate) const SWEEP_CHUNK: usize = 256;
 
@@ -230,27 +234,56 @@ impl Stored {
         self.data.binary_search_by(|(have, _)| (**have).cmp(name))
     }
 
+    /// The removals and values of a large change set, in one pass over the sorted values: one
+    /// insertion or removal in the middle of the vector at a time would move the rest of it each
+    /// time, under the shard's lock.
+    fn merge(&mut self, changes: &ChangeSet) {
+        let removed: HashSet<&str> = changes.removed.iter().map(String::as_str).collect();
+        // Sorted here: `Map` keeps insertion order with serde_json's `preserve_order`.
+        let mut set: Vec<(&String, &Value)> = changes.set.iter().collect();
+        set.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let old = std::mem::take(&mut self.data);
+        let mut merged = Vec::with_capacity(old.len() + set.len());
+        let mut old = old.into_iter().peekable();
+        for (name, value) in set {
+            while let Some(entry) = old.next_if(|(have, _)| **have < **name) {
+                if !removed.contains(&*entry.0) {
+                    merged.push(entry);
+                }
+            }
+            // Replaced by the new value.
+            let _ = old.next_if(|(have, _)| **have == **name);
+            merged.push((Box::from(name.as_str()), value.clone()));
+        }
+        merged.extend(old.filter(|(have, _)| !removed.contains(&**have)));
+        self.data = merged;
+    }
+
     /// [`ChangeSet::apply_to`] for this form, in the same order: clear, remove, set, metadata.
     fn apply(&mut self, changes: &ChangeSet) -> Saved {
         let outcome = changes.outcome_for(&self.expiry);
         if changes.cleared {
             self.data.clear();
         }
-        for name in &changes.removed {
-            if let Ok(at) = self.position(name) {
-                self.data.remove(at);
-            }
-        }
-        for (name, value) in &changes.set {
-            match self.position(name) {
-                Ok(at) => {
-                    if let Some((_, slot)) = self.data.get_mut(at) {
-                        slot.clone_from(value);
-                    }
+        if changes.set.len() + changes.removed.len() > MERGE_ABOVE {
+            self.merge(changes);
+        } else {
+            for name in &changes.removed {
+                if let Ok(at) = self.position(name) {
+                    self.data.remove(at);
                 }
-                Err(at) => self
-                    .data
-                    .insert(at, (Box::from(name.as_str()), value.clone())),
+            }
+            for (name, value) in &changes.set {
+                match self.position(name) {
+                    Ok(at) => {
+                        if let Some((_, slot)) = self.data.get_mut(at) {
+                            slot.clone_from(value);
+                        }
+                    }
+                    Err(at) => self
+                        .data
+                        .insert(at, (Box::from(name.as_str()), value.clone())),
+                }
             }
         }
         if let Some(idle) = changes.idle_deadline
@@ -978,10 +1011,11 @@ mod tests {
         /// record, and converts back to the same record.
         #[test]
         fn stored_form_applies_change_sets_like_records(
-            start in proptest::collection::btree_map("[a-e]{0,2}", 0u8..4, 0..6),
+            start in proptest::collection::btree_map("[a-e]{0,2}", 0u8..4, 0..20),
             cleared in proptest::bool::ANY,
-            set in proptest::collection::btree_map("[a-e]{0,2}", 0u8..4, 0..4),
-            removed in proptest::collection::vec("[a-e]{0,2}", 0..4),
+            // Up to 16 of each: past `MERGE_ABOVE`, the one-pass merge.
+            set in proptest::collection::btree_map("[a-e]{0,2}", 0u8..4, 0..16),
+            removed in proptest::collection::vec("[a-e]{0,2}", 0..16),
             owner in proptest::option::of(proptest::option::of("[a-z]{1,3}")),
             basis in proptest::option::of(proptest::bool::ANY),
         ) {
