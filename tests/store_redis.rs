@@ -1674,11 +1674,27 @@ async fn a_cluster_rename_stalled_on_the_new_keys_master_fails_cleanly() {
 /// Redis ran a command); without, the connection is cut before the command goes through. Later
 /// connections are relayed as usual. Returns the proxy's port.
 async fn cutting_proxy(upstream: u16, trigger: Vec<u8>, nth: usize, deliver: bool) -> u16 {
+    cutting_proxy_at(upstream, trigger, &[(nth, deliver)])
+        .await
+        .0
+}
+
+/// [`cutting_proxy`] cutting more than once: at each `(nth, deliver)` of `cuts`, counting the
+/// commands holding `trigger` over all the connections the proxy relays (the client reconnects
+/// after each cut). Returns the proxy's port and the count of commands holding `trigger` seen
+/// so far.
+async fn cutting_proxy_at(
+    upstream: u16,
+    trigger: Vec<u8>,
+    cuts: &[(usize, bool)],
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    let cuts = cuts.to_vec();
     tokio::spawn(async move {
         loop {
             let Ok((client, _)) = listener.accept().await else {
@@ -1691,6 +1707,7 @@ async fn cutting_proxy(upstream: u16, trigger: Vec<u8>, nth: usize, deliver: boo
             let (mut server_read, mut server_write) = server.into_split();
             let cut = Arc::new(AtomicBool::new(false));
             let (hits, trigger, cut_up) = (hits.clone(), trigger.clone(), cut.clone());
+            let cuts = cuts.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 while let Ok(n) = client_read.read(&mut buf).await {
@@ -1701,7 +1718,15 @@ async fn cutting_proxy(upstream: u16, trigger: Vec<u8>, nth: usize, deliver: boo
                     let hit = chunk
                         .windows(trigger.len())
                         .any(|w| w == trigger.as_slice());
-                    if hit && hits.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+                    let cut_here = if hit {
+                        let nth = hits.fetch_add(1, Ordering::SeqCst) + 1;
+                        cuts.iter()
+                            .find(|(at, _)| *at == nth)
+                            .map(|&(_, deliver)| deliver)
+                    } else {
+                        None
+                    };
+                    if let Some(deliver) = cut_here {
                         // No answer reaches the client from here on.
                         cut_up.store(true, Ordering::SeqCst);
                         if deliver {
@@ -1729,7 +1754,7 @@ async fn cutting_proxy(upstream: u16, trigger: Vec<u8>, nth: usize, deliver: boo
             });
         }
     });
-    port
+    (port, seen)
 }
 
 /// A rename whose last step Redis runs but whose answer is lost (the connection drops): the
@@ -1784,6 +1809,240 @@ async fn a_rename_whose_last_answer_is_lost_keeps_the_session() {
                 "the fence was released"
             );
         }
+    }
+}
+
+/// The step of a rename at which [`a_rotation_cut_at_any_step_then_a_server_error_never_logs_out`]
+/// cuts the connection (see "Renaming" on `RedisStore`).
+#[derive(Clone, Copy, Debug)]
+enum RenameStep {
+    /// Step 1, the fence set on the old key.
+    Fence,
+    /// Step 2, the copy written under the new key.
+    Copy,
+    /// Step 3, the commit on the old key, which leaves the marker.
+    Commit,
+    /// Step 3, then the question the rename asks when the commit went unanswered
+    /// (`LUA_RENAME_SETTLE`): the rename cannot tell whether it was done, and the layer looks.
+    CommitThenSettle,
+}
+
+/// A login through the layer (`cycle_id`, a value, `save`, and a 500 if the save fails) whose
+/// rename loses its connection at each step in turn, Redis having run the step or not. Each case
+/// ends in one of two consistent states, and which one is fixed: the session moved, with user
+/// alice, its new cookie sent (with the 500 too, when the rename could not tell and the layer
+/// found the move made) and the old ID naming nothing; or the session left under the old ID as it
+/// was, no cookie sent, and nothing else of it in Redis. Never no cookie and no session under the
+/// old ID (the user logged out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_cut_at_any_step_then_a_server_error_never_logs_out() {
+    use RenameStep::{Commit, CommitThenSettle, Copy, Fence};
+    use std::sync::atomic::Ordering;
+    use tower_satchel::ManualClock;
+
+    let server = RedisServer::start();
+    let now = now();
+    let mut conn = raw(&server.url()).await;
+    // Load the scripts into the server first, as a running app has: a cut `EVALSHA` must be one
+    // that runs.
+    let warm = RedisStore::open(&server.url()).await.unwrap();
+    let (a, b) = (fresh_key(), fresh_key());
+    let stored = record(now, Duration::hours(1), None);
+    assert!(warm.create(&a, &stored, now).await.unwrap());
+    let warmed = warm.rename(&a, &b, &setting("warm", json!(1)), now).await;
+    assert_eq!(warmed.unwrap(), Renamed::Applied);
+
+    // (where, whether Redis gets each cut command, whether the session moves, the status, whether
+    // the fence is left to run out). In this order: the first cases make the rename release its
+    // fence and ask after its commit, loading those scripts into the server, so the cut question
+    // of the last ones is an `EVALSHA` that runs.
+    let cases: [(RenameStep, &[bool], bool, StatusCode, bool); 10] = [
+        (
+            Fence,
+            &[true],
+            false,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+        ),
+        (
+            Fence,
+            &[false],
+            false,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+        ),
+        (
+            Copy,
+            &[true],
+            false,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+        ),
+        (
+            Copy,
+            &[false],
+            false,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+        ),
+        // The rename asks, finds the marker, and answers `Applied`: the save worked.
+        (Commit, &[true], true, StatusCode::OK, false),
+        (
+            Commit,
+            &[false],
+            false,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+        ),
+        // The rename cannot tell: the layer's commit looks (`Session::settle_rotation`).
+        (
+            CommitThenSettle,
+            &[true, true],
+            true,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+        ),
+        (
+            CommitThenSettle,
+            &[true, false],
+            true,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+        ),
+        (
+            CommitThenSettle,
+            &[false, true],
+            false,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+        ),
+        // Nothing released the fence: the old ID is read at once, written once it runs out.
+        (
+            CommitThenSettle,
+            &[false, false],
+            false,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            true,
+        ),
+    ];
+    for (step, delivers, moves, status, fence_left) in cases {
+        let case = format!("{step:?}, Redis got the cut commands: {delivers:?}");
+        let prefix = unique_prefix();
+        let direct = RedisStore::open(&server.url())
+            .await
+            .unwrap()
+            .with_prefix(&prefix)
+            .unwrap();
+        let old_id = SessionId::generate().unwrap();
+        let from = old_id.key();
+        assert!(direct.create(&from, &stored, now).await.unwrap());
+        // Each trigger is held by its step's command first: the fence (`<until>:<new key>`, by
+        // the layer's clock, stopped at `now`) by step 1 only, the value by the copy only, the
+        // marker's name by the commit, then by the question that follows it.
+        let trigger = match step {
+            Fence => format!("{}:", now.unix_timestamp() * 1000 + 5_000),
+            Copy => "d:user".to_owned(),
+            Commit | CommitThenSettle => format!("{prefix}r:{{{}}}", from.to_hex()),
+        };
+        let cuts: Vec<(usize, bool)> = (1..).zip(delivers.iter().copied()).collect();
+        let (port, seen) = cutting_proxy_at(server.port, trigger.into_bytes(), &cuts).await;
+        let proxied = RedisStore::open(&format!("redis://127.0.0.1:{port}/"))
+            .await
+            .unwrap()
+            .with_prefix(&prefix)
+            .unwrap();
+        let app = Router::new()
+            .route(
+                "/login",
+                get(|s: Session| async move {
+                    s.cycle_id();
+                    s.insert("user", "alice").unwrap();
+                    match s.save().await {
+                        Ok(()) => StatusCode::OK,
+                        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    }
+                }),
+            )
+            .layer(
+                SessionLayer::builder(proxied)
+                    .clock(ManualClock::new(now))
+                    .build()
+                    .unwrap(),
+            );
+        let response = app
+            .oneshot(
+                Request::get("/login")
+                    .header(header::COOKIE, format!("id={}", old_id.expose()))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        // Every cut made (later commands may hold the trigger too: the fence's release, the
+        // commit's question).
+        let hits = seen.load(Ordering::SeqCst);
+        assert!(
+            hits >= cuts.len(),
+            "{case}: {hits} commands held the trigger"
+        );
+        let cookies: Vec<String> = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|c| c.to_str().unwrap().to_owned())
+            .collect();
+        let mut keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
+        keys.sort();
+        let old_session = direct.load(&from, now).await.unwrap();
+        let moved = if let [cookie] = cookies.as_slice() {
+            // Moved: the new ID opens the session with the login's value, the old one nothing.
+            let (name, token) = cookie.split(';').next().unwrap().split_once('=').unwrap();
+            assert_eq!(name, "id", "{case}: {cookie}");
+            let new_id = SessionId::parse(token).expect("a new session ID");
+            assert_ne!(new_id.expose(), old_id.expose(), "{case}");
+            let to = new_id.key();
+            let session = direct.load(&to, now).await.unwrap();
+            assert!(session.is_some(), "{case}: the new cookie opens nothing");
+            let session = session.unwrap();
+            assert_eq!(session.data.get("user"), Some(&json!("alice")), "{case}");
+            assert_eq!(session.data.get("a"), Some(&json!(1)), "{case}");
+            assert_eq!(
+                old_session, None,
+                "{case}: the old cookie still opens the session"
+            );
+            let mut expected = vec![
+                format!("{prefix}r:{{{}}}", from.to_hex()),
+                session_key_name(&prefix, &to),
+            ];
+            expected.sort();
+            assert_eq!(keys, expected, "{case}");
+            true
+        } else {
+            // Kept: the old ID opens the session as it was, and nothing else of it is left.
+            assert!(cookies.is_empty(), "{case}: {cookies:?}");
+            assert_eq!(
+                old_session,
+                Some(stored.clone()),
+                "{case}: no cookie, and the old one does not open the session as it was"
+            );
+            assert_eq!(keys, vec![session_key_name(&prefix, &from)], "{case}");
+            let at = if fence_left {
+                now + Duration::seconds(6)
+            } else {
+                now
+            };
+            assert_eq!(
+                direct
+                    .save(&from, &setting("after", json!(1)), at)
+                    .await
+                    .unwrap(),
+                Saved::Applied,
+                "{case}: the old session is writable"
+            );
+            false
+        };
+        assert_eq!(moved, moves, "{case}: moved");
+        assert_eq!(response.status(), status, "{case}");
     }
 }
 
