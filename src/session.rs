@@ -99,13 +99,13 @@ pub(crate) enum Incoming {
 /// # After the response
 ///
 /// A handle can outlive its request, moved into a spawned task, a streaming body or a WebSocket
-/// handler (`on_upgrade` runs after the `101` response). Once the handler has produced its
-/// response (or failed with an error, or the request was abandoned, when the client went away),
-/// the session is closed:
-/// reads still answer what the request left, but changes are refused, because nothing would save
-/// them. [`insert`](Session::insert), [`remove`](Session::remove), [`update`](Session::update)
-/// and [`save`](Session::save) return a [`SessionErrorKind::Closed`] error; `clear`, `destroy`,
-/// `cycle_id`, `set_expiry`, `set_owner` and `clear_owner` log a warning and change nothing.
+/// handler (`on_upgrade` runs after the `101` response). Once the handler has produced its response
+/// (or failed with an error, or the request was abandoned, when the client went away), the session
+/// is closed: reads still answer what the request left, but changes are refused, because nothing
+/// would save them. [`insert`](Session::insert), [`remove`](Session::remove),
+/// [`update`](Session::update) and [`save`](Session::save) return a [`SessionErrorKind::Closed`]
+/// error; `clear`, `destroy`, `cycle_id`, `set_expiry`, `set_owner` and `clear_owner` log a warning
+/// and change nothing.
 /// Change the session before the handler returns.
 ///
 /// A long-lived task that must change the session later can keep its [`id`](Session::id) and
@@ -718,8 +718,8 @@ impl Session {
     /// cookie this calls for (a new ID, a refreshed `Max-Age`, a removal) is sent with the
     /// response, whatever the response's status (unless the layer finds before sending it that
     /// the session ended, or that another request set a new expiry since, whose cookie that
-    /// request sent). The app asked for the write, so it stands
-    /// even when the response is a 5xx, unlike changes left to the layer (see
+    /// request sent). The app asked for the write, so it stands even when the response is a
+    /// 5xx, unlike changes left to the layer (see
     /// [`persist_on_server_error`](crate::SessionLayerBuilder::persist_on_server_error)).
     ///
     /// `save` loads the session first if needed. Saves of one session run one at a time, and the

@@ -139,10 +139,10 @@ const MAX_LOCK_PAUSE: StdDuration = StdDuration::from_millis(5);
 ///
 /// # Owner index
 ///
-/// `.owners/<SHA-256 of the prefix, the suffix and the owner>/` holds an empty file per session
-/// of that owner, named by the session's key. Stores with different prefixes or suffixes in one
-/// folder (two apps, or a change of suffix) keep separate indexes, so neither takes the other's
-/// markers for stale ones. The marker is written *before* the record that names the owner and removed
+/// `.owners/<SHA-256 of the prefix, the suffix and the owner>/` holds an empty file per session of
+/// that owner, named by the session's key. Stores with different prefixes or suffixes in one folder
+/// (two apps, or a change of suffix) keep separate indexes, so neither takes the other's markers
+/// for stale ones. The marker is written *before* the record that names the owner and removed
 /// *after* it, under the session's lock, so a crash can leave a stale marker but never a session
 /// missing from its owner's list: [`delete_owner`](SessionStore::delete_owner) ("log out
 /// everywhere") cannot miss one (SECURITY.md 12). A rename likewise writes the new key's marker
@@ -167,11 +167,10 @@ const MAX_LOCK_PAUSE: StdDuration = StdDuration::from_millis(5);
 ///   with `sync_folder`).
 /// - The cleanup lists the whole folder on each sweep and reads the metadata of every session
 ///   file (not its contents): a few microseconds per session, about half a second for 100,000
-///   sessions, on a blocking thread and without holding any lock except while deleting. Each
-///   batch lists the folder, but one that reaches its limit leaves a place to resume from, so a
-///   sweep reads each file's metadata about once, however many batches it takes. Run it every
-///   minute or so
-///   ([`CleanupConfig`](crate::CleanupConfig)'s default), not more often.
+///   sessions, on a blocking thread and without holding any lock except while deleting. Each batch
+///   lists the folder, but one that reaches its limit leaves a place to resume from, so a sweep
+///   reads each file's metadata about once, however many batches it takes. Run it every minute or
+///   so ([`CleanupConfig`](crate::CleanupConfig)'s default), not more often.
 /// - A session file holds at most 16 MiB; a larger session is refused when saved
 ///   ([`StoreErrorKind::TooLarge`]).
 ///
