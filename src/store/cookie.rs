@@ -533,11 +533,11 @@ impl Revocation for MemoryRevocations {
 ///   [`StoreErrorKind::TooLarge`](crate::StoreErrorKind::TooLarge): the response becomes a 500 (or
 ///   what the layer's [error handler](crate::SessionLayerBuilder::error_handler) renders, with the
 ///   error in the response's extensions), no `Set-Cookie` is sent, and the browser keeps its
-///   previous cookie (except after [`destroy`](crate::Session::destroy): a logout whose new
-///   values do not fit still sends the removal cookie). The sealed form costs 42 bytes (header, nonce, sealing time, tag), 38 bytes
-///   of metadata (deadlines and policy), the owner and the data as JSON, all grown by a third by
-///   base64: with the cookie name `id`, about 2.9 KB of session data as JSON fit. A counter
-///   session (`{"visits":1}`) seals to a 123-character value. Test for it
+///   previous cookie (except after [`destroy`](crate::Session::destroy): a logout whose new values
+///   do not fit still sends the removal cookie). The sealed form costs 42 bytes (header, nonce,
+///   sealing time, tag), 38 bytes of metadata (deadlines and policy), the owner and the data as
+///   JSON, all grown by a third by base64: with the cookie name `id`, about 2.9 KB of session data
+///   as JSON fit. A counter session (`{"visits":1}`) seals to a 123-character value. Test for it
 ///   with the largest session your app builds ([below](#testing-the-size-of-your-sessions)); if it
 ///   gets close, keep IDs rather than objects in the session, turn on
 ///   [compression](CookieStore::compression_level), or move to a server-side store.
@@ -982,9 +982,9 @@ impl CookieStore {
     }
 
     /// Seals `record` into a value for the cookie `cookie_name`, under the primary key, as of
-    /// `now`: the sealing time a [`Revocation`] hook compares. The layer passes the time it
-    /// opened the cookie the session came from (or the time of the write, for a new session, a login
-    /// to an owner other than the cookie's, or a session started after `destroy`).
+    /// `now`: the sealing time a [`Revocation`] hook compares. The layer passes the time it opened
+    /// the cookie the session came from (or the time of the write, for a new session, a login to an
+    /// owner other than the cookie's, or a session started after `destroy`).
     /// The layer calls it; it is public for tests, tools and benchmarks.
     ///
     /// # Errors
