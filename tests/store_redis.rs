@@ -2090,3 +2090,42 @@ async fn a_save_naming_the_owner_of_a_far_off_session_is_applied() {
     let listed = store.list_owner("alice", now).await.unwrap();
     assert_eq!(listed.len(), 1);
 }
+
+single_and_cluster!(
+    a_key_the_sweep_cannot_read_does_not_stop_it_on: a_key_the_sweep_cannot_read_does_not_stop_it,
+    a_key_the_sweep_cannot_read_does_not_stop_it_in_a_cluster
+);
+
+/// A key under the store's prefix that is no session (not a hash: another program's, sharing the
+/// prefix) makes the sweep's script fail on it. The sweep logs it and goes on, rather than stop
+/// there on every run (the trait's rule: one record it cannot delete must not spare the others);
+/// a sweep that removed nothing reports the failure.
+async fn a_key_the_sweep_cannot_read_does_not_stop_it_on(target: Target) {
+    use redis::AsyncCommands as _;
+    let (store, prefix) = target.store().await;
+    let mut conn = target.conn().await;
+    let now = now();
+    let stray = format!("{prefix}s:{{zz}}");
+    conn.set::<_, _, ()>(&stray, "x").await.unwrap();
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        let key = fresh_key();
+        assert!(
+            store
+                .create(&key, &record(now, Duration::minutes(1), None), now)
+                .await
+                .unwrap()
+        );
+        keys.push(key);
+    }
+    let later = now + Duration::minutes(2);
+    assert_eq!(store.delete_expired(later, 10).await.unwrap(), 5);
+    for key in &keys {
+        let name = session_key_name(&prefix, key);
+        assert!(!conn.exists::<_, bool>(&name).await.unwrap(), "{name} left");
+    }
+    // Only the stray key is left: the failure is reported.
+    let error = store.delete_expired(later, 10).await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Backend);
+    assert!(conn.exists::<_, bool>(&stray).await.unwrap());
+}
