@@ -252,6 +252,44 @@ async fn the_cleanup_task_deletes_expired_rows_in_batches() {
     .await;
 }
 
+/// The database file and its `-wal` and `-shm` files hold every session: private to the app's
+/// user (`0600`), and a database file every user may write to (planted ahead) is refused.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_files_are_private_and_a_world_writable_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, _cleanup) = lite::temp_dir();
+    let path = dir.join("private.db");
+    let store = SqliteStore::connect(path.to_str().unwrap()).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = now();
+    let key = conformance::contract::key();
+    assert!(
+        store
+            .create(&key, &conformance::contract::record(now), now)
+            .await
+            .unwrap()
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{file}: {mode:o}");
+    }
+    drop(store);
+
+    let planted = dir.join("planted.db");
+    std::fs::write(&planted, b"").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let error = SqliteStore::connect(planted.to_str().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Config);
+    assert!(
+        error.to_string().contains("writable by every user"),
+        "{error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_takes_paths_and_sqlite_urls_only() {
     let (dir, _cleanup) = lite::temp_dir();
@@ -294,6 +332,10 @@ async fn connect_takes_paths_and_sqlite_urls_only() {
         "sqlite:",
         "sqlite://",
         "",
+        // Encoded, or a memory file system: caught on the file SQLite opened.
+        "sqlite://%3Amemory%3A",
+        "sqlite:%3Amemory%3A",
+        "sqlite:sessions-memdb.db?vfs=memdb",
     ] {
         let error = SqliteStore::connect(memory).await.unwrap_err();
         assert_eq!(error.kind(), StoreErrorKind::Config, "{memory}");

@@ -294,6 +294,60 @@ fn in_memory(target: &str) -> bool {
     name.is_empty() || name == ":memory:" || query.split('&').any(|pair| pair == "mode=memory")
 }
 
+/// What [`SqliteStore::connect`] checks once connected, on the file SQLite actually opened (the
+/// name as given can hide an in-memory database behind percent-encoding, or `vfs=memdb`): that
+/// there is one, that not every user may write to it (anyone could then plant a session, under
+/// an ID they know, with any owner), and that only the app's user may read it (SQLite creates
+/// it, and its `-wal` and `-shm` files, readable by all under the usual umask): mode `0600`, as
+/// the file store's session files.
+async fn private_file(pool: &SqlitePool) -> Result<(), StoreError> {
+    let file: Option<String> =
+        sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Backend,
+                    "could not read which file the SQLite database is",
+                )
+                .with_source(e)
+            })?;
+    let Some(file) = file.filter(|file| !file.is_empty()) else {
+        return Err(StoreError::new(
+            StoreErrorKind::Config,
+            "an in-memory or temporary SQLite database is lost when the pool closes its \
+             connections; use a file, or MemoryStore",
+        ));
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let config = |message: &str, error: std::io::Error| {
+            StoreError::new(StoreErrorKind::Config, format!("SQLite store: {message}"))
+                .with_source(error)
+        };
+        let meta =
+            std::fs::metadata(&file).map_err(|e| config("cannot read the database file", e))?;
+        if meta.permissions().mode() & 0o002 != 0 {
+            return Err(StoreError::new(
+                StoreErrorKind::Config,
+                "SQLite store: the database file is writable by every user (anyone could plant \
+                 a session in it); make it 0600",
+            ));
+        }
+        for path in [file.clone(), format!("{file}-wal"), format!("{file}-shm")] {
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| config("cannot make the database file private", e))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// A store over `pool`, using the table `tower_satchel_sessions`. Call
     /// [`migrate`](Self::migrate) before first use.
@@ -324,10 +378,15 @@ impl SqliteStore {
     ///
     /// # Errors
     ///
-    /// [`StoreErrorKind::Config`] for a URL of another database or a malformed one, and for an
+    /// [`StoreErrorKind::Config`] for a URL of another database or a malformed one, for an
     /// in-memory or temporary database (`:memory:`, `sqlite::memory:`, `mode=memory`, no file
-    /// name), which would vanish with the pool's connections (use `MemoryStore` instead);
-    /// [`StoreErrorKind::Backend`] when the file cannot be opened or created.
+    /// name, however encoded), which would vanish with the pool's connections (use `MemoryStore`
+    /// instead), and for a database file every user may write to; [`StoreErrorKind::Backend`]
+    /// when the file cannot be opened or created.
+    ///
+    /// The database file and its `-wal` and `-shm` files are made private to the app's user
+    /// (mode `0600`, on Unix): SQLite creates them readable by every user under the usual umask,
+    /// and they hold every session's data.
     pub async fn connect(target: &str) -> Result<Self, StoreError> {
         let options = if target.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(target).map_err(|e| {
@@ -368,6 +427,10 @@ impl SqliteStore {
                 )
                 .with_source(e)
             })?;
+        if let Err(error) = private_file(&pool).await {
+            pool.close().await;
+            return Err(error);
+        }
         Ok(Self {
             handoff: Some(Arc::new(Handoff::new(&pool))),
             ..Self::new(pool)
@@ -379,8 +442,9 @@ impl SqliteStore {
     /// # Errors
     ///
     /// A [`ConfigError`] unless the name is 1 to 48 ASCII letters, digits or underscores, not
-    /// starting with a digit, nor with `sqlite_`, which SQLite reserves. Names are used exactly
-    /// as written.
+    /// starting with a digit, nor with `sqlite_`, which SQLite reserves. Names are quoted as
+    /// written, but SQLite compares them without regard to case: `Sessions` and `sessions` are
+    /// one table.
     pub fn with_table(self, table: &str) -> Result<Self, ConfigError> {
         let sql = Statements::new(table)?;
         Ok(Self {
