@@ -96,6 +96,60 @@ async fn migrate_waits_past_the_statement_timeout() {
     );
 }
 
+/// A store without a schema of its own finds its table through `search_path`; `migrate` of a
+/// table that lives further along the path than the first schema, with an index missing, adds
+/// the index there. It used to create a new, empty table in the first schema, which then hid the
+/// real one from every statement (everyone logged out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_completes_a_table_further_along_the_search_path() {
+    let (first, second) = (unique("satchel_sp_a"), unique("satchel_sp_b"));
+    let _drop_first = pg::drop_schema_later(first.clone());
+    let _drop_second = pg::drop_schema_later(second.clone());
+    let pool = pg::pool(2).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{first}\"")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let in_second = PostgresStore::connect(&pg::url())
+        .await
+        .unwrap()
+        .with_schema(&second)
+        .unwrap();
+    in_second.migrate().await.unwrap();
+    let now = now();
+    let key = conformance::contract::key();
+    assert!(
+        in_second
+            .create(&key, &conformance::contract::record(now), now)
+            .await
+            .unwrap()
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP INDEX \"{second}\".\"tower_satchel_sessions_owner_idx\""
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = pg::url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let path = format!("{url}{sep}options=-c%20search_path%3D{first}%2C{second}");
+    let through_path = PostgresStore::connect(&path).await.unwrap();
+    through_path.migrate().await.unwrap();
+    assert!(
+        through_path.load(&key, now).await.unwrap().is_some(),
+        "the existing table, not a new one"
+    );
+    let exists = async |name: String| -> bool {
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(!exists(format!("\"{first}\".tower_satchel_sessions")).await);
+    assert!(exists(format!("\"{second}\".tower_satchel_sessions_owner_idx")).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_app_instances_with_their_own_pools_share_one_database() {
     let schema = unique("satchel_test");

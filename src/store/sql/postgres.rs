@@ -294,12 +294,19 @@ impl Statements {
     }
 
     fn schema_sql(&self) -> String {
-        let t = &self.table;
-        let [expires_at, owner] = self.index_names();
         let mut sql = String::new();
         if let Some(schema) = &self.schema {
             sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";\n"));
         }
+        sql.push_str(&self.schema_sql_in_existing_schema());
+        sql
+    }
+
+    /// [`Statements::schema_sql`] without creating the schema.
+    fn schema_sql_in_existing_schema(&self) -> String {
+        let t = &self.table;
+        let [expires_at, owner] = self.index_names();
+        let mut sql = String::new();
         sql.push_str(&format!(
             "CREATE TABLE IF NOT EXISTS {t} (
     id bytea PRIMARY KEY CHECK (octet_length(id) = 32),
@@ -563,7 +570,7 @@ impl PostgresStore {
             "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL \
              AND to_regclass($3) IS NOT NULL",
         )
-        .bind(table)
+        .bind(&table)
         .bind(expires_at)
         .bind(owner)
         .fetch_one(&self.pool)
@@ -586,7 +593,28 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
-        sqlx::raw_sql(AssertSqlSafe(self.schema_sql()))
+        // Without a schema of its own, the table's name resolves through `search_path`, and
+        // `CREATE TABLE IF NOT EXISTS` looks in the first schema only: a table found further
+        // along (an index of it missing) is completed there, not shadowed by a new, empty one
+        // in the first schema, which every statement would then use (everyone logged out).
+        let found: Option<String> = match &self.sql.schema {
+            Some(_) => None,
+            None => sqlx::query_scalar(
+                "SELECT n.nspname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+            )
+            .bind(table)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(fail)?,
+        };
+        let sql = match found {
+            Some(schema) => Statements::new(Some(&schema), &self.sql.table_name)
+                .map(|sql| sql.schema_sql_in_existing_schema())
+                .unwrap_or_else(|_| self.schema_sql()),
+            None => self.schema_sql(),
+        };
+        sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
