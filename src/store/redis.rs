@@ -1670,6 +1670,17 @@ fn revoked_reply(reply: Value) -> Result<Revoked, StoreError> {
 }
 
 /// A reply of a shape the command never gives: a protocol mix-up, an error, not a result.
+/// What [`LUA_TOUCH`] answered. Only the answers the script gives: anything else is no proof
+/// that the session ended.
+fn touch_reply(reply: &Value) -> Result<Saved, StoreError> {
+    match int_reply(reply) {
+        Some(0) => Ok(Saved::Gone),
+        Some(1) => Ok(Saved::Applied),
+        Some(2) => Ok(Saved::PolicyChanged),
+        _ => Err(unexpected_reply("session touch")),
+    }
+}
+
 fn unexpected_reply(what: &str) -> StoreError {
     StoreError::new(
         StoreErrorKind::Backend,
@@ -1877,11 +1888,7 @@ impl SessionStore for RedisStore {
             })
             .await
             .map_err(backend("Redis session touch failed"))?;
-        Ok(match int_reply(&reply) {
-            Some(1) => Saved::Applied,
-            Some(2) => Saved::PolicyChanged,
-            _ => Saved::Gone,
-        })
+        touch_reply(&reply)
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
@@ -2205,6 +2212,25 @@ mod tests {
             bulk("soon:1"),
         ] {
             let error = save_reply(odd.clone()).unwrap_err();
+            assert_eq!(error.kind(), StoreErrorKind::Backend, "{odd:?}");
+        }
+    }
+
+    /// Only the answers the touch script gives are read; any other is an error, never a session
+    /// taken for ended (which drops the request's changes).
+    #[test]
+    fn touch_replies_of_another_shape_are_errors() {
+        assert_eq!(touch_reply(&Value::Int(0)).unwrap(), Saved::Gone);
+        assert_eq!(touch_reply(&Value::Int(1)).unwrap(), Saved::Applied);
+        assert_eq!(touch_reply(&Value::Int(2)).unwrap(), Saved::PolicyChanged);
+        for odd in [
+            Value::Nil,
+            Value::Okay,
+            Value::Int(3),
+            Value::Int(-1),
+            Value::BulkString(b"1".to_vec()),
+        ] {
+            let error = touch_reply(&odd).unwrap_err();
             assert_eq!(error.kind(), StoreErrorKind::Backend, "{odd:?}");
         }
     }
