@@ -471,7 +471,7 @@ fn crossing_renames_on_two_stores_do_not_deadlock() {
         .build()
         .unwrap();
     let finished =
-        runtime.block_on(async { tokio::time::timeout(StdDuration::from_secs(30), rounds).await });
+        runtime.block_on(async { tokio::time::timeout(StdDuration::from_secs(120), rounds).await });
     runtime.shutdown_timeout(StdDuration::from_millis(100));
     assert!(finished.is_ok(), "crossing renames deadlocked");
 }
