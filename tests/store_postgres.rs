@@ -1123,7 +1123,7 @@ mod throwaway {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            let cluster = Self {
+            let mut cluster = Self {
                 bin,
                 dir,
                 port: free_port(),
@@ -1144,6 +1144,14 @@ mod throwaway {
                     "--no-sync",
                 ],
             );
+            // The port was free when picked, seconds ago: another process may have taken it
+            // since. A few fresh ones before giving up.
+            for _ in 0..4 {
+                if cluster.start_output().status.success() {
+                    return cluster;
+                }
+                cluster.port = free_port();
+            }
             cluster.pg_ctl_start();
             cluster
         }
@@ -1157,6 +1165,17 @@ mod throwaway {
         }
 
         fn run(&self, program: &str, args: &[&str]) -> Output {
+            let out = self.run_unchecked(program, args);
+            assert!(
+                out.status.success(),
+                "{program} {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        }
+
+        fn run_unchecked(&self, program: &str, args: &[&str]) -> Output {
             let program = self.bin.join(program);
             let out = if self.as_postgres {
                 Command::new("runuser")
@@ -1171,25 +1190,28 @@ mod throwaway {
                     .current_dir(&self.dir)
                     .output()
             };
-            let out = out.unwrap_or_else(|e| panic!("could not run {}: {e}", program.display()));
-            assert!(
-                out.status.success(),
-                "{} {args:?} failed: {}{}",
-                program.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out
+            out.unwrap_or_else(|e| panic!("could not run {}: {e}", program.display()))
         }
 
         pub(crate) fn pg_ctl_start(&self) {
+            let out = self.start_output();
+            assert!(
+                out.status.success(),
+                "pg_ctl start failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        /// `pg_ctl start` on the cluster's port, waiting until the server answers.
+        fn start_output(&self) -> Output {
             let options = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
                 self.port,
                 self.dir.display()
             );
             let log = self.dir.join("server.log").display().to_string();
-            self.run(
+            self.run_unchecked(
                 "pg_ctl",
                 &[
                     "-D",
@@ -1203,7 +1225,7 @@ mod throwaway {
                     "60",
                     "start",
                 ],
-            );
+            )
         }
 
         /// The server and its backends, postmaster first (from `postmaster.pid`).

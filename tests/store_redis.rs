@@ -310,7 +310,9 @@ async fn store_with_prefix(url: &str) -> (RedisStore, String) {
 fn assert_ttl(pttl: i64, expected: Duration) {
     let expected = expected.whole_milliseconds() as i64;
     assert!(
-        (expected - 5_000..=expected).contains(&pttl),
+        // Up to 30 s spent since `now` (a loaded machine, a cluster's round trips): the TTLs
+        // checked are hours long, so that still tells a wrong deadline.
+        (expected - 30_000..=expected).contains(&pttl),
         "Redis TTL {pttl} ms, session deadline in {expected} ms"
     );
 }
