@@ -46,6 +46,15 @@ async fn text(response: Response<Body>) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
+/// A layer over `store` whose sessions live an hour after their last use, on `clock`.
+fn hourly_layer(store: &(impl SessionStore + Clone), clock: &ManualClock) -> SessionLayer {
+    SessionLayer::builder(store.clone())
+        .expiry(Expiry::OnInactivity(Duration::hours(1)))
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
 fn start_route() -> axum::routing::MethodRouter {
     get(|session: Session| async move {
         session.insert("n", 1).unwrap();
@@ -172,13 +181,7 @@ async fn a_touching_save_reports_failures_and_ended_sessions() {
                 }
             }),
         )
-        .layer(
-            SessionLayer::builder(store.clone())
-                .expiry(Expiry::OnInactivity(Duration::hours(1)))
-                .clock(clock.clone())
-                .build()
-                .unwrap(),
-        );
+        .layer(hourly_layer(&store, &clock));
     let response = send(&router, "/start", None).await;
     let cookie = format!("id={}", set_cookie(&response).unwrap().value());
     // A tenth of the window later, a read is due to refresh the deadline.
@@ -206,13 +209,7 @@ async fn a_saved_cookie_is_not_sent_for_a_session_that_ended_meanwhile() {
 
 async fn saved_cookie_of_an_ended_session(store: impl SessionStore + Clone) {
     let clock = ManualClock::starting_now();
-    let layer = || {
-        SessionLayer::builder(store.clone())
-            .expiry(Expiry::OnInactivity(Duration::hours(1)))
-            .clock(clock.clone())
-            .build()
-            .unwrap()
-    };
+    let layer = || hourly_layer(&store, &clock);
     let login = Router::new()
         .route("/start", start_route())
         .route(
@@ -298,13 +295,7 @@ async fn a_saved_refresh_is_not_sent_after_a_failed_commit() {
                     }
                 }),
             )
-            .layer(
-                SessionLayer::builder(store.clone())
-                    .expiry(Expiry::OnInactivity(Duration::hours(1)))
-                    .clock(clock.clone())
-                    .build()
-                    .unwrap(),
-            );
+            .layer(hourly_layer(&store, &clock));
         // A returning session, due for a refresh: the save leaves one, the commit fails.
         let response = send(&router, "/start", None).await;
         let cookie = format!("id={}", set_cookie(&response).unwrap().value());
@@ -1543,13 +1534,7 @@ async fn a_saved_refresh_is_not_sent_after_another_request_changed_the_expiry() 
 
 async fn saved_refresh_after_a_new_expiry(store: impl SessionStore + Clone) {
     let clock = ManualClock::starting_now();
-    let layer = || {
-        SessionLayer::builder(store.clone())
-            .expiry(Expiry::OnInactivity(Duration::hours(1)))
-            .clock(clock.clone())
-            .build()
-            .unwrap()
-    };
+    let layer = || hourly_layer(&store, &clock);
     let at = clock.now() + Duration::minutes(40);
     let other = Router::new()
         .route("/start", start_route())

@@ -1737,6 +1737,23 @@ mod tests {
         record
     }
 
+    /// A session stored under a fresh key, created at `now`, ending `hours` later: its key.
+    async fn stored_session(
+        store: &FileStore,
+        now: OffsetDateTime,
+        hours: i64,
+        owner: Option<&str>,
+    ) -> SessionKey {
+        let key = SessionId::generate().unwrap().key();
+        assert!(
+            store
+                .create(&key, &record_until(now, hours, owner), now)
+                .await
+                .unwrap()
+        );
+        key
+    }
+
     #[tokio::test]
     async fn stores_with_other_file_names_keep_owner_indexes_of_their_own() {
         let dir = temp_dir("owner-affix");
@@ -1748,12 +1765,7 @@ mod tests {
             .open()
             .unwrap();
         let now = whole_seconds_now();
-        let key = SessionId::generate().unwrap().key();
-        assert!(
-            b.create(&key, &record_until(now, 1, Some("alice")), now)
-                .await
-                .unwrap()
-        );
+        let key = stored_session(&b, now, 1, Some("alice")).await;
         // The other configurations neither list it nor take its marker for a stale one.
         for other in [&a, &c] {
             assert!(other.list_owner("alice", now).await.unwrap().is_empty());
@@ -1777,13 +1789,7 @@ mod tests {
             .open()
             .unwrap();
         let now = whole_seconds_now();
-        let key = SessionId::generate().unwrap().key();
-        assert!(
-            store
-                .create(&key, &record_until(now, 1, None), now)
-                .await
-                .unwrap()
-        );
+        let key = stored_session(&store, now, 1, None).await;
         // What a stopped process sharing the folder leaves: its `flock` on the lock file (an
         // open file of its own, so it excludes this process's too).
         let lock_file = dir.join(LOCK_DIR).join(format!("{:03x}", stripe_of(&key)));
@@ -1832,14 +1838,8 @@ mod tests {
         let now = whole_seconds_now();
         let mut live = Vec::new();
         for i in 0..60 {
-            let key = SessionId::generate().unwrap().key();
             let hours = if i % 2 == 0 { 1 } else { 3 };
-            assert!(
-                store
-                    .create(&key, &record_until(now, hours, None), now)
-                    .await
-                    .unwrap()
-            );
+            let key = stored_session(&store, now, hours, None).await;
             if hours == 3 {
                 live.push(key);
             }
@@ -1874,13 +1874,7 @@ mod tests {
         let dir = temp_dir("sweep-marker");
         let store = FileStore::new(&dir).unwrap();
         let now = whole_seconds_now();
-        let key = SessionId::generate().unwrap().key();
-        assert!(
-            store
-                .create(&key, &record_until(now, 1, Some("alice")), now)
-                .await
-                .unwrap()
-        );
+        let key = stored_session(&store, now, 1, Some("alice")).await;
         // A marker that cannot be removed (a folder in its place: no `unlink`, even for root).
         let marker = store.inner.owner_dir("alice").join(key.to_hex());
         fs::remove_file(&marker).unwrap();
@@ -1936,13 +1930,7 @@ mod tests {
         let dir = temp_dir("lock-removed");
         let store = FileStore::new(&dir).unwrap();
         let now = whole_seconds_now();
-        let key = SessionId::generate().unwrap().key();
-        assert!(
-            store
-                .create(&key, &record_until(now, 1, None), now)
-                .await
-                .unwrap()
-        );
+        let key = stored_session(&store, now, 1, None).await;
         let logged = || String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         assert!(!logged().contains("lock file"), "{}", logged());
         fs::remove_dir_all(dir.join(LOCK_DIR)).unwrap();
