@@ -1780,11 +1780,6 @@ async fn a_failing_read_gives_error_responses_then_recovers() {
     let store = pg::store().await;
     let table = table_of(&store);
     let schema = table.split('.').next().unwrap().to_owned();
-    let app = app(store.clone());
-    let first = app.get("/incr", None).await;
-    assert_eq!(first.body, "1");
-    let token = first.token.unwrap();
-    let key = SessionId::parse(&token).unwrap().key();
     let breakages = [
         (
             format!("ALTER TABLE {table} RENAME TO moved_away"),
@@ -1795,33 +1790,16 @@ async fn a_failing_read_gives_error_responses_then_recovers() {
             format!("ALTER TABLE {table} RENAME COLUMN moved_away TO data"),
         ),
     ];
-    for (n, (break_it, mend_it)) in breakages.into_iter().enumerate() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(break_it.clone()))
-            .execute(store.pool())
-            .await
-            .unwrap();
-        assert!(store.load(&key, now()).await.is_err(), "{break_it}");
-        for path in ["/keys", "/incr"] {
-            let (status, cookies, error) =
-                support_sql::send_keeping_headers(&*store, path, &token).await;
-            assert_eq!(
-                status,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "{break_it}: {path}"
-            );
-            assert_eq!(cookies, 0, "{break_it}: {path} set a cookie");
-            assert!(
-                error.is_some_and(|e| e.kind() == SessionErrorKind::Store),
-                "{break_it}: {path}"
-            );
-        }
-        sqlx::raw_sql(sqlx::AssertSqlSafe(mend_it.clone()))
-            .execute(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(app.get("/keys", Some(&token)).await.body, "n", "{mend_it}");
-        let resp = app.get("/incr", Some(&token)).await;
-        assert_eq!(resp.body, (n + 2).to_string(), "{mend_it}");
-        assert_eq!(resp.token, None, "{mend_it}: a new session was minted");
-    }
+    let pool = store.pool().clone();
+    support_sql::failing_reads_give_error_responses_then_recover(
+        &*store,
+        &breakages,
+        async |sql: &str| {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&pool)
+                .await
+                .unwrap();
+        },
+    )
+    .await;
 }

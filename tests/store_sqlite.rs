@@ -488,11 +488,6 @@ async fn a_write_lock_held_elsewhere_gives_error_responses_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_read_gives_error_responses_then_recovers() {
     let store = lite::store().await;
-    let app = app(store.clone());
-    let first = app.get("/incr", None).await;
-    assert_eq!(first.body, "1");
-    let token = first.token.unwrap();
-    let key = SessionId::parse(&token).unwrap().key();
     let breakages = [
         (
             "ALTER TABLE tower_satchel_sessions RENAME TO moved_away",
@@ -502,34 +497,23 @@ async fn a_failing_read_gives_error_responses_then_recovers() {
             "ALTER TABLE tower_satchel_sessions RENAME COLUMN data TO moved_away",
             "ALTER TABLE tower_satchel_sessions RENAME COLUMN moved_away TO data",
         ),
-    ];
+    ]
+    .map(|(a, b)| (a.to_owned(), b.to_owned()));
     // Another connection, as another process would.
     let mut other = sqlx::SqliteConnection::connect_with(&store.pool().connect_options())
         .await
         .unwrap();
-    for (n, (break_it, mend_it)) in breakages.into_iter().enumerate() {
-        sqlx::raw_sql(break_it).execute(&mut other).await.unwrap();
-        assert!(store.load(&key, now()).await.is_err(), "{break_it}");
-        for path in ["/keys", "/incr"] {
-            let (status, cookies, error) =
-                support_sql::send_keeping_headers(&*store, path, &token).await;
-            assert_eq!(
-                status,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "{break_it}: {path}"
-            );
-            assert_eq!(cookies, 0, "{break_it}: {path} set a cookie");
-            assert!(
-                error.is_some_and(|e| e.kind() == SessionErrorKind::Store),
-                "{break_it}: {path}"
-            );
-        }
-        sqlx::raw_sql(mend_it).execute(&mut other).await.unwrap();
-        assert_eq!(app.get("/keys", Some(&token)).await.body, "n", "{mend_it}");
-        let resp = app.get("/incr", Some(&token)).await;
-        assert_eq!(resp.body, (n + 2).to_string(), "{mend_it}");
-        assert_eq!(resp.token, None, "{mend_it}: a new session was minted");
-    }
+    support_sql::failing_reads_give_error_responses_then_recover(
+        &*store,
+        &breakages,
+        async |sql: &str| {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut other)
+                .await
+                .unwrap();
+        },
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

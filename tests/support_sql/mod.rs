@@ -368,6 +368,47 @@ pub async fn an_unknown_id_writes_nothing<S: SessionStore + Clone>(
 // ---------------------------------------------------------------------------------------------
 // A small app
 
+/// SECURITY.md 28 when reading fails while the database is up: for each pair of statements,
+/// `run` the first (which makes the store's reads fail: a table or column renamed, as a botched
+/// migration would), check that a request of a live session, even one that only reads, gets an
+/// error response with the store error and no `Set-Cookie` at all (no fresh session, no removal
+/// of the real one), then `run` the second (which mends it) and check that the same cookie's
+/// session is back with its data.
+pub async fn failing_reads_give_error_responses_then_recover<S: SessionStore + Clone>(
+    store: &S,
+    breakages: &[(String, String)],
+    mut run: impl AsyncFnMut(&str),
+) {
+    let app = app(store.clone());
+    let first = app.get("/incr", None).await;
+    assert_eq!(first.body, "1");
+    let token = first.token.unwrap();
+    let key = SessionId::parse(&token).unwrap().key();
+    let now = crate::conformance::contract::now;
+    for (n, (break_it, mend_it)) in breakages.iter().enumerate() {
+        run(break_it).await;
+        assert!(store.load(&key, now()).await.is_err(), "{break_it}");
+        for path in ["/keys", "/incr"] {
+            let (status, cookies, error) = send_keeping_headers(store, path, &token).await;
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{break_it}: {path}"
+            );
+            assert_eq!(cookies, 0, "{break_it}: {path} set a cookie");
+            assert!(
+                error.is_some_and(|e| e.kind() == SessionErrorKind::Store),
+                "{break_it}: {path}"
+            );
+        }
+        run(mend_it).await;
+        assert_eq!(app.get("/keys", Some(&token)).await.body, "n", "{mend_it}");
+        let resp = app.get("/incr", Some(&token)).await;
+        assert_eq!(resp.body, (n + 2).to_string(), "{mend_it}");
+        assert_eq!(resp.token, None, "{mend_it}: a new session was minted");
+    }
+}
+
 /// `GET path` with `token` through a layer over `store`, as [`app`] sends it, keeping
 /// what `TestApp` boils down: the number of `Set-Cookie` headers (a removal cookie included) and
 /// the session error the layer attached.
